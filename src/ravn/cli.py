@@ -1,0 +1,155 @@
+"""The ``ravn`` command line: ``eval``, ``quantize``, ``inspect``.
+
+Every problem a user can fix is printed as one line (``error: ...``) with exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ravn.errors import RavnError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Quantize trained PyTorch models into real few-bit .ravn files.")
+
+DataOpt = Annotated[Path | None, typer.Option("--data", help="Dataset folder (default: $RAVN_DATA/cifar10).")]
+ModelOpt = Annotated[str, typer.Option("--model", help="resnet20/32/44/56 or package.module:factory.")]
+WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Checkpoint (default: the model's bundled one).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+
+
+def _print_json(obj: dict) -> None:
+    typer.echo(json.dumps(obj, indent=None, default=str))
+
+
+def _load(model: str, weights: Path | None, num_classes: int | None):
+    from ravn.models import ModelRef, load_model
+
+    ref = ModelRef.parse(model, num_classes=num_classes)
+    return ref, load_model(ref, weights)
+
+
+@app.command("eval")
+def eval_cmd(
+    file: Annotated[Path | None, typer.Argument(help="A .ravn file; without it, --model/--weights.")] = None,
+    model: ModelOpt = "resnet20",
+    weights: WeightsOpt = None,
+    data: DataOpt = None,
+    split: Annotated[str, typer.Option(help="test or val (val is carved from the training data).")] = "test",
+    limit: Annotated[int | None, typer.Option(help="Evaluate the first N images of the split only.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 500,
+    as_json: JsonOpt = False,
+) -> None:
+    """Top-1 (and top-5 for 100+ classes) accuracy of a float checkpoint or a .ravn file."""
+    from ravn import export
+    from ravn.data import load_dataset
+    from ravn.evaluation import evaluate
+
+    if split not in ("test", "val"):
+        raise RavnError(f"unknown split '{split}'", "use --split test or --split val")
+    dataset = load_dataset(data)
+    if file is not None:
+        ravn_file = export.read(file)
+        ref, net = ravn_file.ref, ravn_file.build()
+    else:
+        ref, net = _load(model, weights, None if dataset.num_classes == 10 else dataset.num_classes)
+    part = dataset.split(split, limit=limit)
+    metrics = evaluate(net, part, ref.normalize, batch_size, progress=None if as_json else f"eval {split}")
+    out = {"top1": metrics["top1"], "n": metrics["n"], "split": split, "model": ref.name, "loss": metrics["loss"]}
+    if dataset.num_classes >= 100:
+        out["top5"] = metrics["top5"]
+    if as_json:
+        _print_json(out)
+        return
+    line = f"{ref.name} on {dataset.name} {split}: top-1 {out['top1']:.2f}%"
+    if "top5" in out:
+        line += f", top-5 {out['top5']:.2f}%"
+    typer.echo(f"{line} ({out['n']} images)")
+
+
+@app.command("quantize")
+def quantize_cmd(
+    out: Annotated[Path, typer.Option("--out", help="The .ravn file to write.")],
+    model: ModelOpt = "resnet20",
+    weights: WeightsOpt = None,
+    data: DataOpt = None,
+    method: Annotated[str, typer.Option(help="Quantization method (see 'ravn methods').")] = "uniform",
+    bits: Annotated[int, typer.Option(help="uniform: bit-width of every weight, 1..8.")] = 4,
+    granularity: Annotated[str, typer.Option(help="uniform: 'channel' or 'layer' grids.")] = "channel",
+    symmetric: Annotated[bool, typer.Option(help="uniform: grids symmetric around zero.")] = True,
+    exclude: Annotated[list[str] | None, typer.Option(help="Leave this layer in float (repeatable).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+    test_limit: Annotated[int | None, typer.Option(help="Report on the first N test images only.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Quantize a model into a real packed .ravn file and report what it gained and cost."""
+    from ravn.data import load_dataset
+    from ravn.methods import UniformConfig, method_names
+    from ravn.pipeline import run
+
+    if method not in method_names():
+        raise RavnError(f"unknown method '{method}'", f"use one of {', '.join(method_names())}")
+    try:
+        config = UniformConfig(bits=bits, granularity=granularity, symmetric=symmetric, exclude=tuple(exclude or ()))
+    except ValueError as exc:
+        raise RavnError(str(exc), "see 'ravn quantize --help'") from None
+    dataset = load_dataset(data)
+    ref, net = _load(model, weights, None if dataset.num_classes == 10 else dataset.num_classes)
+    summary = run(net, ref, config, dataset, out, test_limit=test_limit, progress=not as_json)
+    if as_json:
+        _print_json(summary)
+        return
+    from ravn.report.summary import render_summary
+
+    render_summary(summary)
+
+
+@app.command("inspect")
+def inspect_cmd(file: Annotated[Path, typer.Argument(help="A .ravn file.")], as_json: JsonOpt = False) -> None:
+    """Per-layer bit-widths, cluster shares and bytes of a .ravn file."""
+    from ravn import export
+    from ravn.report.inspect import describe, render
+
+    info = describe(export.read(file))
+    if as_json:
+        _print_json(info)
+    else:
+        render(info)
+
+
+@app.command("methods")
+def methods_cmd() -> None:
+    """List the quantization methods."""
+    from ravn.methods import method_names
+
+    for name in method_names():
+        typer.echo(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ravn`` script: one-line errors, no tracebacks for user mistakes."""
+    import click
+
+    try:
+        typer.main.get_command(app).main(args=argv, prog_name="ravn", standalone_mode=False)
+    except RavnError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        typer.echo("interrupted; finished work is kept, run the same command again to resume", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Datasets: where they are, how they are read, and how they are split.
+
+Three disjoint parts of every dataset (METHOD.md, "Objects"):
+
+- ``train``: the training data minus the validation split; fine-tuning reads it.
+- ``val``: carved deterministically from the training data (:func:`carve_validation`); every
+  search and every checkpoint selection reads it, never the test set.
+- ``test``: for final reports only.
+
+The calibration batch (:meth:`Dataset.calibration`) is a fixed draw from ``train``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from ravn.data.cifar import CIFAR10_CLASSES, pickle_classes, read_npz_split, read_pickle_split
+from ravn.data.folder import list_classes, read_folder_split
+from ravn.data.splits import (
+    DEFAULT_VAL_SIZE,
+    ImageSplit,
+    TensorSplit,
+    calibration_indices,
+    carve_validation,
+    iterate_batches,
+)
+from ravn.data.transforms import Normalize, random_crop_flip
+from ravn.errors import RavnError
+from ravn.settings import data_root
+
+__all__ = [
+    "DEFAULT_VAL_SIZE", "Dataset", "ImageSplit", "Normalize", "TensorSplit", "calibration_indices",
+    "carve_validation", "iterate_batches", "load_dataset", "random_crop_flip", "resolve_data_dir",
+]
+
+SplitName = Literal["train", "val", "test", "calib"]
+
+
+@dataclass
+class Dataset:
+    """A dataset's splits, read lazily (the test split alone never loads the training data)."""
+
+    name: str
+    root: Path
+    classes: list[str]
+    read_train: Callable[[], ImageSplit] = field(repr=False)
+    read_test: Callable[[], ImageSplit] = field(repr=False)
+    val_size: int = DEFAULT_VAL_SIZE
+    #: None: the last ``val_size`` training images (data stored in random order, like CIFAR);
+    #: an int: a seeded draw (data stored class by class, like image folders).
+    val_shuffle_seed: int | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @cached_property
+    def full_train(self) -> ImageSplit:
+        return self.read_train()
+
+    @cached_property
+    def test(self) -> ImageSplit:
+        return self.read_test()
+
+    @cached_property
+    def _train_val_index(self):
+        return carve_validation(len(self.full_train), self.val_size, self.val_shuffle_seed)
+
+    @cached_property
+    def train(self) -> ImageSplit:
+        return self.full_train.subset(self._train_val_index[0])
+
+    @cached_property
+    def val(self) -> ImageSplit:
+        return self.full_train.subset(self._train_val_index[1])
+
+    def calibration(self, size: int = 256, seed: int = 0) -> ImageSplit:
+        """A fixed draw of ``size`` images from the training part (never validation or test)."""
+        return self.train.subset(calibration_indices(len(self.train), size, seed))
+
+    def split(self, name: SplitName, limit: int | None = None) -> ImageSplit:
+        """A split by name; ``limit`` keeps its first ``limit`` images (a fixed subset)."""
+        if name == "calib":
+            return self.calibration()
+        if name not in ("train", "val", "test"):
+            raise RavnError(f"unknown split '{name}'", "use train, val or test")
+        part = getattr(self, name)
+        if limit is not None and limit < len(part):
+            import torch
+
+            part = part.subset(torch.arange(limit))
+        return part
+
+
+def resolve_data_dir(data: Path | str | None, default_name: str = "cifar10") -> Path:
+    """``--data DIR`` if given, else ``$RAVN_DATA/<default_name>``; a one-line error names where it looked."""
+    if data is not None:
+        path = Path(data).expanduser()
+        if not path.is_dir():
+            raise RavnError(f"data folder {path} does not exist", "pass --data with an existing dataset folder")
+        return path.resolve()
+    root = data_root()
+    path = root / default_name
+    if not path.is_dir():
+        raise RavnError(f"no dataset folder at {path}", "pass --data DIR or set RAVN_DATA")
+    return path
+
+
+def load_dataset(data: Path | str | None = None, image_size: int = 32, val_size: int = DEFAULT_VAL_SIZE) -> Dataset:
+    """Open the dataset folder ``data`` (see :func:`resolve_data_dir`), recognising its layout.
+
+    Layouts, in the order they are tried: ravn ``.npz`` (``train.npz``, ``test.npz``);
+    ``cifar-10-batches-py``; ``cifar-100-python``; a class-per-folder tree (``train/`` and
+    ``test/`` or ``val/``, each with one folder per class, images resized to ``image_size``).
+    """
+    root = resolve_data_dir(data)
+    if (root / "train.npz").exists() or (root / "test.npz").exists():
+        classes_file = root / "classes.txt"
+        if classes_file.exists():
+            classes = classes_file.read_text().split()
+        else:
+            classes = [str(i) for i in range(int(read_npz_split(root / "test.npz").labels.max()) + 1)]
+        return Dataset(root.name, root, classes, lambda: read_npz_split(root / "train.npz"),
+                       lambda: read_npz_split(root / "test.npz"), val_size)
+    for base in (root, root / "cifar-10-batches-py"):
+        if (base / "data_batch_1").exists():
+            classes = (pickle_classes(base / "batches.meta", "label_names")
+                       if (base / "batches.meta").exists() else list(CIFAR10_CLASSES))
+            return Dataset("cifar10", root, classes,
+                           lambda b=base: read_pickle_split([b / f"data_batch_{i}" for i in range(1, 6)], "labels"),
+                           lambda b=base: read_pickle_split([b / "test_batch"], "labels"), val_size)
+    for base in (root, root / "cifar-100-python"):
+        if (base / "train").is_file() and (base / "test").is_file():
+            classes = (pickle_classes(base / "meta", "fine_label_names")
+                       if (base / "meta").exists() else [str(i) for i in range(100)])
+            return Dataset("cifar100", root, classes,
+                           lambda b=base: read_pickle_split([b / "train"], "fine_labels"),
+                           lambda b=base: read_pickle_split([b / "test"], "fine_labels"), val_size)
+    if (root / "train").is_dir():
+        test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
+        if test_dir is None:
+            raise RavnError(f"{root}/train has no sibling test/ or val/ folder", "add the held-out images")
+        classes = list_classes(root / "train")
+        if not classes:
+            raise RavnError(f"{root}/train has no class folders", "expected train/<class>/<image>")
+        return Dataset(root.name, root, classes,
+                       lambda: read_folder_split(root / "train", classes, image_size),
+                       lambda: read_folder_split(test_dir, classes, image_size), val_size, val_shuffle_seed=0)
+    raise RavnError(
+        f"{root} holds no dataset ravn can read",
+        "expected train.npz/test.npz, cifar-10-batches-py, cifar-100-python, or train/<class>/ + test/<class>/",
+    )

@@ -1,0 +1,104 @@
+"""CIFAR-10/100 readers: ravn's ``.npz`` layout and torchvision's pickle layouts.
+
+- ``.npz`` (``train.npz`` / ``test.npz`` with ``images`` uint8 NHWC and ``labels`` int64), as in
+  ``shared/data/cifar10``. Its members are LZMA-compressed, so the first read decompresses once
+  into ``$RAVN_CACHE`` (default ``~/.cache/ravn``) and later reads memory-map that copy.
+- ``cifar-10-batches-py`` (``data_batch_1..5``, ``test_batch``) and ``cifar-100-python``
+  (``train``, ``test``, fine labels), read with :mod:`pickle` as torchvision writes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ravn.data.splits import TensorSplit
+from ravn.errors import RavnError
+
+CIFAR10_CLASSES = [
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+]
+
+
+def cache_dir() -> Path:
+    """Where decompressed copies of data files are kept (``$RAVN_CACHE`` or ``~/.cache/ravn``)."""
+    return Path(os.environ.get("RAVN_CACHE", Path.home() / ".cache" / "ravn")).expanduser()
+
+
+def _cached_member(path: Path, member: str) -> np.ndarray:
+    """``np.load(path)[member]``, decompressed once into the cache and memory-mapped afterwards."""
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{member}".encode()).hexdigest()[:20]
+    cached = cache_dir() / f"{path.stem}-{member}-{key}.npy"
+    if cached.exists():
+        try:
+            return np.load(cached, mmap_mode="r")
+        except (OSError, ValueError):
+            cached.unlink(missing_ok=True)  # a damaged cache entry is rebuilt below
+    try:
+        with np.load(path) as archive:
+            if member not in archive.files:
+                raise RavnError(f"{path} has no '{member}' array (has {archive.files})", "use a ravn CIFAR .npz")
+            array = archive[member]
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise RavnError(f"{path} is not a readable .npz ({exc.__class__.__name__}: {exc})",
+                        "the file is corrupt or truncated; copy it again") from None
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f"{cached.name}.tmp{os.getpid()}")
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, cached)
+    except OSError:
+        pass  # a read-only cache only costs speed
+    return array
+
+
+def _to_split(images_nhwc: np.ndarray, labels: np.ndarray, source: Path) -> TensorSplit:
+    if images_nhwc.ndim != 4 or images_nhwc.shape[-1] not in (1, 3) or images_nhwc.dtype != np.uint8:
+        raise RavnError(f"{source}: images must be uint8 (N, H, W, C), got {images_nhwc.dtype} {images_nhwc.shape}",
+                        "check the file")
+    if len(images_nhwc) == 0:
+        raise RavnError(f"{source} holds no images", "check the file")
+    if len(images_nhwc) != len(labels):
+        raise RavnError(f"{source}: {len(images_nhwc)} images but {len(labels)} labels", "the file is corrupt")
+    pixels = torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)))
+    return TensorSplit(pixels, torch.from_numpy(np.array(labels, dtype=np.int64)))
+
+
+def read_npz_split(path: Path) -> TensorSplit:
+    """One split from ravn's ``.npz`` layout."""
+    if not path.is_file():
+        raise RavnError(f"missing data file {path}", "pass --data with a folder holding train.npz and test.npz")
+    return _to_split(_cached_member(path, "images"), _cached_member(path, "labels"), path)
+
+
+def _unpickle(path: Path) -> dict:
+    if not path.is_file():
+        raise RavnError(f"missing data file {path}", "the CIFAR pickle folder is incomplete")
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+        raise RavnError(f"{path} is not a readable CIFAR pickle ({exc})", "the file is corrupt or truncated") from None
+
+
+def read_pickle_split(files: list[Path], label_key: str) -> TensorSplit:
+    """One split from torchvision's CIFAR pickle layout (rows of 3072 channel-planar bytes)."""
+    rows, labels = [], []
+    for path in files:
+        batch = _unpickle(path)
+        rows.append(np.asarray(batch["data"], dtype=np.uint8))
+        labels.extend(batch[label_key])
+    data = np.concatenate(rows).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return _to_split(data, np.asarray(labels), files[0].parent)
+
+
+def pickle_classes(meta: Path, key: str) -> list[str]:
+    return [str(c) for c in _unpickle(meta)[key]]

@@ -1,0 +1,18 @@
+"""Methods: one config dataclass and one handler each, all producing the shared table format."""
+
+from ravn.methods.base import (
+    Allocation,
+    Context,
+    QuantizationResult,
+    config_type,
+    method_names,
+    quantize,
+    register,
+    with_weights,
+)
+from ravn.methods.uniform import UniformConfig
+
+__all__ = [
+    "Allocation", "Context", "QuantizationResult", "UniformConfig", "config_type", "method_names", "quantize",
+    "register", "with_weights",
+]

@@ -1,0 +1,48 @@
+"""Uniform k-bit quantization of every layer: the baseline every other method must beat."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from ravn.methods.base import Context, QuantizationResult, config_dict, register, with_weights
+from ravn.quantizers.layers import quantizable_layers
+from ravn.quantizers.qweight import MAX_BITS, MIN_BITS
+from ravn.quantizers.uniform import quantize_uniform
+
+
+@dataclass
+class UniformConfig:
+    #: Bit-width of every quantized weight, 1..8.
+    bits: int = 4
+    #: "channel": one grid per output channel; "layer": one grid per layer.
+    granularity: str = "channel"
+    #: Symmetric grids span [-max|w|, max|w|]; asymmetric ones [min w, max w].
+    symmetric: bool = True
+    #: Per-layer overrides of ``bits`` (layer name -> bits), as plain data.
+    layer_bits: dict[str, int] = field(default_factory=dict)
+    #: Layers left in float, by name.
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for where, b in [("bits", self.bits), *self.layer_bits.items()]:
+            if not isinstance(b, int) or not MIN_BITS <= b <= MAX_BITS:
+                raise ValueError(f"{where}: bit-width must be an integer in {MIN_BITS}..{MAX_BITS}, got {b}")
+        if self.granularity not in ("channel", "layer"):
+            raise ValueError(f"granularity must be 'channel' or 'layer', got {self.granularity!r}")
+        self.exclude = tuple(self.exclude)
+
+
+@register("uniform", UniformConfig)
+def quantize_uniform_model(model: nn.Module, config: UniformConfig, context: Context) -> QuantizationResult:
+    layers = quantizable_layers(model, config.exclude)
+    unknown = set(config.layer_bits) - set(layers)
+    if unknown:
+        raise ValueError(f"layer_bits names layers that are not quantized: {sorted(unknown)}")
+    weights = {
+        name: quantize_uniform(m.weight, config.layer_bits.get(name, config.bits),
+                               per_channel=config.granularity == "channel", symmetric=config.symmetric)
+        for name, m in layers.items()
+    }
+    return QuantizationResult(with_weights(model, weights), weights, "uniform", config_dict(config))

@@ -1,0 +1,114 @@
+"""Models by name (the CIFAR ResNets) or by ``package.module:factory``, with their checkpoints.
+
+A :class:`ModelRef` is plain data that rebuilds the architecture anywhere (it is stored in every
+``.ravn`` file); :func:`load_model` builds it and loads weights.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from ravn.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalize
+from ravn.errors import RavnError
+from ravn.models.checkpoint import count_parameters, load_into, read_state_dict
+from ravn.settings import data_root
+
+__all__ = ["MODELS", "ModelRef", "ModelSpec", "count_parameters", "load_model", "read_state_dict"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered architecture and the checkpoint and preprocessing that go with it."""
+
+    factory: str  # "package.module:function", called with num_classes
+    weights: str | None = None  # default checkpoint, relative to the data root
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    input_size: int = 32
+
+
+_AKAMASTER = "weights/akamaster_cifar10"
+MODELS: dict[str, ModelSpec] = {
+    "resnet20": ModelSpec("ravn.models.resnet_cifar:resnet20", f"{_AKAMASTER}/resnet20-12fca82f.th"),
+    "resnet32": ModelSpec("ravn.models.resnet_cifar:resnet32", f"{_AKAMASTER}/resnet32-d509ac18.th"),
+    "resnet44": ModelSpec("ravn.models.resnet_cifar:resnet44", f"{_AKAMASTER}/resnet44-014dd654.th"),
+    "resnet56": ModelSpec("ravn.models.resnet_cifar:resnet56", f"{_AKAMASTER}/resnet56-4bfd9763.th"),
+}
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """How to rebuild an architecture: a registry name or a ``module:factory`` with keyword arguments."""
+
+    name: str  # registry name, or the factory string itself for user models
+    factory: str
+    kwargs: dict = field(default_factory=dict)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    input_size: int = 32
+
+    @classmethod
+    def parse(cls, model: str, num_classes: int | None = None, mean=None, std=None) -> ModelRef:
+        if model in MODELS:
+            spec = MODELS[model]
+            kwargs = {} if num_classes is None else {"num_classes": num_classes}
+            return cls(model, spec.factory, kwargs, tuple(mean or spec.mean), tuple(std or spec.std), spec.input_size)
+        if ":" in model:
+            return cls(model, model, {}, tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD))
+        raise RavnError(f"unknown model '{model}'",
+                        f"use one of {', '.join(MODELS)} or a factory as package.module:function")
+
+    @property
+    def normalize(self) -> Normalize:
+        return Normalize(self.mean, self.std)
+
+    def build(self) -> nn.Module:
+        module_name, _, attr = self.factory.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise RavnError(f"cannot import model factory '{self.factory}' ({exc})",
+                            "check the module path and that its package is installed") from None
+        try:
+            model = factory(**self.kwargs)
+        except Exception as exc:
+            raise RavnError(f"model factory '{self.factory}' failed: {exc}", "check the factory's arguments") from None
+        if not isinstance(model, nn.Module):
+            raise RavnError(f"'{self.factory}' returned {type(model).__name__}, not a torch.nn.Module",
+                            "make the factory return the model")
+        return model.eval()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelRef:
+        return cls(data["name"], data["factory"], dict(data.get("kwargs", {})), tuple(data["mean"]),
+                   tuple(data["std"]), int(data.get("input_size", 32)))
+
+
+def default_weights(ref: ModelRef) -> Path | None:
+    spec = MODELS.get(ref.name)
+    if spec is None or spec.weights is None:
+        return None
+    root = data_root(required=False)
+    return None if root is None else root / spec.weights
+
+
+def load_model(ref: ModelRef, weights: Path | str | None = None) -> nn.Module:
+    """Build ``ref`` and load ``weights`` (or the registry's default checkpoint); eval mode.
+
+    A user factory without ``weights`` is used as the factory returns it (it may load its own).
+    """
+    model = ref.build()
+    path = Path(weights) if weights is not None else default_weights(ref)
+    if path is None:
+        if ref.name in MODELS:
+            raise RavnError(f"no weights for {ref.name}: no data root with its default checkpoint",
+                            "pass --weights PATH or set RAVN_DATA")
+        return model
+    return load_into(model, read_state_dict(path), str(path)).eval()

@@ -1,0 +1,83 @@
+"""Reading state dicts from checkpoint files, with errors that say what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ravn.errors import RavnError
+
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
+
+
+def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint: a raw state dict, or one wrapped under ``state_dict``/``model``/...
+
+    Loads with ``weights_only=True`` (no code from the file runs) and strips a DataParallel
+    ``module.`` prefix. ``.safetensors`` files are read with safetensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RavnError(f"checkpoint {path} does not exist", "pass --weights with the path of a .th/.pt/.pth file")
+    if path.stat().st_size == 0:
+        raise RavnError(f"checkpoint {path} is empty", "copy the file again")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else exc.__class__.__name__
+        raise RavnError(f"cannot read checkpoint {path}: {reason}",
+                        "the file is corrupt, truncated or not a PyTorch checkpoint") from None
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict):
+        for key in _WRAPPER_KEYS:
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise RavnError(f"checkpoint {path} holds no state dict of tensors",
+                        "save it with torch.save(model.state_dict(), path)")
+    state = {k.removeprefix("module."): v for k, v in obj.items()}
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise RavnError(f"checkpoint {path} has NaN or infinite values in '{name}'",
+                            "the model diverged; use an earlier checkpoint")
+    return state
+
+
+def _short(names: list[str], limit: int = 4) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """``model.load_state_dict(state, strict=True)`` with a one-line error naming the mismatch."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+             if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_short(unexpected)}")
+        if wrong:
+            parts.append(f"shape mismatch: {_short(wrong, 2)}")
+        raise RavnError(f"{source} does not fit the model ({'; '.join(parts)})",
+                        "pick the --model that this checkpoint was trained with")
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(math.prod(p.shape) for p in model.parameters())

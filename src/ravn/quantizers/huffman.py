@@ -1,0 +1,103 @@
+"""Canonical Huffman codes for cluster ids (METHOD.md: the cluster id is entropy-coded per layer).
+
+Only the code lengths define a canonical code, and they follow deterministically from the
+symbol counts, so a file stores the counts alone. A symbol with count 0 gets no code; a layer
+with a single used symbol spends no bits on ids (Huffman's rule for one symbol would be 1 bit,
+but nothing needs telling apart).
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+
+from ravn.quantizers.packing import pack_bits, unpack_bits
+
+
+def code_lengths(counts: list[int] | np.ndarray) -> list[int]:
+    """Huffman code length of each symbol; ties broken by symbol index, so the result is deterministic."""
+    counts = [int(c) for c in counts]
+    used = [i for i, c in enumerate(counts) if c > 0]
+    lengths = [0] * len(counts)
+    if len(used) <= 1:
+        return lengths
+    # heap items: (count, smallest symbol in the subtree, symbols in the subtree)
+    heap = [(counts[i], i, [i]) for i in used]
+    heapq.heapify(heap)
+    while len(heap) > 1:
+        c1, k1, s1 = heapq.heappop(heap)
+        c2, k2, s2 = heapq.heappop(heap)
+        for s in s1 + s2:
+            lengths[s] += 1
+        heapq.heappush(heap, (c1 + c2, min(k1, k2), s1 + s2))
+    return lengths
+
+
+def canonical_codes(lengths: list[int]) -> list[int]:
+    """Canonical code words (read most significant bit first) for the given lengths."""
+    order = sorted((n, s) for s, n in enumerate(lengths) if n > 0)
+    codes = [0] * len(lengths)
+    code, prev = 0, 0
+    for n, s in order:
+        code <<= n - prev
+        codes[s] = code
+        code += 1
+        prev = n
+    return codes
+
+
+def _reverse_bits(values: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(values)
+    for j in range(int(widths.max()) if len(widths) else 0):
+        has = widths > j
+        out[has] |= ((values[has] >> j) & 1) << (widths[has] - 1 - j)
+    return out
+
+
+def encoded_bits(symbols_counts: list[int] | np.ndarray) -> int:
+    """Bits the id stream takes for these per-symbol counts."""
+    return int(sum(c * n for c, n in zip(symbols_counts, code_lengths(symbols_counts), strict=True)))
+
+
+def encode(symbols: np.ndarray, counts: list[int]) -> np.ndarray:
+    """Huffman-code ``symbols`` with the code derived from ``counts``; packed as uint8 bytes.
+
+    Code words enter the stream first bit first (the prefix property is read in stream order).
+    """
+    lengths = np.asarray(code_lengths(counts), dtype=np.int64)
+    codes = np.asarray(canonical_codes(list(lengths)), dtype=np.int64)
+    symbols = np.asarray(symbols, dtype=np.int64)
+    widths = lengths[symbols]
+    return pack_bits(_reverse_bits(codes[symbols], widths), widths)
+
+
+def decode(stream: np.ndarray, counts: list[int], n: int) -> np.ndarray:
+    """Inverse of :func:`encode` for ``n`` symbols."""
+    lengths = code_lengths(counts)
+    used = [s for s, c in enumerate(counts) if c > 0]
+    if len(used) <= 1:
+        return np.full(n, used[0] if used else 0, dtype=np.int64)
+    max_len = max(lengths)
+    # Look-up table: the next max_len stream bits (first bit as most significant) -> symbol.
+    table_symbol = np.zeros(1 << max_len, dtype=np.int64)
+    table_length = np.zeros(1 << max_len, dtype=np.int64)
+    for s, code in enumerate(canonical_codes(lengths)):
+        if lengths[s]:
+            lo = code << (max_len - lengths[s])
+            table_symbol[lo : lo + (1 << (max_len - lengths[s]))] = s
+            table_length[lo : lo + (1 << (max_len - lengths[s]))] = lengths[s]
+    total = sum(counts[s] * lengths[s] for s in used)
+    bits = unpack_bits(stream, 1, total)
+    bits = np.concatenate([bits, np.zeros(max_len, dtype=np.int64)])
+    window = np.zeros(total, dtype=np.int64)
+    for k in range(max_len):
+        window = (window << 1) | bits[k : k + total]
+    symbol_at = table_symbol[window].tolist()
+    step_at = table_length[window].tolist()
+    out = [0] * n
+    pos = 0
+    for i in range(n):  # a chain of table look-ups; each step is a list index
+        out[i] = symbol_at[pos]
+        pos += step_at[pos]
+    return np.asarray(out, dtype=np.int64)

@@ -1,0 +1,33 @@
+"""Which modules ravn quantizes: the ``weight`` of every convolution and ``Linear`` (METHOD.md, "Objects").
+
+The registry maps an ``nn`` class to nothing more than the fact that its weight has output
+channels first; grouped and depthwise convolutions are included. Transposed convolutions keep
+output channels in dim 1 and are left in float.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ravn.errors import RavnError
+
+QUANTIZABLE: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def quantizable_layers(model: nn.Module, exclude: tuple[str, ...] | list[str] = ()) -> dict[str, nn.Module]:
+    """The layers to quantize, by qualified name, in registration (usually forward) order."""
+    layers = {name: m for name, m in model.named_modules()
+              if type(m) in QUANTIZABLE and getattr(m, "weight", None) is not None}
+    unknown = [name for name in exclude if name not in layers]
+    if unknown:
+        raise RavnError(f"cannot exclude {', '.join(unknown)}: not a quantizable layer of this model",
+                        f"pick from {', '.join(list(layers)[:6])}{', ...' if len(layers) > 6 else ''}")
+    for name in exclude:
+        layers.pop(name)
+    if not layers:
+        raise RavnError(f"{type(model).__name__} has no Conv or Linear layer to quantize",
+                        "ravn quantizes the weights of nn.Conv1d/2d/3d and nn.Linear")
+    for name, m in layers.items():
+        if not m.weight.isfinite().all():
+            raise RavnError(f"layer {name} has NaN or infinite weights", "fix or retrain the model first")
+    return layers

@@ -1,0 +1,154 @@
+"""The storage format every method quantizes into: codes that index per-cluster look-up tables.
+
+One layer's weight ``W`` (output channels first) is stored as
+
+- ``ids``: the cluster of each weight (``M`` clusters; none stored when ``M = 1``), Huffman-coded;
+- ``codes``: each weight's index into its cluster's table, in ``bits[id]`` bits;
+- ``tables``: cluster ``m``'s ``2^bits[m]`` values, all clusters concatenated (float32);
+- optionally a per-output-channel ``scale`` and ``offset`` (float32).
+
+Decoding is a table look-up (METHOD.md, "VQ")::
+
+    W.flat[j] = tables[start[ids[j]] + codes[j]] * scale[c(j)] + offset[c(j)]
+
+Uniform per-layer quantization is ``M = 1`` with an affine table; per-channel uniform puts the
+grid step in ``scale`` and the grid start in ``offset``; RAVN's VQ has ``M`` clusters, each with its
+own bit-width and table.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ravn.quantizers import huffman
+from ravn.quantizers.packing import pack_bits, unpack_bits
+
+MIN_BITS, MAX_BITS = 1, 8
+FLOAT_BYTES = 4
+
+#: Tables that need not be stored, for ``2^b`` codes ``k``: grid positions ``k`` ("int"), or the
+#: grid of ``2^b - 1`` levels centred on zero, ``k - (2^(b-1) - 1)`` ("sym"; 1 bit: ``k - 1/2``).
+#: Per-channel uniform grids use them with a channel scale.
+IMPLICIT_TABLES = ("int", "sym")
+
+
+def implicit_table(kind: str, bits: int, levels: int | None = None) -> torch.Tensor:
+    k = torch.arange(2**bits, dtype=torch.float32)
+    if kind == "int":
+        return k
+    levels = levels or (2**bits - 1 if bits > 1 else 2)
+    return k - (levels - 1) / 2
+
+
+def check_bits(bits) -> tuple[int, ...]:
+    bits = tuple(int(b) for b in bits)
+    if not bits or any(not MIN_BITS <= b <= MAX_BITS for b in bits):
+        raise ValueError(f"bit-widths must be in {MIN_BITS}..{MAX_BITS}, got {list(bits)}")
+    return bits
+
+
+@dataclass
+class QuantizedWeight:
+    """One quantized weight tensor in ravn's table format (see the module docstring)."""
+
+    shape: tuple[int, ...]
+    bits: tuple[int, ...]  # per cluster
+    ids: torch.Tensor | None  # int64 (n,), cluster per weight; None when there is one cluster
+    codes: torch.Tensor  # int64 (n,), index into the weight's cluster table
+    tables: torch.Tensor  # float32 (sum 2^bits,)
+    scale: torch.Tensor | None = None  # float32 (shape[0],)
+    offset: torch.Tensor | None = None  # float32 (shape[0],)
+
+    def __post_init__(self) -> None:
+        self.bits = check_bits(self.bits)
+        self.shape = tuple(int(s) for s in self.shape)
+        n = math.prod(self.shape)
+        if self.codes.numel() != n:
+            raise ValueError(f"{self.codes.numel()} codes for a weight of {n} values")
+        if self.ids is None and len(self.bits) != 1:
+            raise ValueError("several clusters need cluster ids")
+        if self.tables.numel() != sum(1 << b for b in self.bits):
+            raise ValueError(f"tables hold {self.tables.numel()} values, bits {self.bits} need "
+                             f"{sum(1 << b for b in self.bits)}")
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def clusters(self) -> int:
+        return len(self.bits)
+
+    @property
+    def table_starts(self) -> torch.Tensor:
+        sizes = torch.tensor([1 << b for b in self.bits])
+        return torch.cumsum(sizes, 0) - sizes
+
+    @property
+    def counts(self) -> list[int]:
+        """Weights per cluster."""
+        if self.ids is None:
+            return [self.numel]
+        return torch.bincount(self.ids, minlength=self.clusters).tolist()
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 weight the codes stand for (the same arithmetic in memory and from a file)."""
+        index = self.codes if self.ids is None else self.table_starts[self.ids] + self.codes
+        w = self.tables[index].view(self.shape[0], -1)
+        if self.scale is not None:
+            w = w * self.scale.view(-1, 1)
+        if self.offset is not None:
+            w = w + self.offset.view(-1, 1)
+        return w.reshape(self.shape)
+
+    # --- what it costs -------------------------------------------------------------------------
+    def id_bits(self) -> int:
+        return 0 if self.ids is None else huffman.encoded_bits(self.counts)
+
+    def code_bits(self) -> int:
+        return sum(c * b for c, b in zip(self.counts, self.bits, strict=True))
+
+    def table_kind(self) -> str | None:
+        """The name of the implicit table these tables equal, if any (then they are not stored)."""
+        if self.clusters == 1:
+            for kind in IMPLICIT_TABLES:
+                if torch.equal(self.tables, implicit_table(kind, self.bits[0])):
+                    return kind
+        return None
+
+    def table_bytes(self) -> int:
+        """Bytes of the stored tables and channel vectors."""
+        channel = sum(t.numel() for t in (self.scale, self.offset) if t is not None)
+        stored = 0 if self.table_kind() else self.tables.numel()
+        return FLOAT_BYTES * (stored + channel)
+
+    def avg_bits(self) -> float:
+        """Measured bits per weight: id bits plus code bits over the number of weights."""
+        return (self.id_bits() + self.code_bits()) / self.numel
+
+    # --- the packed byte streams ----------------------------------------------------------------
+    def pack(self) -> tuple[np.ndarray, np.ndarray]:
+        """(Huffman-coded id stream, code stream) as uint8 arrays."""
+        counts = self.counts
+        if self.ids is None:
+            id_stream = np.zeros(0, dtype=np.uint8)
+            widths = self.bits[0]
+        else:
+            ids = self.ids.numpy()
+            id_stream = huffman.encode(ids, counts)
+            widths = np.asarray(self.bits, dtype=np.int64)[ids]
+        return id_stream, pack_bits(self.codes.numpy(), widths)
+
+    @staticmethod
+    def unpack(shape, bits, counts, id_stream: np.ndarray, code_stream: np.ndarray):
+        """``(ids, codes)`` from the two streams written by :meth:`pack`."""
+        n = math.prod(shape)
+        if len(bits) == 1:
+            return None, torch.from_numpy(unpack_bits(code_stream, bits[0], n))
+        ids = huffman.decode(id_stream, counts, n)
+        codes = unpack_bits(code_stream, np.asarray(bits, dtype=np.int64)[ids], n)
+        return torch.from_numpy(ids), torch.from_numpy(codes)
