@@ -10,9 +10,11 @@
 from __future__ import annotations
 
 import hashlib
+import lzma
 import os
 import pickle
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +48,8 @@ def _cached_member(path: Path, member: str) -> np.ndarray:
             if member not in archive.files:
                 raise RavnError(f"{path} has no '{member}' array (has {archive.files})", "use a ravn CIFAR .npz")
             array = archive[member]
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, NotImplementedError, OSError, ValueError,
+            EOFError) as exc:  # a damaged member fails in its decompressor, not in zipfile
         raise RavnError(f"{path} is not a readable .npz ({exc.__class__.__name__}: {exc})",
                         "the file is corrupt or truncated; copy it again") from None
     try:
@@ -68,7 +71,8 @@ def _to_split(images_nhwc: np.ndarray, labels: np.ndarray, source: Path) -> Tens
         raise RavnError(f"{source} holds no images", "check the file")
     if len(images_nhwc) != len(labels):
         raise RavnError(f"{source}: {len(images_nhwc)} images but {len(labels)} labels", "the file is corrupt")
-    pixels = torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)))
+    # Always a copy: for C == 1 the transpose of a read-only memory map is already contiguous.
+    pixels = torch.from_numpy(np.array(images_nhwc.transpose(0, 3, 1, 2), order="C"))
     return TensorSplit(pixels, torch.from_numpy(np.array(labels, dtype=np.int64)))
 
 
@@ -94,7 +98,13 @@ def read_pickle_split(files: list[Path], label_key: str) -> TensorSplit:
     rows, labels = [], []
     for path in files:
         batch = _unpickle(path)
-        rows.append(np.asarray(batch["data"], dtype=np.uint8))
+        if not isinstance(batch, dict) or "data" not in batch or label_key not in batch:
+            raise RavnError(f"{path} is not a CIFAR batch (no 'data' and '{label_key}' entries)",
+                            "the file is corrupt or belongs to another dataset")
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise RavnError(f"{path}: rows must hold 3072 bytes, got shape {data.shape}", "the file is corrupt")
+        rows.append(data)
         labels.extend(batch[label_key])
     data = np.concatenate(rows).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return _to_split(data, np.asarray(labels), files[0].parent)

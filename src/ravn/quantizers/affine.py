@@ -47,8 +47,11 @@ def choose_qparams_affine(x: torch.Tensor, bits: int, symmetric: bool, dim: int 
     else:
         lo = _reduce(x, dim, lambda t, d: t.amin(d))
         hi = _reduce(x, dim, lambda t, d: t.amax(d))
-    scale = (hi - lo) / (grid_levels(bits, symmetric) - 1)
+    levels = grid_levels(bits, symmetric)
+    scale = (hi - lo) / (levels - 1)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # a constant range: one exact level
+    if symmetric:  # keep the grid centred on zero, also when the range is empty
+        return scale, -scale * (levels - 1) / 2
     return scale, lo
 
 

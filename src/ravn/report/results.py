@@ -1,0 +1,80 @@
+"""Benchmark results: JSON + Markdown written atomically, with the machine, versions and date."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+from pathlib import Path
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        mem_gib = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "memory_gib": round(mem_gib, 1) if mem_gib else None, "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def versions() -> dict:
+    import numpy
+    import torch
+
+    from ravn import __version__
+
+    out = {"ravn": __version__, "torch": torch.__version__, "numpy": numpy.__version__}
+    for name in ("stable_baselines3", "gymnasium", "kmeans1d", "safetensors"):
+        try:
+            out[name] = __import__(name).__version__
+        except (ImportError, AttributeError):
+            pass
+    return out
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """``columns``: (key, header) pairs; floats are shown with two decimals."""
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.2f}"
+        if isinstance(v, int):
+            return f"{v:,}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(k)) for k, _ in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def save_results(stem: Path, title: str, rows: list[dict], columns: list[tuple[str, str]], notes: str = "",
+                 extra: dict | None = None) -> None:
+    """Write ``<stem>.json`` and ``<stem>.md``; call after every row so an interrupted run keeps its rows."""
+    meta = {"title": title, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine(), "versions": versions(), **(extra or {})}
+    write_atomic(stem.with_suffix(".json"), json.dumps({**meta, "rows": rows}, indent=1, default=str) + "\n")
+    m = meta["machine"]
+    header = (f"# {title}\n\nMeasured {meta['date']} on {m['cpu']} ({m['cores']} cores, torch threads "
+              f"{m['torch_threads']}, {m['memory_gib']} GiB); " +
+              ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".\n\n")
+    write_atomic(stem.with_suffix(".md"), header + (notes + "\n\n" if notes else "") +
+                 markdown_table(rows, columns) + "\n")

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ravn.settings import data_root
+
+
+def pytest_configure(config):
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    root = data_root(required=False)
+    if root is None or not (root / "cifar10").is_dir():
+        pytest.skip("shared CIFAR-10 data not found (set RAVN_DATA)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar(shared_data):
+    from ravn.data import load_dataset
+
+    return load_dataset(shared_data / "cifar10")
+
+
+@pytest.fixture(scope="session")
+def resnet20(shared_data):
+    from ravn.models import ModelRef, load_model
+
+    ref = ModelRef.parse("resnet20")
+    return ref, load_model(ref)

@@ -1,0 +1,90 @@
+"""Command-line smoke tests on small subsets of the real CIFAR-10 data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from ravn.cli import main
+
+#: Top-1 of the pretrained ResNet-20 on the first 1,000 CIFAR-10 test images (measured once, CPU float32).
+RESNET20_FIRST_1000_TOP1 = 91.5
+
+
+def run_json(capsys, *args) -> dict:
+    assert main([*args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_eval_reproduces_recorded_float_accuracy(capsys, shared_data):
+    out = run_json(capsys, "eval", "--model", "resnet20", "--limit", "1000")
+    assert out["n"] == 1000
+    assert out["top1"] == RESNET20_FIRST_1000_TOP1
+
+
+def test_eval_on_validation_split(capsys, shared_data):
+    out = run_json(capsys, "eval", "--split", "val", "--limit", "500")
+    assert out["n"] == 500 and out["split"] == "val"
+    assert out["top1"] > 95  # the checkpoint saw these training images: inflated, as METHOD.md says
+
+
+def test_quantize_inspect_eval_round_trip(capsys, tmp_path, shared_data):
+    path = tmp_path / "u4.ravn"
+    q = run_json(capsys, "quantize", "--method", "uniform", "--bits", "4", "--out", str(path), "--test-limit", "500")
+    assert q["file_bytes"] == path.stat().st_size < 150_000
+    assert q["avg_bits"] == 4.0
+    assert q["file_matches_memory"]
+    assert 80 < q["test_top1"] <= q["float_test_top1"] + 1
+    info = run_json(capsys, "inspect", str(path))
+    assert info["file_bytes"] == q["file_bytes"] and info["avg_bits"] == 4.0
+    assert len(info["layers"]) == 20 and all(layer["bits"] == [4] for layer in info["layers"])
+    e = run_json(capsys, "eval", str(path), "--limit", "500")
+    assert e["top1"] == q["test_top1"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["eval", "--model", "resnet99"], "unknown model"),
+        (["eval", "--weights", "/nonexistent/w.th"], "does not exist"),
+        (["eval", "--data", "/nonexistent/data"], "does not exist"),
+        (["eval", "/nonexistent/m.ravn"], "does not exist"),
+        (["eval", "--split", "train"], "unknown split"),
+        (["quantize", "--bits", "0", "--out", "x.ravn"], "1..8"),
+        (["quantize", "--bits", "9", "--out", "x.ravn"], "1..8"),
+        (["quantize", "--method", "nope", "--out", "x.ravn"], "unknown method"),
+        (["inspect", "/nonexistent/m.ravn"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_error(capsys, shared_data, args, message):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err
+
+
+def test_corrupt_checkpoint_and_ravn(capsys, tmp_path, shared_data):
+    bad = tmp_path / "bad.th"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["eval", "--weights", str(bad)]) == 2
+    assert "corrupt" in capsys.readouterr().err
+    bad_ravn = tmp_path / "bad.ravn"
+    bad_ravn.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    assert main(["inspect", str(bad_ravn)]) == 2
+    assert "corrupt" in capsys.readouterr().err
+
+
+def test_empty_data_folder(capsys, tmp_path):
+    assert main(["eval", "--data", str(tmp_path)]) == 2
+    assert "no dataset" in capsys.readouterr().err
+
+
+def test_console_script_exit_code(tmp_path):
+    exe = shutil.which("ravn") or str(tmp_path / "missing")
+    cmd = [exe] if shutil.which("ravn") else [sys.executable, "-m", "ravn.cli"]
+    proc = subprocess.run([*cmd, "eval", "--model", "nope"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: unknown model") and "Traceback" not in proc.stderr
