@@ -98,7 +98,7 @@ def test_multi_cluster_round_trip_and_accounting(tmp_path, oddnet):
 
 def test_dequantized_weight_in_float_layer_separates_quantization_from_implementation(oddnet):
     """The quantized model equals the float model with each weight replaced by its dequantized value."""
-    ref, model = oddnet
+    _, model = oddnet
     result = ravn.quantize(model, ravn.UniformConfig(bits=5))
     manual = OddNet().eval()
     manual.load_state_dict(model.state_dict())
@@ -122,7 +122,7 @@ def test_truncated_and_corrupt_files(tmp_path, oddnet):
                        ("header", raw[:20])]:
         bad = tmp_path / f"{name}.ravn"
         bad.write_bytes(data)
-        with pytest.raises(RavnError, match="corrupt|truncated"):
+        with pytest.raises(RavnError, match=r"corrupt|truncated"):
             export.read(bad)
     with pytest.raises(RavnError, match="does not exist"):
         export.read(tmp_path / "missing.ravn")

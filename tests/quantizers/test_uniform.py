@@ -55,5 +55,5 @@ def test_more_bits_less_error():
 
 
 def test_bits_out_of_range():
-    with pytest.raises(ValueError, match="1..8"):
+    with pytest.raises(ValueError, match=r"1\.\.8"):
         quantize_uniform(torch.randn(3, 3), 9)

@@ -68,7 +68,11 @@ class Dataset:
 
     @cached_property
     def _train_val_index(self):
-        return carve_validation(len(self.full_train), self.val_size, self.val_shuffle_seed)
+        n = len(self.full_train)
+        if not 0 < self.val_size < n:
+            raise RavnError(f"{self.root}: a validation split of {self.val_size} does not fit {n} training images",
+                            f"use more than {self.val_size} training images or a smaller validation size")
+        return carve_validation(n, self.val_size, self.val_shuffle_seed)
 
     @cached_property
     def train(self) -> ImageSplit:

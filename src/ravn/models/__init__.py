@@ -70,7 +70,7 @@ class ModelRef:
         module_name, _, attr = self.factory.partition(":")
         try:
             factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
+        except (ImportError, AttributeError, ValueError, TypeError) as exc:  # also '', relative module names
             raise RavnError(f"cannot import model factory '{self.factory}' ({exc})",
                             "check the module path and that its package is installed") from None
         try:

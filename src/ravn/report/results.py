@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -37,11 +38,11 @@ def versions() -> dict:
     from ravn import __version__
 
     out = {"ravn": __version__, "torch": torch.__version__, "numpy": numpy.__version__}
-    for name in ("stable_baselines3", "gymnasium", "kmeans1d", "safetensors"):
-        try:
-            out[name] = __import__(name).__version__
-        except (ImportError, AttributeError):
-            pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("stable-baselines3", "gymnasium", "kmeans1d", "safetensors"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[name] = version(name)
     return out
 
 

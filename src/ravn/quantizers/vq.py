@@ -1,0 +1,131 @@
+"""RAVN's vector quantization (paper Sec. 3.1, Eq. 1-2): clusters of weights with their own bit-widths.
+
+Per layer, exact 1-D k-means (:mod:`kmeans1d`) splits the weights into ``M`` clusters (Eq. 1); being
+1-D, the clusters are value intervals. Every weight of cluster ``m`` gets the cluster's bit-width
+``b[m]`` (Eq. 2) and is coded on the cluster's own table of ``2^b[m]`` values:
+
+- ``grid="kmeans"``: a k-means sub-codebook of the cluster's values (Deep Compression style);
+- ``grid="uniform"``: the centres of ``2^b[m]`` equal cells of the cluster's range ``[lo, hi]``
+  (every member within half a cell of its level).
+
+With ``per_channel=True`` (default) the weights are first divided by their output channel's
+largest magnitude, and that scale is stored per channel: output channels of one layer differ in
+range by large factors (METHOD.md). The clustering does not depend on the bits, so
+:class:`ClusteredWeight` computes it once and caches each cluster's codes per bit-width: a search
+can quantize a layer for any allocation in microseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ravn.quantizers.qweight import QuantizedWeight, check_bits
+
+GRIDS = ("kmeans", "uniform")
+MAX_CLUSTERS = 16
+
+
+def kmeans_1d(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact 1-D k-means (Eq. 1): ``(assignment, centroids)``, centroids ascending, ``k`` capped at the
+    number of distinct values so no cluster is empty."""
+    import kmeans1d
+
+    k = max(1, min(k, len(np.unique(values))))
+    if k == 1:
+        return np.zeros(len(values), dtype=np.int64), np.array([float(values.mean())])
+    assignment, centroids = kmeans1d.cluster(values, k)
+    return np.asarray(assignment, dtype=np.int64), np.asarray(centroids, dtype=np.float64)
+
+
+def cluster_table(values: np.ndarray, bits: int, grid: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, table)`` of one cluster's values at ``bits`` bits; the table has ``2^bits`` entries."""
+    size = 1 << bits
+    if grid == "kmeans":
+        codes, centroids = kmeans_1d(values, size)
+        table = np.concatenate([centroids, np.full(size - len(centroids), centroids[-1])])
+        return codes, table
+    lo, hi = float(values.min()), float(values.max())
+    width = (hi - lo) / size
+    if width == 0:
+        return np.zeros(len(values), dtype=np.int64), np.full(size, lo)
+    codes = np.clip(np.floor((values - lo) / width), 0, size - 1).astype(np.int64)
+    return codes, lo + (np.arange(size) + 0.5) * width
+
+
+@dataclass(frozen=True)
+class ClusterStats:
+    """What an observer (or the VQ bit initialisation) knows of one cluster."""
+
+    share: float  # fraction of the layer's weights
+    lo: float  # normalised value range
+    hi: float
+    std: float
+
+
+class ClusteredWeight:
+    """One layer's weights clustered once (Eq. 1), quantizable at any per-cluster bit-widths (Eq. 2)."""
+
+    def __init__(self, weight: torch.Tensor, clusters: int = 3, per_channel: bool = True, grid: str = "kmeans"):
+        if grid not in GRIDS:
+            raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
+        if not 1 <= clusters <= MAX_CLUSTERS:
+            raise ValueError(f"clusters must be in 1..{MAX_CLUSTERS}, got {clusters}")
+        w = weight.detach().float().reshape(weight.shape[0], -1)
+        self.shape = tuple(weight.shape)
+        self.grid = grid
+        if per_channel:
+            scale = w.abs().amax(dim=1)
+            self.scale: torch.Tensor | None = torch.where(scale > 0, scale, torch.ones_like(scale))
+            w = w / self.scale.view(-1, 1)
+        else:
+            self.scale = None
+        self.values = w.reshape(-1).double().numpy()
+        ids, _ = kmeans_1d(self.values, clusters)
+        self.ids = ids
+        self.clusters = int(ids.max()) + 1
+        self.members = [np.flatnonzero(ids == m) for m in range(self.clusters)]
+        self._cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def stats(self) -> list[ClusterStats]:
+        out = []
+        for idx in self.members:
+            v = self.values[idx]
+            out.append(ClusterStats(len(idx) / self.numel, float(v.min()), float(v.max()), float(v.std())))
+        return out
+
+    def _cluster(self, m: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
+        key = (m, bits)
+        if key not in self._cache:
+            self._cache[key] = cluster_table(self.values[self.members[m]], bits, self.grid)
+        return self._cache[key]
+
+    def quantize(self, bits: tuple[int, ...] | list[int]) -> QuantizedWeight:
+        """The layer quantized with ``bits[m]`` bits in cluster ``m``."""
+        bits = check_bits(bits)
+        if len(bits) != self.clusters:
+            raise ValueError(f"{self.clusters} clusters need {self.clusters} bit-widths, got {list(bits)}")
+        codes = np.zeros(self.numel, dtype=np.int64)
+        tables = []
+        for m, b in enumerate(bits):
+            member_codes, table = self._cluster(m, b)
+            codes[self.members[m]] = member_codes
+            tables.append(table)
+        ids = None if self.clusters == 1 else torch.from_numpy(self.ids)
+        table = torch.from_numpy(np.concatenate(tables)).float()
+        return QuantizedWeight(self.shape, bits, ids, torch.from_numpy(codes), table, self.scale)
+
+    def error(self, bits) -> float:
+        """Mean squared error of the normalised weights at ``bits`` (a cheap sensitivity proxy)."""
+        sq = 0.0
+        for m, b in enumerate(check_bits(bits)):
+            codes, table = self._cluster(m, b)
+            sq += float(((self.values[self.members[m]] - table[codes]) ** 2).sum())
+        return sq / self.numel
