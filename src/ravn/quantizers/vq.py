@@ -41,11 +41,42 @@ def kmeans_1d(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(assignment, dtype=np.int64), np.asarray(centroids, dtype=np.float64)
 
 
+#: Sub-codebooks with more entries than this use Lloyd iterations instead of exact k-means
+#: (exact 1-D k-means costs O(k n) per cluster; at 64+ levels the two differ by a fraction of a percent in MSE).
+EXACT_MAX_LEVELS = 32
+
+
+def lloyd_1d(values: np.ndarray, k: int, iterations: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's algorithm in 1-D: ``(assignment, centroids)``, centroids ascending.
+
+    Starts from the high-resolution optimum (level density proportional to ``p(x)^(1/3)``, Panter
+    and Dite 1951), from which a few iterations converge.
+    """
+    order = np.argsort(values, kind="stable")
+    v = values[order]
+    k = max(1, min(k, len(np.unique(v))))
+    hist, edges = np.histogram(v, bins=max(64, 16 * k))
+    mass = np.cumsum(np.cbrt(hist.astype(np.float64)))
+    targets = (np.arange(k) + 0.5) / k * mass[-1]
+    centroids = np.interp(targets, np.concatenate([[0.0], mass]), edges)
+    for _ in range(iterations):
+        bins = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, v)
+        counts = np.bincount(bins, minlength=k)
+        sums = np.bincount(bins, weights=v, minlength=k)
+        updated = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
+        if np.array_equal(updated, centroids):
+            break
+        centroids = np.sort(updated)
+    assignment = np.empty(len(v), dtype=np.int64)
+    assignment[order] = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, v)
+    return assignment, centroids
+
+
 def cluster_table(values: np.ndarray, bits: int, grid: str) -> tuple[np.ndarray, np.ndarray]:
     """``(codes, table)`` of one cluster's values at ``bits`` bits; the table has ``2^bits`` entries."""
     size = 1 << bits
     if grid == "kmeans":
-        codes, centroids = kmeans_1d(values, size)
+        codes, centroids = kmeans_1d(values, size) if size <= EXACT_MAX_LEVELS else lloyd_1d(values, size)
         table = np.concatenate([centroids, np.full(size - len(centroids), centroids[-1])])
         return codes, table
     lo, hi = float(values.min()), float(values.max())

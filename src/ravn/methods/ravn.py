@@ -1,0 +1,257 @@
+"""RAVN (Jha et al., CVPRW 2024): VQ clusters with per-cluster bit-widths, chosen by PPO under a size budget.
+
+Post-training mode (this file, ``mode="ptq"``), as METHOD.md reads the paper:
+
+1. VQ (Sec. 3.1): exact 1-D k-means of each layer's per-channel-normalised weights into ``M``
+   clusters; each cluster gets its own bit-width and table.
+2. Sensitivity of each layer measured once; float features of the calibration batch cached.
+3. Initial bits: from VQ (all clusters at 8 bits, projected into the budget with the damage model)
+   or random in [2, 8] (Sec. 4.2), then projected.
+4. ReAQ (Sec. 3.2-3.3, Eq. 7): PPO walks the layers and changes each cluster's bits; every
+   configuration is projected into the budget and rewarded with ``-(L_fidelity + lambda (g - g_f)^2)``
+   on the calibration batch and a validation subset.
+5. Adaptive quantization without training: the best allocation's codes are re-chosen against each
+   layer's output error (:mod:`ravn.training.reconstruct`).
+
+``vq`` (Table 6's first row) stops after step 3 and keeps round-to-nearest codes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ravn.errors import RavnError
+from ravn.methods.base import Context, QuantizationResult, config_dict, register, with_weights
+from ravn.quantizers.layers import quantizable_layers
+from ravn.quantizers.vq import GRIDS, MAX_CLUSTERS, ClusteredWeight
+from ravn.search.budget import Budget, LayerCost, avg_bits, check_feasible, fit
+from ravn.search.evaluate import AllocationEvaluator, SearchData
+from ravn.search.sensitivity import damage_model, layer_sensitivity
+
+
+@dataclass
+class VQConfig:
+    #: Size budget as measured average bits per quantized weight (cluster ids included) ...
+    budget_bits: float | None = 4.0
+    #: ... or as bytes of the whole .ravn file (give one of the two).
+    budget_bytes: int | None = None
+    #: M: k-means clusters per layer (1 = one table per layer).
+    clusters: int = 3
+    #: In-cluster table: "kmeans" sub-codebook or "uniform" cells over the cluster's range.
+    grid: str = "kmeans"
+    #: Cluster weights divided by their output channel's largest magnitude (one stored scale each).
+    per_channel: bool = True
+    #: Initial bits: "vq" (projection of 8 bits everywhere by modelled damage) or "random" (U[2, 8], Sec. 4.2).
+    init: str = "vq"
+    #: Re-choose codes against each layer's output error on the calibration batch (post-training AQ).
+    reconstruct: bool = False
+    #: Calibration images (drawn from the training part) for fidelity, sensitivity and reconstruction.
+    calibration_size: int = 256
+    #: Layers left in float, by name.
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.budget_bits is None) == (self.budget_bytes is None):
+            raise ValueError("give exactly one of budget_bits and budget_bytes")
+        if self.budget_bits is not None and not 1.0 <= self.budget_bits <= 8.0:
+            raise ValueError(f"budget_bits must be between 1 and 8, got {self.budget_bits}")
+        if self.budget_bytes is not None and self.budget_bytes <= 0:
+            raise ValueError(f"budget_bytes must be positive, got {self.budget_bytes}")
+        if not 1 <= self.clusters <= MAX_CLUSTERS:
+            raise ValueError(f"clusters must be in 1..{MAX_CLUSTERS}, got {self.clusters}")
+        if self.grid not in GRIDS:
+            raise ValueError(f"grid must be one of {GRIDS}, got {self.grid!r}")
+        if self.init not in ("vq", "random"):
+            raise ValueError(f"init must be 'vq' or 'random', got {self.init!r}")
+        if self.calibration_size < 1:
+            raise ValueError("calibration_size must be positive")
+        self.exclude = tuple(self.exclude)
+
+
+@dataclass
+class RavnConfig(VQConfig):
+    #: "ptq": post-training only; "qat": with adaptive quantization-aware fine-tuning.
+    mode: str = "ptq"
+    #: Bit allocation agent: "ppo" (ReAQ) or "random" (random search, the control).
+    agent: str = "ppo"
+    #: Most episodes (evaluated configurations) of the search.
+    episodes: int = 100
+    #: Stop when the best reward has not improved for this many episodes.
+    patience: int = 40
+    #: Lambda of Eq. 7: weight of the squared validation top-1 gap (in percent points).
+    lam: float = 1.0
+    #: Validation images per evaluation during the search (a fixed subset of the validation split).
+    search_val_size: int = 1000
+    #: Largest change of a cluster's bits from its initial bits that one action makes.
+    max_delta: int = 2
+    reconstruct: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mode not in ("ptq", "qat"):
+            raise ValueError(f"mode must be 'ptq' or 'qat', got {self.mode!r}")
+        if self.agent not in ("ppo", "random"):
+            raise ValueError(f"agent must be 'ppo' or 'random', got {self.agent!r}")
+        if self.episodes < 1 or self.patience < 1 or self.search_val_size < 1 or self.max_delta < 1:
+            raise ValueError("episodes, patience, search_val_size and max_delta must be positive")
+
+
+@dataclass
+class Prepared:
+    """Everything the search and the export need, computed once."""
+
+    layers: dict[str, nn.Module]
+    clustered: dict[str, ClusteredWeight]
+    costs: dict[str, LayerCost]
+    budget: Budget
+    damage: dict[str, list[list[float]]]
+    sensitivity: dict[str, float]
+    evaluator: AllocationEvaluator
+    init: dict[str, tuple[int, ...]]
+    calibration: torch.Tensor
+    seconds: float
+
+
+def _fixed_bytes(model: nn.Module, layers: dict[str, nn.Module]) -> int:
+    """Bytes of the file outside the quantized layers' streams and tables: float state and header."""
+    skip = {f"{n}.weight" for n in layers}
+    state = sum(t.numel() * t.element_size() for k, t in model.state_dict().items()
+                if k not in skip and not k.endswith("num_batches_tracked"))
+    header = 2048 + 160 * len(layers)  # measured headers stay below this (tests/export)
+    return state + header
+
+
+def prepare(model: nn.Module, config: VQConfig, context: Context, search_val_size: int = 1000) -> Prepared:
+    if context.dataset is None:
+        raise RavnError("this method needs data (calibration and validation images)", "pass a dataset")
+    start = time.perf_counter()
+    layers = quantizable_layers(model, config.exclude)
+    clustered = {name: ClusteredWeight(m.weight, config.clusters, config.per_channel, config.grid)
+                 for name, m in layers.items()}
+    costs = {name: LayerCost(tuple(len(i) for i in cw.members), cw.shape[0] if config.per_channel else 0)
+             for name, cw in clustered.items()}
+    if config.budget_bits is not None:
+        budget = Budget(bits=config.budget_bits)
+    else:
+        budget = Budget(bytes=config.budget_bytes, fixed_bytes=_fixed_bytes(model, layers))
+    check_feasible(costs, budget)
+    calib_split = context.dataset.calibration(config.calibration_size, seed=0)
+    calibration = context.normalize(calib_split.images(torch.arange(len(calib_split))))
+    val = context.dataset.split("val", limit=search_val_size)
+    data = SearchData(calibration, context.normalize(val.images(torch.arange(len(val)))), val.labels)
+    evaluator = AllocationEvaluator(model, clustered, data, getattr(config, "lam", 1.0))
+    sensitivity = layer_sensitivity(model, clustered, evaluator.fidelity)
+    damage = damage_model(clustered, sensitivity)
+    if config.init == "vq":
+        start_bits = {n: (8,) * cw.clusters for n, cw in clustered.items()}
+    else:
+        rng = np.random.default_rng(context.seed)
+        start_bits = {n: tuple(int(b) for b in rng.integers(2, 9, cw.clusters)) for n, cw in clustered.items()}
+    init = fit(start_bits, costs, budget, damage, fill=config.init == "vq")
+    return Prepared(layers, clustered, costs, budget, damage, sensitivity, evaluator, init, calibration,
+                    time.perf_counter() - start)
+
+
+def _export_weights(model, prep: Prepared, alloc, reconstruct: bool):
+    from ravn.training.reconstruct import reconstruct as gptq
+
+    weights = {n: prep.clustered[n].quantize(alloc[n]) for n in prep.clustered}
+    if reconstruct:
+        weights = gptq(model, weights, prep.calibration)
+    return weights
+
+
+def _log(prep: Prepared, alloc) -> dict:
+    return {"budget": prep.budget.describe(), "planned_avg_bits": avg_bits(prep.costs, alloc),
+            "init_allocation": {n: list(b) for n, b in prep.init.items()},
+            "sensitivity": prep.sensitivity, "float_search_val_top1": prep.evaluator.float_top1,
+            "prepare_seconds": prep.seconds}
+
+
+@register("vq", VQConfig)
+def quantize_vq(model: nn.Module, config: VQConfig, context: Context) -> QuantizationResult:
+    prep = prepare(model, config, context)
+    weights = _export_weights(model, prep, prep.init, config.reconstruct)
+    return QuantizationResult(with_weights(model, weights), weights, "vq", config_dict(config), _log(prep, prep.init))
+
+
+def _run_dir(context: Context, config: RavnConfig) -> Path | None:
+    """The run folder, checked to belong to this same configuration (else resuming would mix runs)."""
+    if context.run_dir is None:
+        return None
+    run_dir = Path(context.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stamp = {"config": config_dict(config), "seed": context.seed}
+    path = run_dir / "run.json"
+    if path.exists():
+        if json.loads(path.read_text()) != json.loads(json.dumps(stamp)):
+            raise RavnError(f"{run_dir} holds a run with other settings",
+                            "pass --fresh to start over, or another --run-dir")
+    else:
+        path.write_text(json.dumps(stamp, indent=1))
+    return run_dir
+
+
+def search(model: nn.Module, config: RavnConfig, context: Context, prep: Prepared):
+    """Run the configured agent; returns its :class:`SearchResult`."""
+    from ravn.report.progress import search_progress
+    from ravn.search.env import BitAllocationEnv, LayerInfo
+    from ravn.search.log import EpisodeLog, Tracker
+    from ravn.search.ppo import ppo_search
+    from ravn.search.random_search import random_search
+
+    run_dir = _run_dir(context, config)
+    log = EpisodeLog(run_dir / "episodes.jsonl" if run_dir else None)
+    prep.evaluator.cache.update(log.cached_results())
+    infos = []
+    for name, layer in prep.layers.items():
+        cw = prep.clustered[name]
+        stats = cw.stats()
+        grouped = isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Conv3d) and layer.groups > 1
+        kind = 2 if isinstance(layer, nn.Linear) else (1 if grouped else 0)
+        w = layer.weight
+        infos.append(LayerInfo(
+            name, kind, w[0].numel(), w.shape[0], int(np.prod(w.shape[2:])) if w.dim() > 2 else 1,
+            int(getattr(layer, "stride", (1,))[0]), w.numel(), float(w.std()),
+            float(np.log10(max(prep.sensitivity[name], 1e-12))), tuple(s.share for s in stats),
+            tuple(s.hi - s.lo for s in stats)))
+
+    def evaluate(alloc):
+        return {**prep.evaluator(alloc), "avg_bits": avg_bits(prep.costs, alloc)}
+
+    env = BitAllocationEnv(infos, prep.costs, prep.budget, prep.damage, prep.init, evaluate,
+                           max_delta=config.max_delta)
+    with search_progress(config.episodes, f"{config.agent} search", context.progress) as update:
+        tracker = Tracker(log, config.episodes, config.patience, update)
+        if config.agent == "ppo":
+            return ppo_search(env, tracker, context.seed)
+        return random_search(env, tracker, context.seed)
+
+
+@register("ravn", RavnConfig)
+def quantize_ravn(model: nn.Module, config: RavnConfig, context: Context) -> QuantizationResult:
+    if config.mode == "qat":
+        raise RavnError("RAVN's QAT mode is not available in this version", "use --mode ptq")
+    torch.manual_seed(context.seed)
+    prep = prepare(model, config, context, config.search_val_size)
+    start = time.perf_counter()
+    found = search(model, config, context, prep)
+    search_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    weights = _export_weights(model, prep, found.allocation, config.reconstruct)
+    log = {**_log(prep, found.allocation), "search_seconds": search_seconds,
+           "reconstruct_seconds": time.perf_counter() - start, "episodes": found.episodes,
+           "evaluations": prep.evaluator.evaluations, "best": {k: found.result[k] for k in
+                                                               ("reward", "fidelity", "val_top1", "loss")},
+           "history": [{k: h[k] for k in ("episode", "reward", "val_top1", "fidelity")} for h in found.history]}
+    return QuantizationResult(with_weights(model, weights), weights, "ravn", config_dict(config), log)
+
+
+__all__ = ["RavnConfig", "VQConfig", "prepare", "quantize_ravn", "quantize_vq", "search"]

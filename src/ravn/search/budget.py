@@ -1,0 +1,153 @@
+"""The size budget (METHOD.md "Budget"): what an allocation costs and a deterministic projection into it.
+
+Cost is counted exactly as the file stores it: per layer, the Huffman-coded cluster ids (fixed by
+the clustering) plus ``bits[m]`` bits for each weight of cluster ``m``; in bytes, also the cluster
+tables, channel vectors and the rest of the file. Every configuration a search evaluates goes
+through :func:`fit`, which lowers bits where the damage model says it hurts least until the
+budget holds, then spends what is left where it helps most (as HAQ does), so no evaluated
+configuration exceeds the budget and none wastes it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+from ravn.errors import RavnError
+from ravn.quantizers import huffman
+from ravn.quantizers.qweight import FLOAT_BYTES, MAX_BITS, MIN_BITS
+
+Allocation = dict[str, tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """What one layer's storage depends on: its clusters' weight counts and its fixed extras."""
+
+    counts: tuple[int, ...]
+    channel_floats: int = 0  # per-channel scale (and offset) values stored
+    explicit_tables: bool = True  # cluster tables stored as 2^b floats each
+
+    @property
+    def numel(self) -> int:
+        return sum(self.counts)
+
+    @cached_property
+    def id_bits(self) -> int:
+        return huffman.encoded_bits(list(self.counts)) if len(self.counts) > 1 else 0
+
+    def code_bits(self, bits: tuple[int, ...]) -> int:
+        return sum(c * b for c, b in zip(self.counts, bits, strict=True))
+
+    def file_bytes(self, bits: tuple[int, ...]) -> int:
+        tables = sum(1 << b for b in bits) if self.explicit_tables else 0
+        return (-(-self.id_bits // 8) + -(-self.code_bits(bits) // 8)
+                + FLOAT_BYTES * (tables + self.channel_floats))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A size budget: measured average bits per quantized weight, or bytes of the whole file."""
+
+    bits: float | None = None
+    bytes: int | None = None
+    #: bytes of the file outside the quantized layers (float state and header), for ``bytes`` budgets
+    fixed_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.bits is None) == (self.bytes is None):
+            raise ValueError("give exactly one of a bits budget and a bytes budget")
+        if self.bits is not None and not MIN_BITS <= self.bits <= MAX_BITS + 16:
+            raise ValueError(f"a bits budget must be between {MIN_BITS} and {MAX_BITS}, got {self.bits}")
+
+    def cost(self, costs: dict[str, LayerCost], alloc: Allocation) -> float:
+        """The allocation's size in the budget's unit (total bits, or file bytes)."""
+        if self.bits is not None:
+            return sum(c.id_bits + c.code_bits(alloc[n]) for n, c in costs.items())
+        return self.fixed_bytes + sum(c.file_bytes(alloc[n]) for n, c in costs.items())
+
+    def limit(self, costs: dict[str, LayerCost]) -> float:
+        if self.bits is not None:
+            return math.floor(self.bits * sum(c.numel for c in costs.values()))
+        return self.bytes
+
+    def describe(self) -> str:
+        return f"{self.bits} average bits" if self.bits is not None else f"{self.bytes:,} bytes"
+
+
+def avg_bits(costs: dict[str, LayerCost], alloc: Allocation) -> float:
+    n = sum(c.numel for c in costs.values())
+    return sum(c.id_bits + c.code_bits(alloc[name]) for name, c in costs.items()) / n
+
+
+def check_feasible(costs: dict[str, LayerCost], budget: Budget) -> None:
+    """An impossible budget (below what 1 bit everywhere costs) is the user's error, said plainly."""
+    floor_alloc = {n: (MIN_BITS,) * len(c.counts) for n, c in costs.items()}
+    if budget.cost(costs, floor_alloc) > budget.limit(costs):
+        least = (avg_bits(costs, floor_alloc) if budget.bits is not None
+                 else budget.cost(costs, floor_alloc))
+        unit = "average bits" if budget.bits is not None else "bytes"
+        raise RavnError(f"the budget of {budget.describe()} is impossible: 1 bit everywhere already takes "
+                        f"{least:,.3f} {unit} (cluster ids included)",
+                        "raise the budget or use fewer clusters")
+
+
+def fit(alloc: Allocation, costs: dict[str, LayerCost], budget: Budget,
+        damage: dict[str, list[list[float]]], fill: bool = True) -> Allocation:
+    """Project ``alloc`` into the budget, deterministically.
+
+    ``damage[layer][m][b]`` is the modelled harm of cluster ``m`` at ``b`` bits (non-increasing in
+    ``b``). While over budget, the (layer, cluster) whose next lower bit-width adds the least harm
+    per unit of size saved loses a bit. With ``fill``, bits are then added where they remove the
+    most harm per unit of size, while the budget still holds. Ties go to the earlier layer.
+    """
+    out = {n: list(b) for n, b in alloc.items()}
+    limit = budget.limit(costs)
+    names = list(costs)
+
+    def size() -> float:
+        return budget.cost(costs, {n: tuple(b) for n, b in out.items()})
+
+    def delta(name: str, m: int, step: int) -> float:
+        b = out[name]
+        before = budget.cost({name: costs[name]}, {name: tuple(b)})
+        b[m] += step
+        after = budget.cost({name: costs[name]}, {name: tuple(b)})
+        b[m] -= step
+        return abs(after - before)
+
+    current = size()
+    while current > limit:
+        best = None
+        for name in names:
+            for m, b in enumerate(out[name]):
+                if b > MIN_BITS:
+                    saved = delta(name, m, -1)
+                    if saved <= 0:
+                        continue
+                    harm = (damage[name][m][b - 1] - damage[name][m][b]) / saved
+                    if best is None or harm < best[0]:
+                        best = (harm, name, m, saved)
+        if best is None:
+            raise RavnError(f"no allocation fits the budget of {budget.describe()}", "raise the budget")
+        _, name, m, saved = best
+        out[name][m] -= 1
+        current -= saved
+    while fill:
+        best = None
+        for name in names:
+            for m, b in enumerate(out[name]):
+                if b < MAX_BITS:
+                    extra = delta(name, m, +1)
+                    if current + extra > limit:
+                        continue
+                    gain = (damage[name][m][b] - damage[name][m][b + 1]) / max(extra, 1e-9)
+                    if gain > 0 and (best is None or gain > best[0]):
+                        best = (gain, name, m, extra)
+        if best is None:
+            break
+        _, name, m, extra = best
+        out[name][m] += 1
+        current += extra
+    return {n: tuple(b) for n, b in out.items()}

@@ -1,0 +1,113 @@
+"""The ReAQ environment (paper Sec. 3.2, Algorithm 1; METHOD.md "Environment"), a gymnasium Env.
+
+One episode walks the quantized layers in forward order, one step per layer. The action sets the
+bit-width of each of the layer's clusters, as a change of ``-K..+K`` bits to its initial bits (VQ
+or random initialisation). After the last layer, the allocation is projected into the size budget
+(:func:`ravn.search.budget.fit`) and evaluated; the reward is ``-L`` of Eq. 7, given at that step
+(earlier steps get 0). The observation describes the current layer (kind, shape, parameter share,
+weight statistics, cluster shares and spreads, sensitivity, initial bits), the bits the episode
+has chosen so far relative to the budget, and the previous layer's action.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+
+from ravn.quantizers.qweight import MAX_BITS, MIN_BITS
+from ravn.search.budget import Allocation, Budget, LayerCost, fit
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """What the agent observes of one layer (fixed during the search)."""
+
+    name: str
+    kind: int  # 0 conv, 1 depthwise/grouped conv, 2 linear
+    in_features: int
+    out_features: int
+    kernel: int  # kernel elements (1 for linear)
+    stride: int
+    numel: int
+    weight_std: float
+    sensitivity: float  # log10 of the measured sensitivity
+    shares: tuple[float, ...]  # per cluster
+    spreads: tuple[float, ...]  # per cluster: value range of the normalised weights
+
+
+class BitAllocationEnv(gym.Env):
+    """Per-layer, per-cluster bit allocation under a size budget."""
+
+    metadata = {"render_modes": []}  # noqa: RUF012
+
+    def __init__(self, layers: list[LayerInfo], costs: dict[str, LayerCost], budget: Budget,
+                 damage: dict[str, list[list[float]]], init_bits: Allocation,
+                 evaluate: Callable[[Allocation], dict], max_clusters: int | None = None, max_delta: int = 2):
+        super().__init__()
+        self.layers = layers
+        self.costs = costs
+        self.budget = budget
+        self.damage = damage
+        self.init_bits = init_bits
+        self.evaluate = evaluate
+        self.max_clusters = max_clusters or max(len(layer.shares) for layer in layers)
+        self.max_delta = max_delta
+        self.action_space = gym.spaces.MultiDiscrete([2 * max_delta + 1] * self.max_clusters)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self._obs_size(),), dtype=np.float32)
+        self.total_weights = sum(layer.numel for layer in layers)
+        self._limit = budget.limit(costs)
+        self._index = 0
+        self._alloc: dict[str, tuple[int, ...]] = {}
+        self._last_action = np.zeros(self.max_clusters)
+        self.last_result: dict | None = None
+
+    def _obs_size(self) -> int:
+        return 3 + 7 + 4 * self.max_clusters + 2
+
+    def _pad(self, values, fill=0.0) -> list[float]:
+        values = list(values)[: self.max_clusters]
+        return values + [fill] * (self.max_clusters - len(values))
+
+    def _observation(self) -> np.ndarray:
+        i = min(self._index, len(self.layers) - 1)
+        layer = self.layers[i]
+        kind = [0.0, 0.0, 0.0]
+        kind[layer.kind] = 1.0
+        chosen = {n: b for n, b in self._alloc.items()}
+        rest = {n: tuple(self.init_bits[n]) for n in self.costs if n not in chosen}
+        used = self.budget.cost(self.costs, {**chosen, **rest})
+        obs = [*kind, i / max(1, len(self.layers) - 1), np.log2(layer.in_features) / 10,
+               np.log2(layer.out_features) / 10, layer.kernel / 9, layer.stride / 2,
+               layer.numel / self.total_weights * 10, layer.sensitivity / 3]
+        obs += self._pad(layer.shares) + self._pad([s / 2 for s in layer.spreads])
+        obs += self._pad([b / MAX_BITS for b in self.init_bits[layer.name]])
+        obs += self._pad([(a - self.max_delta) / self.max_delta for a in self._last_action])
+        obs += [used / self._limit - 1.0, layer.weight_std * 10]
+        return np.asarray(obs, dtype=np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._index = 0
+        self._alloc = {}
+        self._last_action = np.full(self.max_clusters, self.max_delta)
+        return self._observation(), {}
+
+    def bits_for(self, layer: LayerInfo, action) -> tuple[int, ...]:
+        init = self.init_bits[layer.name]
+        return tuple(int(np.clip(b + int(a) - self.max_delta, MIN_BITS, MAX_BITS))
+                     for b, a in zip(init, action, strict=False))
+
+    def step(self, action):
+        layer = self.layers[self._index]
+        self._alloc[layer.name] = self.bits_for(layer, action)
+        self._last_action = np.asarray(action, dtype=np.float64)
+        self._index += 1
+        if self._index < len(self.layers):
+            return self._observation(), 0.0, False, False, {}
+        alloc = fit(self._alloc, self.costs, self.budget, self.damage)
+        result = self.evaluate(alloc)
+        self.last_result = {"allocation": alloc, "proposed": dict(self._alloc), **result}
+        return self._observation(), float(result["reward"]), True, False, {"result": self.last_result}

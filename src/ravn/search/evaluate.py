@@ -1,0 +1,92 @@
+"""Evaluating a bit allocation: the reward of paper Eq. 7 on fixed data, cached per configuration.
+
+``L = L_fidelity + lambda * m(g(Phi_B), g_f)`` and reward ``-L`` (METHOD.md "Loss and reward"):
+``L_fidelity`` is Eq. 6 on the calibration batch (a draw from the training part), ``g`` the top-1
+accuracy in percent on a fixed subset of the validation split (never the test set), ``g_f`` the
+float model's on the same subset, ``m`` the squared difference. In percent, a one-point drop costs
+1.0, about what a 4-bit layer-wide fidelity loss costs, so both terms matter.
+
+An evaluation is a pure function of (model, clustering, allocation, data); configurations already
+seen are answered from the cache.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ravn.quantizers.vq import ClusteredWeight
+from ravn.search.budget import Allocation
+from ravn.search.fidelity import FidelityLoss
+
+
+@dataclass
+class SearchData:
+    """The fixed inputs of every evaluation: normalised calibration images and a validation subset."""
+
+    calibration: torch.Tensor
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+
+
+@torch.no_grad()
+def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
+    correct = 0
+    for i in range(0, len(labels), batch_size):
+        correct += (model(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum().item()
+    return 100.0 * correct / len(labels)
+
+
+def allocation_key(alloc: Allocation, names: list[str]) -> tuple:
+    return tuple(tuple(alloc[n]) for n in names)
+
+
+class AllocationEvaluator:
+    """Reward of Eq. 7 for any allocation of ``clustered`` layers; one float model, fixed data."""
+
+    def __init__(self, model: nn.Module, clustered: dict[str, ClusteredWeight], data: SearchData,
+                 lam: float = 1.0, target_top1: float | None = None):
+        self.names = list(clustered)
+        self.clustered = clustered
+        self.data = data
+        self.lam = lam
+        self.work = copy.deepcopy(model).eval()
+        self.modules = dict(self.work.named_modules())
+        self.fidelity = FidelityLoss(model, self.names, data.calibration)
+        self.float_top1 = top1(model.eval(), data.val_images, data.val_labels)
+        self.target = self.float_top1 if target_top1 is None else target_top1
+        self.cache: dict[tuple, dict] = {}
+        self._weights: dict[tuple, torch.Tensor] = {}
+        self.evaluations = 0
+
+    def _dequantized(self, name: str, bits: tuple[int, ...]) -> torch.Tensor:
+        key = (name, bits)
+        if key not in self._weights:
+            self._weights[key] = self.clustered[name].quantize(bits).dequantize()
+        return self._weights[key]
+
+    def load(self, alloc: Allocation) -> nn.Module:
+        """The working model holding ``alloc``'s round-to-nearest weights."""
+        with torch.no_grad():
+            for name in self.names:
+                self.modules[name].weight.copy_(self._dequantized(name, tuple(alloc[name])))
+        return self.work
+
+    def __call__(self, alloc: Allocation) -> dict:
+        key = allocation_key(alloc, self.names)
+        if key in self.cache:
+            return {**self.cache[key], "cached": True}
+        start = time.perf_counter()
+        model = self.load(alloc)
+        fid = self.fidelity(model)
+        g = top1(model, self.data.val_images, self.data.val_labels)
+        loss = fid + self.lam * (g - self.target) ** 2
+        result = {"fidelity": fid, "val_top1": g, "loss": loss, "reward": -loss,
+                  "seconds": time.perf_counter() - start}
+        self.cache[key] = result
+        self.evaluations += 1
+        return {**result, "cached": False}

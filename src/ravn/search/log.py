@@ -1,0 +1,96 @@
+"""The episode log: one JSON line per finished episode, appended and flushed as it happens.
+
+It is also the search's memory across interruptions: reopening the log refills the evaluation
+cache, so a rerun of the same (deterministic) search replays the logged episodes from the cache in
+seconds and carries on where it stopped. A torn last line, from a kill mid-write, is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class SearchResult:
+    """The best configuration a search found and the trace that led there."""
+
+    allocation: dict[str, tuple[int, ...]]
+    result: dict  # its evaluation (reward, fidelity, val_top1, ...)
+    episodes: int
+    evaluations: int
+    history: list[dict] = field(default_factory=list)
+
+
+class EpisodeLog:
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.records: list[dict] = []
+        if path is not None and path.exists():
+            lines = path.read_text().splitlines()
+            for line in lines:
+                try:
+                    self.records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break  # a torn line ends the usable log
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        assert self.path is not None
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        os.replace(tmp, self.path)
+
+    def append(self, record: dict) -> None:
+        self.records.append(record)
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def cached_results(self) -> dict[tuple, dict]:
+        """Evaluations by allocation key (layer order as logged), to refill an evaluator's cache."""
+        out = {}
+        for r in self.records:
+            key = tuple(tuple(b) for b in r["bits"].values())
+            out[key] = {k: r[k] for k in ("fidelity", "val_top1", "loss", "reward", "seconds") if k in r}
+        return out
+
+
+class Tracker:
+    """Counts episodes, keeps the best one, logs each, and says when the search should stop."""
+
+    def __init__(self, log: EpisodeLog, max_episodes: int, patience: int, progress=None):
+        self.log = log
+        self.replayed = len(log.records)
+        self.max_episodes = max_episodes
+        self.patience = patience
+        self.progress = progress
+        self.episode = 0
+        self.best: dict | None = None
+        self.best_episode = 0
+        self.history: list[dict] = []
+
+    def record(self, result: dict, extra: dict) -> bool:
+        """Note a finished episode; returns False when the search should stop."""
+        alloc = result["allocation"]
+        record = {"episode": self.episode, "bits": {n: list(b) for n, b in alloc.items()}, **extra,
+                  **{k: result[k] for k in ("fidelity", "val_top1", "loss", "reward", "seconds", "cached")}}
+        if self.episode >= self.replayed:
+            self.log.append(record)
+        self.history.append(record)
+        if self.best is None or result["reward"] > self.best["reward"]:
+            self.best, self.best_episode = result, self.episode
+        self.episode += 1
+        if self.progress is not None:
+            self.progress(self.episode, self.best, extra)
+        return self.episode < self.max_episodes and self.episode - self.best_episode <= self.patience
+
+    def result(self, evaluations: int) -> SearchResult:
+        assert self.best is not None
+        return SearchResult(dict(self.best["allocation"]), self.best, self.episode, evaluations, self.history)

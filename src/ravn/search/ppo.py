@@ -1,0 +1,49 @@
+"""The ReAQ agent: PPO (Schulman et al. 2017) from stable-baselines3 on :class:`BitAllocationEnv`.
+
+Rollouts of ``episodes_per_update`` whole episodes; no discount inside an episode (the reward comes
+at its end); advantages normalised per batch, so the scale of Eq. 7 does not matter. Stops after
+``max_episodes`` or when the best reward has not improved for ``patience`` episodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ravn.search.env import BitAllocationEnv
+from ravn.search.log import SearchResult, Tracker
+
+
+@dataclass
+class PPOSettings:
+    #: Episodes per policy update (one rollout).
+    episodes_per_update: int = 4
+    #: Gradient epochs over each rollout.
+    epochs: int = 10
+    #: Adam learning rate of policy and value networks.
+    learning_rate: float = 1e-3
+    #: Entropy bonus: keeps exploring while the budget projection flattens differences.
+    entropy: float = 0.01
+    #: Hidden layer sizes of the policy and value MLPs.
+    hidden: tuple[int, ...] = (64, 64)
+
+
+def ppo_search(env: BitAllocationEnv, tracker: Tracker, seed: int, settings: PPOSettings | None = None) -> SearchResult:
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    s = settings or PPOSettings()
+    steps = len(env.layers) * s.episodes_per_update
+
+    class Stop(BaseCallback):
+        def _on_step(self) -> bool:
+            for info in self.locals["infos"]:
+                if "result" in info and not tracker.record(info["result"], {"agent": "ppo"}):
+                    return False
+            return True
+
+    model = PPO("MlpPolicy", env, n_steps=steps, batch_size=max(2, steps // 2), n_epochs=s.epochs,
+                learning_rate=s.learning_rate, gamma=1.0, gae_lambda=0.95, ent_coef=s.entropy, seed=seed,
+                policy_kwargs={"net_arch": list(s.hidden)}, device="cpu", verbose=0)
+    model.learn(total_timesteps=len(env.layers) * (tracker.max_episodes + s.episodes_per_update),
+                callback=Stop())
+    return tracker.result(evaluations=tracker.episode)

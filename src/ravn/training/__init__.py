@@ -1,0 +1,1 @@
+"""Training stages: post-training reconstruction and quantization-aware fine-tuning."""
