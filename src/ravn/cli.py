@@ -72,6 +72,33 @@ def eval_cmd(
     typer.echo(f"{line} ({out['n']} images)")
 
 
+#: CLI option -> config field, for the method-specific options (None: not given).
+_METHOD_OPTIONS = ("bits", "granularity", "symmetric", "budget_bits", "budget_bytes", "mode", "clusters", "grid",
+                   "per_channel", "init", "agent", "episodes", "patience", "lam", "search_val_size",
+                   "calibration_size", "reconstruct", "epochs")
+
+
+def _method_config(method: str, options: dict, exclude: tuple[str, ...]):
+    """The method's config dataclass from the options the user gave; options it has no field for are errors."""
+    import dataclasses
+
+    from ravn.methods import config_type
+
+    ctype = config_type(method)
+    fields = {f.name for f in dataclasses.fields(ctype)}
+    given = {k: v for k, v in options.items() if v is not None}
+    foreign = sorted(set(given) - fields)
+    if foreign:
+        flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
+        raise RavnError(f"{flags} does not apply to --method {method}", "see 'ravn quantize --help'")
+    if "budget_bytes" in given:
+        given.setdefault("budget_bits", None)
+    try:
+        return ctype(**given, exclude=exclude)
+    except (TypeError, ValueError) as exc:
+        raise RavnError(str(exc), "see 'ravn quantize --help'") from None
+
+
 @app.command("quantize")
 def quantize_cmd(
     out: Annotated[Path, typer.Option("--out", help="The .ravn file to write.")],
@@ -79,28 +106,57 @@ def quantize_cmd(
     weights: WeightsOpt = None,
     data: DataOpt = None,
     method: Annotated[str, typer.Option(help="Quantization method (see 'ravn methods').")] = "uniform",
-    bits: Annotated[int, typer.Option(help="uniform: bit-width of every weight, 1..8.")] = 4,
-    granularity: Annotated[str, typer.Option(help="uniform: 'channel' or 'layer' grids.")] = "channel",
-    symmetric: Annotated[bool, typer.Option(help="uniform: grids symmetric around zero.")] = True,
+    bits: Annotated[int | None, typer.Option(help="uniform: bit-width of every weight, 1..8 (default 4).")] = None,
+    granularity: Annotated[str | None, typer.Option(
+        help="uniform: 'channel' or 'layer' grids (default channel).")] = None,
+    symmetric: Annotated[bool | None, typer.Option(
+        "--symmetric/--asymmetric", help="uniform: grids symmetric around zero (default symmetric).")] = None,
+    budget_bits: Annotated[float | None, typer.Option(
+        help="vq/ravn: size budget in measured average bits per weight, cluster ids included (default 4.0).")] = None,
+    budget_bytes: Annotated[int | None, typer.Option(help="vq/ravn: size budget in bytes of the .ravn file.")] = None,
+    mode: Annotated[str | None, typer.Option(help="ravn: 'ptq' (post-training) or 'qat' (fine-tuning).")] = None,
+    clusters: Annotated[int | None, typer.Option(help="vq/ravn: k-means clusters per layer, M.")] = None,
+    grid: Annotated[str | None, typer.Option(help="vq/ravn: in-cluster table, 'kmeans' or 'uniform'.")] = None,
+    per_channel: Annotated[bool | None, typer.Option(
+        "--per-channel/--per-layer", help="vq/ravn: cluster per-channel-normalised weights.")] = None,
+    init: Annotated[str | None, typer.Option(help="vq/ravn: initial bits, 'vq' or 'random' (paper 4.2).")] = None,
+    agent: Annotated[str | None, typer.Option(help="ravn: 'ppo' or 'random' (random search).")] = None,
+    episodes: Annotated[int | None, typer.Option(help="ravn: most search episodes.")] = None,
+    patience: Annotated[int | None, typer.Option(help="ravn: stop after this many episodes without gain.")] = None,
+    lam: Annotated[float | None, typer.Option(help="ravn: lambda of Eq. 7.")] = None,
+    search_val_size: Annotated[int | None, typer.Option(help="ravn: validation images per evaluation.")] = None,
+    calibration_size: Annotated[int | None, typer.Option(help="vq/ravn: calibration images.")] = None,
+    reconstruct: Annotated[bool | None, typer.Option(
+        "--reconstruct/--no-reconstruct", help="vq/ravn: re-choose codes against layer output error.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="qat: fine-tuning epochs.")] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="Leave this layer in float (repeatable).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+    run_dir: Annotated[Path | None, typer.Option(
+        help="Folder for logs and resumable state (default OUT with suffix .run).")] = None,
+    fresh: Annotated[bool, typer.Option(help="Discard an earlier run in the run folder instead of resuming.")] = False,
     test_limit: Annotated[int | None, typer.Option(help="Report on the first N test images only.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Quantize a model into a real packed .ravn file and report what it gained and cost."""
+    """Quantize a model into a real packed .ravn file and report what it gained and cost.
+
+    Searches and fine-tuning log to the run folder; run the same command again after an
+    interruption and it resumes.
+    """
+    import shutil
+
     from ravn.data import load_dataset
-    from ravn.methods import UniformConfig, method_names
+    from ravn.methods import Context
     from ravn.pipeline import run
 
-    if method not in method_names():
-        raise RavnError(f"unknown method '{method}'", f"use one of {', '.join(method_names())}")
-    try:
-        config = UniformConfig(bits=bits, granularity=granularity, symmetric=symmetric, exclude=tuple(exclude or ()))
-    except ValueError as exc:
-        raise RavnError(str(exc), "see 'ravn quantize --help'") from None
+    local = locals()
+    config = _method_config(method, {k: local[k] for k in _METHOD_OPTIONS}, tuple(exclude or ()))
     dataset = load_dataset(data)
     ref, net = _load(model, weights, None if dataset.num_classes == 10 else dataset.num_classes)
-    summary = run(net, ref, config, dataset, out, test_limit=test_limit, progress=not as_json)
+    run_dir = run_dir or out.with_suffix(".run")
+    if fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    context = Context(dataset=dataset, normalize=ref.normalize, run_dir=run_dir, seed=seed, progress=not as_json)
+    summary = run(net, ref, config, dataset, out, test_limit=test_limit, context=context, progress=not as_json)
     if as_json:
         _print_json(summary)
         return

@@ -56,7 +56,7 @@ class BitAllocationEnv(gym.Env):
         self.max_clusters = max_clusters or max(len(layer.shares) for layer in layers)
         self.max_delta = max_delta
         self.action_space = gym.spaces.MultiDiscrete([2 * max_delta + 1] * self.max_clusters)
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self._obs_size(),), dtype=np.float32)
+        self.observation_space = gym.spaces.Box(-10.0, 10.0, (self._obs_size(),), dtype=np.float32)
         self.total_weights = sum(layer.numel for layer in layers)
         self._limit = budget.limit(costs)
         self._index = 0
@@ -86,7 +86,7 @@ class BitAllocationEnv(gym.Env):
         obs += self._pad([b / MAX_BITS for b in self.init_bits[layer.name]])
         obs += self._pad([(a - self.max_delta) / self.max_delta for a in self._last_action])
         obs += [used / self._limit - 1.0, layer.weight_std * 10]
-        return np.asarray(obs, dtype=np.float32)
+        return np.clip(np.asarray(obs, dtype=np.float32), -10.0, 10.0)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)

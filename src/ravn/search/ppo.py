@@ -28,8 +28,20 @@ class PPOSettings:
 
 
 def ppo_search(env: BitAllocationEnv, tracker: Tracker, seed: int, settings: PPOSettings | None = None) -> SearchResult:
+    import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
+
+    class SingleThreadPPO(PPO):
+        """Updates of the small policy network on one thread: many threads only contend on so little work."""
+
+        def train(self) -> None:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                super().train()
+            finally:
+                torch.set_num_threads(threads)
 
     s = settings or PPOSettings()
     steps = len(env.layers) * s.episodes_per_update
@@ -41,7 +53,7 @@ def ppo_search(env: BitAllocationEnv, tracker: Tracker, seed: int, settings: PPO
                     return False
             return True
 
-    model = PPO("MlpPolicy", env, n_steps=steps, batch_size=max(2, steps // 2), n_epochs=s.epochs,
+    model = SingleThreadPPO("MlpPolicy", env, n_steps=steps, batch_size=max(2, steps // 2), n_epochs=s.epochs,
                 learning_rate=s.learning_rate, gamma=1.0, gae_lambda=0.95, ent_coef=s.entropy, seed=seed,
                 policy_kwargs={"net_arch": list(s.hidden)}, device="cpu", verbose=0)
     model.learn(total_timesteps=len(env.layers) * (tracker.max_episodes + s.episodes_per_update),
