@@ -75,7 +75,9 @@ def eval_cmd(
 #: CLI option -> config field, for the method-specific options (None: not given).
 _METHOD_OPTIONS = ("bits", "granularity", "symmetric", "budget_bits", "budget_bytes", "mode", "clusters", "grid",
                    "per_channel", "init", "agent", "episodes", "patience", "lam", "search_val_size",
-                   "calibration_size", "reconstruct", "epochs")
+                   "calibration_size", "reconstruct", "rounds")
+#: CLI options that go into the method's nested fine-tuning config.
+_FINETUNE_OPTIONS = ("epochs", "lr", "batch_size", "weight_decay", "distill", "bn", "max_steps")
 
 
 def _method_config(method: str, options: dict, exclude: tuple[str, ...]):
@@ -87,6 +89,12 @@ def _method_config(method: str, options: dict, exclude: tuple[str, ...]):
     ctype = config_type(method)
     fields = {f.name for f in dataclasses.fields(ctype)}
     given = {k: v for k, v in options.items() if v is not None}
+    tuning = {k: given.pop(k) for k in _FINETUNE_OPTIONS if k in given}
+    if tuning:
+        if "finetune" not in fields:
+            given.update(tuning)  # reported as not applying below
+        else:
+            given["finetune"] = tuning
     foreign = sorted(set(given) - fields)
     if foreign:
         flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
@@ -128,7 +136,14 @@ def quantize_cmd(
     calibration_size: Annotated[int | None, typer.Option(help="vq/ravn: calibration images.")] = None,
     reconstruct: Annotated[bool | None, typer.Option(
         "--reconstruct/--no-reconstruct", help="vq/ravn: re-choose codes against layer output error.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="qat: fine-tuning epochs.")] = None,
+    rounds: Annotated[int | None, typer.Option(help="ravn qat: most search/fine-tune rounds (Algorithm 1).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="qat: fine-tuning epochs (per round).")] = None,
+    lr: Annotated[float | None, typer.Option(help="qat: AdamW learning rate (default 1e-3).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="qat: images per step (default 64).")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="qat: weight decay (default 5e-4).")] = None,
+    distill: Annotated[float | None, typer.Option(help="qat: weight of logit distillation (default 0).")] = None,
+    bn: Annotated[str | None, typer.Option(help="qat: batch norm 'frozen' or 'train' (default frozen).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="qat: cap on steps per epoch (quick runs).")] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="Leave this layer in float (repeatable).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
     run_dir: Annotated[Path | None, typer.Option(
@@ -149,7 +164,8 @@ def quantize_cmd(
     from ravn.pipeline import run
 
     local = locals()
-    config = _method_config(method, {k: local[k] for k in _METHOD_OPTIONS}, tuple(exclude or ()))
+    config = _method_config(method, {k: local[k] for k in _METHOD_OPTIONS + _FINETUNE_OPTIONS},
+                            tuple(exclude or ()))
     dataset = load_dataset(data)
     ref, net = _load(model, weights, None if dataset.num_classes == 10 else dataset.num_classes)
     run_dir = run_dir or out.with_suffix(".run")

@@ -10,10 +10,10 @@ from ravn.methods.base import (
     register,
     with_weights,
 )
-from ravn.methods.ravn import RavnConfig, VQConfig
+from ravn.methods.ravn import AQConfig, RavnConfig, RLAQConfig, VQConfig
 from ravn.methods.uniform import UniformConfig
 
 __all__ = [
-    "Allocation", "Context", "QuantizationResult", "RavnConfig", "UniformConfig", "VQConfig", "config_type",
-    "method_names", "quantize", "register", "with_weights",
+    "AQConfig", "Allocation", "Context", "QuantizationResult", "RLAQConfig", "RavnConfig", "UniformConfig",
+    "VQConfig", "config_type", "method_names", "quantize", "register", "with_weights",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,4 +89,11 @@ def with_weights(model: nn.Module, weights: dict[str, QuantizedWeight]) -> nn.Mo
 
 
 def config_dict(config: Any) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()}
+    """A config as plain JSON-able data (nested configs become dicts, tuples lists).
+
+    Fine-tuning settings are left out of post-training configs, where they did not apply.
+    """
+    data = json.loads(json.dumps(dataclasses.asdict(config)))
+    if data.get("mode") == "ptq":
+        data.pop("finetune", None)
+    return data

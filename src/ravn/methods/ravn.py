@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from ravn.quantizers.vq import GRIDS, MAX_CLUSTERS, ClusteredWeight
 from ravn.search.budget import Budget, LayerCost, avg_bits, check_feasible, fit
 from ravn.search.evaluate import AllocationEvaluator, SearchData
 from ravn.search.sensitivity import damage_model, layer_sensitivity
+from ravn.training.qat import FineTuneConfig, fine_tune
 
 
 @dataclass
@@ -77,13 +78,13 @@ class VQConfig:
 
 @dataclass
 class RavnConfig(VQConfig):
-    #: "ptq": post-training only; "qat": with adaptive quantization-aware fine-tuning.
+    #: "ptq": post-training only; "qat": with adaptive quantization-aware fine-tuning (Algorithm 1).
     mode: str = "ptq"
     #: Bit allocation agent: "ppo" (ReAQ) or "random" (random search, the control).
     agent: str = "ppo"
-    #: Most episodes (evaluated configurations) of the search.
+    #: Most episodes (evaluated configurations) of each search.
     episodes: int = 100
-    #: Stop when the best reward has not improved for this many episodes.
+    #: Stop a search when its best reward has not improved for this many episodes.
     patience: int = 40
     #: Lambda of Eq. 7: weight of the squared validation top-1 gap (in percent points).
     lam: float = 1.0
@@ -92,6 +93,10 @@ class RavnConfig(VQConfig):
     #: Largest change of a cluster's bits from its initial bits that one action makes.
     max_delta: int = 2
     reconstruct: bool = True
+    #: qat: most rounds of search -> fine-tune (Algorithm 1); stops early when validation top-1 stops rising.
+    rounds: int = 1
+    #: qat: the fine-tuning of each round.
+    finetune: FineTuneConfig = field(default_factory=FineTuneConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -99,8 +104,34 @@ class RavnConfig(VQConfig):
             raise ValueError(f"mode must be 'ptq' or 'qat', got {self.mode!r}")
         if self.agent not in ("ppo", "random"):
             raise ValueError(f"agent must be 'ppo' or 'random', got {self.agent!r}")
-        if self.episodes < 1 or self.patience < 1 or self.search_val_size < 1 or self.max_delta < 1:
-            raise ValueError("episodes, patience, search_val_size and max_delta must be positive")
+        if min(self.episodes, self.patience, self.search_val_size, self.max_delta, self.rounds) < 1:
+            raise ValueError("episodes, patience, search_val_size, max_delta and rounds must be positive")
+        if isinstance(self.finetune, dict):
+            self.finetune = FineTuneConfig(**self.finetune)
+
+
+@dataclass
+class RLAQConfig(RavnConfig):
+    """Table 6's "RL+AQ": per-layer bits (one cluster) by the agent, then fine-tuning."""
+
+    clusters: int = 1
+    mode: str = "qat"
+
+
+@dataclass
+class AQConfig(VQConfig):
+    """Table 6's "AQ": one cluster per layer, the same bits everywhere, then fine-tuning."""
+
+    clusters: int = 1
+    reconstruct: bool = True
+    finetune: FineTuneConfig = field(default_factory=FineTuneConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.budget_bits is None or self.budget_bits != int(self.budget_bits):
+            raise ValueError("aq puts the same bits everywhere: give an integer --budget-bits")
+        if isinstance(self.finetune, dict):
+            self.finetune = FineTuneConfig(**self.finetune)
 
 
 @dataclass
@@ -128,7 +159,13 @@ def _fixed_bytes(model: nn.Module, layers: dict[str, nn.Module]) -> int:
     return state + header
 
 
-def prepare(model: nn.Module, config: VQConfig, context: Context, search_val_size: int = 1000) -> Prepared:
+def prepare(model: nn.Module, config: VQConfig, context: Context, search_val_size: int = 1000,
+            reference: nn.Module | None = None) -> Prepared:
+    """Cluster ``model``'s weights, measure sensitivity and set the initial bits.
+
+    ``reference`` (default ``model``) is the float model whose features and validation top-1 the
+    search aims at: the original one, also when ``model`` holds fine-tuned weights (Algorithm 1).
+    """
     if context.dataset is None:
         raise RavnError("this method needs data (calibration and validation images)", "pass a dataset")
     start = time.perf_counter()
@@ -146,7 +183,7 @@ def prepare(model: nn.Module, config: VQConfig, context: Context, search_val_siz
     calibration = context.normalize(calib_split.images(torch.arange(len(calib_split))))
     val = context.dataset.split("val", limit=search_val_size)
     data = SearchData(calibration, context.normalize(val.images(torch.arange(len(val)))), val.labels)
-    evaluator = AllocationEvaluator(model, clustered, data, getattr(config, "lam", 1.0))
+    evaluator = AllocationEvaluator(model, clustered, data, getattr(config, "lam", 1.0), reference=reference)
     sensitivity = layer_sensitivity(model, clustered, evaluator.fidelity)
     damage = damage_model(clustered, sensitivity)
     if config.init == "vq":
@@ -159,7 +196,7 @@ def prepare(model: nn.Module, config: VQConfig, context: Context, search_val_siz
                     time.perf_counter() - start)
 
 
-def _export_weights(model, prep: Prepared, alloc, reconstruct: bool):
+def export_weights(model, prep: Prepared, alloc, reconstruct: bool):
     from ravn.training.reconstruct import reconstruct as gptq
 
     weights = {n: prep.clustered[n].quantize(alloc[n]) for n in prep.clustered}
@@ -178,20 +215,20 @@ def _log(prep: Prepared, alloc) -> dict:
 @register("vq", VQConfig)
 def quantize_vq(model: nn.Module, config: VQConfig, context: Context) -> QuantizationResult:
     prep = prepare(model, config, context)
-    weights = _export_weights(model, prep, prep.init, config.reconstruct)
+    weights = export_weights(model, prep, prep.init, config.reconstruct)
     return QuantizationResult(with_weights(model, weights), weights, "vq", config_dict(config), _log(prep, prep.init))
 
 
-def _run_dir(context: Context, config: RavnConfig) -> Path | None:
+def _run_dir(run_dir: Path | None, config, seed: int) -> Path | None:
     """The run folder, checked to belong to this same configuration (else resuming would mix runs)."""
-    if context.run_dir is None:
+    if run_dir is None:
         return None
-    run_dir = Path(context.run_dir)
+    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    stamp = {"config": config_dict(config), "seed": context.seed}
+    stamp = json.loads(json.dumps({"config": config_dict(config), "seed": seed}))
     path = run_dir / "run.json"
     if path.exists():
-        if json.loads(path.read_text()) != json.loads(json.dumps(stamp)):
+        if json.loads(path.read_text()) != stamp:
             raise RavnError(f"{run_dir} holds a run with other settings",
                             "pass --fresh to start over, or another --run-dir")
     else:
@@ -199,34 +236,39 @@ def _run_dir(context: Context, config: RavnConfig) -> Path | None:
     return run_dir
 
 
-def search(model: nn.Module, config: RavnConfig, context: Context, prep: Prepared):
-    """Run the configured agent; returns its :class:`SearchResult`."""
-    from ravn.report.progress import search_progress
-    from ravn.search.env import BitAllocationEnv, LayerInfo
-    from ravn.search.log import EpisodeLog, Tracker
-    from ravn.search.ppo import ppo_search
-    from ravn.search.random_search import random_search
+def layer_infos(prep: Prepared) -> list:
+    """What the agent observes of each layer."""
+    from ravn.search.env import LayerInfo
 
-    run_dir = _run_dir(context, config)
-    log = EpisodeLog(run_dir / "episodes.jsonl" if run_dir else None)
-    prep.evaluator.cache.update(log.cached_results())
     infos = []
     for name, layer in prep.layers.items():
-        cw = prep.clustered[name]
-        stats = cw.stats()
+        stats = prep.clustered[name].stats()
         grouped = isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Conv3d) and layer.groups > 1
         kind = 2 if isinstance(layer, nn.Linear) else (1 if grouped else 0)
-        w = layer.weight
+        w = layer.weight.detach()
         infos.append(LayerInfo(
             name, kind, w[0].numel(), w.shape[0], int(np.prod(w.shape[2:])) if w.dim() > 2 else 1,
             int(getattr(layer, "stride", (1,))[0]), w.numel(), float(w.std()),
             float(np.log10(max(prep.sensitivity[name], 1e-12))), tuple(s.share for s in stats),
             tuple(s.hi - s.lo for s in stats)))
+    return infos
+
+
+def search(config: RavnConfig, context: Context, prep: Prepared, run_dir: Path | None):
+    """Run the configured agent on ``prep``; returns its :class:`SearchResult`."""
+    from ravn.report.progress import search_progress
+    from ravn.search.env import BitAllocationEnv
+    from ravn.search.log import EpisodeLog, Tracker
+    from ravn.search.ppo import ppo_search
+    from ravn.search.random_search import random_search
+
+    log = EpisodeLog(run_dir / "episodes.jsonl" if run_dir else None)
+    prep.evaluator.cache.update(log.cached_results())
 
     def evaluate(alloc):
         return {**prep.evaluator(alloc), "avg_bits": avg_bits(prep.costs, alloc)}
 
-    env = BitAllocationEnv(infos, prep.costs, prep.budget, prep.damage, prep.init, evaluate,
+    env = BitAllocationEnv(layer_infos(prep), prep.costs, prep.budget, prep.damage, prep.init, evaluate,
                            max_delta=config.max_delta)
     with search_progress(config.episodes, f"{config.agent} search", context.progress) as update:
         tracker = Tracker(log, config.episodes, config.patience, update)
@@ -235,23 +277,61 @@ def search(model: nn.Module, config: RavnConfig, context: Context, prep: Prepare
         return random_search(env, tracker, context.seed)
 
 
+def _search_log(prep: Prepared, found, seconds: float) -> dict:
+    return {"search_seconds": seconds, "episodes": found.episodes, "evaluations": prep.evaluator.evaluations,
+            "best": {k: found.result[k] for k in ("reward", "fidelity", "val_top1", "loss")},
+            "history": [{k: h[k] for k in ("episode", "reward", "val_top1", "fidelity")} for h in found.history]}
+
+
+def _finetune_log(ft) -> dict:
+    return {"finetune": {"history": ft.history, "best_epoch": ft.best_epoch, "val_top1": ft.val_top1,
+                         "bn_recalibrated": ft.bn_recalibrated}}
+
+
 @register("ravn", RavnConfig)
 def quantize_ravn(model: nn.Module, config: RavnConfig, context: Context) -> QuantizationResult:
-    if config.mode == "qat":
-        raise RavnError("RAVN's QAT mode is not available in this version", "use --mode ptq")
+    """RAVN: VQ, PPO search, reconstruction; with ``mode="qat"``, Algorithm 1's search/fine-tune rounds."""
+    return _ravn(model, config, context, "ravn")
+
+
+@register("rl+aq", RLAQConfig)
+def quantize_rl_aq(model: nn.Module, config: RLAQConfig, context: Context) -> QuantizationResult:
+    return _ravn(model, config, context, "rl+aq")
+
+
+def _ravn(model: nn.Module, config: RavnConfig, context: Context, method: str) -> QuantizationResult:
     torch.manual_seed(context.seed)
-    prep = prepare(model, config, context, config.search_val_size)
-    start = time.perf_counter()
-    found = search(model, config, context, prep)
-    search_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    weights = _export_weights(model, prep, found.allocation, config.reconstruct)
-    log = {**_log(prep, found.allocation), "search_seconds": search_seconds,
-           "reconstruct_seconds": time.perf_counter() - start, "episodes": found.episodes,
-           "evaluations": prep.evaluator.evaluations, "best": {k: found.result[k] for k in
-                                                               ("reward", "fidelity", "val_top1", "loss")},
-           "history": [{k: h[k] for k in ("episode", "reward", "val_top1", "fidelity")} for h in found.history]}
-    return QuantizationResult(with_weights(model, weights), weights, "ravn", config_dict(config), log)
+    run_dir = _run_dir(context.run_dir, config, context.seed)
+    current, rounds, best = model, [], None
+    for r in range(1, (config.rounds if config.mode == "qat" else 1) + 1):
+        round_dir = (run_dir / f"round{r}") if run_dir and config.mode == "qat" else run_dir
+        prep = prepare(current, config, context, config.search_val_size, reference=model)
+        start = time.perf_counter()
+        found = search(config, context, prep, round_dir)
+        log = {**_log(prep, found.allocation), **_search_log(prep, found, time.perf_counter() - start)}
+        start = time.perf_counter()
+        weights = export_weights(current, prep, found.allocation, config.reconstruct)
+        log["reconstruct_seconds"] = time.perf_counter() - start
+        if config.mode == "ptq":
+            return QuantizationResult(with_weights(current, weights), weights, method, config_dict(config), log)
+        ft = fine_tune(current, weights, context.dataset, context.normalize, config.finetune, round_dir,
+                       context.seed, context.progress, teacher=model)
+        log.update(_finetune_log(ft))
+        rounds.append(log)
+        if best is not None and ft.val_top1 <= best.val_top1:
+            break  # Algorithm 1 has converged: another round did not help on validation
+        best, current = ft, ft.latent
+    return QuantizationResult(best.model, best.weights, method, config_dict(config),
+                              {"rounds": rounds, "final_val_top1": best.val_top1})
 
 
-__all__ = ["RavnConfig", "VQConfig", "prepare", "quantize_ravn", "quantize_vq", "search"]
+@register("aq", AQConfig)
+def quantize_aq(model: nn.Module, config: AQConfig, context: Context) -> QuantizationResult:
+    run_dir = _run_dir(context.run_dir, config, context.seed)
+    prep = prepare(model, config, context)
+    alloc = {n: (int(config.budget_bits),) * cw.clusters for n, cw in prep.clustered.items()}
+    weights = export_weights(model, prep, alloc, config.reconstruct)
+    ft = fine_tune(model, weights, context.dataset, context.normalize, config.finetune, run_dir, context.seed,
+                   context.progress)
+    return QuantizationResult(ft.model, ft.weights, "aq", config_dict(config), {**_log(prep, alloc),
+                                                                              **_finetune_log(ft)})

@@ -49,15 +49,17 @@ class AllocationEvaluator:
     """Reward of Eq. 7 for any allocation of ``clustered`` layers; one float model, fixed data."""
 
     def __init__(self, model: nn.Module, clustered: dict[str, ClusteredWeight], data: SearchData,
-                 lam: float = 1.0, target_top1: float | None = None):
+                 lam: float = 1.0, target_top1: float | None = None, reference: nn.Module | None = None):
+        """``model`` is quantized; ``reference`` (default ``model``) gives the float features and ``g_f``."""
+        reference = model if reference is None else reference
         self.names = list(clustered)
         self.clustered = clustered
         self.data = data
         self.lam = lam
         self.work = copy.deepcopy(model).eval()
         self.modules = dict(self.work.named_modules())
-        self.fidelity = FidelityLoss(model, self.names, data.calibration)
-        self.float_top1 = top1(model.eval(), data.val_images, data.val_labels)
+        self.fidelity = FidelityLoss(reference, self.names, data.calibration)
+        self.float_top1 = top1(reference.eval(), data.val_images, data.val_labels)
         self.target = self.float_top1 if target_top1 is None else target_top1
         self.cache: dict[tuple, dict] = {}
         self._weights: dict[tuple, torch.Tensor] = {}

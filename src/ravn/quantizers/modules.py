@@ -1,0 +1,105 @@
+"""Trainable weight quantizers for quantization-aware fine-tuning (METHOD.md "AQ").
+
+:class:`TableQuantizer` is registered on a layer's ``weight`` as a parametrization
+(``torch.nn.utils.parametrize``), so any module with a ``weight`` (Conv1d/2d/3d, Linear) trains
+quantized without swapping classes. Forward: each weight, divided by its channel scale, is coded
+by the nearest entry of its own cluster's table (cluster membership is fixed, so the cluster-id
+cost and the budget do not move); the quantized weight is ``scale * table[code]``. Backward: the
+straight-through estimator passes the gradient to the latent weight unchanged, and the same
+gradient trains the table entries (sum over the weights coded by each) and the channel scales::
+
+    w_q = (w - sg(w)) + s * T[code(w / s)]        sg = stop-gradient
+    dL/dw = dL/dw_q,   dL/dT[k] = sum_{code = k} s * dL/dw_q,   dL/ds = sum_c T[code] * dL/dw_q
+
+:meth:`TableQuantizer.export` returns the :class:`QuantizedWeight` the forward pass computes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ravn.quantizers.qweight import QuantizedWeight
+
+
+class TableQuantizer(nn.Module):
+    """Fake-quantizes a weight onto learnable per-cluster tables and per-channel scales (and offsets)."""
+
+    def __init__(self, q: QuantizedWeight, learn_tables: bool = True, learn_scale: bool = True):
+        super().__init__()
+        self.shape = q.shape
+        self.bits = q.bits
+        ids = q.ids if q.ids is not None else torch.zeros(q.numel, dtype=torch.long)
+        self.register_buffer("ids", ids.clone())
+        members = [torch.nonzero(ids == m).flatten() for m in range(q.clusters)]
+        order = torch.cat(members)
+        self.register_buffer("order", order)
+        self.register_buffer("inverse", torch.argsort(order))
+        self.sizes = [len(m) for m in members]
+        starts = q.table_starts.tolist()
+        self.tables = nn.ParameterList([
+            nn.Parameter(q.tables[s : s + (1 << b)].clone().float(), requires_grad=learn_tables)
+            for s, b in zip(starts, q.bits, strict=True)])
+        scale = q.scale if q.scale is not None else torch.ones(q.shape[0])
+        self.per_channel = q.scale is not None
+        self.scale = nn.Parameter(scale.clone().float(), requires_grad=learn_scale and self.per_channel)
+        self.offset = None if q.offset is None else nn.Parameter(q.offset.clone().float(), requires_grad=learn_scale)
+
+    def _codes_and_levels(self, w: torch.Tensor):
+        """Per cluster: sorted table, and the code of each member (nearest entry; no gradient)."""
+        u = w.detach().reshape(self.shape[0], -1)
+        if self.offset is not None:
+            u = u - self.offset.detach().view(-1, 1)
+        u = (u / self.scale.detach().view(-1, 1)).reshape(-1)
+        parts = u[self.order].split(self.sizes)
+        out = []
+        for table, part in zip(self.tables, parts, strict=True):
+            sorted_table, _ = torch.sort(table)
+            mids = (sorted_table[1:] + sorted_table[:-1]) / 2
+            out.append((sorted_table, torch.searchsorted(mids.detach(), part.contiguous())))
+        return out
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        levels = torch.cat([table[codes] for table, codes in self._codes_and_levels(w)])[self.inverse]
+        q = levels.view(self.shape[0], -1) * self.scale.view(-1, 1)
+        if self.offset is not None:
+            q = q + self.offset.view(-1, 1)
+        return (w - w.detach()) + q.view(w.shape)
+
+    @torch.no_grad()
+    def export(self, w: torch.Tensor) -> QuantizedWeight:
+        """The stored form of what :meth:`forward` computes for latent weight ``w``."""
+        pairs = self._codes_and_levels(w)
+        codes = torch.cat([c for _, c in pairs])[self.inverse]
+        tables = torch.cat([t.detach() for t, _ in pairs])
+        scale = self.scale.detach().clone() if self.per_channel else None
+        ids = self.ids.clone() if len(self.bits) > 1 else None
+        offset = None if self.offset is None else self.offset.detach().clone()
+        return QuantizedWeight(self.shape, self.bits, ids, codes, tables, scale, offset)
+
+
+def attach(model: nn.Module, weights: dict[str, QuantizedWeight], latent: str = "dequantized",
+           learn_tables: bool = True, learn_scale: bool = True) -> dict[str, TableQuantizer]:
+    """Register a :class:`TableQuantizer` on every layer of ``weights`` (in place).
+
+    ``latent="dequantized"`` starts the latent weights at the quantized values (keeping a
+    reconstructed rounding); ``"float"`` keeps the float weights.
+    """
+    modules = dict(model.named_modules())
+    out = {}
+    for name, q in weights.items():
+        layer = modules[name]
+        if latent == "dequantized":
+            with torch.no_grad():
+                layer.weight.copy_(q.dequantize())
+        quantizer = TableQuantizer(q, learn_tables, learn_scale)
+        parametrize.register_parametrization(layer, "weight", quantizer, unsafe=True)
+        out[name] = quantizer
+    return out
+
+
+def export(model: nn.Module, quantizers: dict[str, TableQuantizer]) -> dict[str, QuantizedWeight]:
+    """The quantized weights of a model trained with :func:`attach` (the model is left as it is)."""
+    modules = dict(model.named_modules())
+    return {name: q.export(modules[name].parametrizations.weight.original) for name, q in quantizers.items()}
