@@ -170,6 +170,8 @@ def fine_tune(float_model: nn.Module, weights: dict[str, QuantizedWeight], datas
     start_epoch = 0
     best = {"epoch": -1, "top1": -1.0, "loss": float("inf")}
     stamp = {"config": asdict(config), "seed": seed, "layers": {n: list(q.bits) for n, q in weights.items()}}
+    if run_dir is not None:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
     last_path = run_dir / "qat.pt" if run_dir else None
     best_path = run_dir / "qat-best.pt" if run_dir else None
     if last_path is not None and last_path.exists():
@@ -226,7 +228,7 @@ def fine_tune(float_model: nn.Module, weights: dict[str, QuantizedWeight], datas
                 scheduler.step()
                 seen += len(labels)
                 for k, v in (("loss", loss), ("ce", ce), ("fid", fid)):
-                    sums[k] += float(v) * len(labels)
+                    sums[k] += float(v.detach()) * len(labels)
                 if bar:
                     speed = seen / (time.perf_counter() - started)
                     bar(step + 1, f"loss {sums['loss'] / seen:.4f} | {speed:.0f} img/s")
