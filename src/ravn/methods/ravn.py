@@ -272,6 +272,8 @@ def search(config: RavnConfig, context: Context, prep: Prepared, run_dir: Path |
                            max_delta=config.max_delta)
     with search_progress(config.episodes, f"{config.agent} search", context.progress) as update:
         tracker = Tracker(log, config.episodes, config.patience, update)
+        # Episode 0 is the initial allocation itself: a search never ends worse than where it started.
+        tracker.record({"allocation": prep.init, **evaluate(prep.init)}, {"agent": "init"})
         if config.agent == "ppo":
             return ppo_search(env, tracker, context.seed)
         return random_search(env, tracker, context.seed)
