@@ -89,7 +89,10 @@ class RavnConfig(VQConfig):
     #: Lambda of Eq. 7: weight of the squared validation top-1 gap (in percent points).
     lam: float = 1.0
     #: Validation images per evaluation during the search (a fixed subset of the validation split).
-    search_val_size: int = 1000
+    search_val_size: int = 2000
+    #: The best this many searched configurations (and the initial one) are exported and measured on
+    #: the whole validation split; the best there is the result (guards against a lucky subset).
+    rerank: int = 3
     #: Largest change of a cluster's bits from its initial bits that one action makes.
     max_delta: int = 2
     reconstruct: bool = True
@@ -106,6 +109,8 @@ class RavnConfig(VQConfig):
             raise ValueError(f"agent must be 'ppo' or 'random', got {self.agent!r}")
         if min(self.episodes, self.patience, self.search_val_size, self.max_delta, self.rounds) < 1:
             raise ValueError("episodes, patience, search_val_size, max_delta and rounds must be positive")
+        if self.rerank < 0:
+            raise ValueError("rerank must be >= 0")
         if isinstance(self.finetune, dict):
             self.finetune = FineTuneConfig(**self.finetune)
 
@@ -183,8 +188,14 @@ def prepare(model: nn.Module, config: VQConfig, context: Context, search_val_siz
     calibration = context.normalize(calib_split.images(torch.arange(len(calib_split))))
     val = context.dataset.split("val", limit=search_val_size)
     data = SearchData(calibration, context.normalize(val.images(torch.arange(len(val)))), val.labels)
-    evaluator = AllocationEvaluator(model, clustered, data, getattr(config, "lam", 1.0), reference=reference)
-    sensitivity = layer_sensitivity(model, clustered, evaluator.fidelity)
+    refine = None
+    if config.reconstruct:
+        from ravn.training.reconstruct import LayerwiseReconstructor
+
+        refine = LayerwiseReconstructor(model, list(clustered), calibration)
+    evaluator = AllocationEvaluator(model, clustered, data, getattr(config, "lam", 1.0), reference=reference,
+                                    refine=refine)
+    sensitivity = layer_sensitivity(model, clustered, evaluator.fidelity, refine=refine)
     damage = damage_model(clustered, sensitivity)
     if config.init == "vq":
         start_bits = {n: (8,) * cw.clusters for n, cw in clustered.items()}
@@ -279,6 +290,35 @@ def search(config: RavnConfig, context: Context, prep: Prepared, run_dir: Path |
         return random_search(env, tracker, context.seed)
 
 
+def select(model: nn.Module, reference: nn.Module, config: RavnConfig, context: Context, prep: Prepared, found):
+    """Export the search's best ``config.rerank`` configurations and the initial one, measure each on
+    the whole validation split with the reward of Eq. 7, and keep the best: ``(alloc, weights, table)``."""
+    from ravn.evaluation import evaluate
+
+    ranked = sorted(found.history, key=lambda h: -h["reward"])
+    candidates: list[dict] = []
+    for h in [found.history[0], *ranked]:
+        alloc = {n: tuple(b) for n, b in h["bits"].items()}
+        if alloc not in candidates and len(candidates) < config.rerank + 1:
+            candidates.append(alloc)
+    if config.rerank == 0 or len(candidates) == 1:
+        alloc = found.allocation
+        return alloc, export_weights(model, prep, alloc, config.reconstruct), []
+    val = context.dataset.val
+    g_f = evaluate(reference, val, context.normalize)["top1"]
+    table, best = [], None
+    for alloc in candidates:
+        weights = export_weights(model, prep, alloc, config.reconstruct)
+        quantized = with_weights(model, weights)
+        g = evaluate(quantized, val, context.normalize)["top1"]
+        fid = prep.evaluator.fidelity(quantized)
+        reward = -(fid + config.lam * (g - g_f) ** 2)
+        table.append({"val_top1": g, "fidelity": fid, "reward": reward, "initial": alloc == candidates[0]})
+        if best is None or reward > best[0]:
+            best = (reward, alloc, weights)
+    return best[1], best[2], table
+
+
 def _search_log(prep: Prepared, found, seconds: float) -> dict:
     return {"search_seconds": seconds, "episodes": found.episodes, "evaluations": prep.evaluator.evaluations,
             "best": {k: found.result[k] for k in ("reward", "fidelity", "val_top1", "loss")},
@@ -312,8 +352,9 @@ def _ravn(model: nn.Module, config: RavnConfig, context: Context, method: str) -
         found = search(config, context, prep, round_dir)
         log = {**_log(prep, found.allocation), **_search_log(prep, found, time.perf_counter() - start)}
         start = time.perf_counter()
-        weights = export_weights(current, prep, found.allocation, config.reconstruct)
-        log["reconstruct_seconds"] = time.perf_counter() - start
+        alloc, weights, log["rerank"] = select(current, model, config, context, prep, found)
+        log["select_seconds"] = time.perf_counter() - start
+        log["planned_avg_bits"] = avg_bits(prep.costs, alloc)
         if config.mode == "ptq":
             return QuantizationResult(with_weights(current, weights), weights, method, config_dict(config), log)
         ft = fine_tune(current, weights, context.dataset, context.normalize, config.finetune, round_dir,

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ravn.quantizers.qweight import QuantizedWeight
 from ravn.quantizers.vq import ClusteredWeight
 from ravn.search.budget import Allocation
 from ravn.search.fidelity import FidelityLoss
@@ -49,8 +51,11 @@ class AllocationEvaluator:
     """Reward of Eq. 7 for any allocation of ``clustered`` layers; one float model, fixed data."""
 
     def __init__(self, model: nn.Module, clustered: dict[str, ClusteredWeight], data: SearchData,
-                 lam: float = 1.0, target_top1: float | None = None, reference: nn.Module | None = None):
-        """``model`` is quantized; ``reference`` (default ``model``) gives the float features and ``g_f``."""
+                 lam: float = 1.0, target_top1: float | None = None, reference: nn.Module | None = None,
+                 refine: Callable[[str, QuantizedWeight], QuantizedWeight] | None = None):
+        """``model`` is quantized; ``reference`` (default ``model``) gives the float features and ``g_f``;
+        ``refine`` re-chooses a layer's codes (e.g. :class:`LayerwiseReconstructor`) before evaluation."""
+        self.refine = refine
         reference = model if reference is None else reference
         self.names = list(clustered)
         self.clustered = clustered
@@ -68,7 +73,10 @@ class AllocationEvaluator:
     def _dequantized(self, name: str, bits: tuple[int, ...]) -> torch.Tensor:
         key = (name, bits)
         if key not in self._weights:
-            self._weights[key] = self.clustered[name].quantize(bits).dequantize()
+            q = self.clustered[name].quantize(bits)
+            if self.refine is not None:
+                q = self.refine(name, q)
+            self._weights[key] = q.dequantize()
         return self._weights[key]
 
     def load(self, alloc: Allocation) -> nn.Module:

@@ -35,15 +35,17 @@ def cluster_errors(cw: ClusteredWeight) -> list[list[float]]:
 
 @torch.no_grad()
 def layer_sensitivity(model: nn.Module, clustered: dict[str, ClusteredWeight], fidelity: FidelityLoss,
-                      probe_bits: int = 2) -> dict[str, float]:
-    """Fidelity loss per unit of weight error when each layer alone is quantized at ``probe_bits``."""
+                      probe_bits: int = 2, refine=None) -> dict[str, float]:
+    """Fidelity loss per unit of weight error when each layer alone is quantized at ``probe_bits``
+    (its codes re-chosen by ``refine`` first, when given: the search sees such weights)."""
     work = copy.deepcopy(model).eval()
     modules = dict(work.named_modules())
     out = {}
     for name, cw in clustered.items():
         original = modules[name].weight.detach().clone()
         bits = (probe_bits,) * cw.clusters
-        modules[name].weight.copy_(cw.quantize(bits).dequantize())
+        q = cw.quantize(bits)
+        modules[name].weight.copy_((refine(name, q) if refine else q).dequantize())
         err = cw.error(bits)
         out[name] = fidelity(work) / max(err, 1e-12)
         modules[name].weight.copy_(original)

@@ -131,6 +131,48 @@ def gptq_codes(weight: torch.Tensor, q: QuantizedWeight, hessians: list[torch.Te
     return codes.reshape(-1)
 
 
+class LayerwiseReconstructor:
+    """GPTQ of one layer at a time on the float model's inputs, for searches.
+
+    The Hessians come from one float forward pass and are kept, so re-choosing the codes of a
+    layer for a given bit allocation depends on that layer alone and is cached per (layer, bits):
+    a search sees (approximately) reconstructed weights at little more than round-to-nearest cost.
+    :func:`reconstruct` (sequential, on quantized inputs) makes the exported weights.
+    """
+
+    def __init__(self, model: nn.Module, names: list[str], calibration: torch.Tensor, damp: float = 0.01):
+        modules = dict(model.named_modules())
+        self.weights = {n: modules[n].weight.detach().clone() for n in names}
+        self.damp = damp
+        inputs: dict[str, torch.Tensor] = {}
+        handles = [modules[n].register_forward_pre_hook(lambda _m, args, n=n: inputs.__setitem__(n, args[0].detach()))
+                   for n in names]
+        try:
+            with torch.no_grad():
+                model.eval()(calibration)
+        finally:
+            for h in handles:
+                h.remove()
+        self.hessians: dict[str, list[torch.Tensor] | None] = {}
+        for n in names:
+            try:
+                self.hessians[n] = input_hessians(modules[n], inputs.pop(n))
+            except TypeError:
+                self.hessians[n] = None
+        self._cache: dict[tuple, QuantizedWeight] = {}
+
+    def __call__(self, name: str, q: QuantizedWeight) -> QuantizedWeight:
+        key = (name, q.bits)
+        if key not in self._cache:
+            hessians = self.hessians[name]
+            if hessians is None:
+                self._cache[key] = q
+            else:
+                codes = gptq_codes(self.weights[name], q, hessians, self.damp)
+                self._cache[key] = QuantizedWeight(q.shape, q.bits, q.ids, codes, q.tables, q.scale, q.offset)
+        return self._cache[key]
+
+
 def reconstruct(model: nn.Module, weights: dict[str, QuantizedWeight], calibration: torch.Tensor,
                 damp: float = 0.01, progress: Iterable | None = None) -> dict[str, QuantizedWeight]:
     """GPTQ-style code re-selection for every layer of ``weights``, in forward order.

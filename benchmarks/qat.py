@@ -1,0 +1,113 @@
+"""RAVN with quantization-aware fine-tuning: the paper's Tables 1, 2, 3 and 6 on CIFAR-10 (issue 4).
+
+    python benchmarks/qat.py --runs NAME [NAME ...] [--epochs E] [--model resnet20]
+    python benchmarks/qat.py --list
+
+Each run quantizes the pretrained model with one configuration, fine-tunes on the first 45,000
+training images (validation: the last 5,000; the test set only for the final number), writes the
+real .ravn file and re-measures it from disk: test top-1 (all 10,000 images), measured average
+bits (cluster ids included), file bytes, wall time. Runs resume from benchmarks/runs/<name>/ when
+interrupted. Headline files are kept under benchmarks/artifacts/. Rows are merged by run name into
+benchmarks/results/qat.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+from ravn import export
+from ravn.data import load_dataset
+from ravn.evaluation import evaluate
+from ravn.methods import AQConfig, Context, RavnConfig, RLAQConfig, UniformConfig, VQConfig
+from ravn.models import ModelRef, load_model
+from ravn.pipeline import run
+from ravn.report.results import save_results
+from ravn.training.qat import FineTuneConfig
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results" / "qat"
+COLUMNS = [("name", "run"), ("table", "paper table"), ("method", "method"), ("budget", "budget bits"),
+           ("epochs", "epochs"), ("test_top1", "test top-1 %"), ("avg_bits", "measured avg bits"),
+           ("file_bytes", "file bytes"), ("file_mb", "file MB"), ("val_top1", "val top-1 (selection)"),
+           ("hours", "wall h")]
+
+
+def runs(epochs: int) -> dict[str, dict]:
+    """Named configurations; ``epochs`` is the fine-tuning length of the Table 6 rows."""
+    ft = FineTuneConfig(epochs=epochs)
+    return {
+        "uniform-4bit-ptq": {"table": "1", "config": UniformConfig(bits=4)},
+        "uniform-4bit-qat": {"table": "1", "config": UniformConfig(bits=4, mode="qat", finetune=ft)},
+        "ravn-4.5bit-qat": {"table": "1", "config": RavnConfig(budget_bits=4.5, mode="qat", finetune=ft)},
+        "ravn-3bit-qat": {"table": "1", "config": RavnConfig(budget_bits=3.0, mode="qat", finetune=ft),
+                          "artifact": "resnet20-ravn-qat-3bit.ravn"},
+        "ravn-2bit-qat": {"table": "1", "config": RavnConfig(budget_bits=2.0, mode="qat", finetune=ft),
+                          "artifact": "resnet20-ravn-qat-2bit.ravn"},
+        "ablation-vq": {"table": "6", "config": VQConfig(budget_bits=3.0, clusters=3)},
+        "ablation-aq": {"table": "6", "config": AQConfig(budget_bits=3.0, finetune=ft)},
+        "ablation-rl+aq": {"table": "6", "config": RLAQConfig(budget_bits=3.0, finetune=ft)},
+        "ablation-ravn": {"table": "6", "config": RavnConfig(budget_bits=3.0, clusters=3, mode="qat",
+                                                             finetune=ft)},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", nargs="*", default=[])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--list", action="store_true")
+    parser.add_argument("--data", default=None)
+    args = parser.parse_args()
+    table = runs(args.epochs)
+    if args.list or not args.runs:
+        for name, spec in table.items():
+            print(f"{name:20s} table {spec['table']}: {type(spec['config']).__name__}")
+        return
+    unknown = [r for r in args.runs if r not in table]
+    if unknown:
+        raise SystemExit(f"unknown runs {unknown}; see --list")
+    dataset = load_dataset(args.data)
+    ref = ModelRef.parse(args.model)
+    model = load_model(ref)
+    json_path = RESULTS.with_suffix(".json")
+    rows = json.loads(json_path.read_text())["rows"] if json_path.exists() else []
+    float_top1 = None
+    for name in args.runs:
+        spec = table[name]
+        key = f"{args.model}/{name}"
+        run_dir = HERE / "runs" / key.replace("/", "-")
+        out = run_dir / "model.ravn"
+        context = Context(dataset=dataset, normalize=ref.normalize, run_dir=run_dir, seed=args.seed, progress=True)
+        if float_top1 is None:
+            float_top1 = evaluate(model, dataset.test, ref.normalize)["top1"]
+        start = time.perf_counter()
+        s = run(model, ref, spec["config"], dataset, out, float_top1=float_top1, context=context, progress=True)
+        hours = (time.perf_counter() - start) / 3600
+        reread = export.read(out)  # the figures below come from the file on disk
+        test_top1 = evaluate(reread.build(), dataset.test, ref.normalize)["top1"]
+        log = s["log"]
+        val = log.get("final_val_top1") or (log.get("finetune") or {}).get("val_top1")
+        cfg = s["config"]
+        row = {"key": key, "name": name, "model": args.model, "table": spec["table"], "method": s["method"],
+               "budget": cfg.get("budget_bits") or cfg.get("bits"),
+               "epochs": (cfg.get("finetune") or {}).get("epochs", 0) if "finetune" in cfg else 0,
+               "test_top1": test_top1, "avg_bits": s["avg_bits"], "file_bytes": reread.file_bytes,
+               "file_mb": reread.file_bytes / 1e6, "val_top1": val, "hours": hours, "float_test_top1": float_top1,
+               "allocation": s["allocation"], "config": cfg, "log": log}
+        rows = [r for r in rows if r.get("key") != key] + [row]
+        save_results(RESULTS, "RAVN with fine-tuning on CIFAR-10 (Tables 1, 2, 3, 6)", rows, COLUMNS,
+                     notes=__doc__.split("\n\n", 2)[2].strip())
+        if "artifact" in spec:
+            (HERE / "artifacts").mkdir(exist_ok=True)
+            shutil.copyfile(out, HERE / "artifacts" / spec["artifact"])
+        print({k: row[k] for k in ("name", "test_top1", "avg_bits", "file_bytes", "val_top1", "hours")}, flush=True)
+
+
+if __name__ == "__main__":
+    main()
