@@ -50,8 +50,8 @@ def runs(epochs: int) -> dict[str, dict]:
         "ablation-vq": {"table": "6", "config": VQConfig(budget_bits=3.0, clusters=3)},
         "ablation-aq": {"table": "6", "config": AQConfig(budget_bits=3.0, finetune=ft)},
         "ablation-rl+aq": {"table": "6", "config": RLAQConfig(budget_bits=3.0, finetune=ft)},
-        "ablation-ravn": {"table": "6", "config": RavnConfig(budget_bits=3.0, clusters=3, mode="qat",
-                                                             finetune=ft)},
+        "ablation-ravn": {"table": "6", "config": RavnConfig(budget_bits=3.0, clusters=3, grid="kmeans",
+                                                             mode="qat", finetune=ft)},
     }
 
 

@@ -129,6 +129,10 @@ def save(path: Path | str, model: nn.Module, weights: dict[str, QuantizedWeight]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     save_file(tensors, str(tmp), metadata={k: json.dumps(v, separators=(",", ":")) for k, v in meta.items()})
+    _canonicalize_header(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
     report = size_report(weights)
     report["state_bytes"] = sum(t.numel() * t.element_size() for k, t in tensors.items() if k.startswith("state."))
@@ -136,6 +140,19 @@ def save(path: Path | str, model: nn.Module, weights: dict[str, QuantizedWeight]
     payload = report["stream_bytes"] + report["table_bytes"] + report["state_bytes"]
     report["header_bytes"] = report["file_bytes"] - payload
     return report
+
+
+def _canonicalize_header(path: Path) -> None:
+    """Rewrite the safetensors header with sorted keys, so equal contents give equal bytes.
+
+    safetensors keeps ``__metadata__`` in a hash map whose order changes from process to process;
+    offsets in the header are relative to the data, so only the header is rewritten.
+    """
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.dumps(json.loads(raw[8 : 8 + length]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the data stays 8-byte aligned, as safetensors writes it
+    path.write_bytes(struct.pack("<Q", len(header)) + header + raw[8 + length :])
 
 
 @dataclass

@@ -86,10 +86,17 @@ class RavnConfig(VQConfig):
     episodes: int = 100
     #: Stop a search when its best reward has not improved for this many episodes.
     patience: int = 40
-    #: Lambda of Eq. 7: weight of the squared validation top-1 gap (in percent points).
-    lam: float = 1.0
+    #: M: one cluster per layer by default: at 4.0/3.0/2.5 bits the cluster ids cost more than they
+    #: save (benchmarks/results/vq_design.md); set 2..16 for RAVN's per-cluster bit-widths.
+    clusters: int = 1
+    #: Uniform cells beat k-means sub-codebooks after reconstruction (same benchmark).
+    grid: str = "uniform"
+    #: Lambda of Eq. 7, weight of the squared validation top-1 gap in percent points. 0.01 makes a
+    #: one-point gap cost about the fidelity loss of a 3-bit model, so both terms steer the search;
+    #: with the paper's 1 the coarse top-1 of a validation subset drowns the smooth fidelity term.
+    lam: float = 0.01
     #: Validation images per evaluation during the search (a fixed subset of the validation split).
-    search_val_size: int = 2000
+    search_val_size: int = 1000
     #: The best this many searched configurations (and the initial one) are exported and measured on
     #: the whole validation split; the best there is the result (guards against a lucky subset).
     rerank: int = 3
@@ -128,6 +135,7 @@ class AQConfig(VQConfig):
     """Table 6's "AQ": one cluster per layer, the same bits everywhere, then fine-tuning."""
 
     clusters: int = 1
+    grid: str = "uniform"
     reconstruct: bool = True
     finetune: FineTuneConfig = field(default_factory=FineTuneConfig)
 
@@ -281,8 +289,8 @@ def search(config: RavnConfig, context: Context, prep: Prepared, run_dir: Path |
 
     env = BitAllocationEnv(layer_infos(prep), prep.costs, prep.budget, prep.damage, prep.init, evaluate,
                            max_delta=config.max_delta)
-    with search_progress(config.episodes, f"{config.agent} search", context.progress) as update:
-        tracker = Tracker(log, config.episodes, config.patience, update)
+    with search_progress(config.episodes + 1, f"{config.agent} search", context.progress) as update:
+        tracker = Tracker(log, config.episodes + 1, config.patience, update)  # + the initial allocation
         # Episode 0 is the initial allocation itself: a search never ends worse than where it started.
         tracker.record({"allocation": prep.init, **evaluate(prep.init)}, {"agent": "init"})
         if config.agent == "ppo":

@@ -85,11 +85,10 @@ def check_feasible(costs: dict[str, LayerCost], budget: Budget) -> None:
     """An impossible budget (below what 1 bit everywhere costs) is the user's error, said plainly."""
     floor_alloc = {n: (MIN_BITS,) * len(c.counts) for n, c in costs.items()}
     if budget.cost(costs, floor_alloc) > budget.limit(costs):
-        least = (avg_bits(costs, floor_alloc) if budget.bits is not None
-                 else budget.cost(costs, floor_alloc))
-        unit = "average bits" if budget.bits is not None else "bytes"
+        least = (f"{avg_bits(costs, floor_alloc):.3f} average bits" if budget.bits is not None
+                 else f"{budget.cost(costs, floor_alloc):,.0f} bytes")
         raise RavnError(f"the budget of {budget.describe()} is impossible: 1 bit everywhere already takes "
-                        f"{least:,.3f} {unit} (cluster ids included)",
+                        f"{least} (cluster ids included)",
                         "raise the budget or use fewer clusters")
 
 

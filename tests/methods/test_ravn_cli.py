@@ -1,0 +1,98 @@
+"""RAVN post-training runs through the command line on real data, with small settings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ravn.cli import main
+
+SMALL = ["--model", "resnet20", "--method", "ravn", "--mode", "ptq", "--budget-bits", "3.5", "--episodes", "8",
+         "--patience", "8", "--search-val-size", "200", "--calibration-size", "64", "--test-limit", "300"]
+
+
+def _run_json(capsys, args) -> dict:
+    assert main([*args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, shared_data):
+    out = tmp_path_factory.mktemp("ravn") / "a.ravn"
+    proc = subprocess.run([sys.executable, "-m", "ravn.cli", "quantize", *SMALL, "--out", str(out), "--json"],
+                          capture_output=True, text=True, check=True)
+    return out, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_budget_holds_and_file_is_accounted(first_run):
+    out, summary = first_run
+    assert summary["avg_bits"] <= 3.5
+    assert summary["file_bytes"] == out.stat().st_size
+    size = summary["size"]
+    assert summary["file_bytes"] <= 1.02 * (size["stream_bytes"] + size["table_bytes"] + size["state_bytes"])
+    assert summary["file_matches_memory"]
+    episodes = (out.with_suffix(".run") / "episodes.jsonl").read_text().splitlines()
+    assert len(episodes) == 9  # the initial allocation + 8 searched
+    assert all(json.loads(e)["reward"] <= 0 for e in episodes)
+
+
+def test_same_seed_same_allocation_and_file(capsys, first_run, tmp_path):
+    out, summary = first_run
+    again = _run_json(capsys, ["quantize", *SMALL, "--out", str(tmp_path / "b.ravn")])
+    assert again["allocation"] == summary["allocation"]
+    assert _sha(tmp_path / "b.ravn") == _sha(out)
+
+
+def test_killed_run_resumes_to_the_same_result(first_run, tmp_path):
+    out, _ = first_run
+    target = tmp_path / "c.ravn"
+    log = tmp_path / "c.run" / "episodes.jsonl"
+    cmd = [sys.executable, "-m", "ravn.cli", "quantize", *SMALL, "--out", str(target), "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 4):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(log.read_text().splitlines())
+    assert 4 <= done_before < 9 and not target.exists()
+    subprocess.run(cmd, capture_output=True, check=True)
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [x["episode"] for x in lines] == list(range(9))  # no episode lost, none logged twice
+    assert _sha(target) == _sha(out)
+
+
+def test_other_settings_in_the_run_folder_are_refused(capsys, first_run, tmp_path):
+    out, _ = first_run
+    args = [a if a != "3.5" else "3.0" for a in SMALL]
+    assert main(["quantize", *args, "--out", str(out)]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_impossible_budget(capsys, shared_data, tmp_path):
+    assert main(["quantize", "--method", "vq", "--clusters", "3", "--budget-bits", "1.5",
+                 "--out", str(tmp_path / "x.ravn")]) == 2
+    assert "impossible" in capsys.readouterr().err
+
+
+def test_option_of_another_method_is_refused(capsys, shared_data, tmp_path):
+    assert main(["quantize", "--method", "uniform", "--episodes", "5", "--out", str(tmp_path / "x.ravn")]) == 2
+    assert "--episodes does not apply to --method uniform" in capsys.readouterr().err
+
+
+def test_vq_bytes_budget(capsys, shared_data, tmp_path):
+    out = tmp_path / "v.ravn"
+    s = _run_json(capsys, ["quantize", "--method", "vq", "--budget-bytes", "120000", "--calibration-size", "64",
+                           "--out", str(out), "--test-limit", "200"])
+    assert s["file_bytes"] == out.stat().st_size <= 120_000
