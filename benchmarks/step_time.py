@@ -66,7 +66,7 @@ def main() -> None:
                 with torch.no_grad():
                     teacher(x)
                 loss = loss + fidelity_term(t_feats.take(), s_feats.take())
-            s_feats.take()
+            s_feats.store.clear()
             t_feats.store.clear()
             opt = opts["qat"]
         opt.zero_grad(set_to_none=True)
