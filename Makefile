@@ -1,9 +1,9 @@
-# Two entry points for a fresh machine: `make demo` (install, then quantize ResNet-20 on CIFAR-10)
+# Two entry points for a fresh machine: `make demo` (install, then RAVN-quantize ResNet-20 on CIFAR-10)
 # and `make test` (install with dev tools, then lint and run the tests).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-OUT ?= runs/resnet20-demo.ravn
+OUT ?= runs/resnet20-ravn-ptq-4bit.ravn
 
 .PHONY: demo test lint bench-baseline install install-dev clean
 
@@ -25,7 +25,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: install
-	$(BIN)/ravn quantize --model resnet20 --method uniform --bits 4 --out $(OUT)
+	$(BIN)/ravn quantize --model resnet20 --method ravn --mode ptq --budget-bits 4 --out $(OUT)
 	$(BIN)/ravn inspect $(OUT)
 
 lint: install-dev

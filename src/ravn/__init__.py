@@ -6,4 +6,5 @@ from ravn.errors import RavnError
 from ravn.export import load
 from ravn.methods import Context, UniformConfig, quantize
 
-__all__ = ["Context", "RavnError", "UniformConfig", "__version__", "load", "quantize"]
+__all__ = ["AQConfig", "Context", "RLAQConfig", "RavnConfig", "RavnError", "UniformConfig", "VQConfig", "__version__",
+           "export", "load", "quantize"]
