@@ -42,8 +42,9 @@ from ravn.quantizers.qweight import QuantizedWeight
 class FineTuneConfig:
     #: Epochs of fine-tuning (passes over the training part).
     epochs: int = 10
-    #: AdamW learning rate (paper: 1e-3).
-    lr: float = 1e-3
+    #: AdamW learning rate. The paper's 1e-3 first pulled a reconstructed 3-bit ResNet-20 further
+    #: from the float model (validation loss 0.035 -> 0.047 after 150 steps) than 1e-4 (0.036).
+    lr: float = 1e-4
     #: Cosine schedule ends at lr_floor x lr (the paper's "0.1 annealing factor").
     lr_floor: float = 0.1
     #: Decoupled weight decay on the latent weights (paper: 5e-4).
@@ -53,7 +54,9 @@ class FineTuneConfig:
     #: Weight of the feature fidelity term (Eq. 6) against the float teacher (paper: lambda = 1).
     fidelity_weight: float = 1.0
     #: Weight of logit distillation (KL to the teacher's softmax at temperature 4); 0 turns it off.
-    distill: float = 0.0
+    #: The teacher runs anyway for the fidelity term; distillation gave the lowest validation loss
+    #: in a 300-step comparison at 3 bits (0.0323, vs 0.0332 fidelity only, 0.0354 cross-entropy only).
+    distill: float = 1.0
     #: "frozen": float running statistics kept, affine trained; "train": batch statistics.
     bn: str = "frozen"
     #: Random crop (padding 4) and horizontal flip of training images.
