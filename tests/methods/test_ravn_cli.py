@@ -96,3 +96,26 @@ def test_vq_bytes_budget(capsys, shared_data, tmp_path):
     s = _run_json(capsys, ["quantize", "--method", "vq", "--budget-bytes", "120000", "--calibration-size", "64",
                            "--out", str(out), "--test-limit", "200"])
     assert s["file_bytes"] == out.stat().st_size <= 120_000
+
+
+def test_ravn_on_a_user_factory_model(capsys, shared_data, tmp_path, monkeypatch):
+    import torch
+
+    (tmp_path / "usernet.py").write_text(
+        "from torch import nn\n"
+        "def net():\n"
+        "    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),\n"
+        "                         nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),\n"
+        "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import usernet
+
+    torch.manual_seed(0)
+    torch.save(usernet.net().state_dict(), tmp_path / "w.pt")
+    out = tmp_path / "u.ravn"
+    s = _run_json(capsys, ["quantize", "--model", "usernet:net", "--weights", str(tmp_path / "w.pt"),
+                           "--method", "ravn", "--budget-bits", "4", "--episodes", "3", "--search-val-size", "100",
+                           "--calibration-size", "32", "--test-limit", "100", "--out", str(out)])
+    assert s["avg_bits"] <= 4 and set(s["allocation"]) == {"0", "3", "7"}
+    info = _run_json(capsys, ["inspect", str(out)])
+    assert info["model"] == "usernet:net" and info["file_bytes"] == out.stat().st_size
