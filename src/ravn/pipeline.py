@@ -16,6 +16,7 @@ from torch import nn
 
 from ravn import export
 from ravn.data import Dataset
+from ravn.errors import RavnError
 from ravn.evaluation import evaluate
 from ravn.methods import Context, quantize
 from ravn.methods.base import config_dict
@@ -52,6 +53,10 @@ def run(model: nn.Module, ref: ModelRef, config: Any, dataset: Dataset, out: Pat
     if dataset.num_classes >= 100:
         metrics["test_top5"] = q_metrics["top5"]
     sizes = export.save(out, result.model, result.weights, ref, result.method, config_dict(config), metrics)
+    budget_bytes = getattr(config, "budget_bytes", None)
+    if budget_bytes is not None and sizes["file_bytes"] > budget_bytes:  # the projection's header estimate failed
+        raise RavnError(f"{out} came out at {sizes['file_bytes']:,} bytes, over the budget of {budget_bytes:,}",
+                        "report this; a slightly lower --budget-bytes works around it")
     reread = export.load(out)  # the file is the product: measure that it rebuilds the same weights
     same = all(torch.equal(a, b) for (_, a), (_, b) in zip(
         sorted(result.model.state_dict().items()), sorted(reread.state_dict().items()), strict=False)
