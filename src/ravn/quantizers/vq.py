@@ -41,35 +41,46 @@ def kmeans_1d(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(assignment, dtype=np.int64), np.asarray(centroids, dtype=np.float64)
 
 
-#: Sub-codebooks with more entries than this use Lloyd iterations instead of exact k-means
-#: (exact 1-D k-means costs O(k n) per cluster; at 64+ levels the two differ by a fraction of a percent in MSE).
+#: Sub-codebooks with more entries than this use :func:`lloyd_1d` instead of exact k-means, whose
+#: O(k n) cost made 256-level codebooks of every layer take half a minute.
 EXACT_MAX_LEVELS = 32
 
 
-def lloyd_1d(values: np.ndarray, k: int, iterations: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """Lloyd's algorithm in 1-D: ``(assignment, centroids)``, centroids ascending.
-
-    Starts from the high-resolution optimum (level density proportional to ``p(x)^(1/3)``, Panter
-    and Dite 1951), from which a few iterations converge.
-    """
-    order = np.argsort(values, kind="stable")
-    v = values[order]
-    k = max(1, min(k, len(np.unique(v))))
-    hist, edges = np.histogram(v, bins=max(64, 16 * k))
-    mass = np.cumsum(np.cbrt(hist.astype(np.float64)))
-    targets = (np.arange(k) + 0.5) / k * mass[-1]
-    centroids = np.interp(targets, np.concatenate([[0.0], mass]), edges)
+def _lloyd(v: np.ndarray, centroids: np.ndarray, iterations: int) -> np.ndarray:
+    """Lloyd iterations on sorted values ``v`` from sorted ``centroids`` until nothing moves."""
+    k = len(centroids)
     for _ in range(iterations):
         bins = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, v)
         counts = np.bincount(bins, minlength=k)
         sums = np.bincount(bins, weights=v, minlength=k)
-        updated = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
+        updated = np.sort(np.where(counts > 0, sums / np.maximum(counts, 1), centroids))
         if np.array_equal(updated, centroids):
             break
-        centroids = np.sort(updated)
-    assignment = np.empty(len(v), dtype=np.int64)
-    assignment[order] = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, v)
-    return assignment, centroids
+        centroids = updated
+    return centroids
+
+
+def lloyd_1d(values: np.ndarray, k: int, iterations: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """1-D k-means by splitting (Linde-Buzo-Gray): ``(assignment, centroids)``, centroids ascending.
+
+    From one centroid, the clusters with the largest squared error are split in two and Lloyd's
+    iterations refine the result, until there are ``k``: within a few percent of the exact optimum's
+    error in our tests, at a fraction of its O(k n) cost.
+    """
+    v = np.sort(values)
+    k = max(1, min(k, len(np.unique(v))))
+    centroids = np.array([v.mean()])
+    while len(centroids) < k:
+        bins = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, v)
+        counts = np.bincount(bins, minlength=len(centroids))
+        spread = np.sqrt(np.bincount(bins, weights=(v - centroids[bins]) ** 2, minlength=len(centroids))
+                         / np.maximum(counts, 1))
+        split = np.argsort(-spread * counts, kind="stable")[: min(len(centroids), k - len(centroids))]
+        extra = centroids[split] + spread[split] / 2
+        centroids[split] -= spread[split] / 2
+        centroids = _lloyd(v, np.sort(np.concatenate([centroids, extra])), iterations)
+    assignment = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, values)
+    return assignment.astype(np.int64), centroids
 
 
 def cluster_table(values: np.ndarray, bits: int, grid: str) -> tuple[np.ndarray, np.ndarray]:
