@@ -65,7 +65,7 @@ def lloyd_1d(values: np.ndarray, k: int, iterations: int = 100) -> tuple[np.ndar
 
     From one centroid, the clusters with the largest squared error are split in two and Lloyd's
     iterations refine the result, until there are ``k``: within 30% of the exact optimum's error
-    in our tests (and far below it for 64+ levels), at a fraction of its O(k n) cost.
+    in our tests, at a fraction of its O(k n) cost.
     """
     v = np.sort(values)
     k = max(1, min(k, len(np.unique(v))))
