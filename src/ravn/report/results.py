@@ -54,10 +54,10 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
-    """``columns``: (key, header) pairs; floats are shown with two decimals."""
+    """``columns``: (key, header) pairs; floats with two decimals, small ones with four significant digits."""
     def fmt(v):
         if isinstance(v, float):
-            return f"{v:.2f}"
+            return f"{v:.4g}" if 0 < abs(v) < 0.1 else f"{v:.2f}"
         if isinstance(v, int):
             return f"{v:,}"
         return "" if v is None else str(v)
