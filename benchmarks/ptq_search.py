@@ -9,12 +9,14 @@ Per model and budget (measured average bits, cluster ids included):
 - ``ravn`` (PPO) and ``random`` search with the same number of evaluations, 3 seeds each,
   then reconstruction; both start from the VQ initialisation (episode 0).
 Every row is a real .ravn file measured from disk; the ResNet-20 4.0-bit PPO file of seed 0 is
-kept as benchmarks/artifacts/resnet20-ravn-ptq-4bit.ravn. Rows are saved as they come.
+kept as benchmarks/artifacts/resnet20-ravn-ptq-4bit.ravn. Rows are saved as they come; rows of
+models not in ``--models`` are kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 import tempfile
@@ -62,7 +64,10 @@ def main() -> None:
     parser.add_argument("--data", default=None)
     args = parser.parse_args()
     dataset = load_dataset(args.data)
-    rows: list[dict] = []
+    existing = RESULTS.with_suffix(".json")
+    # rows of other models stay; this run's models are measured again
+    rows: list[dict] = [r for r in (json.loads(existing.read_text())["rows"] if existing.exists() else [])
+                        if r["model"] not in args.models]
 
     def save() -> None:
         save_results(RESULTS, "RAVN post-training search vs controls (CIFAR-10 test)", rows, COLUMNS,
