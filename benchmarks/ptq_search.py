@@ -29,7 +29,7 @@ from ravn.methods import Context, RavnConfig, UniformConfig, VQConfig
 from ravn.models import ModelRef, load_model
 from ravn.pipeline import run
 from ravn.quantizers import quantizable_layers
-from ravn.report.results import save_results
+from ravn.report.results import markdown_table, save_results, summarize
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "ptq_search"
@@ -70,8 +70,15 @@ def main() -> None:
                         if r["model"] not in args.models]
 
     def save() -> None:
+        summary = summarize(rows, ("model", "budget", "method"), ("test_top1", "avg_bits", "file_bytes",
+                                                                  "search_reward"))
+        appendix = "## Mean over seeds\n\n" + markdown_table(summary, [
+            ("model", "model"), ("budget", "budget bits"), ("method", "method"), ("runs", "runs"),
+            ("test_top1", "test top-1 %"), ("test_top1_std", "std"), ("avg_bits", "avg bits"),
+            ("file_bytes", "file bytes"), ("search_reward", "best search reward"),
+            ("search_reward_std", "std")])
         save_results(RESULTS, "RAVN post-training search vs controls (CIFAR-10 test)", rows, COLUMNS,
-                     notes=__doc__.split("\n\n", 2)[2].strip())
+                     notes=__doc__.split("\n\n", 2)[2].strip(), appendix=appendix)
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "q.ravn"

@@ -67,8 +67,27 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def summarize(rows: list[dict], keys: tuple[str, ...], values: tuple[str, ...]) -> list[dict]:
+    """Mean and standard deviation of ``values`` over the rows that share ``keys`` (e.g. over seeds)."""
+    import statistics
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k) for k in keys), []).append(r)
+    out = []
+    for key, group in groups.items():
+        row = dict(zip(keys, key, strict=True))
+        row["runs"] = len(group)
+        for v in values:
+            xs = [r[v] for r in group if isinstance(r.get(v), int | float)]
+            row[v] = statistics.fmean(xs) if xs else None
+            row[f"{v}_std"] = statistics.stdev(xs) if len(xs) > 1 else None
+        out.append(row)
+    return out
+
+
 def save_results(stem: Path, title: str, rows: list[dict], columns: list[tuple[str, str]], notes: str = "",
-                 extra: dict | None = None) -> None:
+                 extra: dict | None = None, appendix: str = "") -> None:
     """Write ``<stem>.json`` and ``<stem>.md``; call after every row so an interrupted run keeps its rows."""
     meta = {"title": title, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine(), "versions": versions(), **(extra or {})}
@@ -78,4 +97,4 @@ def save_results(stem: Path, title: str, rows: list[dict], columns: list[tuple[s
               f"{m['torch_threads']}, {m['memory_gib']} GiB); " +
               ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".\n\n")
     write_atomic(stem.with_suffix(".md"), header + (notes + "\n\n" if notes else "") +
-                 markdown_table(rows, columns) + "\n")
+                 markdown_table(rows, columns) + "\n" + ("\n" + appendix + "\n" if appendix else ""))
