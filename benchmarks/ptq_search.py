@@ -6,8 +6,9 @@ Per model and budget (measured average bits, cluster ids included):
 - ``uniform``: uniform per-channel PTQ at the same measured size (layers at floor/ceil bits, the
   smallest layers rounded up, until the average reaches the budget), symmetric and asymmetric;
 - ``vq``: the VQ-initialised allocation, round-to-nearest, no agent, no reconstruction;
-- ``ravn`` (PPO) and ``random`` search with the same number of evaluations, 3 seeds each,
-  then reconstruction; both start from the VQ initialisation (episode 0).
+- ``ravn`` (PPO) and ``random`` search with the same number of evaluations (distinct
+  configurations; an episode that proposes one already evaluated is free), 3 seeds each, then
+  reconstruction; both start from the VQ initialisation (episode 0).
 Every row is a real .ravn file measured from disk; the ResNet-20 4.0-bit PPO file of seed 0 is
 kept as benchmarks/artifacts/resnet20-ravn-ptq-4bit.ravn. Rows are saved as they come; rows of
 models not in ``--models`` are kept.
@@ -36,7 +37,7 @@ RESULTS = HERE / "results" / "ptq_search"
 ARTIFACT = HERE / "artifacts" / "resnet20-ravn-ptq-4bit.ravn"
 COLUMNS = [("model", "model"), ("budget", "budget bits"), ("method", "method"), ("seed", "seed"),
            ("test_top1", "test top-1 %"), ("avg_bits", "measured avg bits"), ("file_bytes", "file bytes"),
-           ("payload_ratio", "file / (codes+tables+state)"), ("episodes", "episodes"),
+           ("payload_ratio", "file / (codes+tables+state)"), ("evaluations", "evaluations"), ("episodes", "episodes"),
            ("search_val_top1", "search val top-1"), ("search_reward", "best reward"), ("seconds", "wall s")]
 
 
@@ -60,7 +61,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
     parser.add_argument("--budgets", nargs="+", type=float, default=[4.0, 3.5, 3.0, 2.5])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--evaluations", type=int, default=100)
     parser.add_argument("--data", default=None)
     args = parser.parse_args()
     dataset = load_dataset(args.data)
@@ -95,8 +96,8 @@ def main() -> None:
                 runs.append(("vq", VQConfig(budget_bits=budget), 0))
                 for seed in args.seeds:
                     for agent in ("ppo", "random"):
-                        cfg = RavnConfig(budget_bits=budget, agent=agent, episodes=args.episodes,
-                                         patience=args.episodes)
+                        cfg = RavnConfig(budget_bits=budget, agent=agent, evaluations=args.evaluations,
+                                         patience=args.evaluations)
                         runs.append(("ravn" if agent == "ppo" else "random search", cfg, seed))
                 for method, cfg, seed in runs:
                     context = Context(dataset=dataset, normalize=ref.normalize, seed=seed, progress=False)

@@ -74,7 +74,7 @@ def eval_cmd(
 
 #: CLI option -> config field, for the method-specific options (None: not given).
 _METHOD_OPTIONS = ("bits", "granularity", "symmetric", "budget_bits", "budget_bytes", "mode", "clusters", "grid",
-                   "per_channel", "init", "agent", "episodes", "patience", "lam", "search_val_size",
+                   "per_channel", "init", "agent", "evaluations", "patience", "lam", "search_val_size",
                    "calibration_size", "reconstruct", "rounds")
 #: CLI options that go into the method's nested fine-tuning config.
 _FINETUNE_OPTIONS = ("epochs", "lr", "batch_size", "weight_decay", "distill", "bn", "max_steps")
@@ -129,8 +129,9 @@ def quantize_cmd(
         "--per-channel/--per-layer", help="vq/ravn: cluster per-channel-normalised weights.")] = None,
     init: Annotated[str | None, typer.Option(help="vq/ravn: initial bits, 'vq' or 'random' (paper 4.2).")] = None,
     agent: Annotated[str | None, typer.Option(help="ravn: 'ppo' or 'random' (random search).")] = None,
-    episodes: Annotated[int | None, typer.Option(help="ravn: most search episodes.")] = None,
-    patience: Annotated[int | None, typer.Option(help="ravn: stop after this many episodes without gain.")] = None,
+    evaluations: Annotated[int | None, typer.Option(
+        help="ravn: configurations each search evaluates (default 100).")] = None,
+    patience: Annotated[int | None, typer.Option(help="ravn: stop after this many evaluations without gain.")] = None,
     lam: Annotated[float | None, typer.Option(help="ravn: lambda of Eq. 7.")] = None,
     search_val_size: Annotated[int | None, typer.Option(help="ravn: validation images per evaluation.")] = None,
     calibration_size: Annotated[int | None, typer.Option(help="vq/ravn: calibration images.")] = None,

@@ -82,9 +82,10 @@ class RavnConfig(VQConfig):
     mode: str = "ptq"
     #: Bit allocation agent: "ppo" (ReAQ) or "random" (random search, the control).
     agent: str = "ppo"
-    #: Most episodes (evaluated configurations) of each search.
-    episodes: int = 100
-    #: Stop a search when its best reward has not improved for this many episodes.
+    #: Configurations each search evaluates (the initial one included); episodes that propose a
+    #: configuration already evaluated are free.
+    evaluations: int = 100
+    #: Stop a search when its best reward has not improved for this many evaluations.
     patience: int = 40
     #: M: one cluster per layer by default: at 4.0/3.0/2.5 bits the cluster ids cost more than they
     #: save (benchmarks/results/vq_design.md); set 2..16 for RAVN's per-cluster bit-widths.
@@ -114,8 +115,8 @@ class RavnConfig(VQConfig):
             raise ValueError(f"mode must be 'ptq' or 'qat', got {self.mode!r}")
         if self.agent not in ("ppo", "random"):
             raise ValueError(f"agent must be 'ppo' or 'random', got {self.agent!r}")
-        if min(self.episodes, self.patience, self.search_val_size, self.max_delta, self.rounds) < 1:
-            raise ValueError("episodes, patience, search_val_size, max_delta and rounds must be positive")
+        if min(self.evaluations, self.patience, self.search_val_size, self.max_delta, self.rounds) < 1:
+            raise ValueError("evaluations, patience, search_val_size, max_delta and rounds must be positive")
         if self.rerank < 0:
             raise ValueError("rerank must be >= 0")
         if isinstance(self.finetune, dict):
@@ -289,8 +290,8 @@ def search(config: RavnConfig, context: Context, prep: Prepared, run_dir: Path |
 
     env = BitAllocationEnv(layer_infos(prep), prep.costs, prep.budget, prep.damage, prep.init, evaluate,
                            max_delta=config.max_delta)
-    with search_progress(config.episodes + 1, f"{config.agent} search", context.progress) as update:
-        tracker = Tracker(log, config.episodes + 1, config.patience, update)  # + the initial allocation
+    with search_progress(config.evaluations, f"{config.agent} search", context.progress) as update:
+        tracker = Tracker(log, config.evaluations, config.patience, update)
         # Episode 0 is the initial allocation itself: a search never ends worse than where it started.
         tracker.record({"allocation": prep.init, **evaluate(prep.init)}, {"agent": "init"})
         if config.agent == "ppo":
@@ -328,7 +329,7 @@ def select(model: nn.Module, reference: nn.Module, config: RavnConfig, context: 
 
 
 def _search_log(prep: Prepared, found, seconds: float) -> dict:
-    return {"search_seconds": seconds, "episodes": found.episodes, "evaluations": prep.evaluator.evaluations,
+    return {"search_seconds": seconds, "episodes": found.episodes, "evaluations": found.evaluations,
             "best": {k: found.result[k] for k in ("reward", "fidelity", "val_top1", "loss")},
             "history": [{k: h[k] for k in ("episode", "reward", "val_top1", "fidelity")} for h in found.history]}
 

@@ -27,9 +27,9 @@ def search_progress(total: int, description: str = "search", enabled: bool = Tru
                   TextColumn("{task.fields[best]}"), transient=True) as bar:
         task = bar.add_task(description, total=total, best="")
 
-        def update(episode: int, best: dict, _extra: dict) -> None:
+        def update(evaluations: int, best: dict, _extra: dict) -> None:
             text = (f"best reward {best['reward']:.4f} | val top-1 {best['val_top1']:.2f}% | "
                     f"fidelity {best['fidelity']:.4f} | {best.get('avg_bits', 0):.3f} bits")
-            bar.update(task, completed=episode, best=text)
+            bar.update(task, completed=evaluations, best=text)
 
         yield update

@@ -63,34 +63,49 @@ class EpisodeLog:
 
 
 class Tracker:
-    """Counts episodes, keeps the best one, logs each, and says when the search should stop."""
+    """Counts episodes and evaluations, keeps the best episode, logs each, and says when to stop.
 
-    def __init__(self, log: EpisodeLog, max_episodes: int, patience: int, progress=None):
+    The budget of a search is its number of *evaluations*: episodes whose configuration was seen
+    before are answered from the cache and cost nothing, so a PPO agent that returns to good
+    configurations and a random search that rarely does are compared at equal evaluations.
+    ``patience`` counts evaluations since the best one. On resume, replayed episodes take their
+    cache status from the log, so the counts (and the run) come out as without the interruption.
+    """
+
+    def __init__(self, log: EpisodeLog, max_evaluations: int, patience: int, progress=None,
+                 max_episodes: int | None = None):
         self.log = log
         self.replayed = len(log.records)
-        self.max_episodes = max_episodes
+        self.max_evaluations = max_evaluations
+        self.max_episodes = max_episodes or 10 * max_evaluations
         self.patience = patience
         self.progress = progress
         self.episode = 0
+        self.evaluations = 0
         self.best: dict | None = None
-        self.best_episode = 0
+        self.best_evaluation = 0
         self.history: list[dict] = []
 
     def record(self, result: dict, extra: dict) -> bool:
         """Note a finished episode; returns False when the search should stop."""
         alloc = result["allocation"]
+        cached = bool(result.get("cached"))
+        if self.episode < self.replayed:
+            cached = bool(self.log.records[self.episode].get("cached", cached))
         record = {"episode": self.episode, "bits": {n: list(b) for n, b in alloc.items()}, **extra,
-                  **{k: result[k] for k in ("fidelity", "val_top1", "loss", "reward", "seconds", "cached")}}
+                  **{k: result[k] for k in ("fidelity", "val_top1", "loss", "reward", "seconds")}, "cached": cached}
         if self.episode >= self.replayed:
             self.log.append(record)
         self.history.append(record)
+        self.evaluations += not cached
         if self.best is None or result["reward"] > self.best["reward"]:
-            self.best, self.best_episode = result, self.episode
+            self.best, self.best_evaluation = result, self.evaluations
         self.episode += 1
         if self.progress is not None:
-            self.progress(self.episode, self.best, extra)
-        return self.episode < self.max_episodes and self.episode - self.best_episode <= self.patience
+            self.progress(self.evaluations, self.best, extra)
+        return (self.evaluations < self.max_evaluations and self.episode < self.max_episodes
+                and self.evaluations - self.best_evaluation <= self.patience)
 
-    def result(self, evaluations: int) -> SearchResult:
+    def result(self) -> SearchResult:
         assert self.best is not None
-        return SearchResult(dict(self.best["allocation"]), self.best, self.episode, evaluations, self.history)
+        return SearchResult(dict(self.best["allocation"]), self.best, self.episode, self.evaluations, self.history)

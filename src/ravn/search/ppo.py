@@ -2,7 +2,7 @@
 
 Rollouts of ``episodes_per_update`` whole episodes; no discount inside an episode (the reward comes
 at its end); advantages normalised per batch, so the scale of Eq. 7 does not matter. Stops after
-``max_episodes`` or when the best reward has not improved for ``patience`` episodes.
+the tracker's number of evaluations, or when the best reward has not improved for ``patience`` of them.
 """
 
 from __future__ import annotations
@@ -58,4 +58,4 @@ def ppo_search(env: BitAllocationEnv, tracker: Tracker, seed: int, settings: PPO
                 policy_kwargs={"net_arch": list(s.hidden)}, device="cpu", verbose=0)
     model.learn(total_timesteps=len(env.layers) * (tracker.max_episodes + s.episodes_per_update),
                 callback=Stop())
-    return tracker.result(evaluations=tracker.episode)
+    return tracker.result()

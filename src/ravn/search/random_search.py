@@ -20,4 +20,4 @@ def random_search(env: BitAllocationEnv, tracker: Tracker, seed: int) -> SearchR
             _, _, done, _, info = env.step(env.action_space.sample())
         if not tracker.record(info["result"], {"agent": "random"}):
             break
-    return tracker.result(evaluations=tracker.episode)
+    return tracker.result()
