@@ -10,8 +10,10 @@ Per model and budget (measured average bits, cluster ids included):
   configurations; an episode that proposes one already evaluated is free), 3 seeds each, then
   reconstruction; both start from the VQ initialisation (episode 0).
 Every row is a real .ravn file measured from disk; the ResNet-20 4.0-bit PPO file of seed 0 is
-kept as benchmarks/artifacts/resnet20-ravn-ptq-4bit.ravn. Rows are saved as they come; rows of
-models not in ``--models`` are kept.
+kept as benchmarks/artifacts/resnet20-ravn-ptq-4bit.ravn. Each finished row is written at once to
+benchmarks/runs/ptq_search/<model>-<budget>-<method>-<seed>.json, so an interrupted benchmark resumes
+where it stopped and several processes can share the work (e.g. one per budget); the tables are
+rebuilt from all finished rows after each one.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from ravn.methods import Context, RavnConfig, UniformConfig, VQConfig
 from ravn.models import ModelRef, load_model
 from ravn.pipeline import run
 from ravn.quantizers import quantizable_layers
-from ravn.report.results import markdown_table, save_results, summarize
+from ravn.report.results import markdown_table, save_results, summarize, write_atomic
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "ptq_search"
+ROWS = HERE / "runs" / "ptq_search"
 ARTIFACT = HERE / "artifacts" / "resnet20-ravn-ptq-4bit.ravn"
 COLUMNS = [("model", "model"), ("budget", "budget bits"), ("method", "method"), ("seed", "seed"),
            ("test_top1", "test top-1 %"), ("avg_bits", "measured avg bits"), ("file_bytes", "file bytes"),
@@ -63,14 +66,15 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--evaluations", type=int, default=100)
     parser.add_argument("--data", default=None)
+    parser.add_argument("--fresh", action="store_true", help="measure again rows already finished")
     args = parser.parse_args()
     dataset = load_dataset(args.data)
-    existing = RESULTS.with_suffix(".json")
-    # rows of other models stay; this run's models are measured again
-    rows: list[dict] = [r for r in (json.loads(existing.read_text())["rows"] if existing.exists() else [])
-                        if r["model"] not in args.models]
+    ROWS.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
+        order = {"uniform per-channel sym": 0, "uniform per-channel asym": 1, "vq": 2, "ravn": 3, "random search": 4}
+        rows = sorted((json.loads(f.read_text()) for f in ROWS.glob("*.json")),
+                      key=lambda r: (r["model"], -r["budget"], order[r["method"]], r["seed"]))
         summary = summarize(rows, ("model", "budget", "method"), ("test_top1", "avg_bits", "file_bytes",
                                                                   "search_reward"))
         appendix = "## Mean over seeds\n\n" + markdown_table(summary, [
@@ -100,12 +104,15 @@ def main() -> None:
                                          patience=args.evaluations)
                         runs.append(("ravn" if agent == "ppo" else "random search", cfg, seed))
                 for method, cfg, seed in runs:
+                    row_file = ROWS / f"{name}-{budget}-{method.replace(' ', '_')}-{seed}.json"
+                    if row_file.exists() and not args.fresh:
+                        continue
                     context = Context(dataset=dataset, normalize=ref.normalize, seed=seed, progress=False)
                     start = time.perf_counter()
                     s = run(model, ref, cfg, dataset, out, float_top1=float_top1, context=context, progress=False)
                     size = s["size"]
                     log = s["log"]
-                    rows.append({
+                    row = {
                         "model": name, "budget": budget, "method": method, "seed": seed,
                         "test_top1": s["test_top1"], "avg_bits": s["avg_bits"], "file_bytes": s["file_bytes"],
                         "payload_ratio": s["file_bytes"] / (size["stream_bytes"] + size["table_bytes"]
@@ -115,8 +122,9 @@ def main() -> None:
                         "search_reward": (log.get("best") or {}).get("reward"),
                         "seconds": time.perf_counter() - start, "allocation": s["allocation"],
                         "reward_curve": [h["reward"] for h in log.get("history", [])],
-                    })
-                    print({k: v for k, v in rows[-1].items() if k not in ("allocation", "reward_curve")}, flush=True)
+                    }
+                    print({k: v for k, v in row.items() if k not in ("allocation", "reward_curve")}, flush=True)
+                    write_atomic(row_file, json.dumps(row))
                     save()
                     if name == "resnet20" and budget == 4.0 and method == "ravn" and seed == 0:
                         ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
