@@ -91,6 +91,19 @@ def test_short_fine_tune_lowers_the_loss():
     assert result.model(x).shape == (32, 2)
 
 
+def test_without_fidelity_and_distillation_the_teacher_does_not_run():
+    model, weights = _setup()
+    teacher = Tiny().eval()
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+    cfg = FineTuneConfig(epochs=1, batch_size=16, fidelity_weight=0.0, distill=0.0)
+    result = fine_tune(model, weights, _toy_dataset(), NORM, cfg, progress=False, teacher=teacher)
+    assert calls == [] and result.history[-1]["train_fidelity"] == 0.0
+    fine_tune(model, weights, _toy_dataset(), NORM, FineTuneConfig(epochs=1, batch_size=16), progress=False,
+              teacher=teacher)
+    assert calls  # the default loss does use it
+
+
 def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch):
     model, weights = _setup()
     cfg = FineTuneConfig(epochs=4, lr=5e-3, batch_size=16)

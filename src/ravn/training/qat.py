@@ -54,7 +54,8 @@ class FineTuneConfig:
     #: Weight of the feature fidelity term (Eq. 6) against the float teacher (paper: lambda = 1).
     fidelity_weight: float = 1.0
     #: Weight of logit distillation (KL to the teacher's softmax at temperature 4); 0 turns it off.
-    #: The teacher runs anyway for the fidelity term; distillation gave the lowest validation loss
+    #: With fidelity_weight 0 too, the teacher does not run (a QAT step then costs 1.12x a float step
+    #: instead of 1.65x, benchmarks/results/step_time.md). Distillation gave the lowest validation loss
     #: in a 300-step comparison at 3 bits (0.0323, vs 0.0332 fidelity only, 0.0354 cross-entropy only).
     distill: float = 1.0
     #: "frozen": float running statistics kept, affine trained; "train": batch statistics.
@@ -199,6 +200,7 @@ def fine_tune(float_model: nn.Module, weights: dict[str, QuantizedWeight], datas
         best_state = copy.deepcopy(student.state_dict())
     else:
         best_state = torch.load(best_path, map_location="cpu", weights_only=False)["student"] if best_path else None
+    uses_teacher = bool(config.fidelity_weight or config.distill)
     t_feats, s_feats = _Features(teacher, names), _Features(student, names)
     try:
         for epoch in range(max(1, start_epoch), config.epochs + 1):
@@ -215,12 +217,14 @@ def fine_tune(float_model: nn.Module, weights: dict[str, QuantizedWeight], datas
                 if config.augment:
                     images = random_crop_flip(images, generator=generator)
                 x = normalize(images)
-                with torch.no_grad():
-                    t_logits = teacher(x)
-                t_list = t_feats.take()
+                if uses_teacher:
+                    with torch.no_grad():
+                        t_logits = teacher(x)
+                t_list = t_feats.take() if uses_teacher else []
                 logits = student(x)
+                s_list = s_feats.take()
                 ce = F.cross_entropy(logits, labels)
-                fid = fidelity_term(t_list, s_feats.take()) if config.fidelity_weight else torch.zeros(())
+                fid = fidelity_term(t_list, s_list) if config.fidelity_weight else torch.zeros(())
                 loss = ce + config.fidelity_weight * fid
                 if config.distill:
                     kd = F.kl_div(F.log_softmax(logits / 4, 1), F.softmax(t_logits / 4, 1), reduction="batchmean")
