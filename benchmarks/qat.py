@@ -151,6 +151,8 @@ def main() -> None:
                "test_top1": test_top1, "avg_bits": s["avg_bits"], "file_bytes": reread.file_bytes,
                "file_mb": reread.file_bytes / 1e6, "val_top1": val, "hours": hours, "float_test_top1": float_top1,
                "allocation": s["allocation"], "config": cfg, "log": log}
+        # re-read: another process may have added rows meanwhile
+        rows = json.loads(json_path.read_text())["rows"] if json_path.exists() else []
         rows = [r for r in rows if r.get("key") != key] + [row]
         save(rows)
         if "artifact" in spec:
