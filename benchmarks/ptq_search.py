@@ -5,7 +5,9 @@
 Per model and budget (measured average bits, cluster ids included):
 - ``uniform``: uniform per-channel PTQ at the same measured size (layers at floor/ceil bits, the
   smallest layers rounded up, until the average reaches the budget), symmetric and asymmetric;
-- ``vq``: the VQ-initialised allocation, round-to-nearest, no agent, no reconstruction;
+- ``vq``: the VQ-initialised allocation, round-to-nearest, no agent, no reconstruction, with its
+  default M = 3 clusters, or the largest M that can reach the budget (at 2.5 bits the Huffman-coded
+  ids of 3 clusters alone take about 1.5 bits, so M = 2 is used there; column ``M``);
 - ``ravn`` (PPO) and ``random`` search with the same number of evaluations (distinct
   configurations; an episode that proposes one already evaluated is free), 3 seeds each, then
   reconstruction; both start from the VQ initialisation (episode 0).
@@ -19,6 +21,7 @@ rebuilt from all finished rows after each one.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import shutil
@@ -27,6 +30,7 @@ import time
 from pathlib import Path
 
 from ravn.data import load_dataset
+from ravn.errors import RavnError
 from ravn.evaluation import evaluate
 from ravn.methods import Context, RavnConfig, UniformConfig, VQConfig
 from ravn.models import ModelRef, load_model
@@ -38,7 +42,7 @@ HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "ptq_search"
 ROWS = HERE / "runs" / "ptq_search"
 ARTIFACT = HERE / "artifacts" / "resnet20-ravn-ptq-4bit.ravn"
-COLUMNS = [("model", "model"), ("budget", "budget bits"), ("method", "method"), ("seed", "seed"),
+COLUMNS = [("model", "model"), ("budget", "budget bits"), ("method", "method"), ("clusters", "M"), ("seed", "seed"),
            ("test_top1", "test top-1 %"), ("avg_bits", "measured avg bits"), ("file_bytes", "file bytes"),
            ("payload_ratio", "file / (codes+tables+state)"), ("evaluations", "evaluations"), ("episodes", "episodes"),
            ("search_val_top1", "search val top-1"), ("search_reward", "best reward"), ("seconds", "wall s")]
@@ -57,6 +61,29 @@ def uniform_layer_bits(model, budget: float) -> dict[str, int]:
             bits[name] = lo + 1
             used += sizes[name]
     return bits
+
+
+def ppo_vs_random(rows: list[dict]) -> str:
+    """The search objective (best reward, Eq. 7 on the validation split) of PPO and random search per seed."""
+    table = []
+    for model, budget in dict.fromkeys((r["model"], r["budget"]) for r in rows if r["method"] == "ravn"):
+        best = {(r["method"], r["seed"]): r["search_reward"] for r in rows
+                if (r["model"], r["budget"]) == (model, budget) and r["search_reward"] is not None}
+        seeds = sorted(s for m, s in best if m == "ravn" and ("random search", s) in best)
+        if not seeds:
+            continue
+        ppo = [best["ravn", s] for s in seeds]
+        rnd = [best["random search", s] for s in seeds]
+        initial = next(r["reward_curve"][0] for r in rows if (r["model"], r["budget"], r["method"]) ==
+                       (model, budget, "ravn"))
+        table.append({"model": model, "budget": budget, "seeds": len(seeds), "initial": initial,
+                      "ppo": sum(ppo) / len(ppo), "random": sum(rnd) / len(rnd),
+                      "wins": sum(p > r for p, r in zip(ppo, rnd, strict=True))})
+    return ("## PPO vs random search at equal evaluations\n\nBest reward found (higher is better; the same "
+            "initial allocation, the same number of distinct evaluations), mean over the seeds both have "
+            "finished; `wins`: seeds where PPO found the better configuration.\n\n" + markdown_table(table, [
+                ("model", "model"), ("budget", "budget bits"), ("seeds", "seeds"), ("initial", "initial reward"),
+                ("ppo", "PPO best reward"), ("random", "random best reward"), ("wins", "PPO wins")]))
 
 
 def main() -> None:
@@ -83,7 +110,7 @@ def main() -> None:
             ("file_bytes", "file bytes"), ("search_reward", "best search reward"),
             ("search_reward_std", "std")])
         save_results(RESULTS, "RAVN post-training search vs controls (CIFAR-10 test)", rows, COLUMNS,
-                     notes=__doc__.split("\n\n", 2)[2].strip(), appendix=appendix)
+                     notes=__doc__.split("\n\n", 2)[2].strip(), appendix=appendix + "\n\n" + ppo_vs_random(rows))
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "q.ravn"
@@ -109,11 +136,20 @@ def main() -> None:
                         continue
                     context = Context(dataset=dataset, normalize=ref.normalize, seed=seed, progress=False)
                     start = time.perf_counter()
-                    s = run(model, ref, cfg, dataset, out, float_top1=float_top1, context=context, progress=False)
+                    while True:
+                        try:
+                            s = run(model, ref, cfg, dataset, out, float_top1=float_top1, context=context,
+                                    progress=False)
+                            break
+                        except RavnError:
+                            if method != "vq" or cfg.clusters == 1:
+                                raise
+                            cfg = dataclasses.replace(cfg, clusters=cfg.clusters - 1)
                     size = s["size"]
                     log = s["log"]
                     row = {
-                        "model": name, "budget": budget, "method": method, "seed": seed,
+                        "model": name, "budget": budget, "method": method,
+                        "clusters": getattr(cfg, "clusters", None), "seed": seed,
                         "test_top1": s["test_top1"], "avg_bits": s["avg_bits"], "file_bytes": s["file_bytes"],
                         "payload_ratio": s["file_bytes"] / (size["stream_bytes"] + size["table_bytes"]
                                                             + size["state_bytes"]),

@@ -137,9 +137,12 @@ def main() -> None:
         context = Context(dataset=dataset, normalize=ref.normalize, run_dir=run_dir, seed=args.seed, progress=True)
         if float_top1 is None:
             float_top1 = evaluate(model, dataset.test, ref.normalize)["top1"]
+        # an interrupted run resumes from its folder: its wall time adds to the time already recorded
+        resumed = out.parent.exists() and any(out.parent.iterdir())
+        earlier = [r["hours"] for r in rows if r.get("key") == key] if resumed else []
         start = time.perf_counter()
         s = run(model, ref, spec["config"], dataset, out, float_top1=float_top1, context=context, progress=True)
-        hours = (time.perf_counter() - start) / 3600
+        hours = (time.perf_counter() - start) / 3600 + sum(earlier)
         reread = export.read(out)  # the figures below come from the file on disk
         test_top1 = evaluate(reread.build(), dataset.test, ref.normalize)["top1"]
         log = s["log"]
