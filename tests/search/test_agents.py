@@ -49,3 +49,47 @@ def test_resume_replays_the_log_and_continues(tmp_path):
     assert [h["bits"] for h in resumed.history] == [h["bits"] for h in whole.history]
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["episode"] for r in lines] == list(range(40))  # every episode logged once
+
+
+def _deep_env(layers: int = 64):
+    """The toy's cost and damage, repeated over many layers: only the action distribution matters here."""
+    from ravn.search.budget import Budget, LayerCost
+    from ravn.search.env import BitAllocationEnv, LayerInfo
+
+    names = [f"l{i}" for i in range(layers)]
+    infos = [LayerInfo(n, 0, 16, 16, 9, 1, 100, 0.1, 0.0, (1.0,), (2.0,)) for n in names]
+    costs = {n: LayerCost((100,)) for n in names}
+    damage = {n: [[float(9 - b) for b in range(9)]] for n in names}
+
+    def evaluate(alloc):
+        loss = sum(4.0 ** -alloc[n][0] for n in names)
+        return {"fidelity": loss, "val_top1": 100.0, "loss": loss, "reward": -loss, "seconds": 0.0, "cached": False}
+
+    env = BitAllocationEnv(infos, costs, Budget(bits=4.0), damage, {n: (4,) for n in names}, evaluate)
+    actions: list = []
+    step = env.step
+
+    def recording_step(action):
+        actions.append(list(action))
+        return step(action)
+
+    env.step = recording_step
+    return env, actions
+
+
+def test_action_prior_keeps_the_expected_changes_per_episode():
+    env, _ = _deep_env(64)
+    prior = env.action_prior()
+    assert abs(prior.sum() - 1) < 1e-12 and abs(prior[env.max_delta] - (1 - 16 / 64)) < 1e-12
+    shallow = make_env().action_prior()  # 4 layers: never more changes than a uniform choice makes
+    assert abs(shallow - 1 / 5).max() < 1e-12
+
+
+def test_first_episodes_of_both_agents_follow_the_prior():
+    """On 64 layers a uniform choice would keep 1 layer in 5; the prior keeps 3 in 4."""
+    for agent in ("ppo", "random"):
+        env, actions = _deep_env(64)
+        tracker = Tracker(EpisodeLog(None), 4, patience=4)
+        (ppo_search if agent == "ppo" else random_search)(env, tracker, seed=0)
+        kept = sum(a[0] == env.max_delta for a in actions[: 4 * 64]) / (4 * 64)
+        assert 0.65 < kept < 0.85, (agent, kept)

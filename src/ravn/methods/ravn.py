@@ -103,6 +103,11 @@ class RavnConfig(VQConfig):
     rerank: int = 3
     #: Largest change of a cluster's bits from its initial bits that one action makes.
     max_delta: int = 2
+    #: Layers the search's first episodes change, in expectation (the rest keep their initial bits).
+    #: 16 is what a uniform choice changes on ResNet-20's 20 layers; on deeper models uniform choices
+    #: move every layer and no proposal of ResNet-56's searches beat the initial allocation
+    #: (benchmarks/results/ptq_search.md).
+    changes: float = 16.0
     reconstruct: bool = True
     #: qat: most rounds of search -> fine-tune (Algorithm 1); stops early when validation top-1 stops rising.
     rounds: int = 1
@@ -117,6 +122,8 @@ class RavnConfig(VQConfig):
             raise ValueError(f"agent must be 'ppo' or 'random', got {self.agent!r}")
         if min(self.evaluations, self.patience, self.search_val_size, self.max_delta, self.rounds) < 1:
             raise ValueError("evaluations, patience, search_val_size, max_delta and rounds must be positive")
+        if not self.changes > 0:
+            raise ValueError(f"changes must be positive, got {self.changes}")
         if self.rerank < 0:
             raise ValueError("rerank must be >= 0")
         if isinstance(self.finetune, dict):
@@ -289,7 +296,7 @@ def search(config: RavnConfig, context: Context, prep: Prepared, run_dir: Path |
         return {**prep.evaluator(alloc), "avg_bits": avg_bits(prep.costs, alloc)}
 
     env = BitAllocationEnv(layer_infos(prep), prep.costs, prep.budget, prep.damage, prep.init, evaluate,
-                           max_delta=config.max_delta)
+                           max_delta=config.max_delta, changes=config.changes)
     with search_progress(config.evaluations, f"{config.agent} search", context.progress) as update:
         tracker = Tracker(log, config.evaluations, config.patience, update)
         # Episode 0 is the initial allocation itself: a search never ends worse than where it started.

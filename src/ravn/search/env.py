@@ -2,7 +2,8 @@
 
 One episode walks the quantized layers in forward order, one step per layer. The action sets the
 bit-width of each of the layer's clusters, as a change of ``-K..+K`` bits to its initial bits (VQ
-or random initialisation). After the last layer, the allocation is projected into the size budget
+or random initialisation); the search's first proposals follow :meth:`BitAllocationEnv.action_prior`.
+After the last layer, the allocation is projected into the size budget
 (:func:`ravn.search.budget.fit`) and evaluated; the reward is ``-L`` of Eq. 7, given at that step
 (earlier steps get 0). The observation describes the current layer (kind, shape, parameter share,
 weight statistics, cluster shares and spreads, sensitivity, initial bits), the bits the episode
@@ -45,7 +46,8 @@ class BitAllocationEnv(gym.Env):
 
     def __init__(self, layers: list[LayerInfo], costs: dict[str, LayerCost], budget: Budget,
                  damage: dict[str, list[list[float]]], init_bits: Allocation,
-                 evaluate: Callable[[Allocation], dict], max_clusters: int | None = None, max_delta: int = 2):
+                 evaluate: Callable[[Allocation], dict], max_clusters: int | None = None, max_delta: int = 2,
+                 changes: float = 16.0):
         super().__init__()
         self.layers = layers
         self.costs = costs
@@ -55,6 +57,7 @@ class BitAllocationEnv(gym.Env):
         self.evaluate = evaluate
         self.max_clusters = max_clusters or max(len(layer.shares) for layer in layers)
         self.max_delta = max_delta
+        self.changes = changes
         self.action_space = gym.spaces.MultiDiscrete([2 * max_delta + 1] * self.max_clusters)
         self.observation_space = gym.spaces.Box(-10.0, 10.0, (self._obs_size(),), dtype=np.float32)
         self.total_weights = sum(layer.numel for layer in layers)
@@ -87,6 +90,18 @@ class BitAllocationEnv(gym.Env):
         obs += self._pad([(a - self.max_delta) / self.max_delta for a in self._last_action])
         obs += [used / self._limit - 1.0, layer.weight_std * 10]
         return np.clip(np.asarray(obs, dtype=np.float32), -10.0, 10.0)
+
+    def action_prior(self) -> np.ndarray:
+        """Probabilities of the ``2K+1`` changes of one cluster's bits (index ``K`` keeps the initial bits)
+        that the search starts from: ``changes / layers`` of the layers change, uniformly over the other
+        changes, but never more than a uniform choice changes (``2K / (2K+1)``). With the default 16 that is
+        exactly uniform up to 20 layers (ResNet-20); on ResNet-56 the first episodes change about 16 of 56
+        layers instead of 45, so they explore near the initial allocation rather than far from it."""
+        n = 2 * self.max_delta + 1
+        change = min((n - 1) / n, self.changes / len(self.layers))
+        prior = np.full(n, change / (n - 1))
+        prior[self.max_delta] = 1.0 - change
+        return prior
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)

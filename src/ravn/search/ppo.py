@@ -1,13 +1,16 @@
 """The ReAQ agent: PPO (Schulman et al. 2017) from stable-baselines3 on :class:`BitAllocationEnv`.
 
 Rollouts of ``episodes_per_update`` whole episodes; no discount inside an episode (the reward comes
-at its end); advantages normalised per batch, so the scale of Eq. 7 does not matter. Stops after
-the tracker's number of evaluations, or when the best reward has not improved for ``patience`` of them.
+at its end); the first policy is the environment's action prior; advantages normalised per batch,
+so the scale of Eq. 7 does not matter. Stops after the tracker's number of evaluations, or when the
+best reward has not improved for ``patience`` of them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from ravn.search.env import BitAllocationEnv
 from ravn.search.log import SearchResult, Tracker
@@ -56,6 +59,11 @@ def ppo_search(env: BitAllocationEnv, tracker: Tracker, seed: int, settings: PPO
     model = SingleThreadPPO("MlpPolicy", env, n_steps=steps, batch_size=max(2, steps // 2), n_epochs=s.epochs,
                 learning_rate=s.learning_rate, gamma=1.0, gae_lambda=0.95, ent_coef=s.entropy, seed=seed,
                 policy_kwargs={"net_arch": list(s.hidden)}, device="cpu", verbose=0)
+    prior = env.action_prior()
+    if not np.allclose(prior, prior[0]):
+        # The action head's weights start near 0 (orthogonal, gain 0.01), so its biases are the first policy.
+        with torch.no_grad():
+            model.policy.action_net.bias.copy_(torch.from_numpy(np.tile(np.log(prior), env.max_clusters)))
     model.learn(total_timesteps=len(env.layers) * (tracker.max_episodes + s.episodes_per_update),
                 callback=Stop())
     return tracker.result()

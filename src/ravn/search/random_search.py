@@ -1,9 +1,12 @@
-"""Random search: the same environment, budget projection and evaluations as PPO, with random actions.
+"""Random search: the same environment, budget projection and evaluations as PPO, with random actions
+drawn from the environment's action prior (the PPO agent's first policy).
 
 The control that tells whether the agent learns anything: same number of evaluations, no learning.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from ravn.search.env import BitAllocationEnv
 from ravn.search.log import SearchResult, Tracker
@@ -12,12 +15,14 @@ from ravn.search.log import SearchResult, Tracker
 def random_search(env: BitAllocationEnv, tracker: Tracker, seed: int) -> SearchResult:
     env.action_space.seed(seed)
     env.reset(seed=seed)
+    prior = env.action_prior()
+    probability = None if np.allclose(prior, prior[0]) else tuple(prior for _ in range(env.max_clusters))
     while True:
         env.reset()
         done = False
         info: dict = {}
         while not done:
-            _, _, done, _, info = env.step(env.action_space.sample())
+            _, _, done, _, info = env.step(env.action_space.sample(probability=probability))
         if not tracker.record(info["result"], {"agent": "random"}):
             break
     return tracker.result()
