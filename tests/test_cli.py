@@ -57,6 +57,8 @@ def test_quantize_inspect_eval_round_trip(capsys, tmp_path, shared_data):
         (["quantize", "--bits", "0", "--out", "x.ravn"], "1..8"),
         (["quantize", "--bits", "9", "--out", "x.ravn"], "1..8"),
         (["quantize", "--method", "nope", "--out", "x.ravn"], "unknown method"),
+        (["quantize", "--method", "ravn", "--changes", "0", "--out", "x.ravn"], "changes must be positive"),
+        (["quantize", "--method", "vq", "--changes", "4", "--out", "x.ravn"], "--changes does not apply"),
         (["inspect", "/nonexistent/m.ravn"], "does not exist"),
     ],
 )

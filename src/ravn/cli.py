@@ -75,7 +75,7 @@ def eval_cmd(
 #: CLI option -> config field, for the method-specific options (None: not given).
 _METHOD_OPTIONS = ("bits", "granularity", "symmetric", "budget_bits", "budget_bytes", "mode", "clusters", "grid",
                    "per_channel", "init", "agent", "evaluations", "patience", "lam", "search_val_size",
-                   "calibration_size", "reconstruct", "rounds")
+                   "calibration_size", "reconstruct", "rounds", "changes")
 #: CLI options that go into the method's nested fine-tuning config.
 _FINETUNE_OPTIONS = ("epochs", "lr", "batch_size", "weight_decay", "fidelity_weight", "distill", "bn", "max_steps")
 
@@ -133,6 +133,8 @@ def quantize_cmd(
         help="ravn: configurations each search evaluates (default 100).")] = None,
     patience: Annotated[int | None, typer.Option(help="ravn: stop after this many evaluations without gain.")] = None,
     lam: Annotated[float | None, typer.Option(help="ravn: lambda of Eq. 7.")] = None,
+    changes: Annotated[float | None, typer.Option(
+        help="ravn: layers the search's first episodes change, in expectation (default 16).")] = None,
     search_val_size: Annotated[int | None, typer.Option(help="ravn: validation images per evaluation.")] = None,
     calibration_size: Annotated[int | None, typer.Option(help="vq/ravn: calibration images.")] = None,
     reconstruct: Annotated[bool | None, typer.Option(
