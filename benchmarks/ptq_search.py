@@ -10,12 +10,15 @@ Per model and budget (measured average bits, cluster ids included):
   ids of 3 clusters alone take about 1.5 bits, so M = 2 is used there; column ``M``);
 - ``ravn`` (PPO) and ``random`` search with the same number of evaluations (distinct
   configurations; an episode that proposes one already evaluated is free), 3 seeds each, then
-  reconstruction; both start from the VQ initialisation (episode 0).
+  reconstruction; both start from the VQ initialisation (episode 0), and random search draws its
+  actions from the PPO agent's first policy (the action prior: 16 layers changed per episode in
+  expectation, which on ResNet-20's 20 layers is a uniform choice).
 Every row is a real .ravn file measured from disk; the ResNet-20 4.0-bit PPO file of seed 0 is
 kept as benchmarks/artifacts/resnet20-ravn-ptq-4bit.ravn. Each finished row is written at once to
 benchmarks/runs/ptq_search/<model>-<budget>-<method>-<seed>.json, so an interrupted benchmark resumes
 where it stopped and several processes can share the work (e.g. one per budget); the tables are
-rebuilt from all finished rows after each one.
+rebuilt from all finished rows at the start and after each one. The rows are also kept in
+benchmarks/results/ptq_search.json, which ``--restore`` writes back as row files (for a new checkout).
 """
 
 from __future__ import annotations
@@ -63,6 +66,10 @@ def uniform_layer_bits(model, budget: float) -> dict[str, int]:
     return bits
 
 
+def row_name(model: str, budget: float, method: str, seed: int) -> str:
+    return f"{model}-{budget}-{method.replace(' ', '_')}-{seed}.json"
+
+
 def ppo_vs_random(rows: list[dict]) -> str:
     """The search objective (best reward, Eq. 7 on the validation split) of PPO and random search per seed."""
     table = []
@@ -94,9 +101,16 @@ def main() -> None:
     parser.add_argument("--evaluations", type=int, default=100)
     parser.add_argument("--data", default=None)
     parser.add_argument("--fresh", action="store_true", help="measure again rows already finished")
+    parser.add_argument("--restore", action="store_true",
+                        help="first write the rows of the committed results back as row files (where missing)")
     args = parser.parse_args()
     dataset = load_dataset(args.data)
     ROWS.mkdir(parents=True, exist_ok=True)
+    if args.restore:
+        for row in json.loads(RESULTS.with_suffix(".json").read_text())["rows"]:
+            path = ROWS / row_name(row["model"], row["budget"], row["method"], row["seed"])
+            if not path.exists():
+                write_atomic(path, json.dumps(row))
 
     def save() -> None:
         order = {"uniform per-channel sym": 0, "uniform per-channel asym": 1, "vq": 2, "ravn": 3, "random search": 4}
@@ -112,6 +126,8 @@ def main() -> None:
         save_results(RESULTS, "RAVN post-training search vs controls (CIFAR-10 test)", rows, COLUMNS,
                      notes=__doc__.split("\n\n", 2)[2].strip(), appendix=appendix + "\n\n" + ppo_vs_random(rows))
 
+    if any(ROWS.glob("*.json")):
+        save()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "q.ravn"
         for name in args.models:
@@ -131,7 +147,7 @@ def main() -> None:
                                          patience=args.evaluations)
                         runs.append(("ravn" if agent == "ppo" else "random search", cfg, seed))
                 for method, cfg, seed in runs:
-                    row_file = ROWS / f"{name}-{budget}-{method.replace(' ', '_')}-{seed}.json"
+                    row_file = ROWS / row_name(name, budget, method, seed)
                     if row_file.exists() and not args.fresh:
                         continue
                     context = Context(dataset=dataset, normalize=ref.normalize, seed=seed, progress=False)
