@@ -3,13 +3,14 @@
     python benchmarks/plots.py
 
 - baseline.png: test top-1 against measured average bits, per model and grid;
-- ptq_search.png: test top-1 against measured bits per method, and the gain of the best reward found so
-  far over the initial allocation per evaluation, PPO against random search (mean over seeds);
+- ptq_search.png: test top-1 against the budget per model and method, and the gain of the best reward
+  found so far over the initial allocation per evaluation, PPO against random search (mean over seeds);
 - qat.png: validation top-1 per fine-tuning epoch of every QAT run.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -42,31 +43,32 @@ def baseline(plt) -> None:
 
 
 def ptq_search(plt) -> None:
+    from ptq_search import evaluated
+
     rows = _rows("ptq_search")
     if not rows:
         return
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    by_method = defaultdict(list)
-    for r in rows:
-        by_method[(r["model"], r["method"])].append(r)
-    for (model, method), sel in sorted(by_method.items()):
-        left.plot([r["avg_bits"] for r in sel], [r["test_top1"] for r in sel], "o", alpha=0.7,
-                  label=f"{model} {method}")
-    left.set(xlabel="measured average bits", ylabel="test top-1 %", title="post-training, CIFAR-10 test")
-    left.legend(fontsize=7)
+    models = sorted({r["model"] for r in rows})
+    fig, axes = plt.subplots(1, len(models) + 1, figsize=(5.5 * (len(models) + 1), 4.5))
+    for ax, model in zip(axes, models, strict=False):
+        by_method = defaultdict(lambda: defaultdict(list))
+        for r in rows:
+            if r["model"] == model:
+                by_method[r["method"]][r["budget"]].append(r["test_top1"])
+        for method, budgets in by_method.items():
+            xs = sorted(budgets)
+            ax.plot(xs, [sum(budgets[b]) / len(budgets[b]) for b in xs], "x--" if method == "random search" else "o-",
+                    label=method, zorder=3 if method == "random search" else 2)
+        ax.set(xlabel="budget, measured average bits", ylabel="test top-1 % (mean over seeds)",
+               title=f"{model}: post-training, CIFAR-10 test")
+        ax.legend(fontsize=7)
+    right = axes[-1]
     curves = defaultdict(list)
     for r in rows:
         if r.get("reward_curve") and r["method"] in ("ravn", "random search"):
-            # one point per evaluation: an episode that proposed a configuration already evaluated
-            # was free and repeats that configuration's reward exactly
-            best, run, seen = -float("inf"), [], set()
-            for x in r["reward_curve"]:
-                if x in seen:
-                    continue
-                seen.add(x)
-                best = max(best, x)
-                run.append(best - r["reward_curve"][0])  # gain over the initial allocation (episode 0)
-            curves[(r["model"], r["budget"], r["method"])].append(run)
+            rewards = evaluated(r["reward_curve"])  # one point per distinct evaluation
+            gain = list(itertools.accumulate(rewards, max))
+            curves[(r["model"], r["budget"], r["method"])].append([g - rewards[0] for g in gain])
     colours = {}
     for (model, budget, method), runs in sorted(curves.items()):
         n = min(len(c) for c in runs)

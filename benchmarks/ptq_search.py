@@ -28,6 +28,7 @@ import dataclasses
 import json
 import math
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -70,8 +71,15 @@ def row_name(model: str, budget: float, method: str, seed: int) -> str:
     return f"{model}-{budget}-{method.replace(' ', '_')}-{seed}.json"
 
 
+def evaluated(curve: list[float]) -> list[float]:
+    """Rewards of the distinct configurations a search evaluated, in order, the initial one first: an
+    episode that proposed a configuration already evaluated was free and repeats its reward exactly."""
+    return list(dict.fromkeys(curve))
+
+
 def ppo_vs_random(rows: list[dict]) -> str:
-    """The search objective (best reward, Eq. 7 on the validation split) of PPO and random search per seed."""
+    """The search objective (best reward, Eq. 7 on the validation split) of PPO and random search per seed,
+    and the median reward of the configurations each proposed (how good the proposals are, learned or not)."""
     table = []
     for model, budget in dict.fromkeys((r["model"], r["budget"]) for r in rows if r["method"] == "ravn"):
         best = {(r["method"], r["seed"]): r["search_reward"] for r in rows
@@ -81,16 +89,27 @@ def ppo_vs_random(rows: list[dict]) -> str:
             continue
         ppo = [best["ravn", s] for s in seeds]
         rnd = [best["random search", s] for s in seeds]
-        initial = next(r["reward_curve"][0] for r in rows if (r["model"], r["budget"], r["method"]) ==
-                       (model, budget, "ravn"))
+        curves = {(r["method"], r["seed"]): evaluated(r["reward_curve"]) for r in rows
+                  if (r["model"], r["budget"]) == (model, budget) and r.get("reward_curve")}
+        initial = curves["ravn", seeds[0]][0]
+
+        medians = {m: sum(statistics.median(curves[m, s][1:] or [initial]) for s in seeds) / len(seeds)
+                   for m in ("ravn", "random search")}
         table.append({"model": model, "budget": budget, "seeds": len(seeds), "initial": initial,
                       "ppo": sum(ppo) / len(ppo), "random": sum(rnd) / len(rnd),
-                      "wins": sum(p > r for p, r in zip(ppo, rnd, strict=True))})
+                      "wins": sum(p > r for p, r in zip(ppo, rnd, strict=True)),
+                      "ties": sum(p == r for p, r in zip(ppo, rnd, strict=True)),
+                      "ppo_median": medians["ravn"], "random_median": medians["random search"]})
     return ("## PPO vs random search at equal evaluations\n\nBest reward found (higher is better; the same "
             "initial allocation, the same number of distinct evaluations), mean over the seeds both have "
-            "finished; `wins`: seeds where PPO found the better configuration.\n\n" + markdown_table(table, [
+            "finished; `wins`: seeds where PPO found the better configuration, `ties`: seeds where both "
+            "found the same (on ResNet-56 both keep the initial allocation). The median proposal is the median "
+            "reward of the configurations a search evaluated after the initial one (mean over seeds): it shows "
+            "whether the agent learned where the good configurations are.\n\n" + markdown_table(table, [
                 ("model", "model"), ("budget", "budget bits"), ("seeds", "seeds"), ("initial", "initial reward"),
-                ("ppo", "PPO best reward"), ("random", "random best reward"), ("wins", "PPO wins")]))
+                ("ppo", "PPO best reward"), ("random", "random best reward"), ("wins", "PPO wins"),
+                ("ties", "ties"), ("ppo_median", "PPO median proposal"),
+                ("random_median", "random median proposal")]))
 
 
 def main() -> None:
