@@ -92,7 +92,6 @@ def ppo_vs_random(rows: list[dict]) -> str:
         curves = {(r["method"], r["seed"]): evaluated(r["reward_curve"]) for r in rows
                   if (r["model"], r["budget"]) == (model, budget) and r.get("reward_curve")}
         initial = curves["ravn", seeds[0]][0]
-
         medians = {m: sum(statistics.median(curves[m, s][1:] or [initial]) for s in seeds) / len(seeds)
                    for m in ("ravn", "random search")}
         table.append({"model": model, "budget": budget, "seeds": len(seeds), "initial": initial,

@@ -103,6 +103,12 @@ class BitAllocationEnv(gym.Env):
         prior[self.max_delta] = 1.0 - change
         return prior
 
+    def sampling_prior(self) -> np.ndarray | None:
+        """:meth:`action_prior`, or ``None`` where it is a uniform choice: samplers then keep their uniform
+        path, so searches on up to 20 layers (default ``changes``) draw exactly what they drew without a prior."""
+        prior = self.action_prior()
+        return None if np.allclose(prior, prior[0]) else prior
+
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self._index = 0

@@ -59,8 +59,8 @@ def ppo_search(env: BitAllocationEnv, tracker: Tracker, seed: int, settings: PPO
     model = SingleThreadPPO("MlpPolicy", env, n_steps=steps, batch_size=max(2, steps // 2), n_epochs=s.epochs,
                 learning_rate=s.learning_rate, gamma=1.0, gae_lambda=0.95, ent_coef=s.entropy, seed=seed,
                 policy_kwargs={"net_arch": list(s.hidden)}, device="cpu", verbose=0)
-    prior = env.action_prior()
-    if not np.allclose(prior, prior[0]):
+    prior = env.sampling_prior()
+    if prior is not None:
         # The action head's weights start near 0 (orthogonal, gain 0.01), so its biases are the first policy.
         with torch.no_grad():
             model.policy.action_net.bias.copy_(torch.from_numpy(np.tile(np.log(prior), env.max_clusters)))

@@ -6,8 +6,6 @@ The control that tells whether the agent learns anything: same number of evaluat
 
 from __future__ import annotations
 
-import numpy as np
-
 from ravn.search.env import BitAllocationEnv
 from ravn.search.log import SearchResult, Tracker
 
@@ -15,8 +13,8 @@ from ravn.search.log import SearchResult, Tracker
 def random_search(env: BitAllocationEnv, tracker: Tracker, seed: int) -> SearchResult:
     env.action_space.seed(seed)
     env.reset(seed=seed)
-    prior = env.action_prior()
-    probability = None if np.allclose(prior, prior[0]) else tuple(prior for _ in range(env.max_clusters))
+    prior = env.sampling_prior()
+    probability = None if prior is None else tuple(prior for _ in range(env.max_clusters))
     while True:
         env.reset()
         done = False
