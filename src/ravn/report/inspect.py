@@ -41,12 +41,17 @@ def describe(f: RavnFile) -> dict:
 
 
 def render(info: dict) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{info['file']}  ({info['model']}, method {info['method'] or '?'})")
-    for col in ("layer", "shape", "weights", "bits per cluster", "shares %", "avg bits", "bytes"):
-        table.add_column(col, justify="left" if col in ("layer", "shape") else "right")
+    table = Table(title=f"{info['file']}  ({info['model']}, method {info['method'] or '?'})",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    # Names are what a user types in --exclude: compact columns leave them whole on an 80-column terminal.
+    table.add_column("layer", no_wrap=True)
+    table.add_column("shape")
+    for col in ("weights", "bits per cluster", "shares %", "avg bits", "bytes"):
+        table.add_column(col, justify="right")
     for layer in info["layers"]:
         table.add_row(layer["name"], "x".join(map(str, layer["shape"])), f"{layer['weights']:,}",
                       " ".join(map(str, layer["bits"])), " ".join(f"{100 * s:.1f}" for s in layer["shares"]),
