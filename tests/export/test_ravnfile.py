@@ -76,7 +76,7 @@ def test_multi_cluster_round_trip_and_accounting(tmp_path, oddnet):
     ref, model = oddnet
     base = ravn.quantize(model, ravn.UniformConfig(bits=4))
     weights = {name: _clustered(q, [3, 1, 2]) for name, q in base.weights.items()}
-    holder = ravn.methods.with_weights(model, weights)
+    holder = ravn.quantizers.swap.with_weights(model, weights)
     path = tmp_path / "vq.ravn"
     sizes = export.save(path, holder, weights, ref, "test")
     back = export.read(path)

@@ -67,7 +67,7 @@ def size_report(weights: dict[str, QuantizedWeight]) -> dict:
     n = sum(q.numel for q in weights.values())
     id_bits = sum(q.id_bits() for q in weights.values())
     code_bits = sum(q.code_bits() for q in weights.values())
-    stream_bytes = sum(-(-q.id_bits() // 8) + -(-q.code_bits() // 8) for q in weights.values())
+    stream_bytes = sum(q.stream_bytes() for q in weights.values())
     return {
         "quantized_weights": n,
         "id_bits": id_bits,

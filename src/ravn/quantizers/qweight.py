@@ -26,9 +26,9 @@ import torch
 
 from ravn.quantizers import huffman
 from ravn.quantizers.packing import pack_bits, unpack_bits
+from ravn.quantizers.size import LayerCost
 
 MIN_BITS, MAX_BITS = 1, 8
-FLOAT_BYTES = 4
 
 #: Tables that need not be stored, for ``2^b`` codes ``k``: grid positions ``k`` ("int"), or the
 #: grid of ``2^b - 1`` levels centred on zero, ``k - (2^(b-1) - 1)`` ("sym"; 1 bit: ``k - 1/2``).
@@ -95,6 +95,10 @@ class QuantizedWeight:
             return [self.numel]
         return torch.bincount(self.ids, minlength=self.clusters).tolist()
 
+    def with_codes(self, codes: torch.Tensor) -> QuantizedWeight:
+        """The same layer (bits, clusters, tables, scales) with other codes: what rounding changes."""
+        return QuantizedWeight(self.shape, self.bits, self.ids, codes, self.tables, self.scale, self.offset)
+
     def dequantize(self) -> torch.Tensor:
         """The float32 weight the codes stand for (the same arithmetic in memory and from a file)."""
         index = self.codes if self.ids is None else self.table_starts[self.ids] + self.codes
@@ -105,12 +109,17 @@ class QuantizedWeight:
             w = w + self.offset.view(-1, 1)
         return w.reshape(self.shape)
 
-    # --- what it costs -------------------------------------------------------------------------
+    # --- what it costs (counted by :class:`LayerCost`, like the budget) -------------------------
+    @property
+    def cost(self) -> LayerCost:
+        channel = sum(t.numel() for t in (self.scale, self.offset) if t is not None)
+        return LayerCost(tuple(self.counts), channel, explicit_tables=self.table_kind() is None)
+
     def id_bits(self) -> int:
-        return 0 if self.ids is None else huffman.encoded_bits(self.counts)
+        return self.cost.id_bits
 
     def code_bits(self) -> int:
-        return sum(c * b for c, b in zip(self.counts, self.bits, strict=True))
+        return self.cost.code_bits(self.bits)
 
     def table_kind(self) -> str | None:
         """The name of the implicit table these tables equal, if any (then they are not stored)."""
@@ -120,11 +129,12 @@ class QuantizedWeight:
                     return kind
         return None
 
+    def stream_bytes(self) -> int:
+        return self.cost.stream_bytes(self.bits)
+
     def table_bytes(self) -> int:
         """Bytes of the stored tables and channel vectors."""
-        channel = sum(t.numel() for t in (self.scale, self.offset) if t is not None)
-        stored = 0 if self.table_kind() else self.tables.numel()
-        return FLOAT_BYTES * (stored + channel)
+        return self.cost.table_bytes(self.bits)
 
     def avg_bits(self) -> float:
         """Measured bits per weight: id bits plus code bits over the number of weights."""

@@ -20,7 +20,7 @@ def describe(f: RavnFile) -> dict:
             "avg_bits": q.avg_bits(),
             "id_bits": q.id_bits(),
             "code_bits": q.code_bits(),
-            "bytes": -(-q.id_bits() // 8) + -(-q.code_bits() // 8) + q.table_bytes(),
+            "bytes": q.stream_bytes() + q.table_bytes(),
         })
     totals = size_report(f.weights)
     state_bytes = sum(t.numel() * t.element_size() for t in f.state.values())
