@@ -259,7 +259,7 @@ def _short(value) -> str:
 def _typed(data: dict, what: str, fields: dict[str, type]) -> None:
     for key, kind in fields.items():
         if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
-            raise ValueError(f"{what} '{key}' must be a {kind.__name__}, got {_short(data.get(key))}")
+            raise ValueError(f"{what} '{key}' must be of type {kind.__name__}, got {_short(data.get(key))}")
 
 
 def _parse(raw: bytes) -> tuple[dict, dict, int]:
@@ -355,7 +355,7 @@ def _plan_layers(layers: dict, codes_bytes: int, table_floats: int) -> list[dict
             raise ValueError(f"layer {name} shape has {len(shape)} dimensions")
         numel = math.prod(shape)
         if numel > 8 * (codes_bytes - at_byte):
-            raise ValueError(f"layer {name} shape {shape} holds more weights than the codes left can")
+            raise ValueError(f"layer {name} shape {_short(shape)} holds more weights than the codes left can")
         _int_list(bits, f"layer {name} bits", low=MIN_BITS)
         if not bits or max(bits) > MAX_BITS:
             raise ValueError(f"layer {name} bits {_short(bits)} are not in {MIN_BITS}..{MAX_BITS}")
@@ -432,7 +432,7 @@ class RavnFile:
 
         The architecture is first built on the meta device (no memory) and checked against the
         file's layers and state, so hostile keyword arguments cannot make it allocate; a factory
-        that cannot build there is checked after the real build.
+        that cannot build there (or kwargs too large even for it) is checked after the real build.
         """
         ref = self.ref
         if allow is not None and ref.factory not in BUNDLED_FACTORIES | set(allow):
@@ -447,7 +447,10 @@ class RavnFile:
             skeleton = None
         if skeleton is not None:
             self._fit(skeleton)
-        model = ref.build()
+        try:
+            model = ref.build()
+        except RavnError as exc:
+            raise RavnError(f"{self.path}: {exc.problem}", exc.fix) from None
         full = self._fit(model)
         for name, q in self.weights.items():
             full[f"{name}.weight"] = q.dequantize()
