@@ -88,15 +88,15 @@ def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, me
     from ravn.methods import Context
     from ravn.methods import method as method_spec
     from ravn.pipeline import run
-    from ravn.runs import check_writable
+    from ravn.files import check_writable
 
     spec = method_spec(method)
     config = method_flags.config(spec, mode, options)
-    check_writable(out.parent)
+    check_writable(out)
     run_dir = run_dir or out.with_suffix(".run")
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
-    check_writable(run_dir)
+    check_writable(run_dir / "run.json")
     dataset = load_dataset(data)
     ref, net = _load(model, weights, None if dataset.num_classes == 10 else dataset.num_classes)
     context = Context(dataset=dataset, normalize=ref.normalize, run_dir=run_dir, seed=seed, progress=not as_json)

@@ -1,10 +1,9 @@
-"""Run folders and atomic writes: the one place where long work keeps what it finished.
+"""Run folders: the one place where long work keeps what it finished.
 
 Contract:
 
-- :func:`atomic_write` makes a file appear whole or not at all (temporary file in the same folder,
-  flushed and ``fsync``-ed, then ``os.replace``); a failed write (disk full, no permission) leaves no
-  temporary file and is one line of :class:`RavnError`.
+- every file in it is written whole or not at all (:func:`ravn.files.write_atomically`); a failed
+  write (disk full, no permission) leaves no partial file and is one line of :class:`RavnError`;
 - :class:`RunFolder` holds one run's resumable state. Its ``run.json`` stamps the settings that made
   it: opening a folder of other settings is refused (resuming would mix runs). While a process holds
   it, a second one is refused (an advisory lock), never let in to corrupt it.
@@ -14,57 +13,12 @@ Contract:
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
-import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ravn.errors import RavnError
-
-
-def atomic_write(path: Path | str, write: Callable[[Path], None] | bytes | str) -> None:
-    """Write ``path`` atomically: ``write`` is the content, or a function that writes a given temporary path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        if callable(write):
-            write(tmp)
-        else:
-            tmp.write_bytes(write.encode() if isinstance(write, str) else write)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise write_error(path, exc) from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def write_error(path: Path, exc: OSError) -> RavnError:
-    """A failed write as one line: what, where, and what to do."""
-    if exc.errno == errno.ENOSPC:
-        return RavnError(f"no space left on the device writing {path}", "free some space and run the same command")
-    return RavnError(f"cannot write {path} ({exc.strerror or exc.__class__.__name__})",
-                     "choose a folder you can write to")
-
-
-def check_writable(folder: Path | str) -> None:
-    """Refuse, before any long work, a folder that cannot be created or written (a probe file is made)."""
-    folder = Path(folder)
-    probe = folder / f".ravn-probe-{os.getpid()}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise write_error(folder, exc) from None
+from ravn.files import check_writable, write_atomically
 
 
 class RunFolder:
@@ -72,7 +26,7 @@ class RunFolder:
 
     def __init__(self, path: Path | str, stamp: dict[str, Any]):
         self.path = Path(path)
-        check_writable(self.path)
+        check_writable(self.path / "run.json")
         self._lock = open(self.path / ".lock", "a")  # noqa: SIM115 (held for the folder's lifetime)
         try:
             import fcntl
@@ -108,7 +62,7 @@ class RunFolder:
             raise RavnError(f"{path} is damaged", "pass --fresh to start the run over") from None
 
     def write_json(self, name: str, data: Any) -> None:
-        atomic_write(self.path / name, json.dumps(data, indent=1))
+        write_atomically(self.path / name, [json.dumps(data, indent=1).encode()])
 
     def close(self) -> None:
         self._lock.close()

@@ -16,17 +16,29 @@ Each ``__metadata__`` entry holds compact JSON:
   Huffman code), channel vectors ``ch`` (``s`` scale, ``o`` offset) and an implicit ``table`` kind;
 - ``method``, ``config``, ``metrics``, ``versions``.
 
-Reading rebuilds an ordinary ``nn.Module``; its weights equal the in-memory quantized weights bit for
-bit, because both come from :meth:`QuantizedWeight.dequantize` of the same codes.
+ravn writes the container itself (:func:`save`; :func:`file_bytes` gives its exact size without
+writing): the header JSON with sorted keys and padded with spaces to 8 bytes, then the tensors by
+element size (largest first) and name, so equal contents give equal bytes and every tensor is
+aligned. Any safetensors reader can read it.
+
+Reading trusts nothing in the file: :func:`read` checks every header field's type and range, and
+that the layers' stream lengths add up to the stored tensors, before it decodes or allocates
+anything, so a damaged or hostile file is a one-line :class:`RavnError` and costs memory in
+proportion to its size. It rebuilds an ordinary ``nn.Module`` whose weights equal the in-memory
+quantized weights bit for bit, because both come from :meth:`QuantizedWeight.dequantize` of the
+same codes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
 import json
 import math
-import os
+import re
 import struct
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,12 +47,31 @@ import torch
 from torch import nn
 
 from ravn.errors import RavnError
-from ravn.models import ModelRef
+from ravn.files import os_error, write_atomically
+from ravn.models import MODELS, ModelRef
 from ravn.quantizers import huffman
-from ravn.quantizers.qweight import QuantizedWeight, implicit_table
+from ravn.quantizers.size import LayerCost, whole_bytes
+from ravn.quantizers.qweight import FLOAT_BYTES, IMPLICIT_TABLES, MAX_BITS, MIN_BITS, QuantizedWeight, implicit_table
 
 FORMAT = "ravn/1"
 SUFFIX = ".ravn"
+
+#: Factories :meth:`RavnFile.build` runs even when the caller restricts it: the registry's models.
+BUNDLED_FACTORIES = frozenset(spec.factory for spec in MODELS.values())
+
+#: safetensors names of the element types a file may hold.
+_DTYPES = {"BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
+           "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
+           "F64": torch.float64}
+_DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
+#: the tensors a file may hold, with their element types
+_TENSORS = {"codes": torch.uint8, "tables": torch.float32,
+            **{f"state.{str(dtype).removeprefix('torch.')}": dtype for dtype in _DTYPES.values()}}
+_COLUMNS = ("name", "shape", "bits", "n", "ch", "table")
+_CHANNEL_FLAGS = ("", "s", "o", "so")
+_MAX_DIMS = 8
+_FACTORY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+_CORRUPT = "the file is corrupt or truncated; write it again with 'ravn quantize'"
 
 
 def _state_keys(model: nn.Module, quantized: list[str]) -> list[str]:
@@ -52,6 +83,10 @@ def _state_keys(model: nn.Module, quantized: list[str]) -> list[str]:
 
 def _keys_digest(keys: list[str]) -> str:
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:12]
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _versions() -> dict:
@@ -67,54 +102,44 @@ def size_report(weights: dict[str, QuantizedWeight]) -> dict:
     n = sum(q.numel for q in weights.values())
     id_bits = sum(q.id_bits() for q in weights.values())
     code_bits = sum(q.code_bits() for q in weights.values())
-    stream_bytes = sum(q.stream_bytes() for q in weights.values())
     return {
         "quantized_weights": n,
         "id_bits": id_bits,
         "code_bits": code_bits,
-        "avg_bits": (id_bits + code_bits) / n,
-        "stream_bytes": stream_bytes,
+        "avg_bits": (id_bits + code_bits) / n if n else 0.0,
+        "stream_bytes": sum(q.stream_bytes() for q in weights.values()),
         "table_bytes": sum(q.table_bytes() for q in weights.values()),
     }
 
 
-def save(path: Path | str, model: nn.Module, weights: dict[str, QuantizedWeight], ref: ModelRef,
-         method: str = "", config: dict | None = None, metrics: dict | None = None) -> dict:
-    """Write ``model`` with ``weights`` (layer name -> quantized weight) to ``path``, atomically.
+# --- writing ------------------------------------------------------------------------------------
 
-    Returns the size report: measured average bits, stream/table/state/header bytes and
-    ``file_bytes``, which equals their sum exactly.
+
+def _contents(model: nn.Module, weights: dict[str, QuantizedWeight], ref: ModelRef, method: str,
+              config: dict | None, metrics: dict | None) -> tuple[dict, dict[str, tuple[torch.dtype, int]]]:
+    """The metadata of the file and the (dtype, length) of each tensor, computed without packing.
+
+    The one description of a file's layout: :func:`save` writes it and :func:`file_bytes` sums it.
     """
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    names = list(weights)
-    state = model.state_dict()
-    keys = _state_keys(model, names)
-    streams, tables = [], []
-    layers: dict[str, list] = {"name": [], "shape": [], "bits": [], "n": [], "ch": [], "table": []}
-    for name in names:
-        q = weights[name]
-        id_stream, code_stream = q.pack()
-        streams += [id_stream, code_stream]
-        kind = q.table_kind()
-        tables += ([] if kind else [q.tables.float().reshape(-1)]) + [
-            t.float().reshape(-1) for t in (q.scale, q.offset) if t is not None]
-        counts = q.counts if q.clusters > 1 else []
-        for key, value in (("name", name), ("shape", list(q.shape)), ("bits", list(q.bits)), ("n", counts),
+    layers: dict[str, list] = {key: [] for key in _COLUMNS}
+    for name, q in weights.items():
+        for key, value in (("name", name), ("shape", list(q.shape)), ("bits", list(q.bits)),
+                           ("n", q.counts if q.clusters > 1 else []),
                            ("ch", "s" * (q.scale is not None) + "o" * (q.offset is not None)),
-                           ("table", kind or "")):
+                           ("table", q.table_kind() or "")):
             layers[key].append(value)
-    tensors = {
-        "codes": torch.from_numpy(np.concatenate(streams) if streams else np.zeros(0, np.uint8)),
-        "tables": torch.cat(tables) if tables else torch.zeros(0),
-    }
-    by_dtype: dict[str, list[torch.Tensor]] = {}
+    keys = _state_keys(model, list(weights))
+    report = size_report(weights)
+    sizes = {"codes": (torch.uint8, report["stream_bytes"]),
+             "tables": (torch.float32, report["table_bytes"] // FLOAT_BYTES)}
+    state = model.state_dict()
     for k in keys:
-        t = state[k].detach().cpu()
-        by_dtype.setdefault(str(t.dtype).removeprefix("torch."), []).append(t.reshape(-1))
-    for dtype, parts in by_dtype.items():
-        tensors[f"state.{dtype}"] = torch.cat(parts).contiguous()
+        t = state[k]
+        if t.dtype not in _DTYPE_NAMES:
+            raise RavnError(f"state entry '{k}' is {t.dtype}, which a .ravn file cannot hold",
+                            "convert it to a real floating-point or integer type")
+        name = f"state.{_dtype_name(t.dtype)}"
+        sizes[name] = (t.dtype, sizes.get(name, (t.dtype, 0))[1] + t.numel())
     meta = {
         "format": FORMAT,
         "model": ref.to_dict(),
@@ -126,33 +151,257 @@ def save(path: Path | str, model: nn.Module, weights: dict[str, QuantizedWeight]
         "metrics": metrics or {},
         "versions": _versions(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={k: json.dumps(v, separators=(",", ":")) for k, v in meta.items()})
-    _canonicalize_header(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
+    return meta, sizes
+
+
+def _data_order(sizes: dict[str, tuple[torch.dtype, int]]) -> list[str]:
+    """Tensors by element size, largest first, then by name: every tensor starts aligned."""
+    return sorted(sizes, key=lambda name: (-sizes[name][0].itemsize, name))
+
+
+def _header(meta: dict, sizes: dict[str, tuple[torch.dtype, int]]) -> bytes:
+    """The 8-byte header length and the header JSON (sorted keys, space-padded to 8 bytes)."""
+    entries: dict[str, dict] = {}
+    offset = 0
+    for name in _data_order(sizes):
+        dtype, numel = sizes[name]
+        end = offset + numel * dtype.itemsize
+        entries[name] = {"dtype": _DTYPE_NAMES[dtype], "shape": [numel], "data_offsets": [offset, end]}
+        offset = end
+    entries["__metadata__"] = {k: json.dumps(v, separators=(",", ":")) for k, v in meta.items()}
+    text = json.dumps(entries, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text
+
+
+def file_bytes(model: nn.Module, weights: dict[str, QuantizedWeight], ref: ModelRef, method: str = "",
+               config: dict | None = None, metrics: dict | None = None) -> int:
+    """The exact size in bytes of the file :func:`save` would write for these arguments, without writing it.
+
+    Cheap: it counts the streams from the cluster counts and never packs them.
+    """
+    meta, sizes = _contents(model, weights, ref, method, config, metrics)
+    return len(_header(meta, sizes)) + sum(numel * dtype.itemsize for dtype, numel in sizes.values())
+
+
+def _tensors(model: nn.Module, weights: dict[str, QuantizedWeight]) -> dict[str, torch.Tensor]:
+    """The tensors a file stores, packed."""
+    streams, tables = [], []
+    for q in weights.values():
+        streams += q.pack()
+        tables += ([] if q.table_kind() else [q.tables.float().reshape(-1)]) + [
+            t.float().reshape(-1) for t in (q.scale, q.offset) if t is not None]
+    tensors = {"codes": torch.from_numpy(np.concatenate(streams) if streams else np.zeros(0, np.uint8)),
+               "tables": torch.cat(tables) if tables else torch.zeros(0)}
+    state = model.state_dict()
+    by_dtype: dict[str, list[torch.Tensor]] = {}
+    for k in _state_keys(model, list(weights)):
+        t = state[k].detach().cpu()
+        by_dtype.setdefault(f"state.{_dtype_name(t.dtype)}", []).append(t.reshape(-1))
+    tensors.update({name: torch.cat(parts).contiguous() for name, parts in by_dtype.items()})
+    return tensors
+
+
+def save(path: Path | str, model: nn.Module, weights: dict[str, QuantizedWeight], ref: ModelRef,
+         method: str = "", config: dict | None = None, metrics: dict | None = None) -> dict:
+    """Write ``model`` with ``weights`` (layer name -> quantized weight) to ``path``, atomically.
+
+    Returns the size report: measured average bits, stream/table/state/header bytes and
+    ``file_bytes``, which equals their sum exactly (and :func:`file_bytes` of the same arguments).
+    A failed write (a full disk, say) is a one-line :class:`RavnError` and leaves no partial file
+    (:func:`~ravn.files.write_atomically`).
+    """
+    path = Path(path)
+    meta, sizes = _contents(model, weights, ref, method, config, metrics)
+    tensors = _tensors(model, weights)
+    packed = {name: (t.dtype, t.numel()) for name, t in tensors.items()}
+    if packed != sizes:
+        raise RuntimeError(f"packed tensors {packed} differ from the layout {sizes}")  # a bug in ravn
+    header = _header(meta, sizes)
+    write_atomically(path, [header] + [tensors[name].view(torch.uint8).numpy().data for name in _data_order(sizes)])
     report = size_report(weights)
     report["state_bytes"] = sum(t.numel() * t.element_size() for k, t in tensors.items() if k.startswith("state."))
     report["file_bytes"] = path.stat().st_size
-    payload = report["stream_bytes"] + report["table_bytes"] + report["state_bytes"]
-    report["header_bytes"] = report["file_bytes"] - payload
+    report["header_bytes"] = len(header)
     return report
 
 
-def _canonicalize_header(path: Path) -> None:
-    """Rewrite the safetensors header with sorted keys, so equal contents give equal bytes.
+# --- reading ------------------------------------------------------------------------------------
 
-    safetensors keeps ``__metadata__`` in a hash map whose order changes from process to process;
-    offsets in the header are relative to the data, so only the header is rewritten.
+
+def _json(text: str | bytes, what: str):
+    try:
+        return json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
+    except (ValueError, RecursionError) as exc:  # also UnicodeDecodeError and too-long integers
+        raise ValueError(f"{what} is not JSON ({exc.__class__.__name__})") from None
+
+
+def _is_int(value, low: int = 0) -> bool:
+    return type(value) is int and value >= low
+
+
+def _int_list(value, what: str, low: int = 0, length: int | None = None) -> list[int]:
+    if not isinstance(value, list) or not all(_is_int(v, low) for v in value) or (
+            length is not None and len(value) != length):
+        count = "" if length is None else f"{length} "
+        raise ValueError(f"{what} must be a list of {count}integers >= {low}, got {_short(value)}")
+    return value
+
+
+def _short(value) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _typed(data: dict, what: str, fields: dict[str, type]) -> None:
+    for key, kind in fields.items():
+        if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
+            raise ValueError(f"{what} '{key}' must be of type {kind.__name__}, got {_short(data.get(key))}")
+
+
+def _parse(raw: bytes) -> tuple[dict, dict, int]:
+    """(metadata, tensors, header bytes) of a safetensors file, every entry checked; ``ValueError`` if not."""
+    if len(raw) < 8:
+        raise ValueError(f"{len(raw)} bytes, fewer than the 8 of the header length")
+    (length,) = struct.unpack_from("<Q", raw)
+    if length > len(raw) - 8:
+        raise ValueError(f"the header claims {length} bytes, {len(raw) - 8} follow")
+    header = _json(raw[8 : 8 + length], "the header")
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    metadata = header.pop("__metadata__", None)
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ValueError("the header has no __metadata__ of strings")
+    meta = {key: _json(value, f"metadata '{key}'") for key, value in metadata.items()}
+    start_of_data = 8 + length
+    data_bytes = len(raw) - start_of_data
+    spans = []
+    for name, entry in header.items():
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise ValueError(f"tensor '{name}' is not described by dtype, shape and data_offsets")
+        dtype = _DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
+        if dtype is None:
+            raise ValueError(f"tensor '{name}' has unknown dtype {_short(entry['dtype'])}")
+        (numel,) = _int_list(entry["shape"], f"tensor '{name}' shape", length=1)
+        start, end = _int_list(entry["data_offsets"], f"tensor '{name}' data_offsets", length=2)
+        if not start <= end <= data_bytes or end - start != numel * dtype.itemsize:
+            raise ValueError(f"tensor '{name}' spans bytes {start}..{end} of {data_bytes}, its shape needs "
+                             f"{numel * dtype.itemsize}")
+        if _TENSORS.get(name) is not dtype:
+            raise ValueError(f"unexpected tensor '{name}' of {_dtype_name(dtype)}")
+        spans.append((start, end, name, dtype))
+    at = 0
+    for start, end, name, _ in sorted(spans):
+        if start != at:
+            raise ValueError(f"tensor '{name}' starts at byte {start} of the data, not {at}")
+        at = end
+    if at != data_bytes:
+        raise ValueError(f"{data_bytes - at} bytes follow the last tensor")
+    tensors = {}
+    for start, end, name, dtype in spans:
+        if name == "codes":
+            tensors[name] = np.frombuffer(raw, np.uint8, end - start, start_of_data + start)
+        else:  # a copy: aligned, and writable as torch wants it
+            buf = bytearray(raw[start_of_data + start : start_of_data + end])
+            tensors[name] = torch.frombuffer(buf, dtype=dtype) if buf else torch.zeros(0, dtype=dtype)
+    if "codes" not in tensors or "tables" not in tensors:
+        raise ValueError("no 'codes' and 'tables' tensors")
+    return meta, tensors, start_of_data
+
+
+def _check_meta(meta: dict) -> None:
+    """Types and ranges of the metadata outside ``layers`` (those :func:`_plan_layers` checks)."""
+    _typed(meta, "metadata", {"model": dict, "state": dict, "layers": dict, "method": str, "config": dict,
+                              "metrics": dict, "versions": dict})
+    model = meta["model"]
+    _typed(model, "model", {"name": str, "factory": str, "kwargs": dict, "mean": list, "std": list})
+    if not _FACTORY.fullmatch(model["factory"]):
+        raise ValueError(f"model factory {_short(model['factory'])} is not package.module:function")
+    mean, std = model["mean"], model["std"]
+    finite = all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in mean + std)
+    if not finite or not 0 < len(mean) == len(std) <= 64 or any(s <= 0 for s in std):
+        raise ValueError(f"model mean {_short(mean)} and std {_short(std)} are not equal-length finite, std > 0")
+    if not _is_int(model.get("input_size", 32), 1) or model.get("input_size", 32) > 1 << 16:
+        raise ValueError(f"model input_size {_short(model.get('input_size'))} is not an integer in 1..65536")
+    _typed(meta["state"], "state", {"keys": int, "digest": str})
+    if meta["state"]["keys"] < 0:
+        raise ValueError("state 'keys' is negative")
+
+
+def _plan_layers(layers: dict, codes_bytes: int, table_floats: int) -> list[dict]:
+    """The layer rows, each with its checked fields and its stream and table sizes.
+
+    Every field's type and range is checked, and the sizes must add up to the stored tensors
+    exactly, before anything is decoded: a layer can claim no more weights than its codes hold
+    (each weight takes at least one code bit), so decoding allocates in proportion to the file.
     """
-    raw = path.read_bytes()
-    (length,) = struct.unpack("<Q", raw[:8])
-    header = json.dumps(json.loads(raw[8 : 8 + length]), sort_keys=True, separators=(",", ":")).encode()
-    header += b" " * (-len(header) % 8)  # the data stays 8-byte aligned, as safetensors writes it
-    path.write_bytes(struct.pack("<Q", len(header)) + header + raw[8 + length :])
+    if set(layers) != set(_COLUMNS) or not all(isinstance(v, list) for v in layers.values()):
+        raise ValueError(f"layers must have the list columns {', '.join(_COLUMNS)}")
+    rows = len(layers["name"])
+    if any(len(column) != rows for column in layers.values()):
+        raise ValueError("the layer columns have different lengths")
+    plan, names = [], set()
+    at_byte = at_float = 0
+    for i in range(rows):
+        name, shape, bits, counts, ch, kind = (layers[key][i] for key in _COLUMNS)
+        if not isinstance(name, str) or not name or name in names:
+            raise ValueError(f"layer {i} has a missing or repeated name {_short(name)}")
+        names.add(name)
+        _int_list(shape, f"layer {name} shape", low=1)
+        if not 1 <= len(shape) <= _MAX_DIMS:
+            raise ValueError(f"layer {name} shape has {len(shape)} dimensions")
+        numel = math.prod(shape)
+        if numel > 8 * (codes_bytes - at_byte):
+            raise ValueError(f"layer {name} shape {_short(shape)} holds more weights than the codes left can")
+        _int_list(bits, f"layer {name} bits", low=MIN_BITS)
+        if not bits or max(bits) > MAX_BITS:
+            raise ValueError(f"layer {name} bits {_short(bits)} are not in {MIN_BITS}..{MAX_BITS}")
+        if not isinstance(kind, str) or kind not in ("", *IMPLICIT_TABLES) or (kind and len(bits) > 1):
+            raise ValueError(f"layer {name} has table kind {_short(kind)}")
+        if not isinstance(ch, str) or ch not in _CHANNEL_FLAGS:
+            raise ValueError(f"layer {name} has channel vectors {_short(ch)}, not one of {_CHANNEL_FLAGS}")
+        floats = (0 if kind else sum(1 << b for b in bits)) + len(ch) * shape[0]
+        if floats > table_floats - at_float:
+            raise ValueError(f"layer {name} needs {floats} table values, {table_floats - at_float} are left")
+        if len(bits) == 1:
+            if counts != []:
+                raise ValueError(f"layer {name} has one cluster and counts {_short(counts)}")
+            counts = [numel]
+        elif sum(_int_list(counts, f"layer {name} counts", length=len(bits))) != numel:
+            raise ValueError(f"layer {name}: counts sum to {sum(counts)}, its shape holds {numel}")
+        cost = LayerCost(tuple(counts))
+        id_bytes, code_bytes = whole_bytes(cost.id_bits), whole_bytes(cost.code_bits(tuple(bits)))
+        if id_bytes + code_bytes > codes_bytes - at_byte:
+            raise ValueError(f"layer {name} needs {id_bytes + code_bytes} code bytes, {codes_bytes - at_byte} are left")
+        plan.append({"name": name, "shape": tuple(shape), "bits": tuple(bits), "counts": counts, "ch": ch,
+                     "table": kind, "bytes": (at_byte, at_byte + id_bytes, at_byte + id_bytes + code_bytes),
+                     "floats": at_float})
+        at_byte += id_bytes + code_bytes
+        at_float += floats
+    if (at_byte, at_float) != (codes_bytes, table_floats):
+        raise ValueError(f"the layers use {at_byte} code bytes and {at_float} table values, the file stores "
+                         f"{codes_bytes} and {table_floats}")
+    return plan
+
+
+def _unpack_layers(plan: list[dict], codes: np.ndarray, tables: torch.Tensor) -> dict[str, QuantizedWeight]:
+    weights = {}
+    for row in plan:
+        shape, bits = row["shape"], row["bits"]
+        start, middle, end = row["bytes"]
+        ids, layer_codes = QuantizedWeight.unpack(shape, bits, row["counts"], codes[start:middle], codes[middle:end])
+        at = row["floats"]
+        if row["table"]:
+            table = implicit_table(row["table"], bits[0])
+        else:
+            table = tables[at : at + sum(1 << b for b in bits)]
+            at += table.numel()
+        vectors = []
+        for flag in "so":
+            vectors.append(tables[at : at + shape[0]] if flag in row["ch"] else None)
+            at += shape[0] if flag in row["ch"] else 0
+        weights[row["name"]] = QuantizedWeight(shape, bits, ids, layer_codes, table, *vectors)
+    return weights
 
 
 @dataclass
@@ -170,91 +419,100 @@ class RavnFile:
     def ref(self) -> ModelRef:
         return ModelRef.from_dict(self.meta["model"])
 
-    def build(self) -> nn.Module:
-        """An ordinary ``nn.Module`` (eval mode) holding the dequantized weights."""
-        model = self.ref.build()
-        keys = _state_keys(model, list(self.weights))
-        if len(keys) != self.meta["state"]["keys"] or _keys_digest(keys) != self.meta["state"]["digest"]:
-            raise RavnError(f"{self.path} does not match the architecture {self.ref.factory} builds today",
-                            "rebuild it with the model code it was written with")
-        own = model.state_dict()
-        full = {}
-        offsets: dict[str, int] = {}
-        for k in keys:
-            dtype = str(own[k].dtype).removeprefix("torch.")
-            flat = self.state.get(f"state.{dtype}")
-            start = offsets.get(dtype, 0)
-            end = start + own[k].numel()
-            if flat is None or end > flat.numel():
-                raise RavnError(f"{self.path} is missing values for '{k}'", "the file is corrupt")
-            full[k] = flat[start:end].view(own[k].shape)
-            offsets[dtype] = end
+    def build(self, allow: Collection[str] | None = None) -> nn.Module:
+        """An ordinary ``nn.Module`` (eval mode) holding the dequantized weights.
+
+        Building calls the factory the file names (``package.module:function``) with the file's
+        keyword arguments: that runs code the file chooses, like loading a pickle. ``allow`` limits
+        it: when given, only ravn's bundled factories (:data:`BUNDLED_FACTORIES`) and those in
+        ``allow`` are imported; ``None`` builds any importable factory (for files you trust).
+
+        The architecture is first built on the meta device (no memory) and checked against the
+        file's layers and state, so hostile keyword arguments cannot make it allocate; a factory
+        that cannot build there (or kwargs too large even for it) is checked after the real build.
+        """
+        ref = self.ref
+        if allow is not None and ref.factory not in BUNDLED_FACTORIES | set(allow):
+            raise RavnError(f"{self.path} names the model factory '{ref.factory}', which ravn does not bundle",
+                            "building it runs that code; allow it explicitly only if you trust the file")
+        with contextlib.suppress(Exception):  # import outside the meta device; ref.build reports failures
+            importlib.import_module(ref.factory.partition(":")[0])
+        try:
+            with torch.device("meta"):
+                skeleton = ref.build()
+        except RavnError:
+            skeleton = None
+        if skeleton is not None:
+            self._fit(skeleton)
+        try:
+            model = ref.build()
+        except RavnError as exc:
+            raise RavnError(f"{self.path}: {exc.problem}", exc.fix) from None
+        full = self._fit(model)
         for name, q in self.weights.items():
             full[f"{name}.weight"] = q.dequantize()
         model.load_state_dict(full, strict=False)
         return model.eval()
 
+    def _fit(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The stored state entries, shaped as ``model``'s; a :class:`RavnError` if they do not fit it."""
+        keys = _state_keys(model, list(self.weights))
+        own = model.state_dict()
+        mismatch = f"{self.path} does not match the architecture {self.ref.factory} builds today"
+        if len(keys) != self.meta["state"]["keys"] or _keys_digest(keys) != self.meta["state"]["digest"]:
+            raise RavnError(mismatch, "rebuild it with the model code it was written with")
+        for name, q in self.weights.items():
+            weight = own.get(f"{name}.weight")
+            if weight is None or tuple(weight.shape) != q.shape:
+                raise RavnError(f"{mismatch}: layer '{name}' is {list(q.shape)} in the file",
+                                "rebuild it with the model code it was written with")
+        spans, need = {}, {}  # state entry -> (tensor, start, end); tensor -> values needed
+        for k in keys:
+            name = f"state.{_dtype_name(own[k].dtype)}"
+            start = need.get(name, 0)
+            need[name] = start + own[k].numel()
+            spans[k] = name, start, need[name]
+        have = {name: t.numel() for name, t in self.state.items() if t.numel()}
+        if {name: n for name, n in need.items() if n} != have:
+            raise RavnError(f"{mismatch}: it stores state values {have}, the model needs {need}",
+                            "the file is corrupt")
+        return {k: self.state[name][start:end].view(own[k].shape) for k, (name, start, end) in spans.items()
+                if end > start}
+
 
 def read(path: Path | str) -> RavnFile:
-    """Read and unpack a ``.ravn`` file; a damaged or foreign file is a one-line :class:`RavnError`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load as load_bytes
+    """Read and unpack a ``.ravn`` file; a damaged or foreign file is a one-line :class:`RavnError`.
 
+    Memory and time stay in proportion to the file's size whatever its header claims (see the
+    module docstring); nothing in the file is executed (see :meth:`RavnFile.build` for building).
+    """
     path = Path(path)
     if not path.is_file():
         raise RavnError(f"{path} does not exist", "pass the path of a .ravn file written by 'ravn quantize'")
-    raw = path.read_bytes()
     try:
-        (header_len,) = struct.unpack("<Q", raw[:8])
-        meta = {k: json.loads(v) for k, v in json.loads(raw[8 : 8 + header_len])["__metadata__"].items()}
-        tensors = load_bytes(raw)
-    except (SafetensorError, struct.error, json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError,
-            ValueError) as exc:
-        raise RavnError(f"{path} is not a readable .ravn file ({exc.__class__.__name__})",
-                        "the file is corrupt or truncated; write it again with 'ravn quantize'") from None
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise os_error(exc, "reading", path) from None
+    try:
+        meta, tensors, header_bytes = _parse(raw)
+    except ValueError as exc:
+        raise RavnError(f"{path} is not a readable .ravn file ({exc})", _CORRUPT) from None
     if meta.get("format") != FORMAT:
-        raise RavnError(f"{path} has format {meta.get('format')!r}, this ravn reads {FORMAT}", "upgrade ravn")
+        raise RavnError(f"{path} has format {_short(meta.get('format'))}, this ravn reads {FORMAT}",
+                        "upgrade ravn, or pass a .ravn file")
     try:
-        weights = _unpack_layers(meta["layers"], tensors["codes"].numpy(), tensors["tables"])
-    except (KeyError, ValueError, IndexError, RuntimeError) as exc:
-        raise RavnError(f"{path} has inconsistent contents ({exc})", "the file is corrupt") from None
+        _check_meta(meta)
+        plan = _plan_layers(meta["layers"], len(tensors["codes"]), tensors["tables"].numel())
+        weights = _unpack_layers(plan, tensors["codes"], tensors["tables"])
+    except ValueError as exc:
+        raise RavnError(f"{path} has inconsistent contents ({exc})", _CORRUPT) from None
     state = {k: v for k, v in tensors.items() if k.startswith("state.")}
-    return RavnFile(path, meta, weights, state, len(raw), 8 + header_len)
+    return RavnFile(path, meta, weights, state, len(raw), header_bytes)
 
 
-def _unpack_layers(layers: dict, codes: np.ndarray, tables: torch.Tensor) -> dict[str, QuantizedWeight]:
-    weights = {}
-    at_byte = at_float = 0
-    for row in range(len(layers["name"])):
-        info = {key: column[row] for key, column in layers.items()}
-        name, shape, bits = info["name"], tuple(info["shape"]), tuple(info["bits"])
-        n = math.prod(shape)
-        counts = list(info["n"]) or [n]
-        if sum(counts) != n:
-            raise ValueError(f"layer {name}: counts sum to {sum(counts)}, shape holds {n}")
-        id_bytes = -(-huffman.encoded_bits(counts) // 8) if len(bits) > 1 else 0
-        code_bytes = -(-sum(c * b for c, b in zip(counts, bits, strict=True)) // 8)
-        id_stream = codes[at_byte : at_byte + id_bytes]
-        code_stream = codes[at_byte + id_bytes : at_byte + id_bytes + code_bytes]
-        at_byte += id_bytes + code_bytes
-        ids, layer_codes = QuantizedWeight.unpack(shape, bits, counts, id_stream, code_stream)
-        if info["table"]:
-            table = implicit_table(info["table"], bits[0])
-        else:
-            size = sum(1 << b for b in bits)
-            table = tables[at_float : at_float + size]
-            at_float += size
-        vectors = []
-        for flag in "so":
-            present = flag in info["ch"]
-            vectors.append(tables[at_float : at_float + shape[0]] if present else None)
-            at_float += shape[0] if present else 0
-        weights[name] = QuantizedWeight(shape, bits, ids, layer_codes, table, *vectors)
-    if at_byte != len(codes) or at_float != tables.numel():
-        raise ValueError("stream lengths do not add up to the stored tensors")
-    return weights
+def load(path: Path | str, allow: Collection[str] | None = None) -> nn.Module:
+    """Rebuild the model stored in a ``.ravn`` file as an ordinary ``nn.Module`` (eval mode).
 
-
-def load(path: Path | str) -> nn.Module:
-    """Rebuild the model stored in a ``.ravn`` file as an ordinary ``nn.Module`` (eval mode)."""
-    return read(path).build()
+    ``allow``: the factories it may run besides the bundled ones (see :meth:`RavnFile.build`).
+    """
+    return read(path).build(allow)

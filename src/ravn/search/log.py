@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ravn.runs import atomic_write
+from ravn.files import write_atomically
 
 
 @dataclass
@@ -41,7 +41,7 @@ class EpisodeLog:
 
     def _rewrite(self) -> None:
         assert self.path is not None
-        atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+        write_atomically(self.path, ["".join(json.dumps(r) + "\n" for r in self.records).encode()])
 
     def append(self, record: dict) -> None:
         self.records.append(record)

@@ -31,7 +31,7 @@ from torch import nn
 
 from ravn.data import ImageSplit, iterate_batches, random_crop_flip
 from ravn.errors import RavnError
-from ravn.runs import atomic_write
+from ravn.files import write_atomically
 
 
 class Callback:
@@ -190,11 +190,11 @@ def _unflatten(obj, tensors: dict[str, torch.Tensor]):
 
 def write_checkpoint(path: Path, state: dict) -> None:
     """``state`` (nested dicts/lists of tensors and plain values) as one safetensors file, atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors: dict[str, torch.Tensor] = {}
     tree = json.dumps(_flatten(state, tensors))
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"ravn.checkpoint": tree}))
+    write_atomically(path, [save(tensors, metadata={"ravn.checkpoint": tree})])
 
 
 def read_checkpoint(path: Path) -> dict:
