@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from ravn import export
-from ravn.errors import RavnError
 from ravn import files as destination
+from ravn.errors import RavnError
 from ravn.models import ModelRef
 from ravn.quantizers import QuantizedWeight
 

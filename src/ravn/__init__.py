@@ -4,8 +4,6 @@ The verb is :func:`quantize` with a config dataclass (:class:`RavnConfig`, :clas
 ``method("vq").config(...)`` for a registered preset); :func:`load` rebuilds a ``.ravn`` file.
 """
 
-__version__ = "0.1.0"
-
 from ravn import export
 from ravn.errors import RavnError
 from ravn.export import load
@@ -21,6 +19,7 @@ from ravn.methods import (
     method_names,
     quantize,
 )
+from ravn.version import __version__
 
 __all__ = ["Allocation", "Context", "FineTuneConfig", "QuantizationResult", "RavnConfig", "RavnError",
            "SearchConfig", "UniformConfig", "__version__", "export", "load", "method", "method_names", "quantize"]

@@ -39,7 +39,8 @@ def _load(model: str, weights: Path | None, num_classes: int | None):
 @app.command("eval")
 def eval_cmd(
     file: Annotated[Path | None, typer.Argument(help="A .ravn file; without it, --model/--weights.")] = None,
-    model: ModelOpt = "resnet20",
+    model: Annotated[str, typer.Option("--model", help="resnet20/32/44/56 or package.module:factory; with a .ravn "
+                                       "file of a user model, its factory, to allow running it.")] = "resnet20",
     weights: WeightsOpt = None,
     data: DataOpt = None,
     split: Annotated[str, typer.Option(help="test or val (val is carved from the training data).")] = "test",
@@ -57,7 +58,8 @@ def eval_cmd(
     dataset = load_dataset(data)
     if file is not None:
         ravn_file = export.read(file)
-        ref, net = ravn_file.ref, ravn_file.build()
+        # a file's own model factory runs only when it is a bundled one or the user names it (--model)
+        ref, net = ravn_file.ref, ravn_file.build(allow=(model,) if ":" in model else ())
     else:
         ref, net = _load(model, weights, None if dataset.num_classes == 10 else dataset.num_classes)
     part = dataset.split(split, limit=limit)
@@ -85,10 +87,10 @@ def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, me
     import shutil
 
     from ravn.data import load_dataset
+    from ravn.files import check_writable
     from ravn.methods import Context
     from ravn.methods import method as method_spec
     from ravn.pipeline import run
-    from ravn.files import check_writable
 
     spec = method_spec(method)
     config = method_flags.config(spec, mode, options)

@@ -31,7 +31,7 @@ def evaluate(model: nn.Module, split: ImageSplit, normalize: Normalize, batch_si
     loss = 0.0
     batches = iterate_batches(split, batch_size)
     if progress:
-        from ravn.report.progress import track
+        from ravn.progress import track
 
         batches = track(batches, progress, total=-(-len(split) // batch_size))
     for images, labels in batches:

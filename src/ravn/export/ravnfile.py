@@ -49,9 +49,8 @@ from torch import nn
 from ravn.errors import RavnError
 from ravn.files import os_error, write_atomically
 from ravn.models import MODELS, ModelRef
-from ravn.quantizers import huffman
-from ravn.quantizers.size import LayerCost, whole_bytes
-from ravn.quantizers.qweight import FLOAT_BYTES, IMPLICIT_TABLES, MAX_BITS, MIN_BITS, QuantizedWeight, implicit_table
+from ravn.quantizers.qweight import IMPLICIT_TABLES, MAX_BITS, MIN_BITS, QuantizedWeight, implicit_table
+from ravn.quantizers.size import FLOAT_BYTES, LayerCost, whole_bytes
 
 FORMAT = "ravn/1"
 SUFFIX = ".ravn"
@@ -92,7 +91,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 def _versions() -> dict:
     import safetensors
 
-    from ravn import __version__
+    from ravn.version import __version__
 
     return {"ravn": __version__, "torch": torch.__version__.split("+")[0], "safetensors": safetensors.__version__}
 
@@ -434,7 +433,7 @@ class RavnFile:
         ref = self.ref
         if allow is not None and ref.factory not in BUNDLED_FACTORIES | set(allow):
             raise RavnError(f"{self.path} names the model factory '{ref.factory}', which ravn does not bundle",
-                            "building it runs that code; allow it explicitly only if you trust the file")
+                            "building it runs that code; if you trust the file, name the factory (ravn eval --model)")
         with contextlib.suppress(Exception):  # import outside the meta device; ref.build reports failures
             importlib.import_module(ref.factory.partition(":")[0])
         try:

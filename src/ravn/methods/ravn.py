@@ -26,8 +26,9 @@ from ravn.config import Config
 from ravn.methods.base import Context, QuantizationResult, register_method, register_preset
 from ravn.quantizers.swap import with_weights
 from ravn.quantizers.vq import GRIDS, MAX_CLUSTERS
-from ravn.search.agents import SearchConfig, allocate
+from ravn.search.agents import SearchConfig
 from ravn.search.problem import INITS, prepare
+from ravn.search.run import allocate
 from ravn.training.finetune import FineTuneConfig, fine_tune
 
 

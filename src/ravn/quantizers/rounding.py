@@ -52,8 +52,7 @@ register_rounding("nearest")(Rounding)
 
 
 def get_rounding(name: str) -> Rounding:
-    import ravn.quantizers.gptq  # noqa: F401  (registers "gptq")
-
+    """A registered rounding by name (the built-in ones register when :mod:`ravn.quantizers` is imported)."""
     if name not in ROUNDINGS:
         raise RavnError(f"unknown rounding '{name}'", f"use one of {', '.join(ROUNDINGS)}")
     return ROUNDINGS[name]()

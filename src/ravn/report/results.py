@@ -37,7 +37,7 @@ def versions() -> dict:
     import numpy
     import torch
 
-    from ravn import __version__
+    from ravn.version import __version__
 
     out = {"ravn": __version__, "torch": torch.__version__, "numpy": numpy.__version__}
     from importlib.metadata import PackageNotFoundError, version

@@ -160,7 +160,7 @@ def fine_tune(float_model: nn.Module, weights: dict[str, QuantizedWeight], datas
 
     callbacks: list[Callback] = [BatchNormMode(student, config.bn)]
     if progress:
-        from ravn.report.progress import EpochProgress
+        from ravn.progress import EpochProgress
 
         callbacks.append(EpochProgress(config.epochs))
     stamp = {"config": config.to_dict(), "seed": seed, "layers": {n: list(q.bits) for n, q in weights.items()}}

@@ -1,0 +1,90 @@
+"""One search over a :class:`SearchProblem`: the registered agent in the environment, then the re-rank.
+
+:func:`allocate` is what a recipe calls: the initial allocation without a search, else the agent's
+best configurations re-measured as stored on the whole validation split (:func:`rerank`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from ravn.errors import RavnError
+from ravn.quantizers.size import Allocation
+from ravn.search.agents import AGENTS, SearchConfig
+from ravn.search.log import SearchResult, Tracker
+from ravn.search.problem import SearchProblem
+
+
+def get_agent(name: str) -> Callable:
+    import ravn.search.ppo
+    import ravn.search.random_search  # noqa: F401  (the built-in agents register themselves)
+
+    if name not in AGENTS:
+        raise RavnError(f"unknown agent '{name}'", f"use one of {', '.join(AGENTS)}")
+    return AGENTS[name]
+
+
+
+def search(problem: SearchProblem, config: SearchConfig, folder: Path | None, seed: int,
+           progress: bool = True) -> SearchResult:
+    """Run the configured agent on ``problem``; episodes are logged to ``folder/episodes.jsonl``."""
+    from ravn.progress import search_progress
+    from ravn.search.env import BitAllocationEnv
+    from ravn.search.log import EpisodeLog
+
+    agent = get_agent(config.agent)
+    log = EpisodeLog(folder / "episodes.jsonl" if folder else None)
+    problem.evaluator.cache.update(log.cached_results())
+
+    def evaluate(alloc: Allocation) -> dict:
+        return {**problem.evaluator.evaluate_many([alloc])[0], "avg_bits": problem.avg_bits(alloc)}
+
+    env = BitAllocationEnv(problem.layer_infos(), problem.costs, problem.budget, problem.damage, problem.init,
+                           evaluate, max_delta=config.max_delta, changes=config.changes)
+    with search_progress(config.evaluations, f"{config.agent} search", progress) as update:
+        tracker = Tracker(log, config.evaluations, config.patience, update)
+        # Episode 0 is the initial allocation itself: a search never ends worse than where it started.
+        tracker.record({"allocation": problem.init, **evaluate(problem.init)}, {"agent": "init"})
+        return agent(env, tracker, seed)
+
+
+def rerank(problem: SearchProblem, found: SearchResult, evaluator, count: int) -> tuple[Allocation, dict, list]:
+    """The best ``count`` searched configurations and the initial one, measured by ``evaluator`` (on the
+    whole validation split, as stored); returns ``(allocation, weights, table)`` of the best."""
+    ranked = sorted(found.history, key=lambda h: -h["reward"])
+    candidates: list[Allocation] = []
+    for h in [found.history[0], *ranked]:
+        alloc = {n: tuple(b) for n, b in h["bits"].items()}
+        if alloc not in candidates and len(candidates) < count + 1:
+            candidates.append(alloc)
+    if count == 0 or len(candidates) == 1:
+        return found.allocation, problem.realize(found.allocation), []
+    results = evaluator.evaluate_many(candidates)
+    table = [{**r, "initial": i == 0} for i, r in enumerate(results)]
+    best = max(range(len(candidates)), key=lambda i: (results[i]["reward"], -i))
+    return candidates[best], evaluator.weights(candidates[best]), table
+
+
+def allocate(problem: SearchProblem, config: SearchConfig | None, context, folder: Path | None,
+             reference) -> tuple[Allocation, dict, dict]:
+    """The allocation a method stores: the initial one without a search (``config`` None), else the
+    search's re-ranked best. Returns ``(allocation, weights, log)``."""
+    import time
+
+    from ravn.search.evaluate import StoredEvaluator
+
+    if config is None:
+        return problem.init, problem.realize(problem.init), problem.log(problem.init)
+    start = time.perf_counter()
+    found = search(problem, config, folder, context.seed, context.progress)
+    log = {**problem.log(found.allocation), "search_seconds": time.perf_counter() - start,
+           "episodes": found.episodes, "evaluations": found.evaluations,
+           "best": {k: found.result[k] for k in ("reward", "fidelity", "val_top1", "loss")},
+           "history": [{k: h[k] for k in ("episode", "reward", "val_top1", "fidelity")} for h in found.history]}
+    start = time.perf_counter()
+    stored = StoredEvaluator(problem, reference, context.dataset.val, context.normalize, config.lam)
+    alloc, weights, log["rerank"] = rerank(problem, found, stored, config.rerank)
+    log["select_seconds"] = time.perf_counter() - start
+    log["planned_avg_bits"] = problem.avg_bits(alloc)
+    return alloc, weights, log

@@ -1,0 +1,22 @@
+"""The README's Python example runs as written (on a smaller validation split, so it takes seconds)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.mark.slow
+def test_readme_python_example_runs(shared_data, tmp_path, monkeypatch):
+    import ravn.data
+
+    block = re.search(r"From Python.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+    real = ravn.data.load_dataset
+    monkeypatch.setattr(ravn.data, "load_dataset", lambda *a, **k: real(*a, **{**k, "val_size": 200}))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})
+    assert (tmp_path / "m.ravn").stat().st_size > 0
