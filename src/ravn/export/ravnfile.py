@@ -3,7 +3,8 @@
 Tensors (each a flat concatenation, layer after layer, so the header stays small):
 
 - ``codes`` (uint8): per quantized layer, its Huffman-coded cluster-id stream then its code stream
-  (:meth:`QuantizedWeight.pack`), each padded to whole bytes;
+  (:meth:`QuantizedWeight.pack`), each padded to whole bytes, or (``coding`` ``"ans"``/``"huffman"``)
+  its entropy-coded payload (:mod:`ravn.quantizers.entropy`);
 - ``tables`` (float32): per quantized layer, its cluster tables, then its channel scales and offsets;
 - ``state.<dtype>``: every other entry of the model's ``state_dict`` (biases, batch-norm parameters
   and statistics), in ``state_dict`` order, at the precision it is stored in.
@@ -14,6 +15,8 @@ Each ``__metadata__`` entry holds compact JSON:
 - ``layers``: one column per field, one row per quantized layer: ``name``, ``shape``, cluster
   ``bits``, cluster counts ``n`` (empty for one cluster; they fix every stream length and the
   Huffman code), channel vectors ``ch`` (``s`` scale, ``o`` offset) and an implicit ``table`` kind;
+  format ``ravn/2`` adds ``coding`` and ``bytes`` (the layer's bytes in ``codes``); a ``ravn/1`` file
+  (no ``coding`` column) is all ``"fixed"``, and is what ``save`` writes when every layer is fixed;
 - ``method``, ``config``, ``metrics``, ``versions``.
 
 Reading rebuilds an ordinary ``nn.Module``; its weights equal the in-memory quantized weights bit for
@@ -37,9 +40,11 @@ from torch import nn
 from ravn.errors import RavnError
 from ravn.models import ModelRef
 from ravn.quantizers import huffman
-from ravn.quantizers.qweight import QuantizedWeight, implicit_table
+from ravn.quantizers.qweight import CODINGS, QuantizedWeight, implicit_table
 
 FORMAT = "ravn/1"
+#: ``ravn/1`` plus per-layer ``coding`` and ``bytes`` columns; written only when a layer is entropy-coded.
+FORMAT_CODED = "ravn/2"
 SUFFIX = ".ravn"
 
 
@@ -62,25 +67,43 @@ def _versions() -> dict:
     return {"ravn": __version__, "torch": torch.__version__.split("+")[0], "safetensors": safetensors.__version__}
 
 
-def size_report(weights: dict[str, QuantizedWeight]) -> dict:
-    """What the quantized layers cost, counted from the codes (bits) and as stored (bytes)."""
+def _codings(names, coding: str | dict[str, str]) -> dict[str, str]:
+    codings = coding if isinstance(coding, dict) else dict.fromkeys(names, coding)
+    bad = {c for c in codings.values() if c not in CODINGS}
+    if bad:
+        raise ValueError(f"coding must be one of {CODINGS}, got {sorted(bad)}")
+    return codings
+
+
+def size_report(weights: dict[str, QuantizedWeight], coding: str | dict[str, str] = "fixed") -> dict:
+    """What the quantized layers cost, counted from the codes (bits) and as stored (bytes).
+
+    ``coding`` (one for all layers, or per layer name) is how the ids and codes are stored; ``avg_bits``
+    counts the stored bits (entropy-coded: payload bytes, frequency models included); ``id_bits`` and
+    ``code_bits`` are what the fixed layout takes.
+    """
+    codings = _codings(weights, coding)
     n = sum(q.numel for q in weights.values())
-    id_bits = sum(q.id_bits() for q in weights.values())
-    code_bits = sum(q.code_bits() for q in weights.values())
-    stream_bytes = sum(-(-q.id_bits() // 8) + -(-q.code_bits() // 8) for q in weights.values())
+    coded = {name: q.coded_bits(codings[name]) for name, q in weights.items()}
+    fixed = [name for name in weights if codings[name] == "fixed"]
     return {
         "quantized_weights": n,
-        "id_bits": id_bits,
-        "code_bits": code_bits,
-        "avg_bits": (id_bits + code_bits) / n,
-        "stream_bytes": stream_bytes,
+        "coding": coding,
+        "id_bits": sum(q.id_bits() for q in weights.values()),
+        "code_bits": sum(q.code_bits() for q in weights.values()),
+        "avg_bits": sum(coded.values()) / n,
+        "stream_bytes": sum(-(-weights[k].id_bits() // 8) + -(-weights[k].code_bits() // 8) for k in fixed)
+        + sum(coded[k] // 8 for k in weights if k not in fixed),
         "table_bytes": sum(q.table_bytes() for q in weights.values()),
     }
 
 
 def save(path: Path | str, model: nn.Module, weights: dict[str, QuantizedWeight], ref: ModelRef,
-         method: str = "", config: dict | None = None, metrics: dict | None = None) -> dict:
+         method: str = "", config: dict | None = None, metrics: dict | None = None,
+         coding: str | dict[str, str] = "fixed") -> dict:
     """Write ``model`` with ``weights`` (layer name -> quantized weight) to ``path``, atomically.
+
+    ``coding`` (:data:`CODINGS`, one for all layers or per layer name) is how ids and codes are stored.
 
     Returns the size report: measured average bits, stream/table/state/header bytes and
     ``file_bytes``, which equals their sum exactly.
@@ -91,12 +114,18 @@ def save(path: Path | str, model: nn.Module, weights: dict[str, QuantizedWeight]
     names = list(weights)
     state = model.state_dict()
     keys = _state_keys(model, names)
+    codings = _codings(names, coding)
+    coded = any(c != "fixed" for c in codings.values())
     streams, tables = [], []
     layers: dict[str, list] = {"name": [], "shape": [], "bits": [], "n": [], "ch": [], "table": []}
+    layers.update({"coding": [], "bytes": []} if coded else {})
     for name in names:
         q = weights[name]
-        id_stream, code_stream = q.pack()
-        streams += [id_stream, code_stream]
+        packed = q.pack(codings[name])
+        streams += packed
+        if coded:
+            layers["coding"].append(codings[name])
+            layers["bytes"].append(sum(len(p) for p in packed))
         kind = q.table_kind()
         tables += ([] if kind else [q.tables.float().reshape(-1)]) + [
             t.float().reshape(-1) for t in (q.scale, q.offset) if t is not None]
@@ -116,7 +145,7 @@ def save(path: Path | str, model: nn.Module, weights: dict[str, QuantizedWeight]
     for dtype, parts in by_dtype.items():
         tensors[f"state.{dtype}"] = torch.cat(parts).contiguous()
     meta = {
-        "format": FORMAT,
+        "format": FORMAT_CODED if coded else FORMAT,
         "model": ref.to_dict(),
         "state": {"keys": len(keys), "digest": _keys_digest(keys)},
         # one column per field, one row per quantized layer, in file order
@@ -134,7 +163,7 @@ def save(path: Path | str, model: nn.Module, weights: dict[str, QuantizedWeight]
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
-    report = size_report(weights)
+    report = size_report(weights, coding)
     report["state_bytes"] = sum(t.numel() * t.element_size() for k, t in tensors.items() if k.startswith("state."))
     report["file_bytes"] = path.stat().st_size
     payload = report["stream_bytes"] + report["table_bytes"] + report["state_bytes"]
@@ -165,6 +194,12 @@ class RavnFile:
     state: dict[str, torch.Tensor] = field(repr=False)
     file_bytes: int = 0
     header_bytes: int = 0
+
+    @property
+    def codings(self) -> dict[str, str]:
+        """How each layer's ids and codes are stored (:data:`CODINGS`)."""
+        layers = self.meta["layers"]
+        return dict(zip(layers["name"], layers.get("coding") or ["fixed"] * len(layers["name"]), strict=True))
 
     @property
     def ref(self) -> ModelRef:
@@ -212,8 +247,9 @@ def read(path: Path | str) -> RavnFile:
             ValueError) as exc:
         raise RavnError(f"{path} is not a readable .ravn file ({exc.__class__.__name__})",
                         "the file is corrupt or truncated; write it again with 'ravn quantize'") from None
-    if meta.get("format") != FORMAT:
-        raise RavnError(f"{path} has format {meta.get('format')!r}, this ravn reads {FORMAT}", "upgrade ravn")
+    if meta.get("format") not in (FORMAT, FORMAT_CODED):
+        raise RavnError(f"{path} has format {meta.get('format')!r}, this ravn reads {FORMAT} and {FORMAT_CODED}",
+                        "upgrade ravn")
     try:
         weights = _unpack_layers(meta["layers"], tensors["codes"].numpy(), tensors["tables"])
     except (KeyError, ValueError, IndexError, RuntimeError) as exc:
@@ -232,12 +268,22 @@ def _unpack_layers(layers: dict, codes: np.ndarray, tables: torch.Tensor) -> dic
         counts = list(info["n"]) or [n]
         if sum(counts) != n:
             raise ValueError(f"layer {name}: counts sum to {sum(counts)}, shape holds {n}")
-        id_bytes = -(-huffman.encoded_bits(counts) // 8) if len(bits) > 1 else 0
-        code_bytes = -(-sum(c * b for c, b in zip(counts, bits, strict=True)) // 8)
-        id_stream = codes[at_byte : at_byte + id_bytes]
-        code_stream = codes[at_byte + id_bytes : at_byte + id_bytes + code_bytes]
-        at_byte += id_bytes + code_bytes
-        ids, layer_codes = QuantizedWeight.unpack(shape, bits, counts, id_stream, code_stream)
+        coding = info.get("coding", "fixed")
+        if coding == "fixed":
+            id_bytes = -(-huffman.encoded_bits(counts) // 8) if len(bits) > 1 else 0
+            code_bytes = -(-sum(c * b for c, b in zip(counts, bits, strict=True)) // 8)
+            sizes = [id_bytes, code_bytes]
+        elif coding in CODINGS and int(info["bytes"]) >= 0:
+            sizes = [int(info["bytes"])]
+        else:
+            raise ValueError(f"layer {name}: unknown coding {coding!r} or negative byte count")
+        if "bytes" in info and sum(sizes) != info["bytes"]:
+            raise ValueError(f"layer {name}: {info['bytes']} stored bytes, its counts need {sum(sizes)}")
+        streams = []
+        for size in sizes:
+            streams.append(codes[at_byte : at_byte + size])
+            at_byte += size
+        ids, layer_codes = QuantizedWeight.unpack(shape, bits, counts, *streams, coding=coding)
         if info["table"]:
             table = implicit_table(info["table"], bits[0])
         else:
