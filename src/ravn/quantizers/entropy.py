@@ -23,7 +23,8 @@ double arithmetic ``scale = K / F``::
     cdf[s] = floor((f[0] + ... + f[s-1]) * scale) + s,   cdf[T] = 2^24,   P(s) = cdf[s+1] - cdf[s]
 
 (every symbol keeps one slot of ``2^-24``). The stream is the coder's words ``x[0..m-1]``, each
-4 bytes little-endian; the last word is nonzero. Encoding runs over the symbols in reverse from
+4 bytes little-endian, without the zero high bytes of the last word (its last byte is nonzero;
+the decoder pads it back to whole words with zero bytes). Encoding runs over the symbols in reverse from
 state 0: before coding ``s``, if ``state >> 40 >= P(s)`` the low word of the state is appended to
 ``x`` and the state shifted right by 32; then ``state = (state // P(s)) << 24 | (cdf[s] + state %
 P(s))``. Finalisation appends the state as words, least significant first, dropping leading zero
@@ -165,15 +166,17 @@ def _ans_encode(symbols: np.ndarray, f: np.ndarray) -> np.ndarray:
 
     coder = constriction.stream.stack.AnsCoder()
     coder.encode_reverse(symbols.astype(np.int32), _ans_model(f))
-    return coder.get_compressed().astype("<u4").view(np.uint8)
+    stream = coder.get_compressed().astype("<u4").view(np.uint8)
+    return stream[: np.flatnonzero(stream)[-1] + 1]  # the last word's zero high bytes are implied
 
 
 def _ans_decode(stream: np.ndarray, f: np.ndarray, n: int) -> np.ndarray:
     import constriction
 
-    if len(stream) % 4:
-        raise ValueError(f"ANS stream of {len(stream)} bytes is not whole 32-bit words")
-    coder = constriction.stream.stack.AnsCoder(stream.view("<u4").astype(np.uint32))  # ValueError if corrupt
+    if not len(stream) or stream[-1] == 0:
+        raise ValueError("ANS stream is empty or ends in a zero byte")
+    words = np.concatenate([stream, np.zeros(-len(stream) % 4, np.uint8)]).view("<u4").astype(np.uint32)
+    coder = constriction.stream.stack.AnsCoder(words)  # ValueError if corrupt
     symbols = coder.decode(_ans_model(f), n)
     if not coder.is_empty():
         raise ValueError("ANS stream does not end where its symbols do (corrupt or truncated)")
