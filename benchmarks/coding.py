@@ -18,6 +18,7 @@ models (a table per group of output channels) are measured in the appendix, and 
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -142,8 +143,10 @@ def main() -> None:
                 "g = 1 (the per-layer model the format uses), then the change against it in percent.\n\n" +
                 markdown_table(group_rows, [("config", "weights"), ("g1", "g=1 bits")] +
                                [(f"g{g}", f"g={g} %") for g in GROUPS[1:]]))
+    load = os.getloadavg()[0]
+    notes = __doc__.split("\n\n", 2)[2].strip() + f" Load average during the run: {load:.1f} (a shared machine)."
     save_results(RESULTS, "Entropy-coded weights: fixed vs Huffman vs ANS (ResNet-20, CIFAR-10)", rows, COLUMNS,
-                 notes=__doc__.split("\n\n", 2)[2].strip(), extra={"groups": group_rows}, appendix=appendix)
+                 notes=notes, extra={"groups": group_rows, "load_average": load}, appendix=appendix)
 
 
 if __name__ == "__main__":

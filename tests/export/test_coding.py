@@ -13,6 +13,7 @@ from ravn import export
 from ravn.errors import RavnError
 from ravn.models import ModelRef
 from ravn.quantizers.vq import ClusteredWeight
+from ravn.report.inspect import describe
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,9 @@ def test_per_layer_coding(tmp_path, resnet):
     back = export.read(tmp_path / "mixed.ravn")
     assert back.codings == coding
     assert sizes["stream_bytes"] == sum(back.meta["layers"]["bytes"])
+    info = describe(back)  # what 'ravn inspect' shows, counted from the file as written
+    assert info["avg_bits"] == sizes["avg_bits"] and info["stream_bytes"] == sizes["stream_bytes"]
+    assert sum(layer["bytes"] for layer in info["layers"]) == sizes["stream_bytes"] + sizes["table_bytes"]
     for name, q in weights.items():
         assert torch.equal(back.weights[name].dequantize(), q.dequantize())
     with pytest.raises(ValueError, match="coding must be one of"):
