@@ -11,7 +11,7 @@ layer: the bound no per-layer model beats), ``ideal`` (``sum -log2 p`` with ``p`
 model excluded), ``model`` (the stored frequency tables), then each coder's payload (model
 included) and its gaps to the ideal: ``stream`` (model excluded) and ``total`` (model included),
 in percent of the ideal. Seconds are single-threaded encode / decode of all layers; ``load`` is
-``ravn.load`` of the ANS-coded file (read, decode, rebuild the module), best of 3. Per-channel-group
+``ravn.load`` of the ANS-coded file (read, decode, rebuild the module), best of 7. Per-channel-group
 models (a table per group of output channels) are measured in the appendix, and a synthetic
 25M-weight set (25 layers of 1M 4-bit-like codes) gives the large-model decode time.
 """
@@ -47,10 +47,6 @@ def _entropy_bits(counts: np.ndarray) -> float:
     return entropy.ideal_bits(counts, counts)
 
 
-def _model_bits(payload: np.ndarray, alphabet: int) -> int:
-    return 8 * (1 + -(-alphabet * int(payload[0]) // 8))
-
-
 def measure(weights: dict[str, QuantizedWeight]) -> dict:
     """Sizes (bits per weight) and gaps of both coders over these layers, plus their timings."""
     n = sum(q.numel for q in weights.values())
@@ -60,7 +56,7 @@ def measure(weights: dict[str, QuantizedWeight]) -> dict:
         counts = np.bincount(q.symbols(), minlength=q.tables.numel())
         f = entropy.frequency_model(counts)
         ideal += entropy.ideal_bits(counts, f)
-        model += _model_bits(entropy.encode(q.symbols(), q.tables.numel(), "ans"), q.tables.numel())
+        model += entropy.model_bits(f)
         empirical += _entropy_bits(counts)
     row.update(entropy=empirical / n, ideal=ideal / n, model=model / n)
     for coder in entropy.CODERS:
@@ -93,7 +89,7 @@ def load_seconds(model, weights, ref) -> float:
         path = Path(tmp) / "m.ravn"
         export.save(path, with_weights(model, weights), weights, ref, "benchmark", coding="ans")
         times = []
-        for _ in range(3):
+        for _ in range(7):
             start = time.perf_counter()
             export.load(path)
             times.append(time.perf_counter() - start)

@@ -72,8 +72,9 @@ def _check(coder: str, alphabet: int) -> None:
 
 
 # --- the frequency model --------------------------------------------------------------------------
-def _model_bits(f: np.ndarray) -> int:
-    return 8 + -(-len(f) * int(f.max()).bit_length() // 8) * 8
+def model_bits(f: np.ndarray) -> int:
+    """Bits the stored frequency model ``f`` takes (whole bytes: the width byte and the packed counts)."""
+    return 8 + -(-len(f) * int(f.max(initial=0)).bit_length() // 8) * 8
 
 
 def ideal_bits(counts: np.ndarray, f: np.ndarray) -> float:
@@ -94,14 +95,14 @@ def frequency_model(counts: np.ndarray) -> np.ndarray:
                   for p in range(1, MAX_WIDTH) if 2**p < n]
     if counts.max(initial=0) < 1 << MAX_WIDTH:
         candidates.append(counts)
-    return min(candidates, key=lambda f: _model_bits(f) + ideal_bits(counts, f)) if n else counts
+    return min(candidates, key=lambda f: model_bits(f) + ideal_bits(counts, f)) if n else counts
 
 
 def estimated_bits(counts: np.ndarray) -> float:
     """What :func:`encode` will take for symbols with these counts, in bits, without coding them:
     model bits plus the ideal stream (ANS lands within a few words of it)."""
     f = frequency_model(counts)
-    return (_model_bits(f) if len(f) else 8) + ideal_bits(np.asarray(counts), f)
+    return model_bits(f) + ideal_bits(np.asarray(counts), f)
 
 
 def _write_model(f: np.ndarray) -> np.ndarray:
