@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from ravn import export
-from ravn.methods import with_weights
 from ravn.models import ModelRef, load_model
 from ravn.quantizers import QuantizedWeight, entropy, quantizable_layers, quantize_uniform
+from ravn.quantizers.swap import with_weights
 from ravn.quantizers.vq import ClusteredWeight
 from ravn.report.results import markdown_table, save_results
 

@@ -33,10 +33,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import ravn.methods
 from ravn.data import load_dataset
 from ravn.errors import RavnError
 from ravn.evaluation import evaluate
-from ravn.methods import Context, RavnConfig, UniformConfig, VQConfig
+from ravn.methods import Context, RavnConfig, SearchConfig, UniformConfig
 from ravn.models import ModelRef, load_model
 from ravn.pipeline import run
 from ravn.quantizers import quantizable_layers
@@ -158,11 +159,11 @@ def main() -> None:
                     cfg = UniformConfig(granularity="channel", symmetric=symmetric,
                                         layer_bits=uniform_layer_bits(model, budget))
                     runs.append((f"uniform per-channel {'sym' if symmetric else 'asym'}", cfg, 0))
-                runs.append(("vq", VQConfig(budget_bits=budget), 0))
+                runs.append(("vq", ravn.methods.method("vq").config(budget_bits=budget), 0))
                 for seed in args.seeds:
                     for agent in ("ppo", "random"):
-                        cfg = RavnConfig(budget_bits=budget, agent=agent, evaluations=args.evaluations,
-                                         patience=args.evaluations)
+                        cfg = RavnConfig(budget_bits=budget, search=SearchConfig(
+                            agent=agent, evaluations=args.evaluations, patience=args.evaluations))
                         runs.append(("ravn" if agent == "ppo" else "random search", cfg, seed))
                 for method, cfg, seed in runs:
                     row_file = ROWS / row_name(name, budget, method, seed)
@@ -173,7 +174,7 @@ def main() -> None:
                     while True:
                         try:
                             s = run(model, ref, cfg, dataset, out, float_top1=float_top1, context=context,
-                                    progress=False)
+                                    progress=False, method=method if method == "vq" else None)
                             break
                         except RavnError:
                             if method != "vq" or cfg.clusters == 1:

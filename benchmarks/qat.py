@@ -23,11 +23,10 @@ from pathlib import Path
 from ravn import export
 from ravn.data import load_dataset
 from ravn.evaluation import evaluate
-from ravn.methods import AQConfig, Context, RavnConfig, RLAQConfig, UniformConfig, VQConfig
+from ravn.methods import Context, FineTuneConfig, RavnConfig, UniformConfig, method
 from ravn.models import ModelRef, load_model
 from ravn.pipeline import float_file_bytes, run
 from ravn.report.results import markdown_table, save_results
-from ravn.training.qat import FineTuneConfig
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "qat"
@@ -42,17 +41,17 @@ def runs(epochs: int) -> dict[str, dict]:
     ft = FineTuneConfig(epochs=epochs)
     return {
         "uniform-4bit-ptq": {"table": "1", "config": UniformConfig(bits=4)},
-        "uniform-4bit-qat": {"table": "1", "config": UniformConfig(bits=4, mode="qat", finetune=ft)},
-        "ravn-4.5bit-qat": {"table": "1", "config": RavnConfig(budget_bits=4.5, mode="qat", finetune=ft)},
-        "ravn-3bit-qat": {"table": "1", "config": RavnConfig(budget_bits=3.0, mode="qat", finetune=ft),
+        "uniform-4bit-qat": {"table": "1", "config": UniformConfig(bits=4, finetune=ft)},
+        "ravn-4.5bit-qat": {"table": "1", "config": RavnConfig(budget_bits=4.5, finetune=ft)},
+        "ravn-3bit-qat": {"table": "1", "config": RavnConfig(budget_bits=3.0, finetune=ft),
                           "artifact": "resnet20-ravn-qat-3bit.ravn"},
-        "ravn-2bit-qat": {"table": "1", "config": RavnConfig(budget_bits=2.0, mode="qat", finetune=ft),
+        "ravn-2bit-qat": {"table": "1", "config": RavnConfig(budget_bits=2.0, finetune=ft),
                           "artifact": "resnet20-ravn-qat-2bit.ravn"},
-        "ablation-vq": {"table": "6", "config": VQConfig(budget_bits=3.0, clusters=3)},
-        "ablation-aq": {"table": "6", "config": AQConfig(budget_bits=3.0, finetune=ft)},
-        "ablation-rl+aq": {"table": "6", "config": RLAQConfig(budget_bits=3.0, finetune=ft)},
-        "ablation-ravn": {"table": "6", "config": RavnConfig(budget_bits=3.0, clusters=3, grid="kmeans",
-                                                             mode="qat", finetune=ft)},
+        "ablation-vq": {"table": "6", "method": "vq", "config": method("vq").config(budget_bits=3.0)},
+        "ablation-aq": {"table": "6", "method": "aq", "config": method("aq").config(budget_bits=3.0, finetune=ft)},
+        "ablation-rl+aq": {"table": "6", "method": "rl+aq",
+                           "config": method("rl+aq").config(budget_bits=3.0, finetune=ft)},
+        "ablation-ravn": {"table": "6", "config": RavnConfig(budget_bits=3.0, clusters=3, grid="kmeans", finetune=ft)},
     }
 
 
@@ -141,7 +140,8 @@ def main() -> None:
         resumed = out.parent.exists() and any(out.parent.iterdir())
         earlier = [r["hours"] for r in rows if r.get("key") == key] if resumed else []
         start = time.perf_counter()
-        s = run(model, ref, spec["config"], dataset, out, float_top1=float_top1, context=context, progress=True)
+        s = run(model, ref, spec["config"], dataset, out, float_top1=float_top1, context=context, progress=True,
+                method=spec.get("method"))
         hours = (time.perf_counter() - start) / 3600 + sum(earlier)
         reread = export.read(out)  # the figures below come from the file on disk
         test_top1 = evaluate(reread.build(), dataset.test, ref.normalize)["top1"]

@@ -21,12 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from ravn.data import iterate_batches, load_dataset, random_crop_flip
+from ravn.hooks import Capture
 from ravn.models import ModelRef, load_model
 from ravn.quantizers import quantizable_layers
-from ravn.quantizers.modules import attach
+from ravn.quantizers.swap import attach
 from ravn.quantizers.vq import ClusteredWeight
 from ravn.report.results import save_results
-from ravn.training.qat import _Features, fidelity_term
+from ravn.training.losses import fidelity_term
 
 RESULTS = Path(__file__).parent / "results" / "step_time"
 
@@ -48,7 +49,7 @@ def main() -> None:
                for n, m in quantizable_layers(q_student).items()}
     attach(q_student, weights)
     opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in (("float", float_student), ("qat", q_student))}
-    t_feats, s_feats = _Features(teacher, names), _Features(q_student, names)
+    t_feats, s_feats = Capture(teacher, names), Capture(q_student, names)
     generator = torch.Generator().manual_seed(0)
     batches = iterate_batches(dataset.train, 64, shuffle=True, generator=generator)
     times: dict[str, list[float]] = {"float training step": [], "QAT step, no teacher": [],

@@ -18,10 +18,12 @@ from pathlib import Path
 from ravn.data import load_dataset
 from ravn.errors import RavnError
 from ravn.evaluation import evaluate
-from ravn.methods import Context, VQConfig, with_weights
-from ravn.methods.ravn import export_weights, prepare
+from ravn.methods import method
 from ravn.models import ModelRef, load_model
+from ravn.quantizers.rounding import get_rounding
+from ravn.quantizers.swap import with_weights
 from ravn.report.results import save_results
+from ravn.search.problem import prepare
 
 RESULTS = Path(__file__).parent / "results" / "vq_design"
 COLUMNS = [("model", "model"), ("budget", "budget bits"), ("clusters", "M"), ("grid", "grid"),
@@ -40,7 +42,6 @@ def main() -> None:
     dataset = load_dataset(args.data)
     ref = ModelRef.parse(args.model)
     model = load_model(ref)
-    context = Context(dataset=dataset, normalize=ref.normalize, progress=False)
     base = evaluate(model, dataset.val, ref.normalize)
     rows = [{"model": args.model, "budget": 32.0, "clusters": "-", "grid": "float", "avg_bits": 32.0,
              "rtn_top1": base["top1"], "rtn_loss": base["loss"], "rec_top1": base["top1"], "rec_loss": base["loss"]}]
@@ -49,15 +50,17 @@ def main() -> None:
             for clusters in args.clusters:
                 start = time.perf_counter()
                 try:
-                    prep = prepare(model, VQConfig(budget_bits=budget, clusters=clusters, grid=grid), context)
+                    config = method("vq").config(budget_bits=budget, clusters=clusters, grid=grid)
+                    prep = prepare(model, config, dataset, ref.normalize)
                 except RavnError as exc:
                     rows.append({"model": args.model, "budget": budget, "clusters": clusters, "grid": grid,
                                  "avg_bits": None, "rtn_top1": None, "rec_top1": None,
                                  "note": str(exc.problem)})
                     continue
                 row = {"model": args.model, "budget": budget, "clusters": clusters, "grid": grid}
-                for tag, rec in (("rtn", False), ("rec", True)):
-                    weights = export_weights(model, prep, prep.init, rec)
+                for tag, rounding in (("rtn", "nearest"), ("rec", "gptq")):
+                    prep.rounding = get_rounding(rounding)
+                    weights = prep.realize(prep.init)
                     m = evaluate(with_weights(model, weights), dataset.val, ref.normalize)
                     row[f"{tag}_top1"], row[f"{tag}_loss"] = m["top1"], m["loss"]
                 row["avg_bits"] = sum(q.id_bits() + q.code_bits() for q in weights.values()) / sum(

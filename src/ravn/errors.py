@@ -8,9 +8,12 @@ from __future__ import annotations
 
 
 class RavnError(Exception):
-    """A problem with the user's input, stated with what to do about it."""
+    """A problem with the user's input, stated with what to do about it; ``str()`` is one line.
+
+    Line breaks in ``problem`` or ``fix`` (say, from a quoted exception) become spaces.
+    """
 
     def __init__(self, problem: str, fix: str | None = None):
-        self.problem = problem
-        self.fix = fix
-        super().__init__(f"{problem} ({fix})" if fix else problem)
+        self.problem = " ".join(str(problem).splitlines())
+        self.fix = None if fix is None else " ".join(str(fix).splitlines())
+        super().__init__(f"{self.problem} ({self.fix})" if self.fix else self.problem)

@@ -1,4 +1,4 @@
-"""Top-1 / top-5 accuracy: a pure function of (model, data split, preprocessing)."""
+"""Accuracy: the one place ravn counts top-1 / top-5 (pure functions of model and data)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ravn.data import ImageSplit, Normalize, iterate_batches
+
+
+@torch.no_grad()
+def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
+    """Top-1 accuracy in percent of ``model`` on already normalised ``images``."""
+    correct = 0
+    for i in range(0, len(labels), batch_size):
+        correct += (model(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum().item()
+    return 100.0 * correct / len(labels)
 
 
 @torch.no_grad()
@@ -28,8 +37,7 @@ def evaluate(model: nn.Module, split: ImageSplit, normalize: Normalize, batch_si
     for images, labels in batches:
         logits = model(normalize(images))
         loss += F.cross_entropy(logits, labels, reduction="sum").item()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hits = top == labels.view(-1, 1)
+        hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels.view(-1, 1)
         correct1 += hits[:, 0].sum().item()
         correct5 += hits.any(dim=1).sum().item()
     n = len(split)

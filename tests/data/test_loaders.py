@@ -265,8 +265,15 @@ def test_image_folder_errors(tmp_path):
     with pytest.raises(RavnError, match="no class folders"):
         load_dataset(tmp_path / "b")
     (tmp_path / "b" / "train" / "cat").mkdir()
-    with pytest.raises(RavnError, match="no images under"):
+    with pytest.raises(RavnError, match=r"class folder .*train/cat holds no images .*add its images or remove"):
         _ = load_dataset(tmp_path / "b").full_train
+    (tmp_path / "b" / "train" / "cat" / "0.png").mkdir()  # a folder named like an image is no image
+    with pytest.raises(RavnError, match=r"train/cat holds no images"):
+        _ = load_dataset(tmp_path / "b").full_train
+    (tmp_path / "b" / "train" / "cat" / "0.png").rmdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "b" / "train" / "cat" / "0.png")
+    with pytest.raises(RavnError, match=r"no images under .*test"):  # test/ lacks every class folder
+        _ = load_dataset(tmp_path / "b").test
 
 
 def test_unreadable_image_is_a_ravn_error(tmp_path):

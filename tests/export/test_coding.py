@@ -12,6 +12,7 @@ import ravn
 from ravn import export
 from ravn.errors import RavnError
 from ravn.models import ModelRef
+from ravn.quantizers.swap import with_weights
 from ravn.quantizers.vq import ClusteredWeight
 from ravn.report.inspect import describe
 
@@ -36,7 +37,7 @@ def _weights(model, kind):
 def test_entropy_coded_file_rebuilds_the_fixed_file_bit_for_bit(tmp_path, resnet, kind, coding):
     ref, model = resnet
     weights = _weights(model, kind)
-    holder = ravn.methods.with_weights(model, weights)
+    holder = with_weights(model, weights)
     fixed = export.save(tmp_path / "fixed.ravn", holder, weights, ref, "test")
     coded = export.save(tmp_path / "coded.ravn", holder, weights, ref, "test", coding=coding)
     a, b = export.read(tmp_path / "fixed.ravn"), export.read(tmp_path / "coded.ravn")
@@ -64,7 +65,7 @@ def test_per_layer_coding(tmp_path, resnet):
     weights = _weights(model, "uniform")
     names = list(weights)
     coding = {name: ("fixed", "ans", "huffman")[i % 3] for i, name in enumerate(names)}
-    sizes = export.save(tmp_path / "mixed.ravn", ravn.methods.with_weights(model, weights), weights, ref,
+    sizes = export.save(tmp_path / "mixed.ravn", with_weights(model, weights), weights, ref,
                         coding=coding)
     back = export.read(tmp_path / "mixed.ravn")
     assert back.codings == coding
@@ -95,7 +96,7 @@ def test_corrupt_coded_layers_are_one_line_errors(tmp_path, resnet, coding):
     ref, model = resnet
     weights = _weights(model, "clustered")
     path = tmp_path / "m.ravn"
-    export.save(path, ravn.methods.with_weights(model, weights), weights, ref, coding=coding)
+    export.save(path, with_weights(model, weights), weights, ref, coding=coding)
     raw = bytearray(path.read_bytes())
     (length,) = struct.unpack("<Q", raw[:8])
     codes_at = 8 + length  # "codes" is the first tensor: sorted names
@@ -117,3 +118,67 @@ def test_corrupt_coded_layers_are_one_line_errors(tmp_path, resnet, coding):
         _rewrite_meta(bad, edit)
         with pytest.raises(RavnError, match="corrupt"):
             export.read(bad)
+
+
+@pytest.mark.parametrize("coding", ["fixed", "ans", "huffman", "mixed"])
+def test_file_bytes_is_exact_when_entropy_coded(tmp_path, resnet, coding):
+    ref, model = resnet
+    weights = _weights(model, "clustered")
+    if coding == "mixed":
+        coding = {name: ("fixed", "ans", "huffman")[i % 3] for i, name in enumerate(weights)}
+    holder = with_weights(model, weights)
+    expected = export.file_bytes(holder, weights, ref, "test", coding=coding)
+    sizes = export.save(tmp_path / "m.ravn", holder, weights, ref, "test", coding=coding)
+    assert expected == sizes["file_bytes"] == (tmp_path / "m.ravn").stat().st_size
+
+
+def test_nearly_constant_layer_is_stored_fixed(tmp_path, resnet):
+    """A layer that would take under 1/8 bit per weight is stored fixed: the reader bounds coded layers so."""
+    ref, model = resnet
+    weights = _weights(model, "uniform")
+    name = next(iter(weights))
+    q = weights[name]
+    weights[name] = q.with_codes(torch.zeros_like(q.codes))
+    holder = with_weights(model, weights)
+    sizes = export.save(tmp_path / "m.ravn", holder, weights, ref, coding="ans")
+    back = export.read(tmp_path / "m.ravn")
+    assert back.codings[name] == "fixed" and set(back.codings.values()) == {"fixed", "ans"}
+    assert sizes["file_bytes"] == export.file_bytes(holder, weights, ref, coding="ans")
+    assert torch.equal(back.weights[name].dequantize(), weights[name].dequantize())
+
+
+@pytest.mark.parametrize("edit", ["coding number", "coding missing", "bytes float", "bytes bool", "bytes huge",
+                                  "bytes moved", "fixed bytes wrong", "columns on ravn/1", "too many weights"])
+def test_ravn2_columns_are_checked_before_decoding(tmp_path, resnet, edit):
+    ref, model = resnet
+    weights = _weights(model, "uniform")
+    coding = {name: ("ans", "fixed")[i % 2] for i, name in enumerate(weights)}
+    path = tmp_path / "m.ravn"
+    export.save(path, with_weights(model, weights), weights, ref, coding=coding)
+    edits = {
+        "coding number": lambda ls: ls["coding"].__setitem__(0, 1),
+        "coding missing": lambda ls: ls.pop("coding"),
+        "bytes float": lambda ls: ls["bytes"].__setitem__(0, float(ls["bytes"][0])),
+        "bytes bool": lambda ls: ls["bytes"].__setitem__(0, True),
+        "bytes huge": lambda ls: ls["bytes"].__setitem__(0, 10**15),
+        "bytes moved": lambda ls: (ls["bytes"].__setitem__(0, ls["bytes"][0] + 1),
+                                   ls["bytes"].__setitem__(2, ls["bytes"][2] - 1)),
+        "fixed bytes wrong": lambda ls: (ls["bytes"].__setitem__(1, ls["bytes"][1] + 1),
+                                         ls["bytes"].__setitem__(0, ls["bytes"][0] - 1)),
+        "columns on ravn/1": None,
+        "too many weights": lambda ls: ls["shape"].__setitem__(0, [ls["shape"][0][0] * 10**6, *ls["shape"][0][1:]]),
+    }
+    if edit == "columns on ravn/1":
+        raw = path.read_bytes()
+        (length,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8 : 8 + length])
+        header["__metadata__"]["format"] = json.dumps(export.FORMAT)
+        text = json.dumps(header).encode()
+        text += b" " * (-len(text) % 8)
+        path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + length :])
+    else:
+        _rewrite_meta(path, edits[edit])
+    with pytest.raises(RavnError, match="corrupt") as info:
+        export.read(path)
+    assert "\n" not in str(info.value)
+    assert edit != "too many weights" or "weights per byte" in str(info.value)

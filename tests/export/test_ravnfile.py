@@ -76,7 +76,7 @@ def test_multi_cluster_round_trip_and_accounting(tmp_path, oddnet):
     ref, model = oddnet
     base = ravn.quantize(model, ravn.UniformConfig(bits=4))
     weights = {name: _clustered(q, [3, 1, 2]) for name, q in base.weights.items()}
-    holder = ravn.methods.with_weights(model, weights)
+    holder = ravn.quantizers.swap.with_weights(model, weights)
     path = tmp_path / "vq.ravn"
     sizes = export.save(path, holder, weights, ref, "test")
     back = export.read(path)
@@ -150,3 +150,27 @@ def test_header_is_small(tmp_path, oddnet):
     sizes = export.save(tmp_path / "m.ravn", result.model, result.weights, ref)
     per_layer = (sizes["header_bytes"] - 600) / len(result.weights)
     assert per_layer < 120
+
+
+@pytest.mark.parametrize(("bits", "granularity", "clusters", "metrics"), [
+    (1, "layer", None, None),
+    (4, "channel", None, {"top1": 91.25, "note": "ünïcode ✓", "nan": float("nan")}),
+    (8, "channel", None, {"x": list(range(300))}),
+    (4, "channel", [3, 1, 2], {"top1": 12.5}),
+    (5, "layer", [1, 8], None),
+])
+def test_file_bytes_is_exact(tmp_path, oddnet, bits, granularity, clusters, metrics):
+    ref, model = oddnet
+    result = ravn.quantize(model, ravn.UniformConfig(bits=bits, granularity=granularity))
+    weights = result.weights if clusters is None else {n: _clustered(q, clusters) for n, q in result.weights.items()}
+    args = (result.model, weights, ref, "uniform", {"bits": bits}, metrics)
+    expected = export.file_bytes(*args)
+    sizes = export.save(tmp_path / "m.ravn", *args)
+    assert expected == sizes["file_bytes"] == (tmp_path / "m.ravn").stat().st_size
+
+
+def test_file_bytes_without_quantized_layers(tmp_path, oddnet):
+    ref, model = oddnet
+    expected = export.file_bytes(model, {}, ref)
+    assert export.save(tmp_path / "m.ravn", model, {}, ref)["file_bytes"] == expected
+    assert torch.equal(export.load(tmp_path / "m.ravn").head.weight, model.head.weight)

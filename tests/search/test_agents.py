@@ -53,7 +53,8 @@ def test_resume_replays_the_log_and_continues(tmp_path):
 
 def _deep_env(layers: int = 64):
     """The toy's cost and damage, repeated over many layers: only the action distribution matters here."""
-    from ravn.search.budget import Budget, LayerCost
+    from ravn.quantizers.size import LayerCost
+    from ravn.search.budget import Budget
     from ravn.search.env import BitAllocationEnv, LayerInfo
 
     names = [f"l{i}" for i in range(layers)]

@@ -5,7 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ravn.errors import RavnError
-from ravn.search.budget import Budget, LayerCost, avg_bits, check_feasible, fit
+from ravn.quantizers.size import LayerCost
+from ravn.search.budget import Budget, avg_bits, check_feasible, fit
 
 layer_counts = st.lists(st.integers(1, 5000), min_size=1, max_size=4)
 

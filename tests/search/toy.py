@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 
-from ravn.search.budget import Budget, LayerCost
+from ravn.quantizers.size import LayerCost
+from ravn.search.budget import Budget
 from ravn.search.env import BitAllocationEnv, LayerInfo
 
 NAMES = ["a", "b", "c", "d"]

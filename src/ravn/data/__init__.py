@@ -100,6 +100,19 @@ class Dataset:
         return part
 
 
+def _within(read: Callable[[], ImageSplit], classes: list[str], source: Path) -> Callable[[], ImageSplit]:
+    """``read``, checking that the split's labels index ``classes`` (readers check they are integers >= 0)."""
+
+    def checked() -> ImageSplit:
+        split = read()
+        if len(split.labels) and int(split.labels.max()) >= len(classes):
+            raise RavnError(f"{source}: label {int(split.labels.max())} is out of range for {len(classes)} classes",
+                            "fix the labels, or list every class in classes.txt")
+        return split
+
+    return checked
+
+
 def resolve_data_dir(data: Path | str | None, default_name: str = "cifar10") -> Path:
     """``--data DIR`` if given, else ``$RAVN_DATA/<default_name>``; a one-line error names where it looked."""
     if data is not None:
@@ -128,22 +141,26 @@ def load_dataset(data: Path | str | None = None, image_size: int = 32, val_size:
             classes = classes_file.read_text().split()
         else:
             classes = [str(i) for i in range(int(read_npz_split(root / "test.npz").labels.max()) + 1)]
-        return Dataset(root.name, root, classes, lambda: read_npz_split(root / "train.npz"),
-                       lambda: read_npz_split(root / "test.npz"), val_size)
+        return Dataset(root.name, root, classes,
+                       _within(lambda: read_npz_split(root / "train.npz"), classes, root / "train.npz"),
+                       _within(lambda: read_npz_split(root / "test.npz"), classes, root / "test.npz"), val_size)
     for base in (root, root / "cifar-10-batches-py"):
         if (base / "data_batch_1").exists():
             classes = (pickle_classes(base / "batches.meta", "label_names")
                        if (base / "batches.meta").exists() else list(CIFAR10_CLASSES))
             return Dataset("cifar10", root, classes,
-                           lambda b=base: read_pickle_split([b / f"data_batch_{i}" for i in range(1, 6)], "labels"),
-                           lambda b=base: read_pickle_split([b / "test_batch"], "labels"), val_size)
+                           _within(lambda b=base: read_pickle_split([b / f"data_batch_{i}" for i in range(1, 6)],
+                                                                    "labels"), classes, base),
+                           _within(lambda b=base: read_pickle_split([b / "test_batch"], "labels"), classes,
+                                   base / "test_batch"), val_size)
     for base in (root, root / "cifar-100-python"):
         if (base / "train").is_file() and (base / "test").is_file():
             classes = (pickle_classes(base / "meta", "fine_label_names")
                        if (base / "meta").exists() else [str(i) for i in range(100)])
+            train, test = ([base / "train"], "fine_labels"), ([base / "test"], "fine_labels")
             return Dataset("cifar100", root, classes,
-                           lambda b=base: read_pickle_split([b / "train"], "fine_labels"),
-                           lambda b=base: read_pickle_split([b / "test"], "fine_labels"), val_size)
+                           _within(lambda a=train: read_pickle_split(*a), classes, base / "train"),
+                           _within(lambda a=test: read_pickle_split(*a), classes, base / "test"), val_size)
     if (root / "train").is_dir():
         test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
         if test_dir is None:

@@ -1,7 +1,19 @@
 """ImageNet-style class-per-folder trees: ``<root>/<split>/<class>/<image>``.
 
-Images are decoded with Pillow when a batch asks for them, resized so the shorter side is
-``resize`` and centre-cropped to ``size`` x ``size``.
+Images are decoded with Pillow when a batch asks for them, converted to 8-bit RGB, resized so the
+shorter side is ``resize`` and centre-cropped to ``size`` x ``size``.
+
+Conversions to RGB (Pillow's, except for wide integer and float modes):
+
+- grayscale (``L``, ``1``, ``LA``): the gray level in all three channels;
+- ``RGBA``, ``LA``, ``PA``: the alpha channel is dropped (the colour under it is kept, not blended);
+- palette (``P``): the palette's colours; ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``: Pillow's conversion;
+- 16-bit and 32-bit integer (``I;16*``, ``I``) and float (``F``) grayscale: scaled to 0..255 by the
+  type's full range (65535 for ``I;16``; the image's own maximum for ``I`` and ``F``, NaN as 0).
+
+A file Pillow cannot decode (corrupt, truncated, not an image, a decompression bomb) is a one-line
+:class:`RavnError` naming it when a batch reads it; an existing class folder without images is one
+when the split is listed.
 """
 
 from __future__ import annotations
@@ -34,7 +46,7 @@ class FolderSplit:
 
         try:
             with Image.open(path) as img:
-                img = img.convert("RGB")
+                img = _to_rgb(img)
                 w, h = img.size
                 scale = self.resize / min(w, h)
                 img = img.resize((max(self.size, round(w * scale)), max(self.size, round(h * scale))),
@@ -43,8 +55,10 @@ class FolderSplit:
                 left, top = (w - self.size) // 2, (h - self.size) // 2
                 img = img.crop((left, top, left + self.size, top + self.size))
                 return np.asarray(img, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise RavnError(f"cannot read image {path} ({exc})", "remove or replace the file") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            # SyntaxError: some Pillow decoders' word for a damaged file; ValueError: an unsupported mode
+            raise RavnError(f"cannot read image {path} ({exc.__class__.__name__}: {exc})",
+                            "remove or replace the file") from None
 
     def images(self, index: torch.Tensor) -> torch.Tensor:
         batch = np.stack([self._read(self.paths[i]) for i in index.tolist()])
@@ -52,6 +66,20 @@ class FolderSplit:
 
     def subset(self, index: torch.Tensor) -> FolderSplit:
         return FolderSplit([self.paths[i] for i in index.tolist()], self.labels[index], self.size, self.resize)
+
+
+def _to_rgb(img):
+    """``img`` as 8-bit RGB (see the module docstring for each mode)."""
+    from PIL import Image
+
+    if img.mode.startswith("I;16"):
+        gray = np.asarray(img, dtype=np.float64) / 65535
+    elif img.mode in ("I", "F"):
+        values = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0).clip(min=0)
+        gray = values / max(values.max(), 1e-12)
+    else:
+        return img.convert("RGB")
+    return Image.fromarray(np.round(gray * 255).astype(np.uint8), mode="L").convert("RGB")
 
 
 def list_classes(split_dir: Path) -> list[str]:
@@ -65,10 +93,12 @@ def read_folder_split(split_dir: Path, classes: list[str], size: int) -> FolderS
         class_dir = split_dir / name
         if not class_dir.is_dir():
             continue
-        for path in sorted(class_dir.rglob("*")):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                paths.append(path)
-                labels.append(label)
+        images = [p for p in sorted(class_dir.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+        if not images:
+            raise RavnError(f"class folder {class_dir} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})",
+                            "add its images or remove the folder")
+        paths += images
+        labels += [label] * len(images)
     if not paths:
         raise RavnError(f"no images under {split_dir}", f"expected {split_dir}/<class>/<image>.jpg")
     resize = size if size < 64 else round(size / 0.875)

@@ -1,19 +1,22 @@
-"""Methods: one config dataclass and one handler each, all producing the shared table format."""
+"""Methods: one config dataclass and one short recipe each, registered; all produce the shared table format."""
 
 from ravn.methods.base import (
-    Allocation,
+    METHODS,
     Context,
+    MethodSpec,
     QuantizationResult,
-    config_type,
+    method,
     method_names,
     quantize,
-    register,
-    with_weights,
+    register_method,
 )
-from ravn.methods.ravn import AQConfig, RavnConfig, RLAQConfig, VQConfig
+from ravn.methods.ravn import RavnConfig
 from ravn.methods.uniform import UniformConfig
+from ravn.quantizers.size import Allocation
+from ravn.search.agents import SearchConfig
+from ravn.training.finetune import FineTuneConfig
 
 __all__ = [
-    "AQConfig", "Allocation", "Context", "QuantizationResult", "RLAQConfig", "RavnConfig", "UniformConfig",
-    "VQConfig", "config_type", "method_names", "quantize", "register", "with_weights",
+    "METHODS", "Allocation", "Context", "FineTuneConfig", "MethodSpec", "QuantizationResult", "RavnConfig",
+    "SearchConfig", "UniformConfig", "method", "method_names", "quantize", "register_method",
 ]

@@ -1,15 +1,23 @@
-"""The method registry: a config dataclass type -> the function that runs it (torchao style).
+"""The method registry: a config dataclass type -> the recipe that runs it (torchao style).
 
-Every method turns (float model, config, context) into a :class:`QuantizationResult`: the
-quantized weights in the shared table format, the model holding them, and the bit allocation as
-plain data (layer name -> bits per cluster), which every report consumes.
+Contract of a method (register with :func:`register_method`):
+
+- a config, a :class:`ravn.config.Config` dataclass whose fields are documented by ``#:`` comments
+  (they become ``ravn quantize`` flags; nested configs' fields too, e.g. ``finetune``'s);
+- a recipe ``fn(model, config, context) -> QuantizationResult``, short, over the registered stages
+  (``search``, ``quantizers``, ``training``): it leaves ``model`` unchanged, reads data only through
+  ``context`` (never the test split), keeps resumable state in ``context.run_dir``, and returns the
+  weights in the shared table format (so export, budgets and reports are shared);
+- a one-line description (``ravn methods``) and, for variants that are the same recipe with other
+  defaults (Table 6's ``vq``, ``aq``, ``rl+aq``), a preset of field values.
+
+The allocation a result carries is plain data (layer name -> bits per cluster) that every report reads.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +25,12 @@ from typing import Any
 
 from torch import nn
 
+from ravn.config import Config
 from ravn.data import Dataset, Normalize
 from ravn.errors import RavnError
 from ravn.quantizers.qweight import QuantizedWeight
-
-Allocation = dict[str, list[int]]  # layer name -> bit-width of each of its clusters
+from ravn.quantizers.size import Allocation
+from ravn.runs import run_folder
 
 
 @dataclass
@@ -34,66 +43,87 @@ class Context:
     seed: int = 0
     progress: bool = True
 
+    def require_data(self, what: str) -> Dataset:
+        if self.dataset is None:
+            raise RavnError(f"{what} needs data", "pass a dataset in the Context (--data on the command line)")
+        return self.dataset
+
 
 @dataclass
 class QuantizationResult:
     model: nn.Module  # an ordinary module holding the dequantized weights
     weights: dict[str, QuantizedWeight]
-    method: str
-    config: dict
     log: dict = field(default_factory=dict)  # what the method did: search episodes, training curve, ...
+    method: str = ""
+    config: dict = field(default_factory=dict)
 
     @property
     def allocation(self) -> Allocation:
-        return {name: list(q.bits) for name, q in self.weights.items()}
+        return {name: tuple(q.bits) for name, q in self.weights.items()}
 
 
-Handler = Callable[[nn.Module, Any, Context], QuantizationResult]
-_HANDLERS: dict[type, tuple[str, Handler]] = {}
+Recipe = Callable[[nn.Module, Any, Context], QuantizationResult]
 
 
-def register(name: str, config_type: type) -> Callable[[Handler], Handler]:
-    def wrap(fn: Handler) -> Handler:
-        _HANDLERS[config_type] = (name, fn)
-        return fn
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    config_type: type[Config]
+    recipe: Recipe
+    description: str
+    preset: dict = field(default_factory=dict)
+
+    def config(self, **fields: Any) -> Config:
+        """The method's config: its preset, then ``fields``; a bad value is a one-line error."""
+        try:
+            return self.config_type(**copy.deepcopy({**self.preset, **fields}))
+        except (TypeError, ValueError) as exc:
+            raise RavnError(f"--method {self.name}: {exc}", "see 'ravn quantize --help'") from None
+
+    def fields(self) -> list[dataclasses.Field]:
+        return list(dataclasses.fields(self.config_type))
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(name: str, config_type: type[Config], description: str, **preset: Any):
+    """Register ``recipe`` under ``name`` (see the module docstring); returns the recipe unchanged."""
+    def wrap(recipe: Recipe) -> Recipe:
+        METHODS[name] = MethodSpec(name, config_type, recipe, description, preset)
+        return recipe
 
     return wrap
 
 
+def register_preset(name: str, of: str, description: str, **preset: Any) -> None:
+    """Register method ``of``'s recipe under ``name`` with other defaults (a preset of its fields)."""
+    base = METHODS[of]
+    METHODS[name] = MethodSpec(name, base.config_type, base.recipe, description, {**base.preset, **preset})
+
+
+def method(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise RavnError(f"unknown method '{name}'", f"use one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
 def method_names() -> list[str]:
-    return [name for name, _ in _HANDLERS.values()]
+    return list(METHODS)
 
 
-def config_type(name: str) -> type:
-    for ctype, (cname, _) in _HANDLERS.items():
-        if cname == name:
-            return ctype
-    raise RavnError(f"unknown method '{name}'", f"use one of {', '.join(method_names())}")
+def quantize(model: nn.Module, config: Config, context: Context | None = None,
+             method_name: str | None = None) -> QuantizationResult:
+    """Quantize ``model`` with the recipe of ``config``'s type; ``model`` itself is left as it is.
 
-
-def quantize(model: nn.Module, config: Any, context: Context | None = None) -> QuantizationResult:
-    """Quantize ``model`` with the method that ``config``'s type names; ``model`` itself is left as it is."""
-    entry = _HANDLERS.get(type(config))
-    if entry is None:
-        raise RavnError(f"no method takes a {type(config).__name__}", f"use one of {', '.join(method_names())}")
-    return entry[1](model, config, context or Context())
-
-
-def with_weights(model: nn.Module, weights: dict[str, QuantizedWeight]) -> nn.Module:
-    """A copy of ``model`` whose quantized layers hold the dequantized weights (eval mode)."""
-    out = copy.deepcopy(model)
-    modules = dict(out.named_modules())
-    for name, q in weights.items():
-        modules[name].weight.data = q.dequantize().to(modules[name].weight.dtype)
-    return out.eval()
-
-
-def config_dict(config: Any) -> dict:
-    """A config as plain JSON-able data (nested configs become dicts, tuples lists).
-
-    Fine-tuning settings are left out of post-training configs, where they did not apply.
+    ``method_name`` labels the result (a preset's name); by default the first method of that type.
     """
-    data = json.loads(json.dumps(dataclasses.asdict(config)))
-    if data.get("mode") == "ptq":
-        data.pop("finetune", None)
-    return data
+    specs = [s for s in METHODS.values() if type(config) is s.config_type]
+    if not specs:
+        raise RavnError(f"no method takes a {type(config).__name__}", f"use one of {', '.join(METHODS)}")
+    spec = METHODS[method_name] if method_name in METHODS else specs[0]
+    context = context or Context()
+    with run_folder(context.run_dir, {"config": config.to_dict(), "seed": context.seed}):
+        result = spec.recipe(model, config, context)
+    result.method, result.config = spec.name, config.to_dict()
+    return result

@@ -77,32 +77,50 @@ def encode_with_lengths(symbols: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return pack_bits(reverse_bits(codes[symbols], widths), widths)
 
 
+#: Longest code :func:`decode` reads (a window of code bits is an int64). Reaching it takes more
+#: symbols than any real stream holds (Fibonacci-like counts summing to about 10**13).
+MAX_CODE_LENGTH = 62
+
+
 def decode(stream: np.ndarray, counts: list[int], n: int) -> np.ndarray:
-    """Inverse of :func:`encode` for ``n`` symbols."""
+    """Inverse of :func:`encode` for ``n`` symbols.
+
+    Raises ``ValueError`` unless ``stream`` holds exactly ``counts[s]`` occurrences of each symbol
+    ``s`` (a damaged stream). Memory is a few int64 per stream bit, whatever the code lengths.
+    """
+    counts = [int(c) for c in counts]
+    if min(counts, default=0) < 0 or sum(counts) != n:
+        raise ValueError(f"counts {counts} are not {n} symbols")
     lengths = code_lengths(counts)
     used = [s for s, c in enumerate(counts) if c > 0]
     if len(used) <= 1:
         return np.full(n, used[0] if used else 0, dtype=np.int64)
     max_len = max(lengths)
-    # Look-up table: the next max_len stream bits (first bit as most significant) -> symbol.
-    table_symbol = np.zeros(1 << max_len, dtype=np.int64)
-    table_length = np.zeros(1 << max_len, dtype=np.int64)
-    for s, code in enumerate(canonical_codes(lengths)):
-        if lengths[s]:
-            lo = code << (max_len - lengths[s])
-            table_symbol[lo : lo + (1 << (max_len - lengths[s]))] = s
-            table_length[lo : lo + (1 << (max_len - lengths[s]))] = lengths[s]
+    if max_len > MAX_CODE_LENGTH:
+        raise ValueError(f"a code of {max_len} bits is longer than {MAX_CODE_LENGTH}")
+    # Canonical code words, left-aligned to max_len bits, increase with (length, symbol): the symbol
+    # a window of the next max_len stream bits starts with is the last word not above the window.
+    codes = canonical_codes(lengths)
+    order = sorted(used, key=lambda s: (lengths[s], s))
+    starts = np.asarray([codes[s] << (max_len - lengths[s]) for s in order], dtype=np.int64)
     total = sum(counts[s] * lengths[s] for s in used)
     bits = unpack_bits(stream, 1, total)
     bits = np.concatenate([bits, np.zeros(max_len, dtype=np.int64)])
     window = np.zeros(total, dtype=np.int64)
     for k in range(max_len):
         window = (window << 1) | bits[k : k + total]
-    symbol_at = table_symbol[window].tolist()
-    step_at = table_length[window].tolist()
+    word = np.searchsorted(starts, window, side="right") - 1
+    symbol_at = np.asarray(order, dtype=np.int64)[word].tolist()
+    step_at = np.asarray([lengths[s] for s in order], dtype=np.int64)[word].tolist()
     out = [0] * n
     pos = 0
-    for i in range(n):  # a chain of table look-ups; each step is a list index
-        out[i] = symbol_at[pos]
-        pos += step_at[pos]
-    return np.asarray(out, dtype=np.int64)
+    try:
+        for i in range(n):  # a chain of look-ups; each step is a list index
+            out[i] = symbol_at[pos]
+            pos += step_at[pos]
+    except IndexError:
+        raise ValueError(f"the id stream ends after {i} of {n} symbols") from None
+    symbols = np.asarray(out, dtype=np.int64)
+    if np.bincount(symbols, minlength=len(counts)).tolist() != counts:
+        raise ValueError("the id stream does not hold the symbols its counts say")
+    return symbols

@@ -29,9 +29,9 @@ import torch
 
 from ravn.quantizers import entropy, huffman
 from ravn.quantizers.packing import pack_bits, unpack_bits
+from ravn.quantizers.size import LayerCost
 
 MIN_BITS, MAX_BITS = 1, 8
-FLOAT_BYTES = 4
 #: How ids and codes are stored: Huffman ids and fixed-width codes, or one entropy-coded stream.
 CODINGS = ("fixed", *entropy.CODERS)
 
@@ -100,6 +100,10 @@ class QuantizedWeight:
             return [self.numel]
         return torch.bincount(self.ids, minlength=self.clusters).tolist()
 
+    def with_codes(self, codes: torch.Tensor) -> QuantizedWeight:
+        """The same layer (bits, clusters, tables, scales) with other codes: what rounding changes."""
+        return QuantizedWeight(self.shape, self.bits, self.ids, codes, self.tables, self.scale, self.offset)
+
     def dequantize(self) -> torch.Tensor:
         """The float32 weight the codes stand for (the same arithmetic in memory and from a file)."""
         index = self.codes if self.ids is None else self.table_starts[self.ids] + self.codes
@@ -110,12 +114,17 @@ class QuantizedWeight:
             w = w + self.offset.view(-1, 1)
         return w.reshape(self.shape)
 
-    # --- what it costs -------------------------------------------------------------------------
+    # --- what it costs (counted by :class:`LayerCost`, like the budget) -------------------------
+    @property
+    def cost(self) -> LayerCost:
+        channel = sum(t.numel() for t in (self.scale, self.offset) if t is not None)
+        return LayerCost(tuple(self.counts), channel, explicit_tables=self.table_kind() is None)
+
     def id_bits(self) -> int:
-        return 0 if self.ids is None else huffman.encoded_bits(self.counts)
+        return self.cost.id_bits
 
     def code_bits(self) -> int:
-        return sum(c * b for c, b in zip(self.counts, self.bits, strict=True))
+        return self.cost.code_bits(self.bits)
 
     def table_kind(self) -> str | None:
         """The name of the implicit table these tables equal, if any (then they are not stored)."""
@@ -125,19 +134,22 @@ class QuantizedWeight:
                     return kind
         return None
 
+    def payload_bytes(self, coding: str = "fixed") -> int | None:
+        """Bytes of the entropy-coded payload with ``coding`` (codes the layer); ``None`` for ``"fixed"``."""
+        return None if coding == "fixed" else len(self.pack(coding)[0])
+
+    def stream_bytes(self, coding: str = "fixed") -> int:
+        """Bytes of the ids and codes as stored with ``coding`` (:meth:`LayerCost.stored_bytes`)."""
+        return self.cost.stored_bytes(self.bits, self.payload_bytes(coding))
+
     def table_bytes(self) -> int:
         """Bytes of the stored tables and channel vectors."""
-        channel = sum(t.numel() for t in (self.scale, self.offset) if t is not None)
-        stored = 0 if self.table_kind() else self.tables.numel()
-        return FLOAT_BYTES * (stored + channel)
+        return self.cost.table_bytes(self.bits)
 
     def coded_bits(self, coding: str = "fixed") -> int:
         """Bits the ids and codes take stored with ``coding``: id bits plus code bits, or the bytes of
-        the entropy-coded payload (frequency model included) times 8."""
-        if coding == "fixed":
-            return self.id_bits() + self.code_bits()
-        (payload,) = self.pack(coding)
-        return 8 * len(payload)
+        the entropy-coded payload (frequency model included) times 8 (:meth:`LayerCost.stored_bits`)."""
+        return self.cost.stored_bits(self.bits, self.payload_bytes(coding))
 
     def avg_bits(self, coding: str = "fixed") -> float:
         """Measured bits per weight stored with ``coding``: :meth:`coded_bits` over the number of weights."""

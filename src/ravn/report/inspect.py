@@ -9,8 +9,9 @@ def describe(f: RavnFile) -> dict:
     """Plain-data description of a file: totals measured from its codes and its byte count."""
     layers = []
     codings = f.codings
+    payloads = f.payload_bytes  # as stored: not coded again
     for name, q in f.weights.items():
-        counts = q.counts
+        counts, cost = q.counts, q.cost
         coding = codings[name]
         layers.append({
             "name": name,
@@ -20,12 +21,12 @@ def describe(f: RavnFile) -> dict:
             "bits": list(q.bits),
             "shares": [c / q.numel for c in counts],
             "coding": coding,
-            "avg_bits": q.avg_bits(coding),
+            "avg_bits": cost.stored_bits(q.bits, payloads.get(name)) / q.numel,
             "id_bits": q.id_bits(),
             "code_bits": q.code_bits(),
-            "bytes": sum(len(s) for s in q.pack(coding)) + q.table_bytes(),
+            "bytes": cost.stored_bytes(q.bits, payloads.get(name)) + cost.table_bytes(q.bits),
         })
-    totals = size_report(f.weights, codings)
+    totals = size_report(f.weights, codings, payloads)
     state_bytes = sum(t.numel() * t.element_size() for t in f.state.values())
     return {
         "file": str(f.path),

@@ -33,3 +33,35 @@ def search_progress(total: int, description: str = "search", enabled: bool = Tru
             bar.update(task, completed=evaluations, best=text)
 
         yield update
+
+
+class EpochProgress:
+    """A fine-tuning's live batch bar per epoch and one line per finished epoch (a training callback)."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+        self.bar = None
+
+    def on_epoch_start(self, epoch: int, steps: int) -> None:
+        import time
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.started = time.perf_counter()
+        self.bar = Progress(TextColumn(f"epoch {epoch}/{self.epochs}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=True)
+        self.task = self.bar.add_task("train", total=steps, info="")
+        self.bar.start()
+
+    def on_step(self, step: int, seen: int, sums: dict[str, float]) -> None:
+        import time
+
+        speed = seen / (time.perf_counter() - self.started)
+        self.bar.update(self.task, completed=step, info=f"loss {sums['loss'] / seen:.4f} | {speed:.0f} img/s")
+
+    def on_epoch_end(self, row: dict) -> None:
+        from rich import print as rprint
+
+        self.bar.stop()
+        rprint(f"epoch {row['epoch']}/{self.epochs}: loss {row['train_loss']:.4f}, val top-1 {row['val_top1']:.2f}%, "
+               f"val loss {row['val_loss']:.4f}, {row['step_seconds'] * 1000:.0f} ms/step")

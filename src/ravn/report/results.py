@@ -9,6 +9,8 @@ import os
 import platform
 from pathlib import Path
 
+from ravn.files import write_atomically
+
 
 def machine() -> dict:
     """What the numbers were measured on."""
@@ -47,10 +49,7 @@ def versions() -> dict:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomically(path, [text.encode()])
 
 
 def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:

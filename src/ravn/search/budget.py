@@ -12,38 +12,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
 
 from ravn.errors import RavnError
-from ravn.quantizers import huffman
-from ravn.quantizers.qweight import FLOAT_BYTES, MAX_BITS, MIN_BITS
-
-Allocation = dict[str, tuple[int, ...]]
-
-
-@dataclass(frozen=True)
-class LayerCost:
-    """What one layer's storage depends on: its clusters' weight counts and its fixed extras."""
-
-    counts: tuple[int, ...]
-    channel_floats: int = 0  # per-channel scale (and offset) values stored
-    explicit_tables: bool = True  # cluster tables stored as 2^b floats each
-
-    @property
-    def numel(self) -> int:
-        return sum(self.counts)
-
-    @cached_property
-    def id_bits(self) -> int:
-        return huffman.encoded_bits(list(self.counts)) if len(self.counts) > 1 else 0
-
-    def code_bits(self, bits: tuple[int, ...]) -> int:
-        return sum(c * b for c, b in zip(self.counts, bits, strict=True))
-
-    def file_bytes(self, bits: tuple[int, ...]) -> int:
-        tables = sum(1 << b for b in bits) if self.explicit_tables else 0
-        return (-(-self.id_bits // 8) + -(-self.code_bits(bits) // 8)
-                + FLOAT_BYTES * (tables + self.channel_floats))
+from ravn.quantizers.qweight import MAX_BITS, MIN_BITS
+from ravn.quantizers.size import Allocation, LayerCost
 
 
 @dataclass(frozen=True)

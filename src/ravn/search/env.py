@@ -19,7 +19,8 @@ import gymnasium as gym
 import numpy as np
 
 from ravn.quantizers.qweight import MAX_BITS, MIN_BITS
-from ravn.search.budget import Allocation, Budget, LayerCost, fit
+from ravn.quantizers.size import Allocation, LayerCost
+from ravn.search.budget import Budget, fit
 
 
 @dataclass(frozen=True)

@@ -8,21 +8,28 @@ float model's on the same subset, ``m`` the squared difference. In percent, a on
 
 An evaluation is a pure function of (model, clustering, allocation, data); configurations already
 seen are answered from the cache.
+
+Contract of an evaluator (:class:`Evaluator`): ``evaluate_many(allocations)`` returns one result
+per allocation, in order, each with at least ``reward`` (higher is better), ``fidelity``,
+``val_top1``, ``loss``, ``seconds`` and ``cached``; the result of an allocation does not depend on
+what else is in the batch or on the order, so a batch may be spread over parallel workers.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from ravn.quantizers.qweight import QuantizedWeight
+from ravn.evaluation import top1
+from ravn.quantizers.rounding import RoundLayer
+from ravn.quantizers.size import Allocation
 from ravn.quantizers.vq import ClusteredWeight
-from ravn.search.budget import Allocation
 from ravn.search.fidelity import FidelityLoss
 
 
@@ -35,16 +42,12 @@ class SearchData:
     val_labels: torch.Tensor
 
 
-@torch.no_grad()
-def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
-    correct = 0
-    for i in range(0, len(labels), batch_size):
-        correct += (model(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum().item()
-    return 100.0 * correct / len(labels)
-
-
 def allocation_key(alloc: Allocation, names: list[str]) -> tuple:
     return tuple(tuple(alloc[n]) for n in names)
+
+
+class Evaluator(Protocol):
+    def evaluate_many(self, allocations: list[Allocation]) -> list[dict]: ...
 
 
 class AllocationEvaluator:
@@ -52,10 +55,10 @@ class AllocationEvaluator:
 
     def __init__(self, model: nn.Module, clustered: dict[str, ClusteredWeight], data: SearchData,
                  lam: float = 1.0, target_top1: float | None = None, reference: nn.Module | None = None,
-                 refine: Callable[[str, QuantizedWeight], QuantizedWeight] | None = None):
+                 round_layer: RoundLayer | None = None):
         """``model`` is quantized; ``reference`` (default ``model``) gives the float features and ``g_f``;
-        ``refine`` re-chooses a layer's codes (e.g. :class:`LayerwiseReconstructor`) before evaluation."""
-        self.refine = refine
+        ``round_layer`` re-chooses a layer's codes (a rounding's layerwise form) before evaluation."""
+        self.round_layer = round_layer
         reference = model if reference is None else reference
         self.names = list(clustered)
         self.clustered = clustered
@@ -74,8 +77,8 @@ class AllocationEvaluator:
         key = (name, bits)
         if key not in self._weights:
             q = self.clustered[name].quantize(bits)
-            if self.refine is not None:
-                q = self.refine(name, q)
+            if self.round_layer is not None:
+                q = self.round_layer(name, q)
             self._weights[key] = q.dequantize()
         return self._weights[key]
 
@@ -100,3 +103,45 @@ class AllocationEvaluator:
         self.cache[key] = result
         self.evaluations += 1
         return {**result, "cached": False}
+
+    def evaluate_many(self, allocations: list[Allocation]) -> list[dict]:
+        return [self(alloc) for alloc in allocations]
+
+
+class StoredEvaluator:
+    """Eq. 7 for allocations as they are stored (``realize``: sequential rounding) on a whole split.
+
+    Slower than :class:`AllocationEvaluator` and used on few configurations: the re-rank after a
+    search (:func:`ravn.search.agents.rerank`). :meth:`weights` returns what was measured.
+    """
+
+    def __init__(self, problem, reference: nn.Module, split, normalize, lam: float):
+        self.problem, self.reference, self.split, self.normalize, self.lam = problem, reference, split, normalize, lam
+        self._weights: dict[tuple, dict] = {}
+
+    @cached_property
+    def float_top1(self) -> float:
+        from ravn.evaluation import evaluate
+
+        return evaluate(self.reference, self.split, self.normalize)["top1"]
+
+    def weights(self, alloc: Allocation) -> dict:
+        key = allocation_key(alloc, list(self.problem.clustered))
+        if key not in self._weights:
+            self._weights[key] = self.problem.realize(alloc)
+        return self._weights[key]
+
+    def evaluate_many(self, allocations: list[Allocation]) -> list[dict]:
+        from ravn.evaluation import evaluate
+        from ravn.quantizers.swap import with_weights
+
+        out = []
+        for alloc in allocations:
+            start = time.perf_counter()
+            quantized = with_weights(self.problem.model, self.weights(alloc))
+            g = evaluate(quantized, self.split, self.normalize)["top1"]
+            fid = self.problem.evaluator.fidelity(quantized)
+            loss = fid + self.lam * (g - self.float_top1) ** 2
+            out.append({"val_top1": g, "fidelity": fid, "loss": loss, "reward": -loss,
+                        "seconds": time.perf_counter() - start, "cached": False})
+        return out

@@ -11,20 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-@torch.no_grad()
-def layer_outputs(model: nn.Module, names: list[str], x: torch.Tensor) -> list[torch.Tensor]:
-    """Outputs of the named modules when ``model`` runs on ``x``, in the order of ``names``."""
-    modules = dict(model.named_modules())
-    store: dict[str, torch.Tensor] = {}
-    handles = [modules[n].register_forward_hook(lambda _m, _i, out, n=n: store.__setitem__(n, out.detach()))
-               for n in names]
-    try:
-        model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return [store[n] for n in names]
+from ravn.hooks import layer_outputs
 
 
 def feature_distances(reference: list[torch.Tensor], features: list[torch.Tensor]) -> list[float]:

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ravn.files import write_atomically
+
 
 @dataclass
 class SearchResult:
@@ -39,9 +41,7 @@ class EpisodeLog:
 
     def _rewrite(self) -> None:
         assert self.path is not None
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-        os.replace(tmp, self.path)
+        write_atomically(self.path, ["".join(json.dumps(r) + "\n" for r in self.records).encode()])
 
     def append(self, record: dict) -> None:
         self.records.append(record)

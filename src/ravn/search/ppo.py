@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ravn.search.agents import register_agent
 from ravn.search.env import BitAllocationEnv
 from ravn.search.log import SearchResult, Tracker
 
@@ -30,6 +31,7 @@ class PPOSettings:
     hidden: tuple[int, ...] = (64, 64)
 
 
+@register_agent("ppo")
 def ppo_search(env: BitAllocationEnv, tracker: Tracker, seed: int, settings: PPOSettings | None = None) -> SearchResult:
     import torch
     from stable_baselines3 import PPO

@@ -6,10 +6,12 @@ The control that tells whether the agent learns anything: same number of evaluat
 
 from __future__ import annotations
 
+from ravn.search.agents import register_agent
 from ravn.search.env import BitAllocationEnv
 from ravn.search.log import SearchResult, Tracker
 
 
+@register_agent("random")
 def random_search(env: BitAllocationEnv, tracker: Tracker, seed: int) -> SearchResult:
     env.action_space.seed(seed)
     env.reset(seed=seed)

@@ -10,12 +10,15 @@ additive model, used to project allocations into the budget and to observe layer
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from ravn.errors import RavnError
 from ravn.quantizers.qweight import MAX_BITS
+from ravn.quantizers.rounding import RoundLayer
 from ravn.quantizers.vq import ClusteredWeight
 from ravn.search.fidelity import FidelityLoss
 
@@ -33,11 +36,31 @@ def cluster_errors(cw: ClusteredWeight) -> list[list[float]]:
     return out
 
 
+SENSITIVITIES: dict[str, Callable[..., dict[str, float]]] = {}
+
+
+def register_sensitivity(name: str):
+    """Register ``probe(model, clustered, fidelity, round_layer) -> {layer: sensitivity}``: the measured
+    harm per unit of normalised weight error of each layer (higher: give it more bits)."""
+    def wrap(fn):
+        SENSITIVITIES[name] = fn
+        return fn
+
+    return wrap
+
+
+def get_sensitivity(name: str):
+    if name not in SENSITIVITIES:
+        raise RavnError(f"unknown sensitivity '{name}'", f"use one of {', '.join(SENSITIVITIES)}")
+    return SENSITIVITIES[name]
+
+
+@register_sensitivity("fidelity")
 @torch.no_grad()
 def layer_sensitivity(model: nn.Module, clustered: dict[str, ClusteredWeight], fidelity: FidelityLoss,
-                      probe_bits: int = 2, refine=None) -> dict[str, float]:
+                      round_layer: RoundLayer | None = None, probe_bits: int = 2) -> dict[str, float]:
     """Fidelity loss per unit of weight error when each layer alone is quantized at ``probe_bits``
-    (its codes re-chosen by ``refine`` first, when given: the search sees such weights)."""
+    (its codes re-chosen by ``round_layer`` first, when given: the search sees such weights)."""
     work = copy.deepcopy(model).eval()
     modules = dict(work.named_modules())
     out = {}
@@ -45,7 +68,7 @@ def layer_sensitivity(model: nn.Module, clustered: dict[str, ClusteredWeight], f
         original = modules[name].weight.detach().clone()
         bits = (probe_bits,) * cw.clusters
         q = cw.quantize(bits)
-        modules[name].weight.copy_((refine(name, q) if refine else q).dequantize())
+        modules[name].weight.copy_((round_layer(name, q) if round_layer else q).dequantize())
         err = cw.error(bits)
         out[name] = fidelity(work) / max(err, 1e-12)
         modules[name].weight.copy_(original)

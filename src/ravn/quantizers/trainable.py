@@ -1,8 +1,19 @@
-"""Trainable weight quantizers for quantization-aware fine-tuning (METHOD.md "AQ").
+"""Trainable weight quantizers for quantization-aware fine-tuning (METHOD.md "AQ"), and their registry.
 
-:class:`TableQuantizer` is registered on a layer's ``weight`` as a parametrization
-(``torch.nn.utils.parametrize``), so any module with a ``weight`` (Conv1d/2d/3d, Linear) trains
-quantized without swapping classes. Forward: each weight, divided by its channel scale, is coded
+Contract of a trainable quantizer (register it with :func:`register_trainable`):
+
+- ``__init__(q: QuantizedWeight, learn_tables: bool, learn_scale: bool)``: starts from a layer's
+  stored quantization (its bits, clusters, tables, scales);
+- it is an ``nn.Module`` used as a parametrization of the layer's ``weight``
+  (:func:`ravn.quantizers.swap.attach`): ``forward(latent)`` returns the fake-quantized weight, with
+  gradients to the latent weight (straight-through) and to its own parameters;
+- ``freeze(latent) -> QuantizedWeight`` returns exactly what ``forward`` computes, in the table
+  format, with the same bits and cluster sizes, so the size (and the budget) does not move.
+
+``table`` (:class:`TableQuantizer`) is registered; DoReFa and DGMS are the next entries.
+
+:class:`TableQuantizer` works with any module with a ``weight`` (Conv1d/2d/3d, Linear) without
+swapping classes. Forward: each weight, divided by its channel scale, is coded
 by the nearest entry of its own cluster's table (cluster membership is fixed, so the cluster-id
 cost and the budget do not move); the quantized weight is ``scale * table[code]``. Backward: the
 straight-through estimator passes the gradient to the latent weight unchanged, and the same
@@ -11,18 +22,34 @@ gradient trains the table entries (sum over the weights coded by each) and the c
     w_q = (w - sg(w)) + s * T[code(w / s)]        sg = stop-gradient
     dL/dw = dL/dw_q,   dL/dT[k] = sum_{code = k} s * dL/dw_q,   dL/ds = sum_c T[code] * dL/dw_q
 
-:meth:`TableQuantizer.export` returns the :class:`QuantizedWeight` the forward pass computes.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
+from ravn.errors import RavnError
 from ravn.quantizers.qweight import QuantizedWeight
 
+TRAINABLE: dict[str, type[nn.Module]] = {}
 
+
+def register_trainable(name: str):
+    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
+        TRAINABLE[name] = cls
+        return cls
+
+    return wrap
+
+
+def trainable_quantizer(name: str) -> type[nn.Module]:
+    if name not in TRAINABLE:
+        raise RavnError(f"unknown trainable quantizer '{name}'", f"use one of {', '.join(TRAINABLE)}")
+    return TRAINABLE[name]
+
+
+@register_trainable("table")
 class TableQuantizer(nn.Module):
     """Fake-quantizes a weight onto learnable per-cluster tables and per-channel scales (and offsets)."""
 
@@ -68,7 +95,7 @@ class TableQuantizer(nn.Module):
         return (w - w.detach()) + q.view(w.shape)
 
     @torch.no_grad()
-    def export(self, w: torch.Tensor) -> QuantizedWeight:
+    def freeze(self, w: torch.Tensor) -> QuantizedWeight:
         """The stored form of what :meth:`forward` computes for latent weight ``w``."""
         pairs = self._codes_and_levels(w)
         codes = torch.cat([c for _, c in pairs])[self.inverse]
@@ -77,29 +104,3 @@ class TableQuantizer(nn.Module):
         ids = self.ids.clone() if len(self.bits) > 1 else None
         offset = None if self.offset is None else self.offset.detach().clone()
         return QuantizedWeight(self.shape, self.bits, ids, codes, tables, scale, offset)
-
-
-def attach(model: nn.Module, weights: dict[str, QuantizedWeight], latent: str = "dequantized",
-           learn_tables: bool = True, learn_scale: bool = True) -> dict[str, TableQuantizer]:
-    """Register a :class:`TableQuantizer` on every layer of ``weights`` (in place).
-
-    ``latent="dequantized"`` starts the latent weights at the quantized values (keeping a
-    reconstructed rounding); ``"float"`` keeps the float weights.
-    """
-    modules = dict(model.named_modules())
-    out = {}
-    for name, q in weights.items():
-        layer = modules[name]
-        if latent == "dequantized":
-            with torch.no_grad():
-                layer.weight.copy_(q.dequantize())
-        quantizer = TableQuantizer(q, learn_tables, learn_scale)
-        parametrize.register_parametrization(layer, "weight", quantizer, unsafe=True)
-        out[name] = quantizer
-    return out
-
-
-def export(model: nn.Module, quantizers: dict[str, TableQuantizer]) -> dict[str, QuantizedWeight]:
-    """The quantized weights of a model trained with :func:`attach` (the model is left as it is)."""
-    modules = dict(model.named_modules())
-    return {name: q.export(modules[name].parametrizations.weight.original) for name, q in quantizers.items()}

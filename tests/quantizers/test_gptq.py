@@ -6,8 +6,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ravn.quantizers import quantize_uniform
+from ravn.quantizers.gptq import GPTQ, gptq_codes, input_hessians, patches
+from ravn.quantizers.rounding import get_rounding
+from ravn.quantizers.swap import with_weights
 from ravn.quantizers.vq import ClusteredWeight
-from ravn.training.reconstruct import LayerwiseReconstructor, gptq_codes, input_hessians, patches, reconstruct
 
 
 @pytest.mark.parametrize(("kernel", "dilation", "padding", "stride"),
@@ -42,17 +44,15 @@ def test_gptq_lowers_the_output_error_of_round_to_nearest(clusters):
     assert _output_error(layer, better.dequantize(), x) < 0.9 * _output_error(layer, q.dequantize(), x)
 
 
-def test_reconstruct_keeps_format_and_helps_the_model():
+def test_sequential_gptq_keeps_format_and_helps_the_model():
     torch.manual_seed(1)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4)).eval()
     x = torch.randn(64, 3, 8, 8)
     weights = {"0": quantize_uniform(model[0].weight, 2), "3": quantize_uniform(model[3].weight, 2)}
-    out = reconstruct(model, weights, x)
+    out = GPTQ().sequential(model, weights, x)
     for name, q in weights.items():
         assert out[name].bits == q.bits and torch.equal(out[name].tables, q.tables)
         assert torch.equal(out[name].scale, q.scale)
-
-    from ravn.methods import with_weights
 
     with torch.no_grad():
         ref = model(x)
@@ -60,11 +60,20 @@ def test_reconstruct_keeps_format_and_helps_the_model():
     assert errors[0] < errors[1]
 
 
-def test_layerwise_reconstructor_caches_per_layer_and_bits():
+def test_layerwise_gptq_caches_per_layer_and_bits():
     torch.manual_seed(2)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4)).eval()
-    r = LayerwiseReconstructor(model, ["0", "3"], torch.randn(16, 3, 8, 8))
+    r = get_rounding("gptq").layerwise(model, ["0", "3"], torch.randn(16, 3, 8, 8))
     q = quantize_uniform(model[0].weight, 3)
     first = r("0", q)
     assert r("0", q) is first
     assert r("0", quantize_uniform(model[0].weight, 2)) is not first
+
+
+def test_nearest_rounding_keeps_the_codes():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4)).eval()
+    weights = {"0": quantize_uniform(model[0].weight, 2), "3": quantize_uniform(model[3].weight, 2)}
+    nearest = get_rounding("nearest")
+    assert nearest.sequential(model, weights, torch.randn(4, 3, 8, 8)) == weights
+    assert nearest.layerwise(model, ["0"], torch.randn(4, 3, 8, 8))("0", weights["0"]) is weights["0"]

@@ -1,4 +1,4 @@
-"""Post-training adaptive quantization: re-choose each weight's code against the layer's output error.
+"""GPTQ rounding: re-choose each weight's code against the layer's output error (registered as ``"gptq"``).
 
 METHOD.md ("Post-training mode") lets the quantizers' rounding be tuned layer by layer on the
 calibration batch. We use the optimal-brain-quantization update of GPTQ (Frantar et al. 2022,
@@ -19,32 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ravn.hooks import input_of, layer_inputs
 from ravn.quantizers.qweight import QuantizedWeight
-
-
-class _Stop(Exception):
-    pass
-
-
-@torch.no_grad()
-def layer_inputs(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The input ``layer`` receives when ``model`` runs on ``x`` (the forward stops right there)."""
-    store: dict[str, torch.Tensor] = {}
-
-    def hook(_module, args):
-        store["x"] = args[0].detach()
-        raise _Stop
-
-    handle = layer.register_forward_pre_hook(hook)
-    try:
-        model(x)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    if "x" not in store:
-        raise RuntimeError("the layer was not reached in the forward pass")
-    return store["x"]
+from ravn.quantizers.rounding import Rounding, register_rounding
 
 
 def input_hessians(layer: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
@@ -131,69 +108,56 @@ def gptq_codes(weight: torch.Tensor, q: QuantizedWeight, hessians: list[torch.Te
     return codes.reshape(-1)
 
 
-class LayerwiseReconstructor:
-    """GPTQ of one layer at a time on the float model's inputs, for searches.
+@register_rounding("gptq")
+class GPTQ(Rounding):
+    """GPTQ rounding (see the module docstring).
 
-    The Hessians come from one float forward pass and are kept, so re-choosing the codes of a
-    layer for a given bit allocation depends on that layer alone and is cached per (layer, bits):
-    a search sees (approximately) reconstructed weights at little more than round-to-nearest cost.
-    :func:`reconstruct` (sequential, on quantized inputs) makes the exported weights.
+    :meth:`layerwise` computes the float model's Hessians in one forward pass and keeps them, so
+    re-choosing the codes of a layer for a given bit allocation depends on that layer alone and is
+    cached per (layer, bits): a search sees (approximately) GPTQ-rounded weights at little more than
+    round-to-nearest cost. :meth:`sequential` (on the inputs of the already quantized layers) makes
+    the weights that are stored.
     """
 
-    def __init__(self, model: nn.Module, names: list[str], calibration: torch.Tensor, damp: float = 0.01):
-        modules = dict(model.named_modules())
-        self.weights = {n: modules[n].weight.detach().clone() for n in names}
+    def __init__(self, damp: float = 0.01):
         self.damp = damp
-        inputs: dict[str, torch.Tensor] = {}
-        handles = [modules[n].register_forward_pre_hook(lambda _m, args, n=n: inputs.__setitem__(n, args[0].detach()))
-                   for n in names]
-        try:
-            with torch.no_grad():
-                model.eval()(calibration)
-        finally:
-            for h in handles:
-                h.remove()
-        self.hessians: dict[str, list[torch.Tensor] | None] = {}
-        for n in names:
+
+    def layerwise(self, model: nn.Module, names: list[str], calibration: torch.Tensor):
+        modules = dict(model.named_modules())
+        weights = {n: modules[n].weight.detach().clone() for n in names}
+        hessians: dict[str, list[torch.Tensor] | None] = {}
+        for n, x in zip(names, layer_inputs(model.eval(), names, calibration), strict=True):
             try:
-                self.hessians[n] = input_hessians(modules[n], inputs.pop(n))
+                hessians[n] = input_hessians(modules[n], x)
             except TypeError:
-                self.hessians[n] = None
-        self._cache: dict[tuple, QuantizedWeight] = {}
+                hessians[n] = None
+        cache: dict[tuple, QuantizedWeight] = {}
 
-    def __call__(self, name: str, q: QuantizedWeight) -> QuantizedWeight:
-        key = (name, q.bits)
-        if key not in self._cache:
-            hessians = self.hessians[name]
-            if hessians is None:
-                self._cache[key] = q
-            else:
-                codes = gptq_codes(self.weights[name], q, hessians, self.damp)
-                self._cache[key] = QuantizedWeight(q.shape, q.bits, q.ids, codes, q.tables, q.scale, q.offset)
-        return self._cache[key]
+        def round_layer(name: str, q: QuantizedWeight) -> QuantizedWeight:
+            key = (name, q.bits)
+            if key not in cache:
+                h = hessians[name]
+                cache[key] = q if h is None else q.with_codes(gptq_codes(weights[name], q, h, self.damp))
+            return cache[key]
 
+        return round_layer
 
-def reconstruct(model: nn.Module, weights: dict[str, QuantizedWeight], calibration: torch.Tensor,
-                damp: float = 0.01, progress: Iterable | None = None) -> dict[str, QuantizedWeight]:
-    """GPTQ-style code re-selection for every layer of ``weights``, in forward order.
+    def sequential(self, model: nn.Module, weights: dict[str, QuantizedWeight], calibration: torch.Tensor,
+                   progress: Iterable | None = None) -> dict[str, QuantizedWeight]:
+        """GPTQ for every layer of ``weights`` in forward order; ``model`` (float) is left unchanged."""
+        import copy
 
-    ``model`` is the float model (left unchanged); ``calibration`` a normalised input batch.
-    Returns new quantized weights with the same bits, clusters, tables and scales.
-    """
-    import copy
-
-    work = copy.deepcopy(model).eval()
-    modules = dict(work.named_modules())
-    out: dict[str, QuantizedWeight] = {}
-    names = [n for n, _ in work.named_modules() if n in weights]  # forward (registration) order
-    for name in progress(names) if progress else names:
-        layer, q = modules[name], weights[name]
-        try:
-            hessians = input_hessians(layer, layer_inputs(work, layer, calibration))
-            codes = gptq_codes(layer.weight, q, hessians, damp)
-            out[name] = QuantizedWeight(q.shape, q.bits, q.ids, codes, q.tables, q.scale, q.offset)
-        except TypeError:
-            out[name] = q  # layer kinds without reconstruction keep round-to-nearest codes
-        with torch.no_grad():
-            layer.weight.copy_(out[name].dequantize())
-    return out
+        work = copy.deepcopy(model).eval()
+        modules = dict(work.named_modules())
+        out: dict[str, QuantizedWeight] = {}
+        names = [n for n, _ in work.named_modules() if n in weights]  # forward (registration) order
+        for name in progress(names) if progress else names:
+            layer, q = modules[name], weights[name]
+            try:
+                hessians = input_hessians(layer, input_of(work, layer, calibration))
+                out[name] = q.with_codes(gptq_codes(layer.weight, q, hessians, self.damp))
+            except TypeError:
+                out[name] = q  # layer kinds without GPTQ keep round-to-nearest codes
+            with torch.no_grad():
+                layer.weight.copy_(out[name].dequantize())
+        return out

@@ -1,0 +1,156 @@
+"""The bit-allocation problem, set up once: what every agent searches over and every recipe stores.
+
+:func:`prepare` does, for a float model and :class:`ProblemSettings` (METHOD.md; paper Sec. 3.1, 4.2):
+
+1. VQ (Eq. 1-2): each quantizable layer clustered once (:class:`ClusteredWeight`), its storage cost
+   per bit allocation (:class:`LayerCost`), the budget and the bytes outside the quantized layers;
+2. the calibration batch (a fixed draw from the training part) and a validation subset;
+3. the rounding's per-layer form (e.g. GPTQ's Hessians), the evaluator of Eq. 7;
+4. each layer's sensitivity (a registered probe) and the damage model the budget projection uses;
+5. the initial allocation: ``vq`` (8 bits everywhere, projected, filled), ``random`` (U[2, 8], Sec. 4.2,
+   projected) or ``same`` (``floor(budget_bits)`` in every cluster, projected without filling).
+
+:meth:`SearchProblem.realize` turns any allocation into the weights that are stored (the rounding's
+sequential form); :meth:`SearchProblem.layer_infos` is what an agent observes of each layer.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from ravn.data import Dataset, Normalize
+from ravn.errors import RavnError
+from ravn.quantizers.layers import quantizable_layers
+from ravn.quantizers.qweight import QuantizedWeight
+from ravn.quantizers.rounding import Rounding, get_rounding
+from ravn.quantizers.size import Allocation, LayerCost
+from ravn.quantizers.vq import ClusteredWeight
+from ravn.search.budget import Budget, avg_bits, check_feasible, fit
+from ravn.search.evaluate import AllocationEvaluator, SearchData
+from ravn.search.sensitivity import damage_model, get_sensitivity
+
+INITS = ("vq", "random", "same")
+
+
+class ProblemSettings(Protocol):
+    """What :func:`prepare` reads of a method's config."""
+
+    budget_bits: float | None  # measured average bits per quantized weight, cluster ids included, or
+    budget_bytes: int | None  # bytes of the whole file
+    clusters: int  # k-means clusters per layer
+    grid: str  # in-cluster table: "kmeans" or "uniform"
+    per_channel: bool  # weights divided by their channel's largest magnitude
+    init: str  # initial allocation, one of INITS
+    rounding: str  # registered rounding
+    sensitivity: str  # registered sensitivity probe
+    calibration_size: int
+    exclude: tuple[str, ...]
+
+
+@dataclass
+class SearchProblem:
+    """Everything a search and the stored result need, computed once (see the module docstring)."""
+
+    layers: dict[str, nn.Module]
+    clustered: dict[str, ClusteredWeight]
+    costs: dict[str, LayerCost]
+    budget: Budget
+    damage: dict[str, list[list[float]]]
+    sensitivity: dict[str, float]
+    evaluator: AllocationEvaluator
+    init: Allocation
+    calibration: torch.Tensor
+    model: nn.Module
+    rounding: Rounding
+    seconds: float
+
+    def realize(self, alloc: Allocation) -> dict[str, QuantizedWeight]:
+        """The weights stored for ``alloc``: quantized, then rounded layer after layer."""
+        weights = {n: self.clustered[n].quantize(alloc[n]) for n in self.clustered}
+        return self.rounding.sequential(self.model, weights, self.calibration)
+
+    def avg_bits(self, alloc: Allocation) -> float:
+        return avg_bits(self.costs, alloc)
+
+    def layer_infos(self) -> list:
+        """What the agent observes of each layer (:class:`ravn.search.env.LayerInfo`)."""
+        from ravn.search.env import LayerInfo
+
+        infos = []
+        for name, layer in self.layers.items():
+            stats = self.clustered[name].stats()
+            grouped = isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Conv3d) and layer.groups > 1
+            kind = 2 if isinstance(layer, nn.Linear) else (1 if grouped else 0)
+            w = layer.weight.detach()
+            infos.append(LayerInfo(
+                name, kind, w[0].numel(), w.shape[0], int(np.prod(w.shape[2:])) if w.dim() > 2 else 1,
+                int(getattr(layer, "stride", (1,))[0]), w.numel(), float(w.std()),
+                float(np.log10(max(self.sensitivity[name], 1e-12))), tuple(s.share for s in stats),
+                tuple(s.hi - s.lo for s in stats)))
+        return infos
+
+    def log(self, alloc: Allocation) -> dict:
+        return {"budget": self.budget.describe(), "planned_avg_bits": self.avg_bits(alloc),
+                "init_allocation": {n: list(b) for n, b in self.init.items()},
+                "sensitivity": self.sensitivity, "float_search_val_top1": self.evaluator.float_top1,
+                "prepare_seconds": self.seconds}
+
+
+def fixed_bytes(model: nn.Module, layers: dict[str, nn.Module]) -> int:
+    """Bytes of the file outside the quantized layers' streams and tables: float state and header."""
+    skip = {f"{n}.weight" for n in layers}
+    state = sum(t.numel() * t.element_size() for k, t in model.state_dict().items()
+                if k not in skip and not k.endswith("num_batches_tracked"))
+    header = 2048 + 160 * len(layers)  # measured headers stay below this (tests/export)
+    return state + header
+
+
+def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None, normalize: Normalize,
+            lam: float = 1.0, search_val_size: int = 1000, seed: int = 0,
+            reference: nn.Module | None = None) -> SearchProblem:
+    """Set up the problem for ``model`` (see the module docstring).
+
+    ``reference`` (default ``model``) is the float model whose features and validation top-1 the
+    search aims at: the original one, also when ``model`` holds fine-tuned weights (Algorithm 1).
+    """
+    if dataset is None:
+        raise RavnError("this method needs data (calibration and validation images)", "pass a dataset")
+    start = time.perf_counter()
+    layers = quantizable_layers(model, settings.exclude)
+    clustered = {name: ClusteredWeight(m.weight, settings.clusters, settings.per_channel, settings.grid)
+                 for name, m in layers.items()}
+    costs = {name: LayerCost(tuple(len(i) for i in cw.members), cw.shape[0] if settings.per_channel else 0)
+             for name, cw in clustered.items()}
+    if settings.budget_bits is not None:
+        budget = Budget(bits=settings.budget_bits)
+    else:
+        budget = Budget(bytes=settings.budget_bytes, fixed_bytes=fixed_bytes(model, layers))
+    check_feasible(costs, budget)
+    calib_split = dataset.calibration(settings.calibration_size, seed=0)
+    calibration = normalize(calib_split.images(torch.arange(len(calib_split))))
+    val = dataset.split("val", limit=search_val_size)
+    data = SearchData(calibration, normalize(val.images(torch.arange(len(val)))), val.labels)
+    rounding = get_rounding(settings.rounding)
+    round_layer = rounding.layerwise(model, list(clustered), calibration)
+    evaluator = AllocationEvaluator(model, clustered, data, lam, reference=reference, round_layer=round_layer)
+    sensitivity = get_sensitivity(settings.sensitivity)(model, clustered, evaluator.fidelity, round_layer)
+    damage = damage_model(clustered, sensitivity)
+    if settings.init == "vq":
+        start_bits = {n: (8,) * cw.clusters for n, cw in clustered.items()}
+    elif settings.init == "random":
+        rng = np.random.default_rng(seed)
+        start_bits = {n: tuple(int(b) for b in rng.integers(2, 9, cw.clusters)) for n, cw in clustered.items()}
+    else:
+        if settings.budget_bits is None:
+            raise RavnError("init 'same' puts floor(budget bits) in every cluster", "give --budget-bits")
+        start_bits = {n: (math.floor(settings.budget_bits),) * cw.clusters for n, cw in clustered.items()}
+    init = fit(start_bits, costs, budget, damage, fill=settings.init == "vq")
+    return SearchProblem(layers, clustered, costs, budget, damage, sensitivity, evaluator, init, calibration, model,
+                         rounding, time.perf_counter() - start)

@@ -1,0 +1,182 @@
+"""Adaptive quantization-aware fine-tuning (METHOD.md "AQ"; paper Sec. 4.2 defaults).
+
+With the bit allocation fixed, the latent weights, the quantizers' tables and channel scales (a
+trainable quantizer from :mod:`ravn.quantizers.trainable`, attached by :func:`ravn.quantizers.swap.attach`)
+and the batch-norm affine parameters are trained through the straight-through estimator. Loss
+(:mod:`ravn.training.losses`): cross-entropy + ``fidelity_weight`` x the fidelity loss of Eq. 6 between
+the student's and the float teacher's feature maps on the same batch (+ logit distillation).
+AdamW, cosine schedule down to ``lr_floor`` x lr, decoupled weight decay on the latent weights only.
+The epochs, resume and best-epoch selection are :func:`ravn.training.loop.train_epochs`'.
+
+Batch norm: ``bn="frozen"`` (default) keeps the float model's running statistics and trains only
+the affine parameters, so student and teacher features are compared under the same normalisation
+and a batch of 64 adds no noise; ``bn="train"`` uses batch statistics and updates running ones.
+After training, statistics re-estimated on training images are kept only if validation says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ravn.config import Config
+from ravn.data import Dataset, Normalize
+from ravn.evaluation import evaluate
+from ravn.hooks import Capture
+from ravn.quantizers.qweight import QuantizedWeight
+from ravn.quantizers.swap import attach, detach, frozen_weights, latent_weight, with_weights
+from ravn.training.loop import Callback, Schedule, train_epochs
+from ravn.training.losses import Loss, Step
+
+
+@dataclass
+class FineTuneConfig(Config):
+    #: Fine-tuning epochs (passes over the training part), per round.
+    epochs: int = 10
+    #: AdamW learning rate. The paper's 1e-3 first pulled a reconstructed 3-bit ResNet-20 further
+    #: from the float model (validation loss 0.035 -> 0.047 after 150 steps) than 1e-4 (0.036).
+    lr: float = 1e-4
+    #: Cosine schedule ends at lr_floor x lr (the paper's "0.1 annealing factor").
+    lr_floor: float = 0.1
+    #: Decoupled weight decay on the latent weights (paper: 5e-4).
+    weight_decay: float = 5e-4
+    #: Images per step (paper: 64).
+    batch_size: int = 64
+    #: Weight of the feature fidelity loss against the float teacher, Eq. 6 (paper: lambda = 1).
+    fidelity_weight: float = 1.0
+    #: Weight of logit distillation (KL to the teacher's softmax at temperature 4); 0 turns it off.
+    #: With --fidelity-weight 0 too, no float teacher runs: a step costs 1.12x a float step instead of
+    #: 1.65x (benchmarks/results/step_time.md).
+    distill: float = 1.0
+    #: Batch norm: 'frozen' (float running statistics kept, affine trained) or 'train' (batch statistics).
+    bn: str = "frozen"
+    #: Random crop (padding 4) and horizontal flip of training images.
+    augment: bool = True
+    #: Train table entries and channel scales too (not only the latent weights).
+    learn_quantizers: bool = True
+    #: Trainable weight quantizer (registry of ravn.quantizers.trainable).
+    quantizer: str = "table"
+    #: Cap on steps per epoch (quick runs); default: the whole training part.
+    max_steps: int | None = None
+    #: Validation images used to select the epoch; default: the whole validation split.
+    val_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs must be >= 0, batch_size >= 1 and lr > 0")
+        if self.bn not in ("frozen", "train"):
+            raise ValueError(f"bn must be 'frozen' or 'train', got {self.bn!r}")
+
+    def loss(self) -> Loss:
+        return Loss([("ce", 1.0), ("fidelity", self.fidelity_weight), ("distill", self.distill)])
+
+
+@dataclass
+class FineTuneResult:
+    weights: dict[str, QuantizedWeight]
+    model: nn.Module  # an ordinary module: trained float state (BN, biases) and the quantized weights
+    latent: nn.Module  # the same with the latent float weights (where a new search starts, Algorithm 1)
+    history: list[dict]
+    best_epoch: int
+    val_top1: float
+    bn_recalibrated: bool
+
+    def log(self) -> dict:
+        return {"history": self.history, "best_epoch": self.best_epoch, "val_top1": self.val_top1,
+                "bn_recalibrated": self.bn_recalibrated}
+
+
+class BatchNormMode(Callback):
+    """Training mode at each epoch's start; with ``frozen`` batch norm keeps its running statistics."""
+
+    def __init__(self, model: nn.Module, mode: str):
+        self.model, self.mode = model, mode
+
+    def on_epoch_start(self, epoch: int, steps: int) -> None:
+        self.model.train()
+        if self.mode == "frozen":
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 250) -> None:
+    """Re-estimate batch-norm running statistics as exact averages over ``images`` (normalised)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    for i in range(0, len(images), batch_size):
+        model(images[i : i + batch_size])
+    for m, (momentum, training) in zip(bns, saved, strict=True):
+        m.momentum = momentum
+        m.train(training)
+
+
+def fine_tune(float_model: nn.Module, weights: dict[str, QuantizedWeight], dataset: Dataset, normalize: Normalize,
+              config: FineTuneConfig, run_dir: Path | None = None, seed: int = 0, progress: bool = True,
+              teacher: nn.Module | None = None) -> FineTuneResult:
+    """Fine-tune ``float_model`` quantized as ``weights``; returns the best epoch's quantized weights.
+
+    ``teacher`` defaults to ``float_model``. With ``run_dir``, training resumes after the last
+    finished epoch (:func:`ravn.training.loop.train_epochs`).
+    """
+    teacher = (teacher or float_model).eval()
+    student = copy.deepcopy(float_model)
+    quantizers = attach(student, weights, config.quantizer, learn_tables=config.learn_quantizers,
+                        learn_scale=config.learn_quantizers)
+    names = list(weights)
+    latent_ids = {id(latent_weight(student, n)) for n in names}
+    decay = [p for p in student.parameters() if id(p) in latent_ids]
+    rest = [p for p in student.parameters() if id(p) not in latent_ids and p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": rest, "weight_decay": 0.0}], lr=config.lr)
+    train = dataset.train
+    steps = math.ceil(len(train) / config.batch_size)
+    schedule = Schedule(config.epochs, config.batch_size, min(steps, config.max_steps or steps), config.lr_floor,
+                        config.augment, seed)
+    val = dataset.split("val", limit=config.val_size)
+    loss = config.loss()
+
+    def step(images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = normalize(images)
+        out = Step(None, labels)
+        if loss.needs_teacher:
+            with torch.no_grad():
+                out.teacher_logits = teacher(x)
+            out.teacher_features = t_feats.take()
+        out.logits = student(x)
+        out.features = s_feats.take()
+        total, values = loss(out)
+        return {"loss": total, **values}
+
+    callbacks: list[Callback] = [BatchNormMode(student, config.bn)]
+    if progress:
+        from ravn.report.progress import EpochProgress
+
+        callbacks.append(EpochProgress(config.epochs))
+    stamp = {"config": config.to_dict(), "seed": seed, "layers": {n: list(q.bits) for n, q in weights.items()}}
+    with Capture(teacher, names) as t_feats, Capture(student, names) as s_feats:
+        result = train_epochs(student, step, optimizer, schedule, train,
+                              lambda: evaluate(student, val, normalize), run_dir, stamp, callbacks)
+    student.eval()
+    # Batch-norm statistics for the quantized weights: keep them only if validation agrees.
+    calib = dataset.calibration(2000, seed=1)
+    candidate = copy.deepcopy(student)
+    recalibrate_bn(candidate, normalize(calib.images(torch.arange(len(calib)))))
+    m = evaluate(candidate.eval(), val, normalize)
+    recalibrated = (m["top1"], -m["loss"]) > (result.best_top1, -result.best_loss)
+    if recalibrated:
+        student = candidate
+    final = frozen_weights(student, quantizers)
+    latent = detach(student, names)
+    return FineTuneResult(final, with_weights(latent, final), latent.eval(), result.history, result.best_epoch,
+                          m["top1"] if recalibrated else result.best_top1, recalibrated)

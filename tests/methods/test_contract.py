@@ -1,0 +1,95 @@
+"""The contract every registered method keeps (stable-baselines3 style: one test, every method).
+
+On a tiny model and tiny synthetic data: quantize, write the real file, read it back bit-exactly; the
+budget holds; the same seed gives the same file bytes; the stored config rebuilds the config; an option
+the method lacks is a one-line error. A new method only needs a row in ``SMALL`` if its defaults are slow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import ravn
+from ravn import cli_flags, export
+from ravn.config import Config
+from ravn.errors import RavnError
+from ravn.methods import METHODS, Context, FineTuneConfig, SearchConfig, method
+from tests.methods import toy
+
+
+def small_config(name: str) -> Config:
+    """The method's preset, shrunk to seconds: few evaluations, a few fine-tuning steps, tiny batches."""
+    spec = method(name)
+    base = spec.config()
+    fields = {f.name for f in dataclasses.fields(base)}
+    changes: dict = {}
+    if "budget_bits" in fields:
+        changes.update(budget_bits=3.0, calibration_size=16)
+    if "bits" in fields:
+        changes["bits"] = 3
+    if getattr(base, "search", None) is not None:
+        changes["search"] = SearchConfig(evaluations=3, patience=3, search_val_size=16, rerank=1)
+    if getattr(base, "finetune", None) is not None:
+        changes["finetune"] = FineTuneConfig(epochs=1, max_steps=2, batch_size=16, val_size=16)
+    return spec.config(**changes)
+
+
+def _quantize(name: str, tmp_path, tag: str, seed: int = 0):
+    config = small_config(name)
+    context = Context(toy.dataset(), toy.REF.normalize, tmp_path / f"{tag}.run", seed, progress=False)
+    result = ravn.quantize(toy.tiny(), config, context, name)
+    path = tmp_path / f"{tag}.ravn"
+    export.save(path, result.model, result.weights, toy.REF, result.method, result.config)
+    return config, result, path
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_contract_quantize_save_read_back(name, tmp_path):
+    config, result, path = _quantize(name, tmp_path, "a")
+    assert result.method == name
+    stored = export.read(path)
+    assert stored.meta["method"] == name
+    for layer, q in result.weights.items():
+        back = stored.weights[layer]
+        assert back.bits == q.bits and torch.equal(back.dequantize(), q.dequantize())
+    rebuilt, memory = stored.build().state_dict(), result.model.state_dict()
+    assert all(torch.equal(rebuilt[k], memory[k]) for k in memory if memory[k].is_floating_point())
+    assert type(config).from_dict(stored.meta["config"]) == config  # the file rebuilds its config
+    assert result.allocation == {n: q.bits for n, q in result.weights.items()}
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_contract_budget_holds(name, tmp_path):
+    config, result, _ = _quantize(name, tmp_path, "a")
+    avg = sum(q.id_bits() + q.code_bits() for q in result.weights.values()) / sum(
+        q.numel for q in result.weights.values())
+    assert avg <= (getattr(config, "budget_bits", None) or getattr(config, "bits", 8)) + 1e-9
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_contract_same_seed_same_bytes(name, tmp_path):
+    _, _, first = _quantize(name, tmp_path, "a", seed=1)
+    _, _, second = _quantize(name, tmp_path, "b", seed=1)
+    assert first.read_bytes() == second.read_bytes()
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_contract_config_round_trips(name):
+    config = small_config(name)
+    data = config.to_dict()
+    assert type(config).from_dict(data) == config
+    import json
+
+    assert json.loads(json.dumps(data)) == data
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_contract_foreign_option_is_one_line_error(name):
+    table = cli_flags.flags()
+    foreign = next(k for k, flag in table.items() if name not in flag.methods)
+    with pytest.raises(RavnError) as exc:
+        cli_flags.config(method(name), None, {foreign: table[foreign].kind()})
+    assert "does not apply" in str(exc.value) and "\n" not in str(exc.value)

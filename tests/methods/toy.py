@@ -1,0 +1,41 @@
+"""A tiny model and a tiny learnable dataset, built in memory: every method's contract runs on them in seconds."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ravn.data import Dataset, TensorSplit
+from ravn.models import ModelRef
+
+#: How a .ravn file rebuilds the toy model (tests put the repository root on sys.path).
+REF = ModelRef("toy", "tests.methods.toy:tiny", {}, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 8)
+
+
+class Tiny(nn.Module):
+    def __init__(self, classes: int = 3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        return self.fc(torch.relu(self.conv2(x)).mean((2, 3)))
+
+
+def tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return Tiny().eval()
+
+
+def dataset(n_train: int = 96, n_test: int = 24, seed: int = 0) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 3, (n_train + n_test,), generator=g)
+    pixels = torch.randint(0, 100, (n_train + n_test, 3, 8, 8), generator=g, dtype=torch.uint8)
+    for c in range(3):
+        pixels[labels == c, c] += 120  # class c is brighter in channel c: learnable
+    train = TensorSplit(pixels[:n_train], labels[:n_train])
+    test = TensorSplit(pixels[n_train:], labels[n_train:])
+    return Dataset("toy", None, ["r", "g", "b"], lambda: train, lambda: test, val_size=24)
