@@ -3,7 +3,8 @@
 Tensors (each a flat concatenation, layer after layer, so the header stays small):
 
 - ``codes`` (uint8): per quantized layer, its Huffman-coded cluster-id stream then its code stream
-  (:meth:`QuantizedWeight.pack`), each padded to whole bytes;
+  (:meth:`QuantizedWeight.pack`), each padded to whole bytes, or (``coding`` ``"ans"``/``"huffman"``)
+  its entropy-coded payload (:mod:`ravn.quantizers.entropy`);
 - ``tables`` (float32): per quantized layer, its cluster tables, then its channel scales and offsets;
 - ``state.<dtype>``: every other entry of the model's ``state_dict`` (biases, batch-norm parameters
   and statistics), in ``state_dict`` order, at the precision it is stored in.
@@ -14,6 +15,8 @@ Each ``__metadata__`` entry holds compact JSON:
 - ``layers``: one column per field, one row per quantized layer: ``name``, ``shape``, cluster
   ``bits``, cluster counts ``n`` (empty for one cluster; they fix every stream length and the
   Huffman code), channel vectors ``ch`` (``s`` scale, ``o`` offset) and an implicit ``table`` kind;
+  format ``ravn/2`` adds ``coding`` and ``bytes`` (the layer's bytes in ``codes``); a ``ravn/1`` file
+  (no ``coding`` column) is all ``"fixed"``, and is what ``save`` writes when every layer is fixed;
 - ``method``, ``config``, ``metrics``, ``versions``.
 
 ravn writes the container itself (:func:`save`; :func:`file_bytes` gives its exact size without
@@ -24,9 +27,10 @@ aligned. Any safetensors reader can read it.
 Reading trusts nothing in the file: :func:`read` checks every header field's type and range, and
 that the layers' stream lengths add up to the stored tensors, before it decodes or allocates
 anything, so a damaged or hostile file is a one-line :class:`RavnError` and costs memory in
-proportion to its size. It rebuilds an ordinary ``nn.Module`` whose weights equal the in-memory
-quantized weights bit for bit, because both come from :meth:`QuantizedWeight.dequantize` of the
-same codes.
+proportion to its size (an entropy-coded layer may claim at most :data:`CODED_WEIGHTS_PER_BYTE`
+weights per byte of its payload; ``save`` stores a layer that would compress further ``"fixed"``).
+It rebuilds an ordinary ``nn.Module`` whose weights equal the in-memory quantized weights bit for
+bit, because both come from :meth:`QuantizedWeight.dequantize` of the same codes.
 """
 
 from __future__ import annotations
@@ -49,10 +53,15 @@ from torch import nn
 from ravn.errors import RavnError
 from ravn.files import os_error, write_atomically
 from ravn.models import MODELS, ModelRef
-from ravn.quantizers.qweight import IMPLICIT_TABLES, MAX_BITS, MIN_BITS, QuantizedWeight, implicit_table
+from ravn.quantizers.qweight import CODINGS, IMPLICIT_TABLES, MAX_BITS, MIN_BITS, QuantizedWeight, implicit_table
 from ravn.quantizers.size import FLOAT_BYTES, LayerCost, whole_bytes
 
 FORMAT = "ravn/1"
+#: ``ravn/1`` plus per-layer ``coding`` and ``bytes`` columns; written only when a layer is entropy-coded.
+FORMAT_CODED = "ravn/2"
+#: The most weights an entropy-coded layer may hold per byte of its payload (1/8 bit per weight; a
+#: ``"fixed"`` layer takes at least 1 bit): what bounds the memory a hostile file's layer can claim.
+CODED_WEIGHTS_PER_BYTE = 64
 SUFFIX = ".ravn"
 
 #: Factories :meth:`RavnFile.build` runs even when the caller restricts it: the registry's models.
@@ -67,6 +76,7 @@ _DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 _TENSORS = {"codes": torch.uint8, "tables": torch.float32,
             **{f"state.{str(dtype).removeprefix('torch.')}": dtype for dtype in _DTYPES.values()}}
 _COLUMNS = ("name", "shape", "bits", "n", "ch", "table")
+_CODED_COLUMNS = (*_COLUMNS, "coding", "bytes")
 _CHANNEL_FLAGS = ("", "s", "o", "so")
 _MAX_DIMS = 8
 _FACTORY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
@@ -96,39 +106,89 @@ def _versions() -> dict:
     return {"ravn": __version__, "torch": torch.__version__.split("+")[0], "safetensors": safetensors.__version__}
 
 
-def size_report(weights: dict[str, QuantizedWeight]) -> dict:
-    """What the quantized layers cost, counted from the codes (bits) and as stored (bytes)."""
+def _codings(names, coding: str | dict[str, str]) -> dict[str, str]:
+    """Each layer's coding, from one for all layers or one per layer name; ``ValueError`` if unknown."""
+    codings = dict(coding) if isinstance(coding, dict) else dict.fromkeys(names, coding)
+    bad = {c for c in codings.values() if c not in CODINGS}
+    if bad:
+        raise ValueError(f"coding must be one of {CODINGS}, got {sorted(map(str, bad))}")
+    if set(codings) != set(names):
+        raise ValueError(f"coding names layers {sorted(set(codings) ^ set(names))[:5]} that are not (all) quantized")
+    return codings
+
+
+def size_report(weights: dict[str, QuantizedWeight], coding: str | dict[str, str] = "fixed",
+                payload_bytes: dict[str, int] | None = None) -> dict:
+    """What the quantized layers cost, counted from the codes (bits) and as stored (bytes).
+
+    ``coding`` (one for all layers, or per layer name) is how the ids and codes are stored;
+    ``avg_bits`` counts the stored bits (entropy-coded: payload bytes, frequency models included);
+    ``id_bits`` and ``code_bits`` are what the fixed layout takes. ``payload_bytes`` gives the
+    entropy-coded layers' payload sizes when known (else they are coded to measure them).
+    """
+    codings = _codings(weights, coding)
+    payloads = payload_bytes if payload_bytes is not None else _payload_bytes(weights, codings)
     n = sum(q.numel for q in weights.values())
-    id_bits = sum(q.id_bits() for q in weights.values())
-    code_bits = sum(q.code_bits() for q in weights.values())
+    costs = {name: q.cost for name, q in weights.items()}
+    stored = {name: payloads.get(name) if codings[name] != "fixed" else None for name in weights}
+    bits = sum(costs[name].stored_bits(q.bits, stored[name]) for name, q in weights.items())
+    kinds = set(codings.values())
     return {
         "quantized_weights": n,
-        "id_bits": id_bits,
-        "code_bits": code_bits,
-        "avg_bits": (id_bits + code_bits) / n if n else 0.0,
-        "stream_bytes": sum(q.stream_bytes() for q in weights.values()),
-        "table_bytes": sum(q.table_bytes() for q in weights.values()),
+        "coding": kinds.pop() if len(kinds) == 1 else codings or "fixed",
+        "id_bits": sum(c.id_bits for c in costs.values()),
+        "code_bits": sum(costs[name].code_bits(q.bits) for name, q in weights.items()),
+        "avg_bits": bits / n if n else 0.0,
+        "stream_bytes": sum(costs[name].stored_bytes(q.bits, stored[name]) for name, q in weights.items()),
+        "table_bytes": sum(costs[name].table_bytes(q.bits) for name, q in weights.items()),
     }
+
+
+def _payload_bytes(weights: dict[str, QuantizedWeight], codings: dict[str, str]) -> dict[str, int]:
+    return {name: q.payload_bytes(codings[name]) for name, q in weights.items() if codings[name] != "fixed"}
 
 
 # --- writing ------------------------------------------------------------------------------------
 
 
+def _encode(weights: dict[str, QuantizedWeight], coding: str | dict[str, str]) -> tuple[dict, dict]:
+    """Each layer's coding as stored, and the entropy-coded layers' payloads (each layer coded once).
+
+    A layer whose payload would hold more than :data:`CODED_WEIGHTS_PER_BYTE` weights per byte (a
+    nearly constant layer) is stored ``"fixed"``: :func:`read` refuses such a layer.
+    """
+    codings = _codings(weights, coding)
+    payloads = {}
+    for name, q in weights.items():
+        if codings[name] != "fixed":
+            (payload,) = q.pack(codings[name])
+            if q.numel > CODED_WEIGHTS_PER_BYTE * len(payload):
+                codings[name] = "fixed"
+            else:
+                payloads[name] = payload
+    return codings, payloads
+
+
 def _contents(model: nn.Module, weights: dict[str, QuantizedWeight], ref: ModelRef, method: str,
-              config: dict | None, metrics: dict | None) -> tuple[dict, dict[str, tuple[torch.dtype, int]]]:
-    """The metadata of the file and the (dtype, length) of each tensor, computed without packing.
+              config: dict | None, metrics: dict | None, codings: dict[str, str],
+              payload_bytes: dict[str, int]) -> tuple[dict, dict[str, tuple[torch.dtype, int]]]:
+    """The metadata of the file and the (dtype, length) of each tensor, computed without packing
+    (entropy-coded layers: from their ``payload_bytes``, as :func:`_encode` measured them).
 
     The one description of a file's layout: :func:`save` writes it and :func:`file_bytes` sums it.
     """
-    layers: dict[str, list] = {key: [] for key in _COLUMNS}
+    coded = any(c != "fixed" for c in codings.values())
+    layers: dict[str, list] = {key: [] for key in (_CODED_COLUMNS if coded else _COLUMNS)}
     for name, q in weights.items():
-        for key, value in (("name", name), ("shape", list(q.shape)), ("bits", list(q.bits)),
-                           ("n", q.counts if q.clusters > 1 else []),
-                           ("ch", "s" * (q.scale is not None) + "o" * (q.offset is not None)),
-                           ("table", q.table_kind() or "")):
+        row = {"name": name, "shape": list(q.shape), "bits": list(q.bits), "n": q.counts if q.clusters > 1 else [],
+               "ch": "s" * (q.scale is not None) + "o" * (q.offset is not None), "table": q.table_kind() or ""}
+        if coded:
+            row["coding"] = codings[name]
+            row["bytes"] = q.cost.stored_bytes(q.bits, payload_bytes.get(name))
+        for key, value in row.items():
             layers[key].append(value)
     keys = _state_keys(model, list(weights))
-    report = size_report(weights)
+    report = size_report(weights, codings, payload_bytes)
     sizes = {"codes": (torch.uint8, report["stream_bytes"]),
              "tables": (torch.float32, report["table_bytes"] // FLOAT_BYTES)}
     state = model.state_dict()
@@ -140,7 +200,7 @@ def _contents(model: nn.Module, weights: dict[str, QuantizedWeight], ref: ModelR
         name = f"state.{_dtype_name(t.dtype)}"
         sizes[name] = (t.dtype, sizes.get(name, (t.dtype, 0))[1] + t.numel())
     meta = {
-        "format": FORMAT,
+        "format": FORMAT_CODED if coded else FORMAT,
         "model": ref.to_dict(),
         "state": {"keys": len(keys), "digest": _keys_digest(keys)},
         # one column per field, one row per quantized layer, in file order
@@ -174,20 +234,25 @@ def _header(meta: dict, sizes: dict[str, tuple[torch.dtype, int]]) -> bytes:
 
 
 def file_bytes(model: nn.Module, weights: dict[str, QuantizedWeight], ref: ModelRef, method: str = "",
-               config: dict | None = None, metrics: dict | None = None) -> int:
+               config: dict | None = None, metrics: dict | None = None,
+               coding: str | dict[str, str] = "fixed") -> int:
     """The exact size in bytes of the file :func:`save` would write for these arguments, without writing it.
 
-    Cheap: it counts the streams from the cluster counts and never packs them.
+    Cheap for ``"fixed"`` layers: it counts their streams from the cluster counts and never packs
+    them. An entropy-coded layer's size is known only by coding it, so those layers are coded.
     """
-    meta, sizes = _contents(model, weights, ref, method, config, metrics)
+    codings, payloads = _encode(weights, coding)
+    meta, sizes = _contents(model, weights, ref, method, config, metrics, codings,
+                            {name: len(p) for name, p in payloads.items()})
     return len(_header(meta, sizes)) + sum(numel * dtype.itemsize for dtype, numel in sizes.values())
 
 
-def _tensors(model: nn.Module, weights: dict[str, QuantizedWeight]) -> dict[str, torch.Tensor]:
-    """The tensors a file stores, packed."""
+def _tensors(model: nn.Module, weights: dict[str, QuantizedWeight],
+             payloads: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """The tensors a file stores, packed (entropy-coded layers: their ``payloads``, already coded)."""
     streams, tables = [], []
-    for q in weights.values():
-        streams += q.pack()
+    for name, q in weights.items():
+        streams += [payloads[name]] if name in payloads else q.pack()
         tables += ([] if q.table_kind() else [q.tables.float().reshape(-1)]) + [
             t.float().reshape(-1) for t in (q.scale, q.offset) if t is not None]
     tensors = {"codes": torch.from_numpy(np.concatenate(streams) if streams else np.zeros(0, np.uint8)),
@@ -202,8 +267,13 @@ def _tensors(model: nn.Module, weights: dict[str, QuantizedWeight]) -> dict[str,
 
 
 def save(path: Path | str, model: nn.Module, weights: dict[str, QuantizedWeight], ref: ModelRef,
-         method: str = "", config: dict | None = None, metrics: dict | None = None) -> dict:
+         method: str = "", config: dict | None = None, metrics: dict | None = None,
+         coding: str | dict[str, str] = "fixed") -> dict:
     """Write ``model`` with ``weights`` (layer name -> quantized weight) to ``path``, atomically.
+
+    ``coding`` (:data:`CODINGS`, one for all layers or per layer name) is how ids and codes are
+    stored: all ``"fixed"`` writes ``ravn/1`` exactly as before, any entropy-coded layer ``ravn/2``
+    (a nearly constant layer is stored ``"fixed"`` whatever it asks, see :func:`_encode`).
 
     Returns the size report: measured average bits, stream/table/state/header bytes and
     ``file_bytes``, which equals their sum exactly (and :func:`file_bytes` of the same arguments).
@@ -211,14 +281,16 @@ def save(path: Path | str, model: nn.Module, weights: dict[str, QuantizedWeight]
     (:func:`~ravn.files.write_atomically`).
     """
     path = Path(path)
-    meta, sizes = _contents(model, weights, ref, method, config, metrics)
-    tensors = _tensors(model, weights)
+    codings, payloads = _encode(weights, coding)
+    payload_bytes = {name: len(p) for name, p in payloads.items()}
+    meta, sizes = _contents(model, weights, ref, method, config, metrics, codings, payload_bytes)
+    tensors = _tensors(model, weights, payloads)
     packed = {name: (t.dtype, t.numel()) for name, t in tensors.items()}
     if packed != sizes:
         raise RuntimeError(f"packed tensors {packed} differ from the layout {sizes}")  # a bug in ravn
     header = _header(meta, sizes)
     write_atomically(path, [header] + [tensors[name].view(torch.uint8).numpy().data for name in _data_order(sizes)])
-    report = size_report(weights)
+    report = size_report(weights, codings, payload_bytes)
     report["state_bytes"] = sum(t.numel() * t.element_size() for k, t in tensors.items() if k.startswith("state."))
     report["file_bytes"] = path.stat().st_size
     report["header_bytes"] = len(header)
@@ -327,15 +399,18 @@ def _check_meta(meta: dict) -> None:
         raise ValueError("state 'keys' is negative")
 
 
-def _plan_layers(layers: dict, codes_bytes: int, table_floats: int) -> list[dict]:
+def _plan_layers(layers: dict, codes_bytes: int, table_floats: int, coded: bool = False) -> list[dict]:
     """The layer rows, each with its checked fields and its stream and table sizes.
 
     Every field's type and range is checked, and the sizes must add up to the stored tensors
     exactly, before anything is decoded: a layer can claim no more weights than its codes hold
-    (each weight takes at least one code bit), so decoding allocates in proportion to the file.
+    (a ``"fixed"`` weight takes at least one code bit, an entropy-coded layer holds at most
+    :data:`CODED_WEIGHTS_PER_BYTE` weights per payload byte), so decoding allocates in proportion
+    to the file. ``coded`` (format ``ravn/2``): the ``coding`` and ``bytes`` columns are there too.
     """
-    if set(layers) != set(_COLUMNS) or not all(isinstance(v, list) for v in layers.values()):
-        raise ValueError(f"layers must have the list columns {', '.join(_COLUMNS)}")
+    columns = _CODED_COLUMNS if coded else _COLUMNS
+    if set(layers) != set(columns) or not all(isinstance(v, list) for v in layers.values()):
+        raise ValueError(f"layers must have the list columns {', '.join(columns)}")
     rows = len(layers["name"])
     if any(len(column) != rows for column in layers.values()):
         raise ValueError("the layer columns have different lengths")
@@ -343,15 +418,25 @@ def _plan_layers(layers: dict, codes_bytes: int, table_floats: int) -> list[dict
     at_byte = at_float = 0
     for i in range(rows):
         name, shape, bits, counts, ch, kind = (layers[key][i] for key in _COLUMNS)
+        coding, stored = (layers["coding"][i], layers["bytes"][i]) if coded else ("fixed", None)
         if not isinstance(name, str) or not name or name in names:
             raise ValueError(f"layer {i} has a missing or repeated name {_short(name)}")
         names.add(name)
+        if not isinstance(coding, str) or coding not in CODINGS:
+            raise ValueError(f"layer {name} has coding {_short(coding)}, not one of {CODINGS}")
+        if coded and not _is_int(stored):
+            raise ValueError(f"layer {name} bytes must be an integer >= 0, got {_short(stored)}")
+        if coded and stored > codes_bytes - at_byte:
+            raise ValueError(f"layer {name} claims {stored} code bytes, {codes_bytes - at_byte} are left")
         _int_list(shape, f"layer {name} shape", low=1)
         if not 1 <= len(shape) <= _MAX_DIMS:
             raise ValueError(f"layer {name} shape has {len(shape)} dimensions")
         numel = math.prod(shape)
-        if numel > 8 * (codes_bytes - at_byte):
+        if coding == "fixed" and numel > 8 * (codes_bytes - at_byte):
             raise ValueError(f"layer {name} shape {_short(shape)} holds more weights than the codes left can")
+        if coding != "fixed" and numel > CODED_WEIGHTS_PER_BYTE * stored:
+            raise ValueError(f"layer {name} shape {_short(shape)} holds more than {CODED_WEIGHTS_PER_BYTE} "
+                             f"weights per byte of its {stored}-byte payload")
         _int_list(bits, f"layer {name} bits", low=MIN_BITS)
         if not bits or max(bits) > MAX_BITS:
             raise ValueError(f"layer {name} bits {_short(bits)} are not in {MIN_BITS}..{MAX_BITS}")
@@ -368,14 +453,21 @@ def _plan_layers(layers: dict, codes_bytes: int, table_floats: int) -> list[dict
             counts = [numel]
         elif sum(_int_list(counts, f"layer {name} counts", length=len(bits))) != numel:
             raise ValueError(f"layer {name}: counts sum to {sum(counts)}, its shape holds {numel}")
-        cost = LayerCost(tuple(counts))
-        id_bytes, code_bytes = whole_bytes(cost.id_bits), whole_bytes(cost.code_bits(tuple(bits)))
-        if id_bytes + code_bytes > codes_bytes - at_byte:
-            raise ValueError(f"layer {name} needs {id_bytes + code_bytes} code bytes, {codes_bytes - at_byte} are left")
+        if coding == "fixed":
+            cost = LayerCost(tuple(counts))
+            sizes = [whole_bytes(cost.id_bits), whole_bytes(cost.code_bits(tuple(bits)))]
+            if sum(sizes) > codes_bytes - at_byte:
+                raise ValueError(f"layer {name} needs {sum(sizes)} code bytes, {codes_bytes - at_byte} are left")
+            if coded and stored != sum(sizes):
+                raise ValueError(f"layer {name} claims {stored} code bytes, its counts and bits need {sum(sizes)}")
+        else:
+            sizes = [stored]  # the payload; the coder checks its frequency model before decoding
+        spans = []
+        for size in sizes:
+            spans.append((at_byte, at_byte + size))
+            at_byte += size
         plan.append({"name": name, "shape": tuple(shape), "bits": tuple(bits), "counts": counts, "ch": ch,
-                     "table": kind, "bytes": (at_byte, at_byte + id_bytes, at_byte + id_bytes + code_bytes),
-                     "floats": at_float})
-        at_byte += id_bytes + code_bytes
+                     "table": kind, "coding": coding, "spans": spans, "floats": at_float})
         at_float += floats
     if (at_byte, at_float) != (codes_bytes, table_floats):
         raise ValueError(f"the layers use {at_byte} code bytes and {at_float} table values, the file stores "
@@ -387,8 +479,8 @@ def _unpack_layers(plan: list[dict], codes: np.ndarray, tables: torch.Tensor) ->
     weights = {}
     for row in plan:
         shape, bits = row["shape"], row["bits"]
-        start, middle, end = row["bytes"]
-        ids, layer_codes = QuantizedWeight.unpack(shape, bits, row["counts"], codes[start:middle], codes[middle:end])
+        streams = [codes[start:end] for start, end in row["spans"]]
+        ids, layer_codes = QuantizedWeight.unpack(shape, bits, row["counts"], *streams, coding=row["coding"])
         at = row["floats"]
         if row["table"]:
             table = implicit_table(row["table"], bits[0])
@@ -413,6 +505,21 @@ class RavnFile:
     state: dict[str, torch.Tensor] = field(repr=False)
     file_bytes: int = 0
     header_bytes: int = 0
+
+    @property
+    def codings(self) -> dict[str, str]:
+        """How each layer's ids and codes are stored (:data:`CODINGS`; all ``"fixed"`` in a ``ravn/1`` file)."""
+        layers = self.meta["layers"]
+        return dict(zip(layers["name"], layers.get("coding") or ["fixed"] * len(layers["name"]), strict=True))
+
+    @property
+    def payload_bytes(self) -> dict[str, int]:
+        """The stored payload bytes of each entropy-coded layer (as :func:`size_report` takes them)."""
+        layers = self.meta["layers"]
+        if "coding" not in layers:
+            return {}
+        return {name: n for name, coding, n in zip(layers["name"], layers["coding"], layers["bytes"], strict=True)
+                if coding != "fixed"}
 
     @property
     def ref(self) -> ModelRef:
@@ -496,12 +603,13 @@ def read(path: Path | str) -> RavnFile:
         meta, tensors, header_bytes = _parse(raw)
     except ValueError as exc:
         raise RavnError(f"{path} is not a readable .ravn file ({exc})", _CORRUPT) from None
-    if meta.get("format") != FORMAT:
-        raise RavnError(f"{path} has format {_short(meta.get('format'))}, this ravn reads {FORMAT}",
-                        "upgrade ravn, or pass a .ravn file")
+    if meta.get("format") not in (FORMAT, FORMAT_CODED):
+        raise RavnError(f"{path} has format {_short(meta.get('format'))}, this ravn reads {FORMAT} and "
+                        f"{FORMAT_CODED}", "upgrade ravn, or pass a .ravn file")
     try:
         _check_meta(meta)
-        plan = _plan_layers(meta["layers"], len(tensors["codes"]), tensors["tables"].numel())
+        plan = _plan_layers(meta["layers"], len(tensors["codes"]), tensors["tables"].numel(),
+                            coded=meta["format"] == FORMAT_CODED)
         weights = _unpack_layers(plan, tensors["codes"], tensors["tables"])
     except ValueError as exc:
         raise RavnError(f"{path} has inconsistent contents ({exc})", _CORRUPT) from None

@@ -47,7 +47,8 @@ def canonical_codes(lengths: list[int]) -> list[int]:
     return codes
 
 
-def _reverse_bits(values: np.ndarray, widths: np.ndarray) -> np.ndarray:
+def reverse_bits(values: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """Each value's low ``widths`` bits in reverse order (code words enter the stream first bit first)."""
     out = np.zeros_like(values)
     for j in range(int(widths.max()) if len(widths) else 0):
         has = widths > j
@@ -61,15 +62,19 @@ def encoded_bits(symbols_counts: list[int] | np.ndarray) -> int:
 
 
 def encode(symbols: np.ndarray, counts: list[int]) -> np.ndarray:
-    """Huffman-code ``symbols`` with the code derived from ``counts``; packed as uint8 bytes.
+    """Huffman-code ``symbols`` with the code derived from ``counts``; packed as uint8 bytes."""
+    return encode_with_lengths(symbols, np.asarray(code_lengths(counts), dtype=np.int64))
+
+
+def encode_with_lengths(symbols: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Code ``symbols`` with the canonical code of these code lengths; packed as uint8 bytes.
 
     Code words enter the stream first bit first (the prefix property is read in stream order).
     """
-    lengths = np.asarray(code_lengths(counts), dtype=np.int64)
     codes = np.asarray(canonical_codes(list(lengths)), dtype=np.int64)
     symbols = np.asarray(symbols, dtype=np.int64)
     widths = lengths[symbols]
-    return pack_bits(_reverse_bits(codes[symbols], widths), widths)
+    return pack_bits(reverse_bits(codes[symbols], widths), widths)
 
 
 #: Longest code :func:`decode` reads (a window of code bits is an int64). Reaching it takes more

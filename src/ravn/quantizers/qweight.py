@@ -7,6 +7,9 @@ One layer's weight ``W`` (output channels first) is stored as
 - ``tables``: cluster ``m``'s ``2^bits[m]`` values, all clusters concatenated (float32);
 - optionally a per-output-channel ``scale`` and ``offset`` (float32).
 
+The ids and codes are stored either ``"fixed"`` (as above) or entropy-coded jointly
+(:mod:`.entropy`, ``"ans"`` or ``"huffman"``): one symbol ``start[id] + code`` per weight.
+
 Decoding is a table look-up (METHOD.md, "VQ")::
 
     W.flat[j] = tables[start[ids[j]] + codes[j]] * scale[c(j)] + offset[c(j)]
@@ -24,11 +27,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ravn.quantizers import huffman
+from ravn.quantizers import entropy, huffman
 from ravn.quantizers.packing import pack_bits, unpack_bits
 from ravn.quantizers.size import LayerCost
 
 MIN_BITS, MAX_BITS = 1, 8
+#: How ids and codes are stored: Huffman ids and fixed-width codes, or one entropy-coded stream.
+CODINGS = ("fixed", *entropy.CODERS)
 
 #: Tables that need not be stored, for ``2^b`` codes ``k``: grid positions ``k`` ("int"), or the
 #: grid of ``2^b - 1`` levels centred on zero, ``k - (2^(b-1) - 1)`` ("sym"; 1 bit: ``k - 1/2``).
@@ -129,20 +134,38 @@ class QuantizedWeight:
                     return kind
         return None
 
-    def stream_bytes(self) -> int:
-        return self.cost.stream_bytes(self.bits)
+    def payload_bytes(self, coding: str = "fixed") -> int | None:
+        """Bytes of the entropy-coded payload with ``coding`` (codes the layer); ``None`` for ``"fixed"``."""
+        return None if coding == "fixed" else len(self.pack(coding)[0])
+
+    def stream_bytes(self, coding: str = "fixed") -> int:
+        """Bytes of the ids and codes as stored with ``coding`` (:meth:`LayerCost.stored_bytes`)."""
+        return self.cost.stored_bytes(self.bits, self.payload_bytes(coding))
 
     def table_bytes(self) -> int:
         """Bytes of the stored tables and channel vectors."""
         return self.cost.table_bytes(self.bits)
 
-    def avg_bits(self) -> float:
-        """Measured bits per weight: id bits plus code bits over the number of weights."""
-        return (self.id_bits() + self.code_bits()) / self.numel
+    def coded_bits(self, coding: str = "fixed") -> int:
+        """Bits the ids and codes take stored with ``coding``: id bits plus code bits, or the bytes of
+        the entropy-coded payload (frequency model included) times 8 (:meth:`LayerCost.stored_bits`)."""
+        return self.cost.stored_bits(self.bits, self.payload_bytes(coding))
+
+    def avg_bits(self, coding: str = "fixed") -> float:
+        """Measured bits per weight stored with ``coding``: :meth:`coded_bits` over the number of weights."""
+        return self.coded_bits(coding) / self.numel
 
     # --- the packed byte streams ----------------------------------------------------------------
-    def pack(self) -> tuple[np.ndarray, np.ndarray]:
-        """(Huffman-coded id stream, code stream) as uint8 arrays."""
+    def symbols(self) -> np.ndarray:
+        """Each weight's table index ``start[id] + code`` (int64), the symbol entropy coding codes."""
+        index = self.codes if self.ids is None else self.table_starts[self.ids] + self.codes
+        return index.numpy()
+
+    def pack(self, coding: str = "fixed") -> tuple[np.ndarray, ...]:
+        """The stored streams as uint8 arrays: ``"fixed"``: (Huffman-coded id stream, code stream);
+        ``"ans"``/``"huffman"``: (entropy-coded payload,) of :mod:`.entropy`."""
+        if coding != "fixed":
+            return (entropy.encode(self.symbols(), self.tables.numel(), coding),)
         counts = self.counts
         if self.ids is None:
             id_stream = np.zeros(0, dtype=np.uint8)
@@ -154,9 +177,22 @@ class QuantizedWeight:
         return id_stream, pack_bits(self.codes.numpy(), widths)
 
     @staticmethod
-    def unpack(shape, bits, counts, id_stream: np.ndarray, code_stream: np.ndarray):
-        """``(ids, codes)`` from the two streams written by :meth:`pack`."""
+    def unpack(shape, bits, counts, *streams: np.ndarray, coding: str = "fixed"):
+        """``(ids, codes)`` from the streams written by :meth:`pack`; ``ValueError`` if they are corrupt
+        (entropy-coded: also when the decoded cluster counts differ from ``counts``)."""
         n = math.prod(shape)
+        if coding != "fixed":
+            sizes = np.array([1 << b for b in bits])
+            starts = np.cumsum(sizes) - sizes
+            (payload,) = streams
+            symbols = entropy.decode(payload, int(sizes.sum()), n, coding)
+            if len(bits) == 1:
+                return None, torch.from_numpy(symbols)
+            ids = np.searchsorted(starts, symbols, side="right") - 1
+            if np.bincount(ids, minlength=len(bits)).tolist() != list(counts):
+                raise ValueError(f"decoded cluster counts differ from the stored {list(counts)}")
+            return torch.from_numpy(ids), torch.from_numpy(symbols - starts[ids])
+        id_stream, code_stream = streams
         if len(bits) == 1:
             return None, torch.from_numpy(unpack_bits(code_stream, bits[0], n))
         ids = huffman.decode(id_stream, counts, n)

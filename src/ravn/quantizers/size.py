@@ -5,6 +5,8 @@ A layer with clusters of ``counts[m]`` weights at ``bits[m]`` bits stores (``doc
 - cluster ids, canonical-Huffman coded from the counts (none for one cluster): :attr:`LayerCost.id_bits`;
 - codes, ``bits[m]`` bits per weight of cluster ``m``: :meth:`LayerCost.code_bits`;
 - each stream padded to whole bytes;
+- or, entropy-coded (``ravn/2``, :mod:`ravn.quantizers.entropy`), one payload of whole bytes in place
+  of both streams, whose size is known only by coding it: :meth:`LayerCost.stored_bytes`;
 - tables of ``2^bits[m]`` float32 values (unless implicit) and per-channel float32 scales/offsets.
 
 :class:`ravn.quantizers.qweight.QuantizedWeight` (a stored layer), the budget (any allocation) and
@@ -49,6 +51,16 @@ class LayerCost:
 
     def stream_bytes(self, bits: tuple[int, ...]) -> int:
         return whole_bytes(self.id_bits) + whole_bytes(self.code_bits(bits))
+
+    def stored_bytes(self, bits: tuple[int, ...], payload_bytes: int | None = None) -> int:
+        """Bytes of the layer's ids and codes in the file: the fixed streams (``payload_bytes`` None) or
+        the entropy-coded payload of ``payload_bytes`` (frequency model included)."""
+        return self.stream_bytes(bits) if payload_bytes is None else payload_bytes
+
+    def stored_bits(self, bits: tuple[int, ...], payload_bytes: int | None = None) -> int:
+        """Bits the ids and codes take, as measured: fixed, id bits plus code bits (unpadded);
+        entropy-coded, 8 bits per payload byte."""
+        return self.id_bits + self.code_bits(bits) if payload_bytes is None else 8 * payload_bytes
 
     def table_bytes(self, bits: tuple[int, ...]) -> int:
         tables = sum(1 << b for b in bits) if self.explicit_tables else 0

@@ -8,8 +8,11 @@ from ravn.export.ravnfile import RavnFile, size_report
 def describe(f: RavnFile) -> dict:
     """Plain-data description of a file: totals measured from its codes and its byte count."""
     layers = []
+    codings = f.codings
+    payloads = f.payload_bytes  # as stored: not coded again
     for name, q in f.weights.items():
-        counts = q.counts
+        counts, cost = q.counts, q.cost
+        coding = codings[name]
         layers.append({
             "name": name,
             "shape": list(q.shape),
@@ -17,18 +20,20 @@ def describe(f: RavnFile) -> dict:
             "clusters": q.clusters,
             "bits": list(q.bits),
             "shares": [c / q.numel for c in counts],
-            "avg_bits": q.avg_bits(),
+            "coding": coding,
+            "avg_bits": cost.stored_bits(q.bits, payloads.get(name)) / q.numel,
             "id_bits": q.id_bits(),
             "code_bits": q.code_bits(),
-            "bytes": q.stream_bytes() + q.table_bytes(),
+            "bytes": cost.stored_bytes(q.bits, payloads.get(name)) + cost.table_bytes(q.bits),
         })
-    totals = size_report(f.weights)
+    totals = size_report(f.weights, codings, payloads)
     state_bytes = sum(t.numel() * t.element_size() for t in f.state.values())
     return {
         "file": str(f.path),
         "file_bytes": f.file_bytes,
         "header_bytes": f.header_bytes,
         "state_bytes": state_bytes,
+        "codings": sorted(set(codings.values())),
         **{k: totals[k] for k in ("avg_bits", "quantized_weights", "id_bits", "code_bits", "stream_bytes",
                                   "table_bytes")},
         "model": f.meta["model"]["name"],
@@ -60,8 +65,9 @@ def render(info: dict) -> None:
     console.print(table)
     console.print(
         f"average bits {info['avg_bits']:.4f} over {info['quantized_weights']:,} weights "
-        f"(ids {info['id_bits']:,} + codes {info['code_bits']:,} bits)\n"
-        f"file {info['file_bytes']:,} B = streams {info['stream_bytes']:,} + tables {info['table_bytes']:,} "
+        + (f"(ids {info['id_bits']:,} + codes {info['code_bits']:,} bits)\n" if info["codings"] == ["fixed"]
+           else f"(coded {'/'.join(info['codings'])}, frequency models included)\n")
+        + f"file {info['file_bytes']:,} B = streams {info['stream_bytes']:,} + tables {info['table_bytes']:,} "
         f"+ float state {info['state_bytes']:,} + header {info['header_bytes']:,}"
     )
     if info["metrics"]:

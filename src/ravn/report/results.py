@@ -42,7 +42,7 @@ def versions() -> dict:
     out = {"ravn": __version__, "torch": torch.__version__, "numpy": numpy.__version__}
     from importlib.metadata import PackageNotFoundError, version
 
-    for name in ("stable-baselines3", "gymnasium", "kmeans1d", "safetensors"):
+    for name in ("stable-baselines3", "gymnasium", "kmeans1d", "safetensors", "constriction"):
         with contextlib.suppress(PackageNotFoundError):
             out[name] = version(name)
     return out
