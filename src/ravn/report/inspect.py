@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ravn.export.ravnfile import RavnFile, size_report
+from ravn.export.layout import size_report
+from ravn.export.reader import RavnFile
 
 
 def describe(f: RavnFile) -> dict:
