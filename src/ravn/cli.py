@@ -14,12 +14,16 @@ from typing import Annotated
 import typer
 
 from ravn import cli_flags as method_flags
+from ravn.data.splits import DEFAULT_VAL_SIZE
 from ravn.errors import RavnError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Quantize trained PyTorch models into real few-bit .ravn files.")
 
 DataOpt = Annotated[Path | None, typer.Option("--data", help="Dataset folder (default: $RAVN_DATA/cifar10).")]
+ValSizeOpt = Annotated[int, typer.Option(help="Validation images carved from the training data (searches and "
+                                               "checkpoint selection use them; never the test split).")]
+ImageSizeOpt = Annotated[int, typer.Option(help="Side in pixels that class-folder images are resized to.")]
 ModelOpt = Annotated[str, typer.Option("--model", help="resnet20/32/44/56 or package.module:factory.")]
 WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Checkpoint (default: the model's bundled one).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
@@ -43,6 +47,8 @@ def eval_cmd(
                                        "file of a user model, its factory, to allow running it.")] = "resnet20",
     weights: WeightsOpt = None,
     data: DataOpt = None,
+    val_size: ValSizeOpt = DEFAULT_VAL_SIZE,
+    image_size: ImageSizeOpt = 32,
     split: Annotated[str, typer.Option(help="test or val (val is carved from the training data).")] = "test",
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N images of the split only.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 500,
@@ -55,7 +61,7 @@ def eval_cmd(
 
     if split not in ("test", "val"):
         raise RavnError(f"unknown split '{split}'", "use --split test or --split val")
-    dataset = load_dataset(data)
+    dataset = load_dataset(data, image_size, val_size)
     if file is not None:
         ravn_file = export.read(file)
         # a file's own model factory runs only when it is a bundled one or the user names it (--model)
@@ -76,9 +82,9 @@ def eval_cmd(
     typer.echo(f"{line} ({out['n']} images)")
 
 
-def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, method: str, mode: str | None,
-              seed: int, run_dir: Path | None, fresh: bool, test_limit: int | None, as_json: bool,
-              **options) -> None:
+def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, val_size: int, image_size: int,
+              method: str, mode: str | None, seed: int, run_dir: Path | None, fresh: bool, test_limit: int | None,
+              as_json: bool, **options) -> None:
     """Quantize a model into a real packed .ravn file and report what it gained and cost.
 
     Searches and fine-tuning log to the run folder; run the same command again after an
@@ -99,7 +105,7 @@ def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, me
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     check_writable(run_dir / "run.json")
-    dataset = load_dataset(data)
+    dataset = load_dataset(data, image_size, val_size)
     ref, net = _load(model, weights, None if dataset.num_classes == 10 else dataset.num_classes)
     context = Context(dataset=dataset, normalize=ref.normalize, run_dir=run_dir, seed=seed, progress=not as_json)
     summary = run(net, ref, config, dataset, out, test_limit=test_limit, context=context, progress=not as_json,
@@ -117,6 +123,8 @@ FIXED_OPTIONS = {
     "model": ModelOpt,
     "weights": WeightsOpt,
     "data": DataOpt,
+    "val_size": ValSizeOpt,
+    "image_size": ImageSizeOpt,
     "method": Annotated[str, typer.Option(help="Quantization method (see 'ravn methods').")],
     "mode": Annotated[str | None, typer.Option(
         help="'ptq' (post-training) or 'qat' (with fine-tuning); default: the method's.")],
@@ -128,6 +136,7 @@ FIXED_OPTIONS = {
     "as_json": JsonOpt,
 }
 FIXED_DEFAULTS = {"out": inspect.Parameter.empty, "model": "resnet20", "weights": None, "data": None,
+                  "val_size": DEFAULT_VAL_SIZE, "image_size": 32,
                   "method": "uniform", "mode": None, "seed": 0, "run_dir": None, "fresh": False, "test_limit": None,
                   "as_json": False}
 

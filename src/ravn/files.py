@@ -58,10 +58,18 @@ def check_writable(path: Path | str) -> Path:
     are all found out. An existing file at ``path`` is neither read nor changed.
     """
     path = Path(path)
-    _parent(path)
-    probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
-    write_atomically(probe, [b"\0"])
-    probe.unlink()
+    folder = _parent(path)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+    except OSError as exc:
+        raise os_error(exc, "writing", path) from None
+    try:
+        os.write(fd, b"\0")
+    except OSError as exc:
+        raise os_error(exc, "writing", path) from None
+    finally:
+        os.close(fd)
+        os.unlink(probe)
     return path
 
 

@@ -20,6 +20,7 @@ from ravn.data import Dataset
 from ravn.errors import RavnError
 from ravn.evaluation import evaluate
 from ravn.methods import Context, quantize
+from ravn.methods.base import method_of
 from ravn.models import ModelRef
 
 
@@ -39,6 +40,21 @@ def same_weights(a: nn.Module, b: nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa if sa[k].is_floating_point())
 
 
+def file_overhead(model: nn.Module, ref: ModelRef, method: str, config: Config, top5: bool):
+    """Bytes the file :func:`run` writes takes besides the weights' streams and tables: the exact layout,
+    with each metric at a length no float reaches (the metrics are measured after the search)."""
+    longest = "x" * 24  # JSON of a float in [0, 100] is at most 22 characters; this string is 26
+    metrics = {"test_top1": longest, "float_test_top1": longest, "test_n": 10**12, **({"test_top5": longest}
+                                                                                        if top5 else {})}
+
+    def overhead(weights) -> int:
+        payload = export.size_report(weights)
+        return (export.file_bytes(model, weights, ref, method, config.to_dict(), metrics)
+                - payload["stream_bytes"] - payload["table_bytes"])
+
+    return overhead
+
+
 def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: Path | str,
         test_limit: int | None = None, float_top1: float | None = None, context: Context | None = None,
         progress: bool = True, method: str | None = None) -> dict:
@@ -47,6 +63,9 @@ def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: 
     ``float_top1`` skips re-measuring the float model when the caller knows it (on the same subset).
     """
     context = context or Context(dataset=dataset, normalize=ref.normalize, progress=progress)
+    method = method_of(config, method).name
+    if context.overhead is None:
+        context.overhead = file_overhead(model, ref, method, config, dataset.num_classes >= 100)
     start = time.perf_counter()
     result = quantize(model, config, context, method)
     quantize_seconds = time.perf_counter() - start

@@ -33,7 +33,7 @@ def small_config(name: str) -> Config:
     if getattr(base, "search", None) is not None:
         changes["search"] = SearchConfig(evaluations=3, patience=3, search_val_size=16, rerank=1)
     if getattr(base, "finetune", None) is not None:
-        changes["finetune"] = FineTuneConfig(epochs=1, max_steps=2, batch_size=16, val_size=16)
+        changes["finetune"] = FineTuneConfig(epochs=1, max_steps=2, batch_size=16, epoch_val_size=16)
     return spec.config(**changes)
 
 

@@ -42,6 +42,9 @@ class Context:
     run_dir: Path | None = None
     seed: int = 0
     progress: bool = True
+    #: The bytes a file of these weights takes besides their streams and tables (state, header), for
+    #: byte budgets; the pipeline sets it from the file it will write. None: an estimate.
+    overhead: Callable[[dict[str, QuantizedWeight]], int] | None = None
 
     def require_data(self, what: str) -> Dataset:
         if self.dataset is None:
@@ -112,16 +115,21 @@ def method_names() -> list[str]:
     return list(METHODS)
 
 
+def method_of(config: Config, name: str | None = None) -> MethodSpec:
+    """The method that runs ``config``: ``name`` (a preset of its type), or the first of its type."""
+    specs = [s for s in METHODS.values() if type(config) is s.config_type]
+    if not specs:
+        raise RavnError(f"no method takes a {type(config).__name__}", f"use one of {', '.join(METHODS)}")
+    return next((s for s in specs if s.name == name), specs[0])
+
+
 def quantize(model: nn.Module, config: Config, context: Context | None = None,
              method_name: str | None = None) -> QuantizationResult:
     """Quantize ``model`` with the recipe of ``config``'s type; ``model`` itself is left as it is.
 
     ``method_name`` labels the result (a preset's name); by default the first method of that type.
     """
-    specs = [s for s in METHODS.values() if type(config) is s.config_type]
-    if not specs:
-        raise RavnError(f"no method takes a {type(config).__name__}", f"use one of {', '.join(METHODS)}")
-    spec = METHODS[method_name] if method_name in METHODS else specs[0]
+    spec = method_of(config, method_name)
     context = context or Context()
     with run_folder(context.run_dir, {"config": config.to_dict(), "seed": context.seed}):
         result = spec.recipe(model, config, context)

@@ -92,7 +92,8 @@ def quantize_ravn(model: nn.Module, config: RavnConfig, context: Context) -> Qua
     for r in range(1, (config.rounds if config.finetune else 1) + 1):
         folder = context.run_dir / f"round{r}" if context.run_dir and config.finetune else context.run_dir
         problem = prepare(current, config, dataset, context.normalize, search.lam if search else 1.0,
-                          search.search_val_size if search else 1000, context.seed, reference=model)
+                          search.search_val_size if search else 1000, context.seed, reference=model,
+                          overhead=context.overhead)
         _, weights, log = allocate(problem, search, context, folder, reference=model)
         if config.finetune is None:
             return QuantizationResult(with_weights(current, weights), weights, log)

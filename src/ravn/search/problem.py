@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -103,22 +104,31 @@ class SearchProblem:
                 "prepare_seconds": self.seconds}
 
 
-def fixed_bytes(model: nn.Module, layers: dict[str, nn.Module]) -> int:
-    """Bytes of the file outside the quantized layers' streams and tables: float state and header."""
-    skip = {f"{n}.weight" for n in layers}
-    state = sum(t.numel() * t.element_size() for k, t in model.state_dict().items()
-                if k not in skip and not k.endswith("num_batches_tracked"))
-    header = 2048 + 160 * len(layers)  # measured headers stay below this (tests/export)
-    return state + header
+#: ``overhead(weights) -> bytes``: what a file holding ``weights`` takes outside their streams and tables
+#: (float state, header); the pipeline passes the exact layout of the file it will write.
+Overhead = Callable[[dict[str, QuantizedWeight]], int]
+
+
+def estimated_overhead(model: nn.Module) -> Overhead:
+    """Float state plus a header estimate, for callers that do not say what file they will write."""
+    def overhead(weights: dict[str, QuantizedWeight]) -> int:
+        skip = {f"{n}.weight" for n in weights}
+        state = sum(t.numel() * t.element_size() for k, t in model.state_dict().items()
+                    if k not in skip and not k.endswith("num_batches_tracked"))
+        return state + 2048 + 160 * len(weights)  # measured headers stay below this (tests/export)
+
+    return overhead
 
 
 def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None, normalize: Normalize,
             lam: float = 1.0, search_val_size: int = 1000, seed: int = 0,
-            reference: nn.Module | None = None) -> SearchProblem:
+            reference: nn.Module | None = None, overhead: Overhead | None = None) -> SearchProblem:
     """Set up the problem for ``model`` (see the module docstring).
 
     ``reference`` (default ``model``) is the float model whose features and validation top-1 the
     search aims at: the original one, also when ``model`` holds fine-tuned weights (Algorithm 1).
+    ``overhead`` sizes the rest of the file for a ``budget_bytes`` (default: an estimate); it does
+    not depend on the bit-widths (one digit each in the header), so it is taken at 4 bits.
     """
     if dataset is None:
         raise RavnError("this method needs data (calibration and validation images)", "pass a dataset")
@@ -131,7 +141,9 @@ def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None
     if settings.budget_bits is not None:
         budget = Budget(bits=settings.budget_bits)
     else:
-        budget = Budget(bytes=settings.budget_bytes, fixed_bytes=fixed_bytes(model, layers))
+        probe = {n: cw.quantize((4,) * cw.clusters) for n, cw in clustered.items()}
+        budget = Budget(bytes=settings.budget_bytes,
+                        fixed_bytes=(overhead or estimated_overhead(model))(probe))
     check_feasible(costs, budget)
     calib_split = dataset.calibration(settings.calibration_size, seed=0)
     calibration = normalize(calib_split.images(torch.arange(len(calib_split))))

@@ -64,7 +64,7 @@ class FineTuneConfig(Config):
     #: Cap on steps per epoch (quick runs); default: the whole training part.
     max_steps: int | None = None
     #: Validation images used to select the epoch; default: the whole validation split.
-    val_size: int | None = None
+    epoch_val_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
@@ -143,7 +143,7 @@ def fine_tune(float_model: nn.Module, weights: dict[str, QuantizedWeight], datas
     steps = math.ceil(len(train) / config.batch_size)
     schedule = Schedule(config.epochs, config.batch_size, min(steps, config.max_steps or steps), config.lr_floor,
                         config.augment, seed)
-    val = dataset.split("val", limit=config.val_size)
+    val = dataset.split("val", limit=config.epoch_val_size)
     loss = config.loss()
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -1,0 +1,97 @@
+"""Crash safety, tested by killing: a run killed with SIGKILL and started again ends exactly like an
+uninterrupted one (same allocation, same file bytes), and recomputes no finished epoch or evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.methods import toy
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory) -> Path:
+    """The toy dataset as a ravn .npz folder, with enough training images for epochs of a second."""
+    folder = tmp_path_factory.mktemp("toy")
+    data = toy.dataset(n_train=1600, n_test=64)
+    for name, part in (("train", data.full_train), ("test", data.test)):
+        images = part.pixels.permute(0, 2, 3, 1).numpy()  # NHWC uint8
+        np.savez(folder / f"{name}.npz", images=images, labels=part.labels.numpy())
+    return folder
+
+
+def _command(data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "ravn.cli", "quantize", "--model", "tests.methods.toy:tiny", "--data", str(data),
+            "--val-size", "64", "--out", str(out), "--json", *extra]
+
+
+def _run(cmd: list[str]) -> dict:
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _kill_when(cmd: list[str], ready, timeout: float = 240.0) -> None:
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+QAT = ["--method", "uniform", "--bits", "3", "--mode", "qat", "--epochs", "4", "--batch-size", "16", "--lr", "0.005"]
+
+
+@pytest.mark.slow
+def test_fine_tuning_killed_mid_epoch_resumes_to_the_same_file(toy_data, tmp_path):
+    whole = _run(_command(toy_data, tmp_path / "whole.ravn", *QAT))
+    target = tmp_path / "killed.ravn"
+    checkpoint = tmp_path / "killed.run" / "last.safetensors"
+    _kill_when(_command(toy_data, target, *QAT), checkpoint.exists)  # during epoch 2
+    from ravn.training.loop import read_checkpoint
+
+    before = read_checkpoint(checkpoint)["history"]
+    again = _run(_command(toy_data, target, *QAT))
+    assert target.read_bytes() == (tmp_path / "whole.ravn").read_bytes()
+    assert again["allocation"] == whole["allocation"]
+    history = again["log"]["finetune"]["history"]
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3, 4]
+    assert history[: len(before)] == before  # finished epochs were not trained again
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.0, 0.15, 0.4])
+def test_search_killed_at_any_moment_resumes_to_the_same_file(toy_data, tmp_path, delay):
+    search = ["--method", "ravn", "--budget-bits", "3", "--evaluations", "12", "--patience", "12",
+              "--calibration-size", "32", "--search-val-size", "64"]
+    whole = _run(_command(toy_data, tmp_path / "whole.ravn", *search))
+    target = tmp_path / "killed.ravn"
+    log = tmp_path / "killed.run" / "episodes.jsonl"
+    started = []
+
+    def ready() -> bool:  # a moment after the first episodes were logged: mid-evaluation or mid-write
+        if not started and log.exists() and len(log.read_text().splitlines()) >= 2:
+            started.append(time.time())
+        return bool(started) and time.time() - started[0] >= delay
+
+    _kill_when(_command(toy_data, target, *search), ready)
+    logged = [json.loads(x) for x in log.read_text().splitlines() if x.endswith("}")]
+    again = _run(_command(toy_data, target, *search))
+    assert target.read_bytes() == (tmp_path / "whole.ravn").read_bytes()
+    assert again["allocation"] == whole["allocation"]
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [x["episode"] for x in lines] == list(range(len(lines)))  # none lost, none logged twice
+    assert lines[: len(logged)] == logged  # logged evaluations were not redone
+    assert sum(not x["cached"] for x in lines) == again["log"]["evaluations"]

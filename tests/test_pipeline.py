@@ -1,0 +1,30 @@
+"""The main job end to end on the toy model: the file is the product, sized exactly, never over budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from ravn.errors import RavnError
+from ravn.methods import Context, SearchConfig, method
+from ravn.pipeline import run
+from tests.methods import toy
+
+
+@pytest.mark.parametrize("budget", [2600, 3100, 4000])
+def test_byte_budget_is_met_by_the_written_file(tmp_path, budget):
+    config = method("ravn").config(budget_bits=None, budget_bytes=budget, calibration_size=16,
+                                   search=SearchConfig(evaluations=3, patience=3, search_val_size=16, rerank=1))
+    data = toy.dataset()
+    context = Context(data, toy.REF.normalize, tmp_path / "run", progress=False)
+    summary = run(toy.tiny(), toy.REF, config, data, tmp_path / "m.ravn", context=context, progress=False)
+    assert summary["file_bytes"] == (tmp_path / "m.ravn").stat().st_size <= budget
+    assert summary["file_bytes"] >= budget - 200  # the projection spends what the budget allows
+
+
+def test_impossible_byte_budget_is_refused_before_any_file(tmp_path):
+    config = method("ravn").config(budget_bits=None, budget_bytes=500, calibration_size=16)
+    data = toy.dataset()
+    with pytest.raises(RavnError, match="impossible"):
+        run(toy.tiny(), toy.REF, config, data, tmp_path / "m.ravn",
+            context=Context(data, toy.REF.normalize, progress=False), progress=False)
+    assert not (tmp_path / "m.ravn").exists()
