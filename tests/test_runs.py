@@ -54,3 +54,35 @@ def test_a_crafted_pickle_in_the_run_folder_is_refused_and_never_run(tmp_path):
     import os
 
     assert not os.path.exists("/tmp/ravn-pwned")
+
+
+def _valid_checkpoint(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, 3)).sum().backward()
+    opt.step()
+    path = tmp_path / "c.safetensors"
+    write_checkpoint(path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 1})
+    return path.read_bytes()
+
+
+def test_damaged_checkpoints_are_one_line_errors(tmp_path):
+    """Bit flips and truncations anywhere: the reader raises RavnError or reads a checkpoint, nothing else."""
+    import random
+
+    raw = _valid_checkpoint(tmp_path)
+    rng = random.Random(0)
+    cases = [raw[:n] for n in range(0, len(raw), max(1, len(raw) // 40))]
+    for _ in range(150):
+        data = bytearray(raw)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        cases.append(bytes(data))
+    cases.append(raw.replace(b'"ravn.checkpoint"', b'"ravn.checkpoinX"'))
+    for i, case in enumerate(cases):
+        path = tmp_path / f"case{i}.safetensors"
+        path.write_bytes(case)
+        try:
+            read_checkpoint(path)
+        except RavnError as exc:
+            assert "\n" not in str(exc)

@@ -30,6 +30,7 @@ from ravn.data import Dataset, Normalize
 from ravn.errors import RavnError
 from ravn.quantizers.qweight import QuantizedWeight
 from ravn.quantizers.size import Allocation
+from ravn.registry import Registry
 from ravn.runs import run_folder
 
 
@@ -87,7 +88,7 @@ class MethodSpec:
         return list(dataclasses.fields(self.config_type))
 
 
-METHODS: dict[str, MethodSpec] = {}
+METHODS = Registry("method")
 
 
 def register_method(name: str, config_type: type[Config], description: str, **preset: Any):
@@ -106,9 +107,7 @@ def register_preset(name: str, of: str, description: str, **preset: Any) -> None
 
 
 def method(name: str) -> MethodSpec:
-    if name not in METHODS:
-        raise RavnError(f"unknown method '{name}'", f"use one of {', '.join(METHODS)}")
-    return METHODS[name]
+    return METHODS.get_entry(name)
 
 
 def method_names() -> list[str]:

@@ -21,20 +21,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ravn.errors import RavnError
 from ravn.quantizers.qweight import QuantizedWeight
+from ravn.registry import Registry
 
 RoundLayer = Callable[[str, QuantizedWeight], QuantizedWeight]
 
-ROUNDINGS: dict[str, type[Rounding]] = {}
-
-
-def register_rounding(name: str):
-    def wrap(cls: type[Rounding]) -> type[Rounding]:
-        ROUNDINGS[name] = cls
-        return cls
-
-    return wrap
+ROUNDINGS = Registry("rounding")
+register_rounding = ROUNDINGS.register
 
 
 class Rounding:
@@ -53,6 +46,4 @@ register_rounding("nearest")(Rounding)
 
 def get_rounding(name: str) -> Rounding:
     """A registered rounding by name (the built-in ones register when :mod:`ravn.quantizers` is imported)."""
-    if name not in ROUNDINGS:
-        raise RavnError(f"unknown rounding '{name}'", f"use one of {', '.join(ROUNDINGS)}")
-    return ROUNDINGS[name]()
+    return ROUNDINGS.get_entry(name)()

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ravn.quantizers.qweight import QuantizedWeight
-from ravn.quantizers.trainable import trainable_quantizer
+from ravn.quantizers.trainable import TRAINABLE
 
 
 def with_weights(model: nn.Module, weights: dict[str, QuantizedWeight]) -> nn.Module:
@@ -37,7 +37,7 @@ def attach(model: nn.Module, weights: dict[str, QuantizedWeight], quantizer: str
     rounding); ``"float"`` keeps the float weights.
     """
     modules = dict(model.named_modules())
-    kind = trainable_quantizer(quantizer)
+    kind = TRAINABLE.get_entry(quantizer)
     out = {}
     for name, q in weights.items():
         layer = modules[name]

@@ -29,24 +29,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ravn.errors import RavnError
 from ravn.quantizers.qweight import QuantizedWeight
+from ravn.registry import Registry
 
-TRAINABLE: dict[str, type[nn.Module]] = {}
-
-
-def register_trainable(name: str):
-    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
-        TRAINABLE[name] = cls
-        return cls
-
-    return wrap
-
-
-def trainable_quantizer(name: str) -> type[nn.Module]:
-    if name not in TRAINABLE:
-        raise RavnError(f"unknown trainable quantizer '{name}'", f"use one of {', '.join(TRAINABLE)}")
-    return TRAINABLE[name]
+TRAINABLE = Registry("trainable quantizer")
+register_trainable = TRAINABLE.register
 
 
 @register_trainable("table")

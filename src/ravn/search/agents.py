@@ -15,20 +15,13 @@ Registered: ``ppo`` (:mod:`ravn.search.ppo`, RAVN's ReAQ) and ``random`` (:mod:`
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from ravn.config import Config
+from ravn.registry import Registry
 
-AGENTS: dict[str, Callable] = {}
-
-
-def register_agent(name: str):
-    def wrap(fn):
-        AGENTS[name] = fn
-        return fn
-
-    return wrap
+AGENTS = Registry("agent")
+register_agent = AGENTS.register
 
 
 @dataclass

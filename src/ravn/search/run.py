@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ravn.errors import RavnError
 from ravn.quantizers.size import Allocation
 from ravn.search.agents import AGENTS, SearchConfig
 from ravn.search.log import SearchResult, Tracker
@@ -20,9 +19,7 @@ def get_agent(name: str) -> Callable:
     import ravn.search.ppo
     import ravn.search.random_search  # noqa: F401  (the built-in agents register themselves)
 
-    if name not in AGENTS:
-        raise RavnError(f"unknown agent '{name}'", f"use one of {', '.join(AGENTS)}")
-    return AGENTS[name]
+    return AGENTS.get_entry(name)
 
 
 

@@ -10,16 +10,15 @@ additive model, used to project allocations into the budget and to observe layer
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from ravn.errors import RavnError
 from ravn.quantizers.qweight import MAX_BITS
 from ravn.quantizers.rounding import RoundLayer
 from ravn.quantizers.vq import ClusteredWeight
+from ravn.registry import Registry
 from ravn.search.fidelity import FidelityLoss
 
 
@@ -36,23 +35,11 @@ def cluster_errors(cw: ClusteredWeight) -> list[list[float]]:
     return out
 
 
-SENSITIVITIES: dict[str, Callable[..., dict[str, float]]] = {}
-
-
-def register_sensitivity(name: str):
-    """Register ``probe(model, clustered, fidelity, round_layer) -> {layer: sensitivity}``: the measured
-    harm per unit of normalised weight error of each layer (higher: give it more bits)."""
-    def wrap(fn):
-        SENSITIVITIES[name] = fn
-        return fn
-
-    return wrap
-
-
-def get_sensitivity(name: str):
-    if name not in SENSITIVITIES:
-        raise RavnError(f"unknown sensitivity '{name}'", f"use one of {', '.join(SENSITIVITIES)}")
-    return SENSITIVITIES[name]
+#: ``probe(model, clustered, fidelity, round_layer) -> {layer: sensitivity}``: the measured harm per unit
+#: of normalised weight error of each layer (higher: give it more bits).
+SENSITIVITIES = Registry("sensitivity")
+register_sensitivity = SENSITIVITIES.register
+get_sensitivity = SENSITIVITIES.get_entry
 
 
 @register_sensitivity("fidelity")

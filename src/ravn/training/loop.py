@@ -206,6 +206,6 @@ def read_checkpoint(path: Path) -> dict:
         with safe_open(str(path), "pt") as f:
             tree = json.loads((f.metadata() or {})["ravn.checkpoint"])
         return _unflatten(tree, load_file(str(path)))
-    except (SafetensorError, OSError, KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError, RecursionError) as exc:
         raise RavnError(f"cannot read the checkpoint {path} ({exc.__class__.__name__})",
                         "delete it (or pass --fresh) to start the fine-tuning over") from None

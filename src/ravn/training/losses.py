@@ -21,17 +21,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ravn.errors import RavnError
+from ravn.registry import Registry
 
-LOSSES: dict[str, type[LossTerm]] = {}
-
-
-def register_loss(name: str):
-    def wrap(cls: type[LossTerm]) -> type[LossTerm]:
-        LOSSES[name] = cls
-        return cls
-
-    return wrap
+LOSSES = Registry("loss term")
+register_loss = LOSSES.register
 
 
 @dataclass
@@ -93,10 +86,7 @@ class Loss:
     """A weighted sum of registered terms; :meth:`__call__` returns the total and each term's value."""
 
     def __init__(self, weights: list[tuple[str, float]]):
-        unknown = [name for name, _ in weights if name not in LOSSES]
-        if unknown:
-            raise RavnError(f"unknown loss term {', '.join(unknown)}", f"use one of {', '.join(LOSSES)}")
-        self.terms = [(name, weight, LOSSES[name]()) for name, weight in weights if weight]
+        self.terms = [(name, weight, LOSSES.get_entry(name)()) for name, weight in weights if weight]
         self.needs_teacher = any(term.needs_teacher for _, _, term in self.terms)
 
     def __call__(self, step: Step) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
