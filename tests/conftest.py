@@ -31,3 +31,12 @@ def resnet20(shared_data):
 
     ref = ModelRef.parse("resnet20")
     return ref, load_model(ref)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread (a loaded machine's spinning threads slow them tenfold)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

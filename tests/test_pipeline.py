@@ -9,6 +9,8 @@ from ravn.methods import Context, SearchConfig, method
 from ravn.pipeline import run
 from tests.methods import toy
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.mark.parametrize("budget", [2600, 3100, 4000])
 def test_byte_budget_is_met_by_the_written_file(tmp_path, budget):

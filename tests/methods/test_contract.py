@@ -19,6 +19,8 @@ from ravn.errors import RavnError
 from ravn.methods import METHODS, Context, FineTuneConfig, SearchConfig, method
 from tests.methods import toy
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def small_config(name: str) -> Config:
     """The method's preset, shrunk to seconds: few evaluations, a few fine-tuning steps, tiny batches."""
