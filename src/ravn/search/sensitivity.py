@@ -32,7 +32,7 @@ from ravn.quantizers.qweight import MAX_BITS
 from ravn.quantizers.rounding import RoundLayer
 from ravn.quantizers.vq import ClusteredWeight
 from ravn.search.fidelity import FidelityLoss
-from ravn.search.hessian import LossHessian, hutchinson_traces, top_eigenvalues
+from ravn.search.hessian import LossHessian, hutchinson_traces, top_eigenvalues, trace_chunk
 
 
 @dataclass
@@ -115,7 +115,8 @@ def squared_scales(cw: ClusteredWeight) -> float:
 def hessian_trace(model: nn.Module, clustered: dict[str, ClusteredWeight], data: ProbeData) -> dict[str, float]:
     """HAWQ-V2 (Sec. 2): half the average Hessian trace ``Tr(H_l) / n_l`` (Hutchinson, ``data.iterations``
     Rademacher vectors) times the squared channel scales: ``s_l e_l(b) = Omega_l(b) / 2``."""
-    hessian = LossHessian(model, list(clustered), data.images, data.labels)
+    chunk = trace_chunk(len(data.images), data.iterations)  # each vector its own images: one pass in all
+    hessian = LossHessian(model, list(clustered), data.images, data.labels, chunk)
     traces = hutchinson_traces(hessian, data.iterations, data.seed)
     return {name: max(t, 0.0) / cw.numel / 2 * squared_scales(cw)  # a negative estimate: no curvature
             for (name, cw), t in zip(clustered.items(), traces, strict=True)}
