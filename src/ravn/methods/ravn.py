@@ -46,13 +46,17 @@ class RavnConfig(Config):
     grid: str = "uniform"
     #: Cluster weights divided by their output channel's largest magnitude (one stored scale each).
     per_channel: bool = field(default=True, metadata={"flag": "--per-channel/--per-layer"})
-    #: Initial bits: 'vq' (8 bits everywhere projected by modelled damage), 'random' (U[2, 8], Sec. 4.2)
-    #: or 'same' (floor(budget bits) in every cluster).
+    #: Initial bits: 'vq' (8 bits everywhere projected by modelled damage), 'random' (U[2, 8], Sec. 4.2),
+    #: 'same' (floor(budget bits) in every cluster) or 'ilp' (least modelled damage, exactly: an integer program).
     init: str = "vq"
     #: How codes are chosen once bits are fixed: 'gptq' (against each layer's output error) or 'nearest'.
     rounding: str = "gptq"
-    #: Per-layer sensitivity probe for the damage model (registry of ravn.search.sensitivity).
+    #: Per-layer sensitivity probe for the damage model (registry of ravn.search.sensitivity): 'fidelity',
+    #: 'hessian' (average Hessian trace, HAWQ-V2) or 'eigenvalue' (top Hessian eigenvalue, HAWQ-V1).
     sensitivity: str = "fidelity"
+    #: Rademacher vectors (Hutchinson's trace, 'hessian') or most power iterations ('eigenvalue') of the
+    #: Hessian sensitivity probes.
+    hessian_iterations: int = 32
     #: Calibration images (drawn from the training part) for fidelity, sensitivity and GPTQ.
     calibration_size: int = 256
     #: Layers left in float, by name.
@@ -77,8 +81,8 @@ class RavnConfig(Config):
             raise ValueError(f"grid must be one of {GRIDS}, got {self.grid!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
-        if self.calibration_size < 1 or self.rounds < 1:
-            raise ValueError("calibration_size and rounds must be positive")
+        if self.calibration_size < 1 or self.rounds < 1 or self.hessian_iterations < 1:
+            raise ValueError("calibration_size, rounds and hessian_iterations must be positive")
         self.exclude = tuple(self.exclude)
 
 

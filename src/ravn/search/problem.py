@@ -6,9 +6,12 @@
    per bit allocation (:class:`LayerCost`), the budget and the bytes outside the quantized layers;
 2. the calibration batch (a fixed draw from the training part) and a validation subset;
 3. the rounding's per-layer form (e.g. GPTQ's Hessians), the evaluator of Eq. 7;
-4. each layer's sensitivity (a registered probe) and the damage model the budget projection uses;
+4. each layer's sensitivity (a registered probe, on the labelled calibration batch) and the damage
+   model the budget projection uses;
 5. the initial allocation: ``vq`` (8 bits everywhere, projected, filled), ``random`` (U[2, 8], Sec. 4.2,
-   projected) or ``same`` (``floor(budget_bits)`` in every cluster, projected without filling).
+   projected), ``same`` (``floor(budget_bits)`` in every cluster, projected without filling) or ``ilp``
+   (the least total modelled damage within the budget, exactly: :func:`ravn.search.ilp.exact_allocation`;
+   the projection's greedy answer to the same question is ``vq``).
 
 :meth:`SearchProblem.realize` turns any allocation into the weights that are stored (the rounding's
 sequential form); :meth:`SearchProblem.layer_infos` is what an agent observes of each layer.
@@ -35,9 +38,10 @@ from ravn.quantizers.size import Allocation, LayerCost
 from ravn.quantizers.vq import ClusteredWeight
 from ravn.search.budget import Budget, avg_bits, check_feasible, fit
 from ravn.search.evaluate import AllocationEvaluator, SearchData
-from ravn.search.sensitivity import damage_model, get_sensitivity
+from ravn.search.ilp import exact_allocation
+from ravn.search.sensitivity import ProbeData, damage_model, get_sensitivity
 
-INITS = ("vq", "random", "same")
+INITS = ("vq", "random", "same", "ilp")
 
 
 class ProblemSettings(Protocol):
@@ -51,6 +55,7 @@ class ProblemSettings(Protocol):
     init: str  # initial allocation, one of INITS
     rounding: str  # registered rounding
     sensitivity: str  # registered sensitivity probe
+    hessian_iterations: int  # random vectors or power iterations of the Hessian probes
     calibration_size: int
     exclude: tuple[str, ...]
 
@@ -152,17 +157,22 @@ def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None
     rounding = get_rounding(settings.rounding)
     round_layer = rounding.layerwise(model, list(clustered), calibration)
     evaluator = AllocationEvaluator(model, clustered, data, lam, reference=reference, round_layer=round_layer)
-    sensitivity = get_sensitivity(settings.sensitivity)(model, clustered, evaluator.fidelity, round_layer)
+    probe = ProbeData(calibration, calib_split.labels, evaluator.fidelity, round_layer, settings.hessian_iterations,
+                      seed)
+    sensitivity = get_sensitivity(settings.sensitivity)(model, clustered, probe)
     damage = damage_model(clustered, sensitivity)
-    if settings.init == "vq":
-        start_bits = {n: (8,) * cw.clusters for n, cw in clustered.items()}
-    elif settings.init == "random":
-        rng = np.random.default_rng(seed)
-        start_bits = {n: tuple(int(b) for b in rng.integers(2, 9, cw.clusters)) for n, cw in clustered.items()}
+    if settings.init == "ilp":
+        init = exact_allocation(costs, budget, damage)
     else:
-        if settings.budget_bits is None:
-            raise RavnError("init 'same' puts floor(budget bits) in every cluster", "give --budget-bits")
-        start_bits = {n: (math.floor(settings.budget_bits),) * cw.clusters for n, cw in clustered.items()}
-    init = fit(start_bits, costs, budget, damage, fill=settings.init == "vq")
+        if settings.init == "vq":
+            start_bits = {n: (8,) * cw.clusters for n, cw in clustered.items()}
+        elif settings.init == "random":
+            rng = np.random.default_rng(seed)
+            start_bits = {n: tuple(int(b) for b in rng.integers(2, 9, cw.clusters)) for n, cw in clustered.items()}
+        else:
+            if settings.budget_bits is None:
+                raise RavnError("init 'same' puts floor(budget bits) in every cluster", "give --budget-bits")
+            start_bits = {n: (math.floor(settings.budget_bits),) * cw.clusters for n, cw in clustered.items()}
+        init = fit(start_bits, costs, budget, damage, fill=settings.init == "vq")
     return SearchProblem(layers, clustered, costs, budget, damage, sensitivity, evaluator, init, calibration, model,
                          rounding, time.perf_counter() - start)

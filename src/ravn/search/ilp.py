@@ -1,0 +1,109 @@
+"""Exact bit allocation by an integer program (HAWQ-V2's Pareto-frontier choice, solved exactly).
+
+HAWQ-V2 (Dong et al., NeurIPS 2020, arXiv:1911.03852, Sec. 2, Eq. 2.11 and Fig. 4) picks the bit
+precision setting on the Pareto frontier of model size against ``Omega = sum_l Tr(H_l)/n_l
+||Q(W_l) - W_l||^2`` at the size constraint. That choice is a multiple-choice knapsack: one option
+(bit-width) per group (layer), at most ``limit`` total cost, least total value. :func:`solve` states it
+as a 0-1 integer program (``x_{g,o} = 1`` iff group ``g`` takes option ``o``; ``sum_o x_{g,o} = 1``;
+``sum cost x <= limit``) and solves it to optimality with ``scipy.optimize.milp`` (HiGHS), as
+HAWQ-V3 (Yao et al., ICML 2021, Sec. 3.4) does.
+
+:func:`exact_allocation` builds the program from the problem's :class:`LayerCost`, :class:`Budget` and
+damage model (``damage[layer][m][b]``): groups are (layer, cluster) pairs when the cost is a sum over
+clusters (bits budgets, or one cluster), else layers with every joint choice of their clusters' bits
+(bytes budgets pad each layer's stream to whole bytes).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from ravn.errors import RavnError
+from ravn.quantizers.qweight import MAX_BITS, MIN_BITS
+from ravn.quantizers.size import Allocation, LayerCost
+from ravn.search.budget import Budget
+
+#: Most joint choices per layer of a bytes budget over several clusters (8^4).
+MAX_JOINT = 4096
+
+
+def solve(costs: list[list[float]], values: list[list[float]], limit: float) -> list[int]:
+    """The option per group minimising ``sum values`` with ``sum costs <= limit`` (exactly, up to ties).
+
+    ``costs[g][o]`` and ``values[g][o]``: group ``g``'s option ``o``. Raises :class:`RavnError` when no
+    choice fits. Costs are best integers (bits, bytes): the returned choice is checked against ``limit``
+    exactly, and solved again with the limit lowered if the solver's tolerance let it through.
+    """
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import csr_matrix
+
+    if len(costs) != len(values) or any(len(c) != len(v) or not c for c, v in zip(costs, values, strict=True)):
+        raise ValueError("every group needs one value per cost and at least one option")
+    if not costs:
+        return []
+    # Shift each group by its cheapest cost and smallest value: the same choices, smaller numbers.
+    base_cost = [min(c) for c in costs]
+    room = limit - sum(base_cost)
+    if room < 0:
+        raise RavnError(f"no choice fits the limit of {limit:,.0f}: the cheapest takes {sum(base_cost):,.0f}",
+                        "raise the budget")
+    c = np.concatenate([np.asarray(c, float) - b for c, b in zip(costs, base_cost, strict=True)])
+    v = np.concatenate([np.asarray(v, float) - min(v) for v in values])
+    scale = float(np.abs(v).max()) or 1.0
+    sizes = [len(g) for g in costs]
+    rows = np.repeat(np.arange(len(sizes)), sizes)
+    one_each = csr_matrix((np.ones(len(rows)), (rows, np.arange(len(rows)))), shape=(len(sizes), len(rows)))
+    starts = np.cumsum([0, *sizes[:-1]])
+    for _ in range(4):
+        res = milp(v / scale, integrality=np.ones(len(v)), bounds=Bounds(0, 1),
+                   constraints=[LinearConstraint(one_each, 1, 1), LinearConstraint(c[None, :], -np.inf, room)],
+                   options={"mip_rel_gap": 0.0})
+        if res.x is None:
+            raise RavnError(f"the integer program found no allocation within {limit:,.0f} ({res.message})",
+                            "raise the budget")
+        choice = [int(np.argmax(res.x[s:s + n])) for s, n in zip(starts, sizes, strict=True)]
+        used = sum(c[s + o] for s, o in zip(starts, choice, strict=True))
+        if used <= room:
+            return choice
+        room -= max(used - room, 1e-9)  # the solver's feasibility tolerance let it through: tighten
+    raise RavnError("the integer program's solutions keep exceeding the budget", "raise the budget slightly")
+
+
+def exact_allocation(costs: dict[str, LayerCost], budget: Budget, damage: dict[str, list[list[float]]]) -> Allocation:
+    """The allocation of least total damage (``sum damage[l][m][bits]``) within ``budget``, exactly."""
+    names = list(costs)
+    widths = range(MIN_BITS, MAX_BITS + 1)
+    separable = budget.bits is not None or all(len(c.counts) == 1 for c in costs.values())
+    groups: list[tuple[str, int | None, list[tuple[int, ...]]]] = []  # (layer, cluster or None: joint, options)
+    for n in names:
+        clusters = len(costs[n].counts)
+        if separable:
+            groups += [(n, m, [(b,) for b in widths]) for m in range(clusters)]
+        else:
+            if len(widths) ** clusters > MAX_JOINT:
+                raise RavnError(f"a bytes budget over {clusters} clusters per layer is too many joint choices for "
+                                "the integer program", "use a bits budget, or at most 4 clusters")
+            groups.append((n, None, list(itertools.product(widths, repeat=clusters))))
+    group_costs, group_values = [], []
+    for n, m, options in groups:
+        cost = costs[n]
+        if m is None:  # a bytes budget: the layer's bytes
+            group_costs.append([cost.file_bytes(o) for o in options])
+            group_values.append([sum(damage[n][k][b] for k, b in enumerate(o)) for o in options])
+        else:  # one cluster's bits: its code bits (a bits budget), or the whole layer's bytes (one cluster)
+            group_costs.append([cost.counts[m] * o[0] if budget.bits is not None else cost.file_bytes(o)
+                                for o in options])
+            group_values.append([damage[n][m][o[0]] for o in options])
+    fixed = sum(c.id_bits for c in costs.values()) if budget.bits is not None else budget.fixed_bytes
+    choice = solve(group_costs, group_values, budget.limit(costs) - fixed)
+    bits: dict[str, list[int]] = {n: [MIN_BITS] * len(costs[n].counts) for n in names}
+    for (n, m, options), o in zip(groups, choice, strict=True):
+        if m is None:
+            bits[n] = list(options[o])
+        else:
+            bits[n][m] = options[o][0]
+    out = {n: tuple(b) for n, b in bits.items()}
+    assert budget.cost(costs, out) <= budget.limit(costs), "the integer program exceeded the budget"
+    return out
