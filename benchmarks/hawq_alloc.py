@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import time
+from pathlib import Path
 
 import torch
 
@@ -24,10 +26,17 @@ from ravn.models import ModelRef, load_model
 from ravn.quantizers.layers import quantizable_layers
 from ravn.quantizers.size import LayerCost
 from ravn.quantizers.vq import ClusteredWeight
+from ravn.report.results import machine, save_results
 from ravn.search.budget import Budget, avg_bits
 from ravn.search.fidelity import FidelityLoss
 from ravn.search.ilp import exact_allocation
 from ravn.search.sensitivity import ProbeData, damage_model, get_sensitivity
+
+RESULTS = Path(__file__).parent / "results" / "hawq_alloc"
+COMMAND = "python benchmarks/hawq_alloc.py --model MODEL --budget-bits 3.0"
+COLUMNS = [("model", "model"), ("budget_bits", "budget bits"), ("layers", "layers"), ("traces_s", "traces s"),
+           ("ilp_s", "integer program s"), ("total_s", "total wall s"), ("cpu_s", "CPU s"), ("threads", "threads"),
+           ("load_avg_1min", "load (1 min)"), ("peak_rss_mb", "peak RSS MB"), ("avg_bits", "avg bits")]
 
 
 def main() -> None:
@@ -64,12 +73,18 @@ def main() -> None:
     alloc = exact_allocation(costs, Budget(bits=args.budget_bits), damage)
     times["ilp_s"] = time.perf_counter() - start
     cpu = time.process_time() - cpu
-    print(json.dumps({"model": args.model, "budget_bits": args.budget_bits, "iterations": iterations,
-                      "layers": len(clustered), "calibration": len(calib), "threads": torch.get_num_threads(),
-                      **{k: round(v, 2) for k, v in times.items()}, "total_s": round(sum(times.values()), 2),
-                      "cpu_s": round(cpu, 1), "avg_bits": avg_bits(costs, alloc),
-                      "bits": [b[0] for b in alloc.values()],
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))
+    row = {"model": args.model, "budget_bits": args.budget_bits, "iterations": iterations,
+           "layers": len(clustered), "calibration": len(calib), "threads": torch.get_num_threads(),
+           **{k: round(v, 2) for k, v in times.items()}, "total_s": round(sum(times.values()), 2),
+           "cpu_s": round(cpu, 1), "load_avg_1min": os.getloadavg()[0], "avg_bits": avg_bits(costs, alloc),
+           "bits": [b[0] for b in alloc.values()],
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, "machine": machine()}
+    print(json.dumps(row))
+    old = json.loads(RESULTS.with_suffix(".json").read_text())["rows"] if RESULTS.with_suffix(".json").exists() else []
+    rows = [r for r in old if (r["model"], r["budget_bits"]) != (row["model"], row["budget_bits"])] + [row]
+    save_results(RESULTS, "HAWQ-V2 allocation time (Hessian traces + integer program)", rows, COLUMNS,
+                 notes=f"Command: `{COMMAND}`. On a shared machine wall time depends on the others' load "
+                       "(`load_avg_1min`); CPU seconds over the torch threads is what the machine would take alone.")
 
 
 if __name__ == "__main__":

@@ -30,3 +30,15 @@ def test_impossible_byte_budget_is_refused_before_any_file(tmp_path):
         run(toy.tiny(), toy.REF, config, data, tmp_path / "m.ravn",
             context=Context(data, toy.REF.normalize, progress=False), progress=False)
     assert not (tmp_path / "m.ravn").exists()
+
+
+def test_save_refuses_a_file_over_max_bytes_and_writes_nothing(tmp_path):
+    from ravn import export, quantize
+    from ravn.methods import UniformConfig
+
+    result = quantize(toy.tiny(), UniformConfig(bits=4))
+    size = export.file_bytes(result.model, result.weights, toy.REF)
+    with pytest.raises(RavnError, match="over the budget"):
+        export.save(tmp_path / "m.ravn", result.model, result.weights, toy.REF, max_bytes=size - 1)
+    assert not (tmp_path / "m.ravn").exists()
+    assert export.save(tmp_path / "m.ravn", result.model, result.weights, toy.REF, max_bytes=size)["file_bytes"] == size

@@ -76,13 +76,9 @@ def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: 
     metrics = {"test_top1": q_metrics["top1"], "float_test_top1": float_top1, "test_n": q_metrics["n"]}
     if dataset.num_classes >= 100:
         metrics["test_top5"] = q_metrics["top5"]
-    budget_bytes = getattr(config, "budget_bytes", None)
-    if budget_bytes is not None:  # exact size, checked before anything is written: no over-budget file at out
-        size = export.file_bytes(result.model, result.weights, ref, result.method, result.config, metrics)
-        if size > budget_bytes:
-            raise RavnError(f"{out} would take {size:,} bytes, over the budget of {budget_bytes:,}",
-                            "report this; a slightly lower --budget-bytes works around it")
-    sizes = export.save(out, result.model, result.weights, ref, result.method, result.config, metrics)
+    # the exact size is checked before anything is written: no over-budget file ever appears at out
+    sizes = export.save(out, result.model, result.weights, ref, result.method, result.config, metrics,
+                        max_bytes=getattr(config, "budget_bytes", None))
     if not same_weights(result.model, export.load(out, allow=(ref.factory,))):
         raise RavnError(f"{out} does not rebuild the weights that were measured", "report this: it is a bug")
     return {

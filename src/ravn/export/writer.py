@@ -158,8 +158,11 @@ def _tensors(model: nn.Module, weights: dict[str, QuantizedWeight],
 
 def save(path: Path | str, model: nn.Module, weights: dict[str, QuantizedWeight], ref: ModelRef,
          method: str = "", config: dict | None = None, metrics: dict | None = None,
-         coding: str | dict[str, str] = "fixed") -> dict:
+         coding: str | dict[str, str] = "fixed", max_bytes: int | None = None) -> dict:
     """Write ``model`` with ``weights`` (layer name -> quantized weight) to ``path``, atomically.
+
+    ``max_bytes``: a size budget; a file that would exceed it is a one-line :class:`RavnError` and
+    nothing is written.
 
     ``coding`` (:data:`CODINGS`, one for all layers or per layer name) is how ids and codes are
     stored: all ``"fixed"`` writes ``ravn/1`` exactly as before, any entropy-coded layer ``ravn/2``
@@ -179,6 +182,10 @@ def save(path: Path | str, model: nn.Module, weights: dict[str, QuantizedWeight]
     if packed != sizes:
         raise RuntimeError(f"packed tensors {packed} differ from the layout {sizes}")  # a bug in ravn
     header = _header(meta, sizes)
+    total = len(header) + sum(t.numel() * t.element_size() for t in tensors.values())
+    if max_bytes is not None and total > max_bytes:
+        raise RavnError(f"{path} would take {total:,} bytes, over the budget of {max_bytes:,}",
+                        "lower the budget the weights were quantized for, or raise max_bytes")
     write_atomically(path, [header] + [tensors[name].view(torch.uint8).numpy().data for name in _data_order(sizes)])
     report = size_report(weights, codings, payload_bytes)
     report["state_bytes"] = sum(t.numel() * t.element_size() for k, t in tensors.items() if k.startswith("state."))
