@@ -175,7 +175,7 @@ def attribution(rows: list[dict]) -> tuple[list[dict], str]:
             spread = max(spreads + ([sd] if sd is not None and a in SEEDED and b in SEEDED else [])) \
                 if spreads else seed_sd
             if all(d == 0 for d in diffs):
-                verdict = "nothing: identical files' accuracy"
+                verdict = "nothing: the same test top-1"
             elif spread is None:  # provisional, until a second seed lands
                 verdict = ("seed spread not yet measured; " +
                            (f"within the test set's standard error ({TEST_SE}): no evidence it adds anything"
