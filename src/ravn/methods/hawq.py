@@ -24,12 +24,9 @@ follow the initial allocation as episode 0 and the re-rank could then keep it ov
 program's answer: no longer HAWQ-V2's allocation. As an initial allocation, ``--init ilp`` also gives
 RAVN's search an exact starting point.
 
-Measured (2 shared CPU cores; numbers and the caveat in ``docs/DESIGN.md``, "Sibling methods"): ResNet-20 at
-3.0 bits, post-training, test top-1 83.16 (float 91.73) with
-``ravn quantize --model resnet20 --method hawq --budget-bits 3 --out /tmp/h.ravn --json`` (RAVN's search:
-90.86): the calibration images were trained on (loss 0.0028), so the traces are noise-dominated and some
-layers get 1 bit. ResNet-56's allocation (traces + integer program, ``benchmarks/hawq_alloc.py``): 246 s
-wall on the loaded machine (about 160 s CPU), of which the integer program 0.9 s.
+What it reaches here, and why it is weak on the bundled checkpoints (their calibration images were
+trained on, so the traces are noise-dominated and some layers get 1 bit): ``docs/DESIGN.md``,
+"Sibling methods", and ``benchmarks/results/hawq_alloc.md``.
 """
 
 from __future__ import annotations
