@@ -50,6 +50,15 @@ def _parent(path: Path) -> Path:
     return path.parent
 
 
+def _sibling(path: Path, suffix: str) -> tuple[int, str]:
+    """A new, uniquely named file beside ``path`` (its folders created): ``(fd, name)``."""
+    folder = _parent(path)
+    try:
+        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=folder)
+    except OSError as exc:
+        raise os_error(exc, "writing", path) from None
+
+
 def check_writable(path: Path | str) -> Path:
     """Raise a one-line :class:`RavnError` unless a file can be written at ``path``; returns ``path``.
 
@@ -58,11 +67,7 @@ def check_writable(path: Path | str) -> Path:
     are all found out. An existing file at ``path`` is neither read nor changed.
     """
     path = Path(path)
-    folder = _parent(path)
-    try:
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
-    except OSError as exc:
-        raise os_error(exc, "writing", path) from None
+    fd, probe = _sibling(path, ".probe")
     try:
         os.write(fd, b"\0")
     except OSError as exc:
@@ -82,11 +87,7 @@ def write_atomically(path: Path | str, chunks: Iterable[bytes | memoryview]) -> 
     Permissions are the usual ones for a new file (``0o666`` less the umask).
     """
     path = Path(path)
-    folder = _parent(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise os_error(exc, "writing", path) from None
+    fd, tmp = _sibling(path, ".tmp")
     try:
         with open(fd, "wb") as f:
             umask = os.umask(0)
