@@ -42,3 +42,19 @@ def test_save_refuses_a_file_over_max_bytes_and_writes_nothing(tmp_path):
         export.save(tmp_path / "m.ravn", result.model, result.weights, toy.REF, max_bytes=size - 1)
     assert not (tmp_path / "m.ravn").exists()
     assert export.save(tmp_path / "m.ravn", result.model, result.weights, toy.REF, max_bytes=size)["file_bytes"] == size
+
+
+@pytest.mark.slow
+def test_entropy_coded_file_is_smaller_and_rebuilds_the_same_model(tmp_path, cifar, resnet20):
+    """On a real model the coded codes cost far less than fixed-width ones (on the toy the tables would not pay)."""
+    from ravn.methods import UniformConfig
+
+    ref, model = resnet20
+    out = {}
+    for coding in ("fixed", "ans"):
+        context = Context(cifar, ref.normalize, progress=False)
+        out[coding] = run(model, ref, UniformConfig(bits=3), cifar, tmp_path / f"{coding}.ravn", test_limit=200,
+                          context=context, progress=False, coding=coding)
+    assert out["ans"]["file_bytes"] < 0.8 * out["fixed"]["file_bytes"]
+    assert out["ans"]["avg_bits"] < out["fixed"]["avg_bits"] == 3.0
+    assert out["ans"]["test_top1"] == out["fixed"]["test_top1"]

@@ -83,8 +83,8 @@ def eval_cmd(
 
 
 def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, val_size: int, image_size: int,
-              method: str, mode: str | None, seed: int, run_dir: Path | None, fresh: bool, test_limit: int | None,
-              as_json: bool, **options) -> None:
+              method: str, mode: str | None, coding: str, seed: int, run_dir: Path | None, fresh: bool,
+              test_limit: int | None, as_json: bool, **options) -> None:
     """Quantize a model into a real packed .ravn file and report what it gained and cost.
 
     Searches and fine-tuning log to the run folder; run the same command again after an
@@ -97,9 +97,12 @@ def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, va
     from ravn.methods import Context
     from ravn.methods import method as method_spec
     from ravn.pipeline import run
+    from ravn.quantizers.qweight import CODINGS
 
     spec = method_spec(method)
     config = method_flags.config(spec, mode, options)
+    if coding not in CODINGS:
+        raise RavnError(f"unknown coding '{coding}'", f"use one of {', '.join(CODINGS)}")
     check_writable(out)
     run_dir = run_dir or out.with_suffix(".run")
     if fresh and run_dir.exists():
@@ -109,7 +112,7 @@ def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, va
     ref, net = _load(model, weights, None if dataset.num_classes == 10 else dataset.num_classes)
     context = Context(dataset=dataset, normalize=ref.normalize, run_dir=run_dir, seed=seed, progress=not as_json)
     summary = run(net, ref, config, dataset, out, test_limit=test_limit, context=context, progress=not as_json,
-                  method=method)
+                  method=method, coding=coding)
     if as_json:
         _print_json(summary)
         return
@@ -128,6 +131,9 @@ FIXED_OPTIONS = {
     "method": Annotated[str, typer.Option(help="Quantization method (see 'ravn methods').")],
     "mode": Annotated[str | None, typer.Option(
         help="'ptq' (post-training) or 'qat' (with fine-tuning); default: the method's.")],
+    "coding": Annotated[str, typer.Option(
+        help="How the file stores the codes: 'fixed' width (random access) or entropy-coded 'ans' (smaller; "
+             "the budget is still met with fixed-width sizes) or 'huffman'.")],
     "seed": Annotated[int, typer.Option(help="Seed of every random choice.")],
     "run_dir": Annotated[Path | None, typer.Option(
         help="Folder for logs and resumable state (default OUT with suffix .run).")],
@@ -137,8 +143,8 @@ FIXED_OPTIONS = {
 }
 FIXED_DEFAULTS = {"out": inspect.Parameter.empty, "model": "resnet20", "weights": None, "data": None,
                   "val_size": DEFAULT_VAL_SIZE, "image_size": 32,
-                  "method": "uniform", "mode": None, "seed": 0, "run_dir": None, "fresh": False, "test_limit": None,
-                  "as_json": False}
+                  "method": "uniform", "mode": None, "coding": "fixed", "seed": 0, "run_dir": None, "fresh": False,
+                  "test_limit": None, "as_json": False}
 
 app.command("quantize")(method_flags.command(_quantize, FIXED_OPTIONS, FIXED_DEFAULTS))
 

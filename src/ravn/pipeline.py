@@ -57,8 +57,11 @@ def file_overhead(model: nn.Module, ref: ModelRef, method: str, config: Config, 
 
 def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: Path | str,
         test_limit: int | None = None, float_top1: float | None = None, context: Context | None = None,
-        progress: bool = True, method: str | None = None) -> dict:
+        progress: bool = True, method: str | None = None, coding: str = "fixed") -> dict:
     """Quantize ``model`` with ``config`` (method ``method``, a preset name), write ``out`` and measure it.
+
+    ``coding`` stores the codes fixed-width (random access) or entropy-coded (``ans``: smaller files; the
+    budget is still projected with fixed-width sizes, so an entropy-coded file stays well inside it).
 
     ``float_top1`` skips re-measuring the float model when the caller knows it (on the same subset).
     """
@@ -77,7 +80,7 @@ def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: 
     if dataset.num_classes >= 100:
         metrics["test_top5"] = q_metrics["top5"]
     # the exact size is checked before anything is written: no over-budget file ever appears at out
-    sizes = export.save(out, result.model, result.weights, ref, result.method, result.config, metrics,
+    sizes = export.save(out, result.model, result.weights, ref, result.method, result.config, metrics, coding,
                         max_bytes=getattr(config, "budget_bytes", None))
     if not same_weights(result.model, export.load(out, allow=(ref.factory,))):
         raise RavnError(f"{out} does not rebuild the weights that were measured", "report this: it is a bug")
