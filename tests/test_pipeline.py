@@ -58,3 +58,8 @@ def test_entropy_coded_file_is_smaller_and_rebuilds_the_same_model(tmp_path, cif
     assert out["ans"]["file_bytes"] < 0.8 * out["fixed"]["file_bytes"]
     assert out["ans"]["avg_bits"] < out["fixed"]["avg_bits"] == 3.0
     assert out["ans"]["test_top1"] == out["fixed"]["test_top1"]
+
+
+def test_same_bits_everywhere_needs_a_bits_budget_before_any_work():
+    with pytest.raises(RavnError, match="init 'same'"):
+        method("aq").config(budget_bits=None, budget_bytes=100_000)

@@ -64,21 +64,23 @@ def _fields(config_type: type, nested: str | None = None):
         yield Flag(f.name, kind, docs.get(f.name, ""), nested, decl)
 
 
-def _applies(spec: MethodSpec, flag: Flag) -> bool:
+def _applies(preset, flag: Flag) -> bool:
+    """Does ``flag`` apply to a method whose default config is ``preset`` (``--mode qat`` adds fine-tuning)."""
     if flag.nested is None or flag.nested == "finetune":
         return True
-    return spec.config().__dict__.get(flag.nested) is not None
+    return preset.__dict__.get(flag.nested) is not None
 
 
 def flags() -> dict[str, Flag]:
     """Every method option by field name, with the methods it applies to."""
     table: dict[str, Flag] = {}
     for spec in METHODS.values():
+        preset = spec.config()
         for flag in _fields(spec.config_type):
             known = table.setdefault(flag.name, flag)
             if (known.kind, known.nested) != (flag.kind, flag.nested):
                 raise TypeError(f"config field {flag.name} means two things; rename one")
-            if _applies(spec, flag):
+            if _applies(preset, flag):
                 known.methods.append(spec.name)
     return table
 

@@ -7,6 +7,7 @@ read back and must rebuild exactly the weights that were measured, or the run is
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -67,8 +68,9 @@ def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: 
     """
     context = context or Context(dataset=dataset, normalize=ref.normalize, progress=progress)
     method = method_of(config, method).name
-    if context.overhead is None:
-        context.overhead = file_overhead(model, ref, method, config, dataset.num_classes >= 100)
+    if context.overhead is None:  # a copy: the caller's context may serve other configs
+        context = dataclasses.replace(context, overhead=file_overhead(model, ref, method, config,
+                                                                      dataset.num_classes >= 100))
     start = time.perf_counter()
     result = quantize(model, config, context, method)
     quantize_seconds = time.perf_counter() - start

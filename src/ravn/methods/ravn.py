@@ -81,6 +81,8 @@ class RavnConfig(Config):
             raise ValueError(f"grid must be one of {GRIDS}, got {self.grid!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if self.init == "same" and self.budget_bits is None:
+            raise ValueError("init 'same' puts floor(budget_bits) in every cluster: give budget_bits")
         if self.calibration_size < 1 or self.rounds < 1 or self.hessian_iterations < 1:
             raise ValueError("calibration_size, rounds and hessian_iterations must be positive")
         self.exclude = tuple(self.exclude)

@@ -42,6 +42,13 @@ class SearchData:
     val_labels: torch.Tensor
 
 
+def eq7(fidelity: float, top1: float, target: float, lam: float, started: float) -> dict:
+    """One evaluation's result: ``L = L_fidelity + lambda (g - g_f)^2`` and reward ``-L`` (Eq. 7)."""
+    loss = fidelity + lam * (top1 - target) ** 2
+    return {"fidelity": fidelity, "val_top1": top1, "loss": loss, "reward": -loss,
+            "seconds": time.perf_counter() - started}
+
+
 def allocation_key(alloc: Allocation, names: list[str]) -> tuple:
     return tuple(tuple(alloc[n]) for n in names)
 
@@ -97,9 +104,7 @@ class AllocationEvaluator:
         model = self.load(alloc)
         fid = self.fidelity(model)
         g = top1(model, self.data.val_images, self.data.val_labels)
-        loss = fid + self.lam * (g - self.target) ** 2
-        result = {"fidelity": fid, "val_top1": g, "loss": loss, "reward": -loss,
-                  "seconds": time.perf_counter() - start}
+        result = eq7(fid, g, self.target, self.lam, start)
         self.cache[key] = result
         self.evaluations += 1
         return {**result, "cached": False}
@@ -141,7 +146,5 @@ class StoredEvaluator:
             quantized = with_weights(self.problem.model, self.weights(alloc))
             g = evaluate(quantized, self.split, self.normalize)["top1"]
             fid = self.problem.evaluator.fidelity(quantized)
-            loss = fid + self.lam * (g - self.float_top1) ** 2
-            out.append({"val_top1": g, "fidelity": fid, "loss": loss, "reward": -loss,
-                        "seconds": time.perf_counter() - start, "cached": False})
+            out.append({**eq7(fid, g, self.float_top1, self.lam, start), "cached": False})
         return out

@@ -31,6 +31,7 @@ from torch import nn
 
 from ravn.data import Dataset, Normalize
 from ravn.errors import RavnError
+from ravn.export.layout import state_keys
 from ravn.quantizers.layers import quantizable_layers
 from ravn.quantizers.qweight import QuantizedWeight
 from ravn.quantizers.rounding import Rounding, get_rounding
@@ -117,10 +118,9 @@ Overhead = Callable[[dict[str, QuantizedWeight]], int]
 def estimated_overhead(model: nn.Module) -> Overhead:
     """Float state plus a header estimate, for callers that do not say what file they will write."""
     def overhead(weights: dict[str, QuantizedWeight]) -> int:
-        skip = {f"{n}.weight" for n in weights}
-        state = sum(t.numel() * t.element_size() for k, t in model.state_dict().items()
-                    if k not in skip and not k.endswith("num_batches_tracked"))
-        return state + 2048 + 160 * len(weights)  # measured headers stay below this (tests/export)
+        state = model.state_dict()
+        stored = sum(state[k].numel() * state[k].element_size() for k in state_keys(model, list(weights)))
+        return stored + 2048 + 160 * len(weights)  # measured headers stay below this (tests/export)
 
     return overhead
 
@@ -146,9 +146,9 @@ def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None
     if settings.budget_bits is not None:
         budget = Budget(bits=settings.budget_bits)
     else:
-        probe = {n: cw.quantize((4,) * cw.clusters) for n, cw in clustered.items()}
+        sample = {n: cw.quantize((4,) * cw.clusters) for n, cw in clustered.items()}
         budget = Budget(bytes=settings.budget_bytes,
-                        fixed_bytes=(overhead or estimated_overhead(model))(probe))
+                        fixed_bytes=(overhead or estimated_overhead(model))(sample))
     check_feasible(costs, budget)
     calib_split = dataset.calibration(settings.calibration_size, seed=0)
     calibration = normalize(calib_split.images(torch.arange(len(calib_split))))
@@ -169,9 +169,7 @@ def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None
         elif settings.init == "random":
             rng = np.random.default_rng(seed)
             start_bits = {n: tuple(int(b) for b in rng.integers(2, 9, cw.clusters)) for n, cw in clustered.items()}
-        else:
-            if settings.budget_bits is None:
-                raise RavnError("init 'same' puts floor(budget bits) in every cluster", "give --budget-bits")
+        else:  # "same": the config allows it with a bits budget only
             start_bits = {n: (math.floor(settings.budget_bits),) * cw.clusters for n, cw in clustered.items()}
         init = fit(start_bits, costs, budget, damage, fill=settings.init == "vq")
     return SearchProblem(layers, clustered, costs, budget, damage, sensitivity, evaluator, init, calibration, model,

@@ -22,7 +22,6 @@ def get_agent(name: str) -> Callable:
     return AGENTS.get_entry(name)
 
 
-
 def search(problem: SearchProblem, config: SearchConfig, folder: Path | None, seed: int,
            progress: bool = True) -> SearchResult:
     """Run the configured agent on ``problem``; episodes are logged to ``folder/episodes.jsonl``."""
