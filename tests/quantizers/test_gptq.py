@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ravn.quantizers import quantize_uniform
-from ravn.quantizers.gptq import GPTQ, gptq_codes, input_hessians, patches
+from ravn.quantizers.gptq import GPTQ, NearestEntry, gptq_codes, input_hessians, patches
+from ravn.quantizers.qweight import QuantizedWeight
 from ravn.quantizers.rounding import get_rounding
 from ravn.quantizers.swap import with_weights
 from ravn.quantizers.vq import ClusteredWeight
@@ -77,3 +80,87 @@ def test_nearest_rounding_keeps_the_codes():
     nearest = get_rounding("nearest")
     assert nearest.sequential(model, weights, torch.randn(4, 3, 8, 8)) == weights
     assert nearest.layerwise(model, ["0"], torch.randn(4, 3, 8, 8))("0", weights["0"]) is weights["0"]
+
+
+def reference_gptq_codes(weight: torch.Tensor, q: QuantizedWeight, hessians: list[torch.Tensor],
+               damp: float = 0.01) -> torch.Tensor:
+    """GPTQ as first written: every later column updated after each column, the nearest level by an
+    argmin over a rows x columns x entries distance matrix (the oracle for the blocked version)."""
+    out = q.shape[0]
+    w_all = weight.detach().double().reshape(out, -1).clone()
+    ids = (q.ids if q.ids is not None else torch.zeros(q.numel, dtype=torch.long)).view(out, -1)
+    codes = q.codes.view(out, -1).clone()
+    sizes = torch.tensor([1 << b for b in q.bits])
+    owner = torch.repeat_interleave(torch.arange(q.clusters), sizes)  # cluster of each table entry
+    starts = q.table_starts
+    scale = q.scale.double() if q.scale is not None else torch.ones(out, dtype=torch.float64)
+    offset = q.offset.double() if q.offset is not None else torch.zeros(out, dtype=torch.float64)
+    levels_all = q.tables.double().view(1, -1) * scale.view(-1, 1) + offset.view(-1, 1)  # (out, entries)
+    rows_per_group = out // len(hessians)
+    for g, h in enumerate(hessians):
+        rows = slice(g * rows_per_group, (g + 1) * rows_per_group)
+        w = w_all[rows]
+        h = h.clone()
+        dead = torch.diag(h) == 0
+        h[dead, dead] = 1.0
+        w[:, dead] = 0.0
+        order = torch.argsort(torch.diag(h), descending=True)
+        h = h[order][:, order]
+        w = w[:, order]
+        h += damp * torch.diag(h).mean() * torch.eye(len(h), dtype=h.dtype)
+        try:
+            hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+        except torch.linalg.LinAlgError:
+            continue  # a degenerate Hessian: keep round-to-nearest codes for this group
+        levels = levels_all[rows]
+        group_ids = ids[rows][:, order]
+        allowed = owner.view(1, 1, -1) == group_ids.unsqueeze(2)  # (rows, cols, entries)
+        new_codes = torch.empty_like(group_ids)
+        for i in range(w.shape[1]):
+            col = w[:, i]
+            dist = (levels - col.view(-1, 1)).abs().masked_fill(~allowed[:, i], float("inf"))
+            j = dist.argmin(dim=1)
+            new_codes[:, i] = j - starts[group_ids[:, i]]
+            err = (col - levels.gather(1, j.view(-1, 1)).squeeze(1)) / hinv[i, i]
+            w[:, i + 1 :] -= err.view(-1, 1) * hinv[i, i + 1 :].view(1, -1)
+        codes[rows, order] = new_codes
+    return codes.reshape(-1)
+
+
+
+@pytest.mark.parametrize(("clusters", "bits", "block", "per_channel"),
+                         [(1, 2, 128, True), (1, 4, 5, True), (3, 3, 7, True), (2, 1, 16, False), (4, 2, 1, False)])
+def test_blocked_gptq_equals_the_column_by_column_update(clusters, bits, block, per_channel):
+    torch.manual_seed(clusters * 10 + bits)
+    layer = nn.Conv2d(6, 10, 3, padding=1, groups=2)
+    x = torch.randn(16, 6, 8, 8) + 0.5 * torch.randn(1, 6, 1, 1)
+    cw = ClusteredWeight(layer.weight, clusters, per_channel, "uniform")
+    q = cw.quantize((bits,) * cw.clusters)
+    hessians = input_hessians(layer, x)
+    assert torch.equal(gptq_codes(layer.weight, q, hessians, block=block),
+                       reference_gptq_codes(layer.weight, q, hessians))
+
+
+def test_nearest_entry_finds_the_nearest_level_of_each_values_own_cluster():
+    torch.manual_seed(4)
+    bits = (1, 3, 2)
+    tables = torch.randn(sum(1 << b for b in bits))
+    ids = torch.randint(0, 3, (500,))
+    u = 3 * torch.randn(500)
+    sizes = torch.tensor([1 << b for b in bits])
+    owner = torch.repeat_interleave(torch.arange(3), sizes)
+    dist = (tables.double().view(1, -1) - u.double().view(-1, 1)).abs()
+    expected = dist.masked_fill(owner.view(1, -1) != ids.view(-1, 1), math.inf).argmin(1)
+    assert torch.equal(NearestEntry(tables, bits)(u.double(), ids), expected)
+
+
+def test_gptq_with_a_zero_channel_scale_keeps_a_valid_code():
+    torch.manual_seed(5)
+    layer = nn.Linear(12, 4)
+    with torch.no_grad():
+        layer.weight[1] = 0.0
+    q = quantize_uniform(layer.weight, 3)
+    q = QuantizedWeight(q.shape, q.bits, None, q.codes, q.tables, q.scale.clone(), q.offset)
+    q.scale[1] = 0.0
+    codes = gptq_codes(layer.weight, q, input_hessians(layer, torch.randn(64, 12)))
+    assert codes.min() >= 0 and codes.max() < 8

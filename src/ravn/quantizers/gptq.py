@@ -64,48 +64,88 @@ def patches(x: torch.Tensor, kernel, dilation, padding, stride) -> torch.Tensor:
     return stacked.permute(0, 3, 4, 1, 2).reshape(n * ho * wo, c * kernel[0] * kernel[1])
 
 
+class NearestEntry:
+    """The nearest entry of each value's own cluster table, by binary search.
+
+    No ``values x entries`` distance matrix: each cluster's table is sorted once, a value ``u`` of
+    cluster ``m`` is clamped into that table's range and keyed ``m * span + u``, and one
+    ``searchsorted`` over the keyed mid-points of every cluster finds each value's position in its own
+    cluster's sorted table (``span`` exceeds every table's range, so clusters never overlap). Exact
+    ties go to the lower value. Returns indices into the concatenated tables.
+    """
+
+    def __init__(self, tables: torch.Tensor, bits: tuple[int, ...]):
+        tables = tables.double()
+        sizes = [1 << b for b in bits]
+        parts = [torch.sort(p) for p in tables.split(sizes)]
+        self.span = 2.0 * float(tables.max() - tables.min()) + 1.0
+        self.lo = torch.stack([p.values[0] for p in parts])
+        self.hi = torch.stack([p.values[-1] for p in parts])
+        mids = [(p.values[1:] + p.values[:-1]) / 2 + m * self.span for m, p in enumerate(parts)]
+        self.mids = torch.cat(mids)
+        self.mid_starts = torch.tensor([0, *(s - 1 for s in sizes[:-1])], device=tables.device).cumsum(0)
+        self.starts = torch.tensor([0, *sizes[:-1]], device=tables.device).cumsum(0)
+        self.entry = torch.cat([p.indices + s for p, s in zip(parts, self.starts.tolist(), strict=True)])
+
+    def __call__(self, u: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        u = torch.minimum(torch.maximum(u, self.lo[ids]), self.hi[ids])
+        pos = torch.searchsorted(self.mids, u + ids * self.span) - self.mid_starts[ids]
+        return self.entry[self.starts[ids] + pos]
+
+
 def gptq_codes(weight: torch.Tensor, q: QuantizedWeight, hessians: list[torch.Tensor],
-               damp: float = 0.01) -> torch.Tensor:
-    """New codes for ``q`` (same tables, scales and clusters) that minimise the layer's output error."""
+               damp: float = 0.01, block: int = 128) -> torch.Tensor:
+    """New codes for ``q`` (same tables, scales and clusters) that minimise the layer's output error.
+
+    GPTQ's lazy batch updates (Frantar et al. 2022, Sec. 3, "Step 2"): columns are quantized one at a
+    time inside blocks of ``block`` columns, the error is spread over the block's remaining columns at
+    once per column, and over all later columns with one matrix product per block, which gives the
+    same result as updating every later column after each column. Runs on ``weight``'s device;
+    the codes come back on the CPU (where :class:`QuantizedWeight` lives).
+    """
+    device = weight.device
     out = q.shape[0]
     w_all = weight.detach().double().reshape(out, -1).clone()
-    ids = (q.ids if q.ids is not None else torch.zeros(q.numel, dtype=torch.long)).view(out, -1)
-    codes = q.codes.view(out, -1).clone()
-    sizes = torch.tensor([1 << b for b in q.bits])
-    owner = torch.repeat_interleave(torch.arange(q.clusters), sizes)  # cluster of each table entry
-    starts = q.table_starts
-    scale = q.scale.double() if q.scale is not None else torch.ones(out, dtype=torch.float64)
-    offset = q.offset.double() if q.offset is not None else torch.zeros(out, dtype=torch.float64)
-    levels_all = q.tables.double().view(1, -1) * scale.view(-1, 1) + offset.view(-1, 1)  # (out, entries)
+    ids = (q.ids if q.ids is not None else torch.zeros(q.numel, dtype=torch.long)).to(device).view(out, -1)
+    codes = q.codes.to(device).view(out, -1).clone()
+    tables = q.tables.to(device).double()
+    nearest = NearestEntry(tables, q.bits)
+    scale = q.scale.to(device).double() if q.scale is not None else torch.ones(out, dtype=torch.float64, device=device)
+    offset = (q.offset.to(device).double() if q.offset is not None
+              else torch.zeros(out, dtype=torch.float64, device=device))
+    inv_scale = torch.where(scale == 0, 0.0, 1.0 / scale)  # a zero scale: every level equals the offset
     rows_per_group = out // len(hessians)
     for g, h in enumerate(hessians):
         rows = slice(g * rows_per_group, (g + 1) * rows_per_group)
         w = w_all[rows]
-        h = h.clone()
+        h = h.to(device).clone()
         dead = torch.diag(h) == 0
         h[dead, dead] = 1.0
         w[:, dead] = 0.0
         order = torch.argsort(torch.diag(h), descending=True)
         h = h[order][:, order]
         w = w[:, order]
-        h += damp * torch.diag(h).mean() * torch.eye(len(h), dtype=h.dtype)
+        h += damp * torch.diag(h).mean() * torch.eye(len(h), dtype=h.dtype, device=device)
         try:
             hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
         except torch.linalg.LinAlgError:
             continue  # a degenerate Hessian: keep round-to-nearest codes for this group
-        levels = levels_all[rows]
+        s, o, r = scale[rows], offset[rows], inv_scale[rows]
         group_ids = ids[rows][:, order]
-        allowed = owner.view(1, 1, -1) == group_ids.unsqueeze(2)  # (rows, cols, entries)
-        new_codes = torch.empty_like(group_ids)
-        for i in range(w.shape[1]):
-            col = w[:, i]
-            dist = (levels - col.view(-1, 1)).abs().masked_fill(~allowed[:, i], float("inf"))
-            j = dist.argmin(dim=1)
-            new_codes[:, i] = j - starts[group_ids[:, i]]
-            err = (col - levels.gather(1, j.view(-1, 1)).squeeze(1)) / hinv[i, i]
-            w[:, i + 1 :] -= err.view(-1, 1) * hinv[i, i + 1 :].view(1, -1)
-        codes[rows, order] = new_codes
-    return codes.reshape(-1)
+        entries = torch.empty_like(group_ids)
+        for b0 in range(0, w.shape[1], block):
+            b1 = min(b0 + block, w.shape[1])
+            errors = torch.empty(w.shape[0], b1 - b0, dtype=w.dtype, device=device)
+            for i in range(b0, b1):
+                col = w[:, i]
+                j = nearest((col - o) * r, group_ids[:, i])
+                entries[:, i] = j
+                err = (col - (tables[j] * s + o)) / hinv[i, i]
+                w[:, i + 1 : b1] -= err.view(-1, 1) * hinv[i, i + 1 : b1].view(1, -1)
+                errors[:, i - b0] = err
+            w[:, b1:] -= errors @ hinv[b0:b1, b1:]
+        codes[rows, order] = entries - nearest.starts[group_ids]
+    return codes.reshape(-1).cpu()
 
 
 @register_rounding("gptq")
