@@ -83,7 +83,7 @@ def eval_cmd(
 
 
 def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, val_size: int, image_size: int,
-              method: str, mode: str | None, coding: str, seed: int, run_dir: Path | None, fresh: bool,
+              method: str, mode: str | None, coding: str | None, seed: int, run_dir: Path | None, fresh: bool,
               test_limit: int | None, as_json: bool, **options) -> None:
     """Quantize a model into a real packed .ravn file and report what it gained and cost.
 
@@ -101,7 +101,7 @@ def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, va
 
     spec = method_spec(method)
     config = method_flags.config(spec, mode, options)
-    if coding not in CODINGS:
+    if coding is not None and coding not in CODINGS:
         raise RavnError(f"unknown coding '{coding}'", f"use one of {', '.join(CODINGS)}")
     check_writable(out)
     run_dir = run_dir or out.with_suffix(".run")
@@ -131,9 +131,10 @@ FIXED_OPTIONS = {
     "method": Annotated[str, typer.Option(help="Quantization method (see 'ravn methods').")],
     "mode": Annotated[str | None, typer.Option(
         help="'ptq' (post-training) or 'qat' (with fine-tuning); default: the method's.")],
-    "coding": Annotated[str, typer.Option(
+    "coding": Annotated[str | None, typer.Option(
         help="How the file stores the codes: 'fixed' width (random access) or entropy-coded 'ans' (smaller; "
-             "the budget is still met with fixed-width sizes) or 'huffman'.")],
+             "the budget is still met with fixed-width sizes) or 'huffman'; default: the method's ('fixed', "
+             "but deepcompression's budget is met entropy-coded, 'ans').")],
     "seed": Annotated[int, typer.Option(help="Seed of every random choice.")],
     "run_dir": Annotated[Path | None, typer.Option(
         help="Folder for logs and resumable state (default OUT with suffix .run).")],
@@ -143,7 +144,7 @@ FIXED_OPTIONS = {
 }
 FIXED_DEFAULTS = {"out": inspect.Parameter.empty, "model": "resnet20", "weights": None, "data": None,
                   "val_size": DEFAULT_VAL_SIZE, "image_size": 32,
-                  "method": "uniform", "mode": None, "coding": "fixed", "seed": 0, "run_dir": None, "fresh": False,
+                  "method": "uniform", "mode": None, "coding": None, "seed": 0, "run_dir": None, "fresh": False,
                   "test_limit": None, "as_json": False}
 
 app.command("quantize")(method_flags.command(_quantize, FIXED_OPTIONS, FIXED_DEFAULTS))

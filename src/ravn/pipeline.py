@@ -42,15 +42,16 @@ def same_weights(a: nn.Module, b: nn.Module) -> bool:
 
 
 def file_overhead(model: nn.Module, ref: ModelRef, method: str, config: Config, top5: bool):
-    """Bytes the file :func:`run` writes takes besides the weights' streams and tables: the exact layout,
-    with each metric at a length no float reaches (the metrics are measured after the search)."""
+    """Bytes the file :func:`run` writes takes besides the weights' streams and tables: the exact layout
+    (stored with ``coding``), with each metric at a length no float reaches (the metrics are measured
+    after the search)."""
     longest = "x" * 24  # JSON of a float in [0, 100] is at most 22 characters; this string is 26
     metrics = {"test_top1": longest, "float_test_top1": longest, "test_n": 10**12, **({"test_top5": longest}
                                                                                         if top5 else {})}
 
-    def overhead(weights) -> int:
-        payload = export.size_report(weights)
-        return (export.file_bytes(model, weights, ref, method, config.to_dict(), metrics)
+    def overhead(weights, coding: str = "fixed") -> int:
+        payload = export.size_report(weights, coding)
+        return (export.file_bytes(model, weights, ref, method, config.to_dict(), metrics, coding)
                 - payload["stream_bytes"] - payload["table_bytes"])
 
     return overhead
@@ -58,19 +59,22 @@ def file_overhead(model: nn.Module, ref: ModelRef, method: str, config: Config, 
 
 def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: Path | str,
         test_limit: int | None = None, float_top1: float | None = None, context: Context | None = None,
-        progress: bool = True, method: str | None = None, coding: str = "fixed") -> dict:
+        progress: bool = True, method: str | None = None, coding: str | None = None) -> dict:
     """Quantize ``model`` with ``config`` (method ``method``, a preset name), write ``out`` and measure it.
 
     ``coding`` stores the codes fixed-width (random access) or entropy-coded (``ans``: smaller files; the
-    budget is still projected with fixed-width sizes, so an entropy-coded file stays well inside it).
+    budget is still projected with fixed-width sizes, so an entropy-coded file stays well inside it);
+    ``None``: the method's choice (``fixed`` unless the method sizes its budget entropy-coded, as
+    ``deepcompression`` does).
 
     ``float_top1`` skips re-measuring the float model when the caller knows it (on the same subset).
     """
     context = context or Context(dataset=dataset, normalize=ref.normalize, progress=progress)
     method = method_of(config, method).name
-    if context.overhead is None:  # a copy: the caller's context may serve other configs
-        context = dataclasses.replace(context, overhead=file_overhead(model, ref, method, config,
-                                                                      dataset.num_classes >= 100))
+    coding = coding or context.coding
+    # a copy: the caller's context may serve other configs
+    context = dataclasses.replace(context, coding=coding, overhead=context.overhead or file_overhead(
+        model, ref, method, config, dataset.num_classes >= 100))
     start = time.perf_counter()
     result = quantize(model, config, context, method)
     quantize_seconds = time.perf_counter() - start
@@ -82,6 +86,7 @@ def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: 
     if dataset.num_classes >= 100:
         metrics["test_top5"] = q_metrics["top5"]
     # the exact size is checked before anything is written: no over-budget file ever appears at out
+    coding = result.coding or coding or "fixed"
     sizes = export.save(out, result.model, result.weights, ref, result.method, result.config, metrics, coding,
                         max_bytes=getattr(config, "budget_bytes", None))
     if not same_weights(result.model, export.load(out, allow=(ref.factory,))):

@@ -57,3 +57,15 @@ def test_more_bits_less_error():
 def test_bits_out_of_range():
     with pytest.raises(ValueError, match=r"1\.\.8"):
         quantize_uniform(torch.randn(3, 3), 9)
+
+
+def test_fit_scale_gives_binary_mean_magnitude_and_ternary_least_squares():
+    from ravn.quantizers.uniform import fit_scale
+
+    w = torch.tensor([[0.5, -1.5, 1.0, -1.0], [0.2, 0.0, -3.0, 0.1]])
+    binary = fit_scale(quantize_uniform(w, 1), w)
+    assert torch.allclose(binary.dequantize().abs(), w.abs().mean(1, keepdim=True).expand_as(w))  # XNOR-Net
+    ternary = fit_scale(quantize_uniform(w, 2), w)
+    # row 1: codes {-1, 0, 1} chosen by |w| > s/2, s = mean |w| over the non-zero codes (least squares)
+    assert torch.allclose(ternary.dequantize()[1], torch.tensor([0.0, 0.0, -3.0, 0.0]))
+    assert torch.allclose(ternary.dequantize()[0], torch.tensor([0.0, -3.5 / 3, 3.5 / 3, -3.5 / 3]))

@@ -43,9 +43,12 @@ class Context:
     run_dir: Path | None = None
     seed: int = 0
     progress: bool = True
-    #: The bytes a file of these weights takes besides their streams and tables (state, header), for
-    #: byte budgets; the pipeline sets it from the file it will write. None: an estimate.
-    overhead: Callable[[dict[str, QuantizedWeight]], int] | None = None
+    #: The bytes a file of these weights (stored with a coding, default "fixed") takes besides their streams
+    #: and tables (state, header), for byte budgets; the pipeline sets it from the file it will write.
+    #: None: an estimate.
+    overhead: Callable[..., int] | None = None
+    #: How the file will store the codes (``--coding``); None: the method's choice.
+    coding: str | None = None
 
     def require_data(self, what: str) -> Dataset:
         if self.dataset is None:
@@ -60,6 +63,8 @@ class QuantizationResult:
     log: dict = field(default_factory=dict)  # what the method did: search episodes, training curve, ...
     method: str = ""
     config: dict = field(default_factory=dict)
+    #: The coding the method sized its budget with (the file must use it); None: any coding.
+    coding: str | None = None
 
     @property
     def allocation(self) -> Allocation:

@@ -10,7 +10,8 @@ Contract of a trainable quantizer (register it with :func:`register_trainable`):
 - ``freeze(latent) -> QuantizedWeight`` returns exactly what ``forward`` computes, in the table
   format, with the same bits and cluster sizes, so the size (and the budget) does not move.
 
-``table`` (:class:`TableQuantizer`) is registered; DoReFa and DGMS are the next entries.
+``table`` (:class:`TableQuantizer`) and ``shared`` (:class:`SharedCentroids`, Deep Compression's
+trained quantization) are registered; DoReFa and DGMS are the next entries.
 
 :class:`TableQuantizer` works with any module with a ``weight`` (Conv1d/2d/3d, Linear) without
 swapping classes. Forward: each weight, divided by its channel scale, is coded
@@ -91,3 +92,41 @@ class TableQuantizer(nn.Module):
         ids = self.ids.clone() if len(self.bits) > 1 else None
         offset = None if self.offset is None else self.offset.detach().clone()
         return QuantizedWeight(self.shape, self.bits, ids, codes, tables, scale, offset)
+
+
+@register_trainable("shared")
+class SharedCentroids(nn.Module):
+    """Deep Compression's trained quantization (Han et al., ICLR 2016, Sec. 3.1, Fig. 3): every weight
+    keeps its table entry (the k-means assignment is fixed) and the shared entries learn, each from
+    the sum of the gradients of the weights it codes; the latent weight gets no gradient::
+
+        w_q = s * T[code]        dL/dT[k] = sum_{code = k} s * dL/dw_q
+
+    Entries that are exactly 0 (a pruned weight's, :func:`ravn.quantizers.vq.shared_weights`) stay 0
+    (masked, so they get no gradient): pruned weights stay zero through fine-tuning. Channel scales,
+    when the layer has them, learn with ``learn_scale``.
+    """
+
+    def __init__(self, q: QuantizedWeight, learn_tables: bool = True, learn_scale: bool = True):
+        super().__init__()
+        self.shape, self.bits, self.ids = q.shape, q.bits, q.ids
+        self.register_buffer("index", q.codes if q.ids is None else q.table_starts[q.ids] + q.codes)
+        self.register_buffer("keep", (q.tables != 0).float())
+        self.table = nn.Parameter(q.tables.clone().float(), requires_grad=learn_tables)
+        self.scale = None if q.scale is None else nn.Parameter(q.scale.clone().float(), requires_grad=learn_scale)
+        self.offset = None if q.offset is None else nn.Parameter(q.offset.clone().float(), requires_grad=learn_scale)
+        self.codes = q.codes
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        q = (self.table * self.keep)[self.index].view(self.shape[0], -1)
+        if self.scale is not None:
+            q = q * self.scale.view(-1, 1)
+        if self.offset is not None:
+            q = q + self.offset.view(-1, 1)
+        return q.view(w.shape)
+
+    @torch.no_grad()
+    def freeze(self, w: torch.Tensor) -> QuantizedWeight:
+        """The stored form of what :meth:`forward` computes (it does not depend on ``w``)."""
+        channel = [None if t is None else t.detach().clone() for t in (self.scale, self.offset)]
+        return QuantizedWeight(self.shape, self.bits, self.ids, self.codes, self.table * self.keep, *channel)

@@ -29,3 +29,25 @@ def quantize_uniform(weight: torch.Tensor, bits: int, per_channel: bool = True,
     if symmetric:  # levels (k - (levels - 1) / 2) * scale: centred on zero, no offset stored
         return QuantizedWeight(tuple(w.shape), (bits,), None, codes, implicit_table("sym", bits, levels), scale)
     return QuantizedWeight(tuple(w.shape), (bits,), None, codes, implicit_table("int", bits), scale, lo)
+
+
+def fit_scale(q: QuantizedWeight, weight: torch.Tensor, iterations: int = 20) -> QuantizedWeight:
+    """``q`` (per-channel scale, no offset) with each channel's scale of least squared error on ``weight``:
+    nearest codes and the least-squares scale ``<w, T[code]> / <T[code], T[code]>``, alternated until the
+    codes stop changing (Lloyd's iterations on the scale). On the 1-bit grid ``+-s/2`` this is XNOR-Net's
+    ``mean |w|`` level; on the ternary grid (2 bits, 3 levels) a least-squares ternary threshold (TWN).
+    """
+    w = weight.detach().float().reshape(q.shape[0], -1)
+    table, order = torch.sort(q.tables)
+    mids = (table[1:] + table[:-1]) / 2
+    scale, codes = q.scale.clone(), None
+    for _ in range(iterations):
+        new = torch.searchsorted(mids, (w / scale.view(-1, 1)).contiguous())
+        if codes is not None and torch.equal(new, codes):
+            break
+        codes = new
+        levels = table[codes]
+        energy = (levels * levels).sum(1)
+        scale = torch.where(energy > 0, (w * levels).sum(1) / energy.clamp_min(1e-30), scale)
+        scale = torch.where(scale > 0, scale, q.scale)
+    return QuantizedWeight(q.shape, q.bits, None, order[codes].reshape(-1), q.tables, scale)

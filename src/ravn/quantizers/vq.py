@@ -98,6 +98,29 @@ def cluster_table(values: np.ndarray, bits: int, grid: str) -> tuple[np.ndarray,
     return codes, lo + (np.arange(size) + 0.5) * width
 
 
+def shared_weights(weight: torch.Tensor, bits: int, keep: torch.Tensor | None = None) -> QuantizedWeight:
+    """Deep Compression's weight sharing (Han et al., ICLR 2016, Sec. 3): one codebook of ``2^bits``
+    values per layer, no scale. With pruned weights (``keep`` False), entry 0 is exactly 0 and codes
+    them; the kept weights are clustered by 1-D k-means into the other ``2^bits - 1`` entries (exact
+    k-means up to 32 levels, as :func:`cluster_table`; the paper's linear initialisation is the start
+    Lloyd's iterations need, exact k-means needs none). Unused entries repeat the last centroid.
+    """
+    (bits,) = check_bits([bits])
+    w = weight.detach().float().reshape(-1)
+    keep = torch.ones_like(w, dtype=torch.bool) if keep is None else keep.reshape(-1).bool()
+    size, pruned = 1 << bits, int(not bool(keep.all()))
+    table = np.zeros(size)
+    codes = np.zeros(len(w), dtype=np.int64)
+    values = w[keep].double().numpy()
+    if len(values):
+        k = size - pruned
+        kept, centroids = kmeans_1d(values, k) if k <= EXACT_MAX_LEVELS else lloyd_1d(values, k)
+        table[pruned:] = np.concatenate([centroids, np.full(k - len(centroids), centroids[-1])])
+        codes[keep.numpy()] = kept + pruned
+    return QuantizedWeight(tuple(weight.shape), (bits,), None, torch.from_numpy(codes),
+                           torch.from_numpy(table).float())
+
+
 @dataclass(frozen=True)
 class ClusterStats:
     """What an observer (or the VQ bit initialisation) knows of one cluster."""

@@ -11,10 +11,11 @@ configuration exceeds the budget and none wastes it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ravn.errors import RavnError
-from ravn.quantizers.qweight import MAX_BITS, MIN_BITS
+from ravn.quantizers.qweight import MAX_BITS, MIN_BITS, QuantizedWeight
 from ravn.quantizers.size import Allocation, LayerCost
 
 
@@ -30,8 +31,8 @@ class Budget:
     def __post_init__(self) -> None:
         if (self.bits is None) == (self.bytes is None):
             raise ValueError("give exactly one of a bits budget and a bytes budget")
-        if self.bits is not None and not MIN_BITS <= self.bits <= MAX_BITS + 16:
-            raise ValueError(f"a bits budget must be between {MIN_BITS} and {MAX_BITS}, got {self.bits}")
+        if self.bits is not None and not 0 < self.bits <= MAX_BITS + 16:  # below 1 bit: entropy-coded codes
+            raise ValueError(f"a bits budget must be positive and at most {MAX_BITS}, got {self.bits}")
 
     def cost(self, costs: dict[str, LayerCost], alloc: Allocation) -> float:
         """The allocation's size in the budget's unit (total bits, or file bytes)."""
@@ -122,3 +123,24 @@ def fit(alloc: Allocation, costs: dict[str, LayerCost], budget: Budget,
         out[name][m] += 1
         current += extra
     return {n: tuple(b) for n, b in out.items()}
+
+
+def widest_within(make: Callable[[int], dict[str, QuantizedWeight]], budget: Budget, coding: str = "fixed",
+                  overhead: Callable[..., int] | None = None) -> dict[str, QuantizedWeight]:
+    """The weights ``make(b)`` of the largest bit-width ``b`` in 8..1 whose *stored* size meets ``budget``:
+    measured average bits of the codes as stored with ``coding`` (entropy-coded: the payload bytes), or
+    file bytes (streams + tables + ``overhead(weights, coding)``, the rest of the file). For methods with one
+    width everywhere whose size is known only by coding the weights (pruned, entropy-coded layers)."""
+    from ravn.export.layout import size_report
+
+    for b in range(MAX_BITS, MIN_BITS - 1, -1):
+        weights = make(b)
+        report = size_report(weights, coding)
+        if budget.bits is not None and report["avg_bits"] <= budget.bits:
+            return weights
+        if budget.bytes is not None and (report["stream_bytes"] + report["table_bytes"]
+                                         + (overhead(weights, coding) if overhead else 0)) <= budget.bytes:
+            return weights
+    raise RavnError(f"the budget of {budget.describe()} is impossible: {MIN_BITS} bit everywhere already takes "
+                    f"{report['avg_bits']:.3f} average bits ({report['stream_bytes'] + report['table_bytes']:,} "
+                    f"bytes of codes and tables)", "raise the budget (or prune more)")

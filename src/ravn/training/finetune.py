@@ -25,12 +25,12 @@ import torch
 from torch import nn
 
 from ravn.config import Config
-from ravn.data import Dataset, Normalize
+from ravn.data import Dataset, ImageSplit, Normalize
 from ravn.evaluation import evaluate
 from ravn.hooks import Capture
 from ravn.quantizers.qweight import QuantizedWeight
 from ravn.quantizers.swap import attach, detach, frozen_weights, latent_weight, with_weights
-from ravn.training.loop import Callback, Schedule, train_epochs
+from ravn.training.loop import Callback, LoopResult, Schedule, train_epochs
 from ravn.training.losses import Loss, Step
 
 
@@ -121,30 +121,26 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 250
         m.train(training)
 
 
-def fine_tune(float_model: nn.Module, weights: dict[str, QuantizedWeight], dataset: Dataset, normalize: Normalize,
-              config: FineTuneConfig, run_dir: Path | None = None, seed: int = 0, progress: bool = True,
-              teacher: nn.Module | None = None) -> FineTuneResult:
-    """Fine-tune ``float_model`` quantized as ``weights``; returns the best epoch's quantized weights.
+def train_student(student: nn.Module, teacher: nn.Module, latent: list[str], captured: list[str], loss: Loss,
+                  train: ImageSplit, val: ImageSplit, normalize: Normalize, config: FineTuneConfig,
+                  run_dir: Path | None = None, seed: int = 0, progress: bool = True,
+                  stamp: dict | None = None) -> LoopResult:
+    """Train ``student`` (its weight parametrizations already attached) with ``loss`` in the epoch loop.
 
-    ``teacher`` defaults to ``float_model``. With ``run_dir``, training resumes after the last
-    finished epoch (:func:`ravn.training.loop.train_epochs`).
+    ``latent``: the layers whose latent weights (:func:`~ravn.quantizers.swap.latent_weight`) get weight
+    decay; every other parameter that requires a gradient trains without it. ``captured``: the modules
+    whose outputs are the step's features (teacher's and student's, for the loss terms that read them).
+    Validation top-1 of ``student`` on ``val`` selects the epoch; ``student`` ends in the best epoch's state.
     """
-    teacher = (teacher or float_model).eval()
-    student = copy.deepcopy(float_model)
-    quantizers = attach(student, weights, config.quantizer, learn_tables=config.learn_quantizers,
-                        learn_scale=config.learn_quantizers)
-    names = list(weights)
-    latent_ids = {id(latent_weight(student, n)) for n in names}
+    teacher = teacher.eval()
+    latent_ids = {id(latent_weight(student, n)) for n in latent}
     decay = [p for p in student.parameters() if id(p) in latent_ids]
     rest = [p for p in student.parameters() if id(p) not in latent_ids and p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": rest, "weight_decay": 0.0}], lr=config.lr)
-    train = dataset.train
     steps = math.ceil(len(train) / config.batch_size)
     schedule = Schedule(config.epochs, config.batch_size, min(steps, config.max_steps or steps), config.lr_floor,
                         config.augment, seed)
-    val = dataset.split("val", limit=config.epoch_val_size)
-    loss = config.loss()
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         x = normalize(images)
@@ -163,10 +159,28 @@ def fine_tune(float_model: nn.Module, weights: dict[str, QuantizedWeight], datas
         from ravn.progress import EpochProgress
 
         callbacks.append(EpochProgress(config.epochs))
-    stamp = {"config": config.to_dict(), "seed": seed, "layers": {n: list(q.bits) for n, q in weights.items()}}
-    with Capture(teacher, names) as t_feats, Capture(student, names) as s_feats:
-        result = train_epochs(student, step, optimizer, schedule, train,
-                              lambda: evaluate(student, val, normalize), run_dir, stamp, callbacks)
+    stamp = {"config": config.to_dict(), "seed": seed, **(stamp or {})}
+    with Capture(teacher, captured) as t_feats, Capture(student, captured) as s_feats:
+        return train_epochs(student, step, optimizer, schedule, train, lambda: evaluate(student, val, normalize),
+                            run_dir, stamp, callbacks)
+
+
+def fine_tune(float_model: nn.Module, weights: dict[str, QuantizedWeight], dataset: Dataset, normalize: Normalize,
+              config: FineTuneConfig, run_dir: Path | None = None, seed: int = 0, progress: bool = True,
+              teacher: nn.Module | None = None) -> FineTuneResult:
+    """Fine-tune ``float_model`` quantized as ``weights``; returns the best epoch's quantized weights.
+
+    ``teacher`` defaults to ``float_model``. With ``run_dir``, training resumes after the last
+    finished epoch (:func:`ravn.training.loop.train_epochs`).
+    """
+    teacher = (teacher or float_model).eval()
+    student = copy.deepcopy(float_model)
+    quantizers = attach(student, weights, config.quantizer, learn_tables=config.learn_quantizers,
+                        learn_scale=config.learn_quantizers)
+    names = list(weights)
+    val = dataset.split("val", limit=config.epoch_val_size)
+    result = train_student(student, teacher, names, names, config.loss(), dataset.train, val, normalize, config,
+                           run_dir, seed, progress, {"layers": {n: list(q.bits) for n, q in weights.items()}})
     student.eval()
     # Batch-norm statistics for the quantized weights: keep them only if validation agrees.
     calib = dataset.calibration(2000, seed=1)

@@ -10,8 +10,8 @@ Contract of a loss term (register a subclass of :class:`LossTerm` with :func:`re
   arithmetic, and the trained weights, are exactly those of a hand-written loss).
 
 A fine-tuning's loss is ``sum(weight * scale * term)`` over :class:`Loss`'s (name, weight) pairs
-with a non-zero weight, in order. Registered: ``ce``, ``fidelity`` (Eq. 6), ``distill``; the
-sinusoidal regulariser of SinReQ is the next entry.
+with a non-zero weight, in order. Registered: ``ce``, ``fidelity`` (Eq. 6), ``distill``, ``section``
+(DCQ's student-section loss at a section boundary); the sinusoidal regulariser of SinReQ is the next entry.
 """
 
 from __future__ import annotations
@@ -80,6 +80,19 @@ class Distill(LossTerm):
     def __call__(self, step: Step) -> torch.Tensor:
         return F.kl_div(F.log_softmax(step.logits / 4, 1), F.softmax(step.teacher_logits / 4, 1),
                         reduction="batchmean")
+
+
+@register_loss("section")
+class SectionFeatures(LossTerm):
+    """DCQ's section loss (seed 004, abstract: students trained on the teacher's intermediate features):
+    the mean squared error between the student's and the teacher's features at the section boundaries
+    (the captured modules' outputs), averaged over the boundaries."""
+
+    needs_teacher = True
+
+    def __call__(self, step: Step) -> torch.Tensor:
+        pairs = zip(step.teacher_features, step.features, strict=True)
+        return torch.stack([F.mse_loss(s, t) for t, s in pairs]).mean()
 
 
 class Loss:
