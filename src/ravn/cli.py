@@ -84,7 +84,7 @@ def eval_cmd(
 
 def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, val_size: int, image_size: int,
               method: str, mode: str | None, coding: str | None, seed: int, run_dir: Path | None, fresh: bool,
-              test_limit: int | None, as_json: bool, **options) -> None:
+              test_limit: int | None, as_json: bool, workers: int, ray_address: str | None, **options) -> None:
     """Quantize a model into a real packed .ravn file and report what it gained and cost.
 
     Searches and fine-tuning log to the run folder; run the same command again after an
@@ -98,9 +98,11 @@ def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, va
     from ravn.methods import method as method_spec
     from ravn.pipeline import run
     from ravn.quantizers.qweight import CODINGS
+    from ravn.search.parallel import check_workers
 
     spec = method_spec(method)
     config = method_flags.config(spec, mode, options)
+    check_workers(workers, ray_address, ray=getattr(config, "search", None) is not None)
     if coding is not None and coding not in CODINGS:
         raise RavnError(f"unknown coding '{coding}'", f"use one of {', '.join(CODINGS)}")
     check_writable(out)
@@ -110,7 +112,8 @@ def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, va
     check_writable(run_dir / "run.json")
     dataset = load_dataset(data, image_size, val_size)
     ref, net = _load(model, weights, None if dataset.num_classes == 10 else dataset.num_classes)
-    context = Context(dataset=dataset, normalize=ref.normalize, run_dir=run_dir, seed=seed, progress=not as_json)
+    context = Context(dataset=dataset, normalize=ref.normalize, run_dir=run_dir, seed=seed, progress=not as_json,
+                      workers=workers, ray_address=ray_address)
     summary = run(net, ref, config, dataset, out, test_limit=test_limit, context=context, progress=not as_json,
                   method=method, coding=coding)
     if as_json:
@@ -141,11 +144,16 @@ FIXED_OPTIONS = {
     "fresh": Annotated[bool, typer.Option(help="Discard an earlier run in the run folder instead of resuming.")],
     "test_limit": Annotated[int | None, typer.Option(help="Report on the first N test images only.")],
     "as_json": JsonOpt,
+    "workers": Annotated[int, typer.Option(
+        help="Parallel workers: a search's evaluations on N Ray actors (pip install 'ravn[parallel]'), dcq's "
+             "sections in N processes; 1 runs in-process. The result does not depend on N.")],
+    "ray_address": Annotated[str | None, typer.Option(
+        help="Join this Ray cluster for --workers (e.g. 'auto'); default: start a local Ray.")],
 }
 FIXED_DEFAULTS = {"out": inspect.Parameter.empty, "model": "resnet20", "weights": None, "data": None,
                   "val_size": DEFAULT_VAL_SIZE, "image_size": 32,
                   "method": "uniform", "mode": None, "coding": None, "seed": 0, "run_dir": None, "fresh": False,
-                  "test_limit": None, "as_json": False}
+                  "test_limit": None, "as_json": False, "workers": 1, "ray_address": None}
 
 app.command("quantize")(method_flags.command(_quantize, FIXED_OPTIONS, FIXED_DEFAULTS))
 

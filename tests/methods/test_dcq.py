@@ -71,10 +71,11 @@ def test_binary_dcq_on_two_workers_equals_one_worker(tmp_path):
     spec = method("dcq")
     results = []
     for workers in (1, 2):
-        config = spec.config(budget_bits=1.0, sections=("bn1", "fc"), workers=workers,
+        config = spec.config(budget_bits=1.0, sections=("bn1", "fc"),
                              finetune=spec.config().finetune.replace(epochs=0, max_steps=2, batch_size=16,
                                                                      epoch_val_size=16))
-        context = Context(toy.dataset(), toy.REF.normalize, tmp_path / f"w{workers}", seed=0, progress=False)
+        context = Context(toy.dataset(), toy.REF.normalize, tmp_path / f"w{workers}", seed=0, progress=False,
+                          workers=workers)
         results.append(ravn.quantize(toy.tiny(), config, context))
     one, two = results
     assert len(one.log["sections"]) == 2 and all(q.bits == (1,) for q in one.weights.values())

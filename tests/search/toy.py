@@ -34,12 +34,15 @@ def best_allocation(max_delta: int = 2):
     return best
 
 
-def make_env(calls: list | None = None) -> BitAllocationEnv:
-    def evaluate(alloc):
+def make_env(calls: list | None = None, batches: list | None = None) -> BitAllocationEnv:
+    """The toy environment; ``calls`` collects every evaluated allocation, ``batches`` each batch's size."""
+    def evaluate_many(allocs):
         if calls is not None:
-            calls.append(alloc)
-        loss = true_loss(alloc)
-        return {"fidelity": loss, "val_top1": 100.0, "loss": loss, "reward": -loss, "seconds": 0.0, "cached": False}
+            calls.extend(allocs)
+        if batches is not None:
+            batches.append(len(allocs))
+        return [{"fidelity": true_loss(a), "val_top1": 100.0, "loss": true_loss(a), "reward": -true_loss(a),
+                 "seconds": 0.0, "cached": False} for a in allocs]
 
     infos = [LayerInfo(n, 0, 16, 16, 9, 1, 100, 0.1, 0.0, (1.0,), (2.0,)) for n in NAMES]
-    return BitAllocationEnv(infos, COSTS, BUDGET, FLAT_DAMAGE, INIT, evaluate)
+    return BitAllocationEnv(infos, COSTS, BUDGET, FLAT_DAMAGE, INIT, evaluate_many)

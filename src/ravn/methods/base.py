@@ -49,6 +49,11 @@ class Context:
     overhead: Callable[..., int] | None = None
     #: How the file will store the codes (``--coding``); None: the method's choice.
     coding: str | None = None
+    #: Parallel workers (``--workers``): a search's evaluations on Ray actors (:mod:`ravn.search.parallel`),
+    #: DCQ's sections in processes. 1 runs in-process. Results do not depend on it.
+    workers: int = 1
+    #: A Ray cluster to join (``--ray-address``, e.g. ``auto`` or ``ray://host:10001``); None starts a local Ray.
+    ray_address: str | None = None
 
     def require_data(self, what: str) -> Dataset:
         if self.dataset is None:
@@ -135,6 +140,10 @@ def quantize(model: nn.Module, config: Config, context: Context | None = None,
     """
     spec = method_of(config, method_name)
     context = context or Context()
+    from ravn.search.parallel import check_workers
+
+    # before the long set-up, not after it; only a search's evaluations run on Ray
+    check_workers(context.workers, context.ray_address, ray=getattr(config, "search", None) is not None)
     with run_folder(context.run_dir, {"config": config.to_dict(), "seed": context.seed}):
         result = spec.recipe(model, config, context)
     result.method, result.config = spec.name, config.to_dict()

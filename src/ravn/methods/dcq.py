@@ -9,8 +9,9 @@
    float network with only that section quantized and trainable, so its input is exactly the teacher's
    feature at the section's start; the ``section`` loss term (mean squared error at the boundary) in
    the shared epoch loop (:func:`ravn.training.finetune.train_student`: resume, checkpoints, the epoch
-   of best validation top-1 of the network with that section quantized). Sections train in ``workers``
-   spawned processes, one thread each, so the result does not depend on the number of workers;
+   of best validation top-1 of the network with that section quantized). Sections train in
+   ``Context.workers`` (``--workers``) spawned processes, one thread each, so the result does not
+   depend on the number of workers;
 3. stitch: the sections' trained states put together (:func:`stitch`) "to form the equivalent fully
    quantized network", then briefly fine-tuned whole (``finetune``, the shared fine-tuning; None: not).
 
@@ -27,6 +28,7 @@ import copy
 import multiprocessing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -47,6 +49,8 @@ from ravn.training.losses import Loss
 
 @dataclass
 class DCQConfig(Config):
+    VERSION: ClassVar[int] = 2  # 2: workers moved to the Context (a runtime setting, --workers)
+
     #: Size budget as measured average bits per quantized weight, cluster ids included ...
     budget_bits: float | None = 2.0
     #: ... or as bytes of the whole .ravn file (give one of the two).
@@ -56,8 +60,6 @@ class DCQConfig(Config):
     sections: tuple[str, ...] = ()
     #: DCQ: training epochs of each section's student.
     section_epochs: int = 1
-    #: DCQ: processes training sections at once (one thread each; the result is the same for any number).
-    workers: int = 1
     #: Layers left in float, by name.
     exclude: tuple[str, ...] = ()
     #: Fine-tuning of the stitched network; its settings (lr, batch, steps, quantizer) also train the
@@ -69,10 +71,14 @@ class DCQConfig(Config):
             raise ValueError("give exactly one of budget_bits and budget_bytes")
         if self.budget_bits is not None and not 1.0 <= self.budget_bits <= 8.0:
             raise ValueError(f"budget_bits must be between 1 and 8, got {self.budget_bits}")
-        if self.section_epochs < 0 or self.workers < 1:
-            raise ValueError("section_epochs must be >= 0 and workers >= 1")
+        if self.section_epochs < 0:
+            raise ValueError("section_epochs must be >= 0")
         self.sections, self.exclude = tuple(self.sections), tuple(self.exclude)
         Budget(self.budget_bits, self.budget_bytes)  # its range checks
+
+    @classmethod
+    def migrate(cls, data: dict, version: int) -> dict:
+        return {k: v for k, v in data.items() if k != "workers"} if version < 2 else data
 
 
 @dataclass
@@ -158,12 +164,12 @@ def quantize_dcq(model: nn.Module, config: DCQConfig, context: Context) -> Quant
     val = dataset.split("val", limit=settings.epoch_val_size)
     jobs = [(model, s, {n: weights[n] for n in s.layers}, dataset.train, val, context.normalize, settings,
              context.run_dir / f"section{k}" if context.run_dir else None, context.seed,
-             context.progress and config.workers == 1) for k, s in enumerate(sections)]
-    if config.workers == 1:
+             context.progress and context.workers == 1) for k, s in enumerate(sections)]
+    if context.workers == 1:
         results = [train_section(*job) for job in jobs]
     else:
         spawn = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(min(config.workers, len(jobs)), mp_context=spawn) as pool:
+        with concurrent.futures.ProcessPoolExecutor(min(context.workers, len(jobs)), mp_context=spawn) as pool:
             results = list(pool.map(train_section, *zip(*jobs, strict=True)))
     weights = {n: q for trained, _, _ in results for n, q in trained.items()}
     stitched = stitch(model, sections, [state for _, state, _ in results])

@@ -2,9 +2,11 @@
 
 Contract of an agent (register ``fn(env, tracker, seed) -> SearchResult`` with :func:`register_agent`):
 
-- it acts in :class:`ravn.search.env.BitAllocationEnv` (one step per layer, the budget projection
-  and the evaluator inside the environment) and reports every finished episode to the
-  :class:`ravn.search.log.Tracker`, stopping when ``tracker.record`` returns False;
+- it acts in :class:`ravn.search.env.ProposalEnvs` (``proposals`` copies of
+  :class:`ravn.search.env.BitAllocationEnv` stepped together, one step per layer, the budget
+  projection inside; each round's allocations evaluated as one batch) and reports every finished
+  episode to the :class:`ravn.search.log.Tracker` in the copies' order, stopping when
+  ``tracker.record`` returns False;
 - the same seed gives the same episodes; on resume the tracker's log answers episodes already
   evaluated, so a deterministic agent replays them for free and carries on;
 - its first episodes follow the environment's action prior (``env.sampling_prior()``).
@@ -16,6 +18,7 @@ Registered: ``ppo`` (:mod:`ravn.search.ppo`, RAVN's ReAQ) and ``random`` (:mod:`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ravn.config import Config
 from ravn.registry import Registry
@@ -26,6 +29,8 @@ register_agent = AGENTS.register
 
 @dataclass
 class SearchConfig(Config):
+    VERSION: ClassVar[int] = 2  # 2: proposals (version 1 searched one episode at a time)
+
     #: Bit allocation agent: 'ppo' (ReAQ) or 'random' (random search, the control).
     agent: str = "ppo"
     #: Configurations each search evaluates (the initial one included); episodes that propose a
@@ -48,11 +53,18 @@ class SearchConfig(Config):
     #: 16 is what a uniform choice changes on ResNet-20's 20 layers; on deeper models uniform choices
     #: move every layer (benchmarks/results/ptq_search.md).
     changes: float = 16.0
+    #: Configurations the search proposes per round, evaluated as one batch (PPO: its environments).
+    #: --workers N evaluates a round on N workers; the rounds, hence the allocation, do not depend on N.
+    proposals: int = 4
 
     def __post_init__(self) -> None:
-        if min(self.evaluations, self.patience, self.search_val_size, self.max_delta) < 1:
-            raise ValueError("evaluations, patience, search_val_size and max_delta must be positive")
+        if min(self.evaluations, self.patience, self.search_val_size, self.max_delta, self.proposals) < 1:
+            raise ValueError("evaluations, patience, search_val_size, max_delta and proposals must be positive")
         if not self.changes > 0:
             raise ValueError(f"changes must be positive, got {self.changes}")
         if self.rerank < 0:
             raise ValueError("rerank must be >= 0")
+
+    @classmethod
+    def migrate(cls, data: dict, version: int) -> dict:
+        return {"proposals": 1, **data} if version < 2 else data

@@ -8,15 +8,23 @@ After the last layer, the allocation is projected into the size budget
 (earlier steps get 0). The observation describes the current layer (kind, shape, parameter share,
 weight statistics, cluster shares and spreads, sensitivity, initial bits), the bits the episode
 has chosen so far relative to the budget, and the previous layer's action.
+
+Agents act in :class:`ProposalEnvs`: a fixed number of copies of the environment (``SearchConfig.proposals``,
+stable-baselines3's vectorised-env interface) stepped together. Every episode has one step per layer, so
+the copies finish together and their allocations are evaluated as one batch (``evaluate_many``), which
+parallel workers share (:mod:`ravn.search.parallel`). The batch is the search's setting, never the
+number of workers, so the same seed proposes the same allocations on any number of workers.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
+from stable_baselines3.common.vec_env import DummyVecEnv
 
 from ravn.quantizers.qweight import MAX_BITS, MIN_BITS
 from ravn.quantizers.size import Allocation, LayerCost
@@ -47,15 +55,15 @@ class BitAllocationEnv(gym.Env):
 
     def __init__(self, layers: list[LayerInfo], costs: dict[str, LayerCost], budget: Budget,
                  damage: dict[str, list[list[float]]], init_bits: Allocation,
-                 evaluate: Callable[[Allocation], dict], max_clusters: int | None = None, max_delta: int = 2,
-                 changes: float = 16.0):
+                 evaluate_many: Callable[[list[Allocation]], list[dict]] | None, max_clusters: int | None = None,
+                 max_delta: int = 2, changes: float = 16.0):
         super().__init__()
         self.layers = layers
         self.costs = costs
         self.budget = budget
         self.damage = damage
         self.init_bits = init_bits
-        self.evaluate = evaluate
+        self.evaluate_many = evaluate_many  # None: the episode's end is a proposal, evaluated by ProposalEnvs
         self.max_clusters = max_clusters or max(len(layer.shares) for layer in layers)
         self.max_delta = max_delta
         self.changes = changes
@@ -66,7 +74,6 @@ class BitAllocationEnv(gym.Env):
         self._index = 0
         self._alloc: dict[str, tuple[int, ...]] = {}
         self._last_action = np.zeros(self.max_clusters)
-        self.last_result: dict | None = None
 
     def _obs_size(self) -> int:
         return 3 + 7 + 4 * self.max_clusters + 2
@@ -129,7 +136,34 @@ class BitAllocationEnv(gym.Env):
         self._index += 1
         if self._index < len(self.layers):
             return self._observation(), 0.0, False, False, {}
-        alloc = fit(self._alloc, self.costs, self.budget, self.damage)
-        result = self.evaluate(alloc)
-        self.last_result = {"allocation": alloc, "proposed": dict(self._alloc), **result}
-        return self._observation(), float(result["reward"]), True, False, {"result": self.last_result}
+        proposal = {"allocation": fit(self._alloc, self.costs, self.budget, self.damage), "proposed": dict(self._alloc)}
+        if self.evaluate_many is None:
+            return self._observation(), 0.0, True, False, {"proposal": proposal}
+        result = {**proposal, **self.evaluate_many([proposal["allocation"]])[0]}
+        return self._observation(), float(result["reward"]), True, False, {"result": result}
+
+
+class ProposalEnvs(DummyVecEnv):
+    """``proposals`` copies of ``env`` stepped together; the allocations of the episodes that end on a step
+    are evaluated as one batch by ``env.evaluate_many``, in the copies' order (see the module docstring).
+
+    With one copy it is stable-baselines3's ``DummyVecEnv`` around ``env``, step for step.
+    """
+
+    def __init__(self, env: BitAllocationEnv, proposals: int = 1):
+        def make() -> BitAllocationEnv:
+            clone = copy.copy(env)
+            clone.evaluate_many = None
+            return clone
+
+        super().__init__([make] * proposals)
+        self.env = env
+
+    def step_wait(self):
+        obs, rewards, dones, infos = super().step_wait()
+        ending = [i for i, info in enumerate(infos) if "proposal" in info]
+        results = self.env.evaluate_many([infos[i]["proposal"]["allocation"] for i in ending]) if ending else []
+        for i, result in zip(ending, results, strict=True):
+            infos[i]["result"] = {**infos[i].pop("proposal"), **result}
+            rewards[i] = result["reward"]
+        return obs, rewards, dones, infos

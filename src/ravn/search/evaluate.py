@@ -13,6 +13,9 @@ Contract of an evaluator (:class:`Evaluator`): ``evaluate_many(allocations)`` re
 per allocation, in order, each with at least ``reward`` (higher is better), ``fidelity``,
 ``val_top1``, ``loss``, ``seconds`` and ``cached``; the result of an allocation does not depend on
 what else is in the batch or on the order, so a batch may be spread over parallel workers.
+Within a batch, as in a sequence, only an allocation's first occurrence is evaluated (``cached``
+False); :class:`AllocationEvaluator` computes a batch's new allocations in-process or, with
+``workers`` set (:func:`ravn.search.parallel.parallel_evaluation`), on Ray actors, with the same results.
 """
 
 from __future__ import annotations
@@ -79,6 +82,11 @@ class AllocationEvaluator:
         self.cache: dict[tuple, dict] = {}
         self._weights: dict[tuple, torch.Tensor] = {}
         self.evaluations = 0
+        #: computes a list of new allocations elsewhere (``map(allocations) -> results``); None: here.
+        self.workers = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "workers": None}  # what a worker receives: everything but the workers
 
     def _dequantized(self, name: str, bits: tuple[int, ...]) -> torch.Tensor:
         key = (name, bits)
@@ -96,21 +104,29 @@ class AllocationEvaluator:
                 self.modules[name].weight.copy_(self._dequantized(name, tuple(alloc[name])))
         return self.work
 
-    def __call__(self, alloc: Allocation) -> dict:
-        key = allocation_key(alloc, self.names)
-        if key in self.cache:
-            return {**self.cache[key], "cached": True}
+    def compute(self, alloc: Allocation) -> dict:
+        """Eq. 7 for ``alloc``, computed (no cache): what a worker runs."""
         start = time.perf_counter()
         model = self.load(alloc)
         fid = self.fidelity(model)
         g = top1(model, self.data.val_images, self.data.val_labels)
-        result = eq7(fid, g, self.target, self.lam, start)
-        self.cache[key] = result
-        self.evaluations += 1
-        return {**result, "cached": False}
+        return eq7(fid, g, self.target, self.lam, start)
+
+    def __call__(self, alloc: Allocation) -> dict:
+        return self.evaluate_many([alloc])[0]
 
     def evaluate_many(self, allocations: list[Allocation]) -> list[dict]:
-        return [self(alloc) for alloc in allocations]
+        keys = [allocation_key(alloc, self.names) for alloc in allocations]
+        new = {key: alloc for key, alloc in zip(keys, allocations, strict=True) if key not in self.cache}
+        todo = list(new.values())
+        results = self.workers.map(todo) if self.workers is not None and len(todo) > 1 else map(self.compute, todo)
+        self.cache.update(zip(new, results, strict=True))
+        self.evaluations += len(new)
+        out = []
+        for key in keys:
+            out.append({**self.cache[key], "cached": key not in new})
+            new.pop(key, None)  # a repeat within the batch is cached, as it would be in a sequence
+        return out
 
 
 class StoredEvaluator:

@@ -1,9 +1,10 @@
 """The ReAQ agent: PPO (Schulman et al. 2017) from stable-baselines3 on :class:`BitAllocationEnv`.
 
-Rollouts of ``episodes_per_update`` whole episodes; no discount inside an episode (the reward comes
-at its end); the first policy is the environment's action prior; advantages normalised per batch,
-so the scale of Eq. 7 does not matter. Stops after the tracker's number of evaluations, or when the
-best reward has not improved for ``patience`` of them.
+Rollouts of at least ``episodes_per_update`` whole episodes, rounds of the environments' proposals
+(``n_envs`` = ``SearchConfig.proposals``, each round evaluated as one batch); no discount inside an
+episode (the reward comes at its end); the first policy is the environment's action prior;
+advantages normalised per batch, so the scale of Eq. 7 does not matter. Stops after the tracker's
+number of evaluations, or when the best reward has not improved for ``patience`` of them.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ravn.search.agents import register_agent
-from ravn.search.env import BitAllocationEnv
+from ravn.search.env import ProposalEnvs
 from ravn.search.log import SearchResult, Tracker
 
 
 @dataclass
 class PPOSettings:
-    #: Episodes per policy update (one rollout).
+    #: Episodes per policy update (one rollout): whole rounds of proposals, at least this many.
     episodes_per_update: int = 4
     #: Gradient epochs over each rollout.
     epochs: int = 10
@@ -32,7 +33,7 @@ class PPOSettings:
 
 
 @register_agent("ppo")
-def ppo_search(env: BitAllocationEnv, tracker: Tracker, seed: int, settings: PPOSettings | None = None) -> SearchResult:
+def ppo_search(envs: ProposalEnvs, tracker: Tracker, seed: int, settings: PPOSettings | None = None) -> SearchResult:
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
@@ -49,7 +50,9 @@ def ppo_search(env: BitAllocationEnv, tracker: Tracker, seed: int, settings: PPO
                 torch.set_num_threads(threads)
 
     s = settings or PPOSettings()
-    steps = len(env.layers) * s.episodes_per_update
+    env = envs.env
+    rounds = -(-s.episodes_per_update // envs.num_envs)
+    steps = len(env.layers) * rounds  # per environment: a rollout holds rounds x num_envs episodes
 
     class Stop(BaseCallback):
         def _on_step(self) -> bool:
@@ -58,7 +61,8 @@ def ppo_search(env: BitAllocationEnv, tracker: Tracker, seed: int, settings: PPO
                     return False
             return True
 
-    model = SingleThreadPPO("MlpPolicy", env, n_steps=steps, batch_size=max(2, steps // 2), n_epochs=s.epochs,
+    model = SingleThreadPPO("MlpPolicy", envs, n_steps=steps, batch_size=max(2, steps * envs.num_envs // 2),
+                n_epochs=s.epochs,
                 learning_rate=s.learning_rate, gamma=1.0, gae_lambda=0.95, ent_coef=s.entropy, seed=seed,
                 policy_kwargs={"net_arch": list(s.hidden)}, device="cpu", verbose=0)
     prior = env.sampling_prior()
@@ -66,6 +70,6 @@ def ppo_search(env: BitAllocationEnv, tracker: Tracker, seed: int, settings: PPO
         # The action head's weights start near 0 (orthogonal, gain 0.01), so its biases are the first policy.
         with torch.no_grad():
             model.policy.action_net.bias.copy_(torch.from_numpy(np.tile(np.log(prior), env.max_clusters)))
-    model.learn(total_timesteps=len(env.layers) * (tracker.max_episodes + s.episodes_per_update),
+    model.learn(total_timesteps=len(env.layers) * (tracker.max_episodes + rounds * envs.num_envs),
                 callback=Stop())
     return tracker.result()

@@ -6,23 +6,24 @@ The control that tells whether the agent learns anything: same number of evaluat
 
 from __future__ import annotations
 
+import numpy as np
+
 from ravn.search.agents import register_agent
-from ravn.search.env import BitAllocationEnv
+from ravn.search.env import ProposalEnvs
 from ravn.search.log import SearchResult, Tracker
 
 
 @register_agent("random")
-def random_search(env: BitAllocationEnv, tracker: Tracker, seed: int) -> SearchResult:
-    env.action_space.seed(seed)
-    env.reset(seed=seed)
+def random_search(envs: ProposalEnvs, tracker: Tracker, seed: int) -> SearchResult:
+    """Rounds of ``envs.num_envs`` episodes, each round's actions drawn layer by layer, copy by copy."""
+    env, space = envs.env, envs.action_space
+    space.seed(seed)
+    envs.reset()
     prior = env.sampling_prior()
     probability = None if prior is None else tuple(prior for _ in range(env.max_clusters))
     while True:
-        env.reset()
-        done = False
-        info: dict = {}
-        while not done:
-            _, _, done, _, info = env.step(env.action_space.sample(probability=probability))
-        if not tracker.record(info["result"], {"agent": "random"}):
-            break
-    return tracker.result()
+        for _ in env.layers:
+            _, _, _, infos = envs.step(np.stack([space.sample(probability=probability) for _ in range(envs.num_envs)]))
+        for info in infos:
+            if not tracker.record(info["result"], {"agent": "random"}):
+                return tracker.result()

@@ -23,26 +23,30 @@ def get_agent(name: str) -> Callable:
 
 
 def search(problem: SearchProblem, config: SearchConfig, folder: Path | None, seed: int,
-           progress: bool = True) -> SearchResult:
-    """Run the configured agent on ``problem``; episodes are logged to ``folder/episodes.jsonl``."""
+           progress: bool = True, workers: int = 1, ray_address: str | None = None) -> SearchResult:
+    """Run the configured agent on ``problem``; episodes are logged to ``folder/episodes.jsonl``; each
+    round of ``config.proposals`` configurations is evaluated on ``workers`` (:mod:`ravn.search.parallel`)."""
     from ravn.progress import search_progress
-    from ravn.search.env import BitAllocationEnv
+    from ravn.search.env import BitAllocationEnv, ProposalEnvs
     from ravn.search.log import EpisodeLog
+    from ravn.search.parallel import parallel_evaluation
 
     agent = get_agent(config.agent)
     log = EpisodeLog(folder / "episodes.jsonl" if folder else None)
     problem.evaluator.cache.update(log.cached_results())
 
-    def evaluate(alloc: Allocation) -> dict:
-        return {**problem.evaluator.evaluate_many([alloc])[0], "avg_bits": problem.avg_bits(alloc)}
+    def evaluate_many(allocs: list[Allocation]) -> list[dict]:
+        results = problem.evaluator.evaluate_many(allocs)
+        return [{**r, "avg_bits": problem.avg_bits(a)} for r, a in zip(results, allocs, strict=True)]
 
     env = BitAllocationEnv(problem.layer_infos(), problem.costs, problem.budget, problem.damage, problem.init,
-                           evaluate, max_delta=config.max_delta, changes=config.changes)
-    with search_progress(config.evaluations, f"{config.agent} search", progress) as update:
+                           evaluate_many, max_delta=config.max_delta, changes=config.changes)
+    with search_progress(config.evaluations, f"{config.agent} search", progress) as update, \
+            parallel_evaluation(problem.evaluator, workers, ray_address):
         tracker = Tracker(log, config.evaluations, config.patience, update)
         # Episode 0 is the initial allocation itself: a search never ends worse than where it started.
-        tracker.record({"allocation": problem.init, **evaluate(problem.init)}, {"agent": "init"})
-        return agent(env, tracker, seed)
+        tracker.record({"allocation": problem.init, **evaluate_many([problem.init])[0]}, {"agent": "init"})
+        return agent(ProposalEnvs(env, config.proposals), tracker, seed)
 
 
 def rerank(problem: SearchProblem, found: SearchResult, evaluator, count: int) -> tuple[Allocation, dict, list]:
@@ -73,7 +77,7 @@ def allocate(problem: SearchProblem, config: SearchConfig | None, context, folde
     if config is None:
         return problem.init, problem.realize(problem.init), problem.log(problem.init)
     start = time.perf_counter()
-    found = search(problem, config, folder, context.seed, context.progress)
+    found = search(problem, config, folder, context.seed, context.progress, context.workers, context.ray_address)
     log = {**problem.log(found.allocation), "search_seconds": time.perf_counter() - start,
            "episodes": found.episodes, "evaluations": found.evaluations,
            "best": {k: found.result[k] for k in ("reward", "fidelity", "val_top1", "loss")},
