@@ -99,16 +99,20 @@ def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, va
     from ravn.pipeline import run
     from ravn.quantizers.qweight import CODINGS
     from ravn.search.parallel import check_workers
+    from ravn.training.distributed import replicas
 
     spec = method_spec(method)
     config = method_flags.config(spec, mode, options)
     check_workers(workers, ray_address, ray=getattr(config, "search", None) is not None)
     if coding is not None and coding not in CODINGS:
         raise RavnError(f"unknown coding '{coding}'", f"use one of {', '.join(CODINGS)}")
+    writer = replicas().is_writer  # under torchrun, rank 0 writes and reports (ravn.training.distributed)
+    as_json = as_json or not writer  # other ranks print nothing: no bars, and their summary is dropped
     check_writable(out)
     run_dir = run_dir or out.with_suffix(".run")
-    if fresh and run_dir.exists():
+    if fresh and run_dir.exists() and writer:
         shutil.rmtree(run_dir)
+    replicas().barrier()
     check_writable(run_dir / "run.json")
     dataset = load_dataset(data, image_size, val_size)
     ref, net = _load(model, weights, None if dataset.num_classes == 10 else dataset.num_classes)
@@ -117,7 +121,8 @@ def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, va
     summary = run(net, ref, config, dataset, out, test_limit=test_limit, context=context, progress=not as_json,
                   method=method, coding=coding)
     if as_json:
-        _print_json(summary)
+        if writer:
+            _print_json(summary)
         return
     from ravn.report.summary import render_summary
 

@@ -87,10 +87,15 @@ def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: 
         metrics["test_top5"] = q_metrics["top5"]
     # the exact size is checked before anything is written: no over-budget file ever appears at out
     coding = result.coding or coding or "fixed"
-    sizes = export.save(out, result.model, result.weights, ref, result.method, result.config, metrics, coding,
-                        max_bytes=getattr(config, "budget_bytes", None))
-    if not same_weights(result.model, export.load(out, allow=(ref.factory,))):
-        raise RavnError(f"{out} does not rebuild the weights that were measured", "report this: it is a bug")
+    with tempfile.TemporaryDirectory() as scratch:
+        from ravn.training.distributed import replicas
+
+        # under torchrun rank 0 writes out; the other ranks write the same bytes to a scratch file
+        target = out if replicas().is_writer else Path(scratch) / Path(out).name
+        sizes = export.save(target, result.model, result.weights, ref, result.method, result.config, metrics, coding,
+                            max_bytes=getattr(config, "budget_bytes", None))
+        if not same_weights(result.model, export.load(target, allow=(ref.factory,))):
+            raise RavnError(f"{out} does not rebuild the weights that were measured", "report this: it is a bug")
     return {
         "file": str(out),
         "method": result.method,

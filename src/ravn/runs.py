@@ -6,7 +6,8 @@ Contract:
   write (disk full, no permission) leaves no partial file and is one line of :class:`RavnError`;
 - :class:`RunFolder` holds one run's resumable state. Its ``run.json`` stamps the settings that made
   it: opening a folder of other settings is refused (resuming would mix runs). While a process holds
-  it, a second one is refused (an advisory lock), never let in to corrupt it.
+  it, a second one is refused (an advisory lock), never let in to corrupt it. Under torchrun, rank 0
+  holds it and writes; the other ranks only read it (:mod:`ravn.training.distributed`).
 - Nothing in a run folder is ever unpickled: state is JSON, JSON lines and safetensors.
 """
 
@@ -25,7 +26,18 @@ class RunFolder:
     """One run's folder: settings stamp, lock, JSON state and atomic files (see the module docstring)."""
 
     def __init__(self, path: Path | str, stamp: dict[str, Any]):
+        from ravn.training.distributed import replicas
+
         self.path = Path(path)
+        self.writer = replicas().is_writer
+        self._lock = None
+        stamp = json.loads(json.dumps(stamp))
+        if not self.writer:  # another rank of the same run: it reads what rank 0 writes
+            stored = self.read_json("run.json")
+            if stored is not None and stored != stamp:
+                raise RavnError(f"{self.path} holds a run with other settings",
+                                "pass --fresh to start over, or another --run-dir")
+            return
         check_writable(self.path / "run.json")
         self._lock = open(self.path / ".lock", "a")  # noqa: SIM115 (held for the folder's lifetime)
         try:
@@ -38,7 +50,6 @@ class RunFolder:
                             "wait for it to finish, or pass another --run-dir") from None
         except ImportError:  # no fcntl (Windows): no lock
             pass
-        stamp = json.loads(json.dumps(stamp))
         stored = self.read_json("run.json")
         if stored is None:
             self.write_json("run.json", stamp)
@@ -62,10 +73,12 @@ class RunFolder:
             raise RavnError(f"{path} is damaged", "pass --fresh to start the run over") from None
 
     def write_json(self, name: str, data: Any) -> None:
-        write_atomically(self.path / name, [json.dumps(data, indent=1).encode()])
+        if self.writer:
+            write_atomically(self.path / name, [json.dumps(data, indent=1).encode()])
 
     def close(self) -> None:
-        self._lock.close()
+        if self._lock is not None:
+            self._lock.close()
 
     def __enter__(self) -> RunFolder:
         return self

@@ -2,7 +2,8 @@
 
 It is also the search's memory across interruptions: reopening the log refills the evaluation
 cache, so a rerun of the same (deterministic) search replays the logged episodes from the cache in
-seconds and carries on where it stopped. A torn last line, from a kill mid-write, is dropped.
+seconds and carries on where it stopped. A torn last line, from a kill mid-write, is dropped. A log
+opened with ``write=False`` (torchrun's ranks other than 0) is read, never written.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ class SearchResult:
 
 
 class EpisodeLog:
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None, write: bool = True):
         self.path = path
+        self.write = write
         self.records: list[dict] = []
         if path is not None and path.exists():
             lines = path.read_text().splitlines()
@@ -37,15 +39,12 @@ class EpisodeLog:
                     self.records.append(json.loads(line))
                 except json.JSONDecodeError:
                     break  # a torn line ends the usable log
-            self._rewrite()
-
-    def _rewrite(self) -> None:
-        assert self.path is not None
-        write_atomically(self.path, ["".join(json.dumps(r) + "\n" for r in self.records).encode()])
+            if write:
+                write_atomically(path, ["".join(json.dumps(r) + "\n" for r in self.records).encode()])
 
     def append(self, record: dict) -> None:
         self.records.append(record)
-        if self.path is None:
+        if self.path is None or not self.write:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:

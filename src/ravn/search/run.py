@@ -30,9 +30,10 @@ def search(problem: SearchProblem, config: SearchConfig, folder: Path | None, se
     from ravn.search.env import BitAllocationEnv, ProposalEnvs
     from ravn.search.log import EpisodeLog
     from ravn.search.parallel import parallel_evaluation
+    from ravn.training.distributed import replicas
 
     agent = get_agent(config.agent)
-    log = EpisodeLog(folder / "episodes.jsonl" if folder else None)
+    log = EpisodeLog(folder / "episodes.jsonl" if folder else None, write=replicas().is_writer)
     problem.evaluator.cache.update(log.cached_results())
 
     def evaluate_many(allocs: list[Allocation]) -> list[dict]:

@@ -131,7 +131,11 @@ def train_student(student: nn.Module, teacher: nn.Module, latent: list[str], cap
     decay; every other parameter that requires a gradient trains without it. ``captured``: the modules
     whose outputs are the step's features (teacher's and student's, for the loss terms that read them).
     Validation top-1 of ``student`` on ``val`` selects the epoch; ``student`` ends in the best epoch's state.
+    Under torchrun the ranks train it data-parallel (:mod:`ravn.training.distributed`).
     """
+    from ravn.training.distributed import replicas as current
+
+    replicas = current()
     teacher = teacher.eval()
     latent_ids = {id(latent_weight(student, n)) for n in latent}
     decay = [p for p in student.parameters() if id(p) in latent_ids]
@@ -149,7 +153,7 @@ def train_student(student: nn.Module, teacher: nn.Module, latent: list[str], cap
             with torch.no_grad():
                 out.teacher_logits = teacher(x)
             out.teacher_features = t_feats.take()
-        out.logits = student(x)
+        out.logits = forward(x)
         out.features = s_feats.take()
         total, values = loss(out)
         return {"loss": total, **values}
@@ -160,9 +164,10 @@ def train_student(student: nn.Module, teacher: nn.Module, latent: list[str], cap
 
         callbacks.append(EpochProgress(config.epochs))
     stamp = {"config": config.to_dict(), "seed": seed, **(stamp or {})}
+    forward = replicas.wrap(student)
     with Capture(teacher, captured) as t_feats, Capture(student, captured) as s_feats:
         return train_epochs(student, step, optimizer, schedule, train, lambda: evaluate(student, val, normalize),
-                            run_dir, stamp, callbacks)
+                            run_dir, stamp, callbacks, replicas)
 
 
 def fine_tune(float_model: nn.Module, weights: dict[str, QuantizedWeight], dataset: Dataset, normalize: Normalize,

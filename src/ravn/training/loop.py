@@ -13,7 +13,8 @@ checkpoint of other settings is refused.
 
 Callbacks (:class:`Callback`) see each epoch's start, each step and each finished epoch (progress
 bars, batch-norm modes, logging). :class:`Replicas` is the seam for data-parallel training: it
-shards the batches and says which process writes; the default is one process.
+shards each batch, wraps the model that the step runs, sums the logged losses and says which process
+writes; the default is one process, :mod:`ravn.training.distributed` the ranks of torchrun.
 """
 
 from __future__ import annotations
@@ -45,12 +46,25 @@ class Callback:
 
 
 class Replicas:
-    """One training process (the seam for data-parallel training: shards batches, elects the writer)."""
+    """One training process (the seam for data-parallel training; :mod:`ravn.training.distributed`)."""
 
     is_writer: bool = True
+    world: int = 1
 
-    def shard(self, batches):
-        return batches
+    def shard(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """This process's part of a batch, and its loss weight (its share of the batch x the processes)."""
+        return images, labels, 1.0
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """What the step calls for the forward pass (a data-parallel wrapper that syncs gradients)."""
+        return model
+
+    def total(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value summed over the processes."""
+        return values
+
+    def barrier(self) -> None:
+        """Wait until every process is here."""
 
 
 @dataclass
@@ -89,9 +103,12 @@ def train_epochs(model: nn.Module, step: Callable[[torch.Tensor, torch.Tensor], 
     """Train ``model`` with ``step`` (returns ``{"loss": ..., <term>: ...}``; the loop calls backward).
 
     ``validate()`` returns ``{"top1", "loss"}`` on the validation split. On return ``model`` holds
-    the best epoch's state.
+    the best epoch's state. ``replicas`` (default: this process's, :func:`ravn.training.distributed.replicas`)
+    shards each batch after augmentation; ``step`` runs ``replicas.wrap(model)``.
     """
-    replicas = replicas or Replicas()
+    from ravn.training.distributed import replicas as current
+
+    replicas = replicas or current()
     scheduler = schedule.scheduler(optimizer)
     stamp = json.loads(json.dumps({**(stamp or {}), "schedule": schedule.__dict__}))
     history: list[dict] = []
@@ -121,17 +138,18 @@ def train_epochs(model: nn.Module, step: Callable[[torch.Tensor, torch.Tensor], 
         for cb in callbacks:
             cb.on_epoch_start(epoch, schedule.steps_per_epoch)
         generator = torch.Generator().manual_seed(schedule.seed * 100_003 + epoch)
-        batches = replicas.shard(iterate_batches(train, schedule.batch_size, shuffle=True, generator=generator))
+        batches = iterate_batches(train, schedule.batch_size, shuffle=True, generator=generator)
         seen, sums, index = 0, {}, 0
         started = time.perf_counter()
         for index, (images, labels) in enumerate(batches):
             if index >= schedule.steps_per_epoch:
                 break
-            if schedule.augment:
+            if schedule.augment:  # the whole batch, so every process draws the same augmentation
                 images = random_crop_flip(images, generator=generator)
+            images, labels, share = replicas.shard(images, labels)
             values = step(images, labels)
             optimizer.zero_grad(set_to_none=True)
-            values["loss"].backward()
+            (values["loss"] * share).backward()
             optimizer.step()
             scheduler.step()
             seen += len(labels)
@@ -140,8 +158,10 @@ def train_epochs(model: nn.Module, step: Callable[[torch.Tensor, torch.Tensor], 
             for cb in callbacks:
                 cb.on_step(index + 1, seen, sums)
         seconds = time.perf_counter() - started
+        totals = replicas.total({**sums, "@seen": seen})
+        seen = int(totals.pop("@seen"))
         m = validate()
-        row = {"epoch": epoch, **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
+        row = {"epoch": epoch, **{f"train_{k}": v / max(seen, 1) for k, v in totals.items()},
                "val_top1": m["top1"], "val_loss": m["loss"], "seconds": seconds,
                "step_seconds": seconds / max(1, min(schedule.steps_per_epoch, index + 1)),
                "lr": scheduler.get_last_lr()[0]}
