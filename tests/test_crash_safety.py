@@ -108,3 +108,26 @@ def test_search_killed_at_any_moment_resumes_to_the_same_file(toy_data, whole_se
     assert [x["episode"] for x in lines] == list(range(len(lines)))  # none lost, none logged twice
     assert lines[: len(logged)] == logged  # logged evaluations were not redone
     assert sum(not x["cached"] for x in lines) == again["log"]["evaluations"]
+
+
+TORCHRUN_QAT = ["--method", "ravn", "--mode", "qat", "--budget-bits", "3", "--calibration-size", "16", "--evaluations",
+                "4", "--search-val-size", "16", "--rerank", "1", "--epochs", "2", "--max-steps", "4", "--batch-size",
+                "16"]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_write_one_file_and_resume(toy_data, tmp_path):
+    """Under torchrun rank 0 alone writes the run folder and the file; a rerun resumes to the same bytes."""
+    out = tmp_path / "ddp.ravn"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ravn",
+           *_command(toy_data, out, *TORCHRUN_QAT)[3:]]
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True, env=ENV)
+    reports = [line for line in first.stdout.splitlines() if line.startswith("{")]
+    assert len(reports) == 1  # one rank reports
+    episodes = [json.loads(line)["episode"] for line in (tmp_path / "ddp.run" / "round1" / "episodes.jsonl").open()]
+    assert episodes == list(range(len(episodes)))  # each episode logged once
+    written = out.read_bytes()
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True, env=ENV)
+    assert out.read_bytes() == written
+    report = json.loads(next(line for line in again.stdout.splitlines() if line.startswith("{")))
+    assert [h["epoch"] for h in report["log"]["rounds"][0]["finetune"]["history"]] == [0, 1, 2]

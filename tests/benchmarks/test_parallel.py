@@ -1,0 +1,27 @@
+"""benchmarks/parallel.py on tiny settings: it runs end to end and checks what it claims to check."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_parallel_benchmark_runs_on_tiny_settings(shared_data, tmp_path):
+    pytest.importorskip("ray")
+    stem = tmp_path / "parallel"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "parallel.py"), "--agent", "random", "--evaluations", "3",
+           "--proposals", "2", "--calibration-size", "8", "--search-val-size", "16", "--steps", "2",
+           "--batch-size", "8", "--results", str(stem)]
+    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True)
+    rows = json.loads(stem.with_suffix(".json").read_text())["rows"]
+    assert [r["parallel"] for r in rows] == [1, 2, 1, 2] and rows[1]["same"]  # the same search on 1 and 2 workers
+    assert rows[0]["count"] == rows[1]["count"] == 3 and rows[0]["allocation"] == rows[1]["allocation"]
+    assert rows[2]["count"] == rows[3]["count"] == 16
+    assert "Parallel evaluation" in stem.with_suffix(".md").read_text()
