@@ -106,3 +106,13 @@ def test_same_seed_same_allocation_on_one_and_two_ray_workers(tmp_path):
     assert (tmp_path / "one" / "episodes.jsonl").read_text().count("\n") == len(one.log["history"])
     for name, q in one.weights.items():
         assert torch.equal(q.dequantize(), two.weights[name].dequantize())
+
+
+def test_command_line_workers_without_ray_fail_before_any_work(monkeypatch, tmp_path, capsys):
+    from ravn.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    out = tmp_path / "m.ravn"
+    assert main(["quantize", "--method", "ravn", "--workers", "2", "--out", str(out), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "ravn[parallel]" in err and not out.with_suffix(".run").exists()
