@@ -18,6 +18,7 @@ from torch import nn
 from ravn import export
 from ravn.config import Config
 from ravn.data import Dataset
+from ravn.device import on_device
 from ravn.errors import RavnError
 from ravn.evaluation import evaluate
 from ravn.methods import Context, quantize
@@ -31,14 +32,15 @@ def float_file_bytes(model: nn.Module) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "float.safetensors"
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(path))
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
         return path.stat().st_size
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:
     """Do two models hold bit-identical floating-point state."""
     sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa if sa[k].is_floating_point())
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu())
+                                          for k in sa if sa[k].is_floating_point())
 
 
 def file_overhead(model: nn.Module, ref: ModelRef, method: str, config: Config, top5: bool):
@@ -75,6 +77,7 @@ def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: 
     # a copy: the caller's context may serve other configs
     context = dataclasses.replace(context, coding=coding, overhead=context.overhead or file_overhead(
         model, ref, method, config, dataset.num_classes >= 100))
+    model = on_device(model, context.device)  # the float model is measured where the method runs
     start = time.perf_counter()
     result = quantize(model, config, context, method)
     quantize_seconds = time.perf_counter() - start

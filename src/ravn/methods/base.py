@@ -27,6 +27,7 @@ from torch import nn
 
 from ravn.config import Config
 from ravn.data import Dataset, Normalize
+from ravn.device import on_device
 from ravn.errors import RavnError
 from ravn.quantizers.qweight import QuantizedWeight
 from ravn.quantizers.size import Allocation
@@ -43,6 +44,9 @@ class Context:
     run_dir: Path | None = None
     seed: int = 0
     progress: bool = True
+    #: Where the model and the data run (``cpu``, ``cuda``, ``cuda:N``, ``auto``); ``None``: where the
+    #: model already is. Stored weights and files stay on the CPU (:mod:`ravn.device`).
+    device: str | None = None
     #: The bytes a file of these weights (stored with a coding, default "fixed") takes besides their streams
     #: and tables (state, header), for byte budgets; the pipeline sets it from the file it will write.
     #: None: an estimate.
@@ -135,6 +139,7 @@ def quantize(model: nn.Module, config: Config, context: Context | None = None,
     """
     spec = method_of(config, method_name)
     context = context or Context()
+    model = on_device(model, context.device)
     with run_folder(context.run_dir, {"config": config.to_dict(), "seed": context.seed}):
         result = spec.recipe(model, config, context)
     result.method, result.config = spec.name, config.to_dict()

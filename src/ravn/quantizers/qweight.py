@@ -69,6 +69,11 @@ class QuantizedWeight:
     offset: torch.Tensor | None = None  # float32 (shape[0],)
 
     def __post_init__(self) -> None:
+        # what is stored lives on the CPU, whatever device computed it (ravn.device)
+        for name in ("ids", "codes", "tables", "scale", "offset"):
+            value = getattr(self, name)
+            if value is not None and value.device.type != "cpu":
+                setattr(self, name, value.cpu())
         self.bits = check_bits(self.bits)
         self.shape = tuple(int(s) for s in self.shape)
         n = math.prod(self.shape)

@@ -25,7 +25,8 @@ def with_weights(model: nn.Module, weights: dict[str, QuantizedWeight]) -> nn.Mo
     out = copy.deepcopy(model)
     modules = dict(out.named_modules())
     for name, q in weights.items():
-        modules[name].weight.data = q.dequantize().to(modules[name].weight.dtype)
+        weight = modules[name].weight
+        weight.data = q.dequantize().to(device=weight.device, dtype=weight.dtype)
     return out.eval()
 
 
@@ -44,7 +45,7 @@ def attach(model: nn.Module, weights: dict[str, QuantizedWeight], quantizer: str
         if latent == "dequantized":
             with torch.no_grad():
                 layer.weight.copy_(q.dequantize())
-        module = kind(q, learn_tables, learn_scale)
+        module = kind(q, learn_tables, learn_scale).to(layer.weight.device)
         parametrize.register_parametrization(layer, "weight", module, unsafe=True)
         out[name] = module
     return out

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ravn.data import Dataset, Normalize
+from ravn.device import device_of
 from ravn.errors import RavnError
 from ravn.export.layout import state_keys
 from ravn.quantizers.layers import quantizable_layers
@@ -152,14 +153,15 @@ def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None
                         fixed_bytes=(overhead or estimated_overhead(model))(sample))
     check_feasible(costs, budget)
     calib_split = dataset.calibration(settings.calibration_size, seed=0)
-    calibration = normalize(calib_split.images(torch.arange(len(calib_split))))
+    device = device_of(model)  # the fixed batches live where the model runs
+    calibration = normalize(calib_split.images(torch.arange(len(calib_split))).to(device))
     val = dataset.split("val", limit=search_val_size)
-    data = SearchData(calibration, normalize(val.images(torch.arange(len(val)))), val.labels)
+    data = SearchData(calibration, normalize(val.images(torch.arange(len(val))).to(device)), val.labels.to(device))
     rounding = get_rounding(settings.rounding)
     round_layer = rounding.layerwise(model, list(clustered), calibration)
     evaluator = AllocationEvaluator(model, clustered, data, lam, reference=reference, round_layer=round_layer)
-    probe = ProbeData(calibration, calib_split.labels, evaluator.fidelity, round_layer, settings.hessian_iterations,
-                      seed)
+    probe = ProbeData(calibration, calib_split.labels.to(device), evaluator.fidelity, round_layer,
+                      settings.hessian_iterations, seed)
     sensitivity = get_sensitivity(settings.sensitivity)(model, clustered, probe)
     damage = damage_model(clustered, sensitivity)
     if settings.init == "ilp":

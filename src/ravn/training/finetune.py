@@ -26,6 +26,7 @@ from torch import nn
 
 from ravn.config import Config
 from ravn.data import Dataset, ImageSplit, Normalize
+from ravn.device import to_model
 from ravn.evaluation import evaluate
 from ravn.hooks import Capture
 from ravn.quantizers.qweight import QuantizedWeight
@@ -115,7 +116,7 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 250
         m.momentum = None
         m.train()
     for i in range(0, len(images), batch_size):
-        model(images[i : i + batch_size])
+        model(to_model(model, images[i : i + batch_size]))
     for m, (momentum, training) in zip(bns, saved, strict=True):
         m.momentum = momentum
         m.train(training)
@@ -143,8 +144,8 @@ def train_student(student: nn.Module, teacher: nn.Module, latent: list[str], cap
                         config.augment, seed)
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = normalize(images)
-        out = Step(None, labels)
+        x = normalize(to_model(student, images))
+        out = Step(None, labels.to(x.device))
         if loss.needs_teacher:
             with torch.no_grad():
                 out.teacher_logits = teacher(x)
