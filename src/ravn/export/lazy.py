@@ -13,8 +13,9 @@ weight is read (a forward, user code), and holds nothing between reads.
 Memory while running: the packed symbols of every layer, one layer's float weight, and the
 decoding workspace of :data:`CHUNK` weights at a time (:data:`WORKSPACE_BYTES`), allocated by numpy
 so ``tracemalloc`` sees it (``tests/export/test_lazy.py`` measures it). Loading decodes the file's
-streams one layer at a time (Huffman ids and entropy-coded layers are re-packed at the fixed
-symbol width once), and builds the architecture on the meta device when the factory allows it, so
+streams one layer at a time: a one-cluster ``"fixed"`` layer keeps a copy of its code stream,
+others (Huffman ids, entropy-coded layers) are decoded and re-packed at the fixed symbol width,
+which takes that layer's decoding workspace once. It builds the architecture on the meta device when the factory allows it, so
 no float copy of the model is ever made. The price is decoding time on every forward pass; for
 inference only (the decoded weight carries no gradient).
 """
@@ -40,18 +41,23 @@ WORKSPACE_BYTES = CHUNK * (9 * 16 + 10 * 8)
 class PackedWeight(nn.Module):
     """One layer's weight kept as packed symbols: a parametrization whose input is the packed stream.
 
-    Built from a :class:`QuantizedWeight` (:attr:`codes` is the packed stream, which :func:`attach`
-    makes the parametrized tensor); :meth:`forward` decodes a stream to the float weight.
+    ``codes`` (uint8) holds ``numel`` symbols of ``width`` bits in the packing layout; :func:`attach`
+    makes it the parametrized tensor, and :meth:`forward` decodes a stream to the float weight.
     """
 
-    def __init__(self, q: QuantizedWeight):
+    def __init__(self, shape: tuple[int, ...], width: int, codes: np.ndarray, table: torch.Tensor,
+                 scale: torch.Tensor | None = None, offset: torch.Tensor | None = None):
         super().__init__()
-        self.shape = q.shape
-        self.width = q.symbol_bits
-        self.codes = torch.from_numpy(pack_bits(q.symbols(), self.width))
-        self.register_buffer("table", q.tables.float().contiguous())
-        self.register_buffer("scale", None if q.scale is None else q.scale.float().contiguous())
-        self.register_buffer("offset", None if q.offset is None else q.offset.float().contiguous())
+        self.shape, self.width = tuple(shape), width
+        self.codes = torch.from_numpy(codes)
+        self.register_buffer("table", table.float().contiguous())
+        self.register_buffer("scale", None if scale is None else scale.float().contiguous())
+        self.register_buffer("offset", None if offset is None else offset.float().contiguous())
+
+    @classmethod
+    def of(cls, q: QuantizedWeight) -> PackedWeight:
+        """``q`` packed at its :attr:`~QuantizedWeight.symbol_bits` (one cluster: the file's code stream)."""
+        return cls(q.shape, q.symbol_bits, pack_bits(q.symbols(), q.symbol_bits), q.tables, q.scale, q.offset)
 
     @property
     def packed_bytes(self) -> int:

@@ -23,13 +23,12 @@ from ravn.quantizers.qweight import QuantizedWeight, implicit_table
 _CORRUPT = "the file is corrupt or truncated; write it again with 'ravn quantize'"
 
 
-def _unpack_layers(plan: list[dict], codes: np.ndarray, tables: torch.Tensor) -> Iterator[
-        tuple[str, QuantizedWeight]]:
-    """Each layer's weight, decoded one layer at a time."""
+def _unpack_layers(plan: list[dict], codes: np.ndarray, tables: torch.Tensor, lazy: bool = False) -> Iterator[
+        tuple[str, QuantizedWeight | lazy_weights.PackedWeight]]:
+    """Each layer's weight, decoded one layer at a time (``lazy``: packed, :mod:`ravn.export.lazy`)."""
     for row in plan:
         shape, bits = row["shape"], row["bits"]
         streams = [codes[start:end] for start, end in row["spans"]]
-        ids, layer_codes = QuantizedWeight.unpack(shape, bits, row["counts"], *streams, coding=row["coding"])
         at = row["floats"]
         if row["table"]:
             table = implicit_table(row["table"], bits[0])
@@ -40,7 +39,12 @@ def _unpack_layers(plan: list[dict], codes: np.ndarray, tables: torch.Tensor) ->
         for flag in "so":
             vectors.append(tables[at : at + shape[0]] if flag in row["ch"] else None)
             at += shape[0] if flag in row["ch"] else 0
-        yield row["name"], QuantizedWeight(shape, bits, ids, layer_codes, table, *vectors)
+        if lazy and row["coding"] == "fixed" and len(bits) == 1:  # the code stream is the packed symbols
+            yield row["name"], lazy_weights.PackedWeight(shape, bits[0], streams[1].copy(), table, *vectors)
+            continue
+        ids, layer_codes = QuantizedWeight.unpack(shape, bits, row["counts"], *streams, coding=row["coding"])
+        q = QuantizedWeight(shape, bits, ids, layer_codes, table, *vectors)
+        yield row["name"], lazy_weights.PackedWeight.of(q) if lazy else q
 
 
 @dataclass
@@ -170,8 +174,7 @@ def read(path: Path | str, lazy: bool = False) -> RavnFile:
         check_meta(meta)
         plan = plan_layers(meta["layers"], len(tensors["codes"]), tensors["tables"].numel(),
                             coded=meta["format"] == FORMAT_CODED)
-        weights = {name: lazy_weights.PackedWeight(q) if lazy else q
-                   for name, q in _unpack_layers(plan, tensors["codes"], tensors["tables"])}
+        weights = dict(_unpack_layers(plan, tensors["codes"], tensors["tables"], lazy))
     except ValueError as exc:
         raise RavnError(f"{path} has inconsistent contents ({exc})", _CORRUPT) from None
     state = {k: v for k, v in tensors.items() if k.startswith("state.")}
