@@ -15,9 +15,9 @@ decoding workspace of :data:`CHUNK` weights at a time (:data:`WORKSPACE_BYTES`),
 so ``tracemalloc`` sees it (``tests/export/test_lazy.py`` measures it). Loading decodes the file's
 streams one layer at a time: a one-cluster ``"fixed"`` layer keeps a copy of its code stream,
 others (Huffman ids, entropy-coded layers) are decoded and re-packed at the fixed symbol width,
-which takes that layer's decoding workspace once. It builds the architecture on the meta device when the factory allows it, so
-no float copy of the model is ever made. The price is decoding time on every forward pass; for
-inference only (the decoded weight carries no gradient).
+which takes that layer's decoding workspace once. The architecture is built on the meta device
+when the factory allows it, so no float copy of the model is ever made. The price is decoding
+time on every forward pass; for inference only (the decoded weight carries no gradient).
 """
 
 from __future__ import annotations
