@@ -29,6 +29,7 @@ initializer is checked to equal the file's weight before it is dropped.
 from __future__ import annotations
 
 import io
+import json
 import warnings
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -90,7 +91,7 @@ def export_onnx(path: Path | str, out: Path | str, keep_codes: bool = True, opse
     meta = ravn_file.meta
     props = {"ravn.source": Path(path).name, "ravn.method": meta["method"], "ravn.model": ref.name,
              "ravn.codes": "kept" if keep_codes else "float", "ravn.input": "(pixels / 255 - mean) / std",
-             "ravn.mean": str(list(ref.mean)), "ravn.std": str(list(ref.std))}
+             "ravn.mean": json.dumps(list(ref.mean)), "ravn.std": json.dumps(list(ref.std))}
     for key, value in props.items():
         proto.metadata_props.add(key=key, value=value)
     proto.producer_name = "ravn"
