@@ -14,6 +14,7 @@ from torch import nn
 
 import ravn
 from ravn import export
+from ravn.errors import RavnError
 from ravn.export import lazy
 from ravn.models import ModelRef
 from ravn.quantizers import QuantizedWeight, quantize_uniform
@@ -151,3 +152,14 @@ def test_factory_that_cannot_build_on_the_meta_device_still_loads_lazily(tmp_pat
     with torch.no_grad():
         assert torch.equal(net(x), ravn.load(path)(x))
     assert lazy.packed_bytes(net) == -(-108 * 3 // 8) + 4 * (2**3 + 4)  # 3-bit codes, the table, 4 scales
+
+
+def test_damaged_file_is_a_one_line_error_when_lazy_too(tmp_path, resnet):
+    ref, model = resnet
+    weights = _weights(model, "clustered")
+    path = tmp_path / "m.ravn"
+    export.save(path, with_weights(model, weights), weights, ref, "test")
+    raw = bytearray(path.read_bytes())
+    path.write_bytes(bytes(raw[:-1]))
+    with pytest.raises(RavnError, match="corrupt"):
+        ravn.load(path, lazy=True)
