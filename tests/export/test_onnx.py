@@ -182,3 +182,35 @@ def test_missing_file_and_unwritable_output(tmp_path, capsys):
     (tmp_path / "dir.onnx").mkdir()
     with pytest.raises(RavnError, match="folder"):
         export_onnx(tmp_path / "none.ravn", tmp_path / "dir.onnx")
+
+
+class Twins(torch.nn.Module):
+    """Two layers with equal weights, which torch's exporter stores once (the second as an Identity)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(6, 6), torch.nn.Linear(6, 6)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("both", [True, False])
+def test_equal_weights_merged_by_the_exporter(tmp_path, monkeypatch, both):
+    module = types.ModuleType("ravn_test_twins")
+    module.Twins = Twins
+    monkeypatch.setitem(sys.modules, "ravn_test_twins", module)
+    torch.manual_seed(0)
+    model = Twins().eval()
+    ref = ModelRef.parse("ravn_test_twins:Twins")
+    q = quantize_uniform(model.a.weight, 4)
+    weights = {"a": q, "b": q} if both else {"b": q}
+    model.a.weight.data = q.dequantize()  # a float layer equal to the quantized one
+    path = _write(tmp_path, ref, model, weights)
+    export_onnx(path, tmp_path / "t.onnx", input_shape=(1, 6), allow=(ref.factory,))
+    x = torch.randn(3, 6)
+    with torch.no_grad():
+        expected = ravn.load(path, allow=(ref.factory,))(x).numpy()
+    np.testing.assert_allclose(_run(tmp_path / "t.onnx", x), expected, atol=1e-5, rtol=0)
+    inits = _initializers(tmp_path / "t.onnx")
+    assert ("a.weight" in inits) == (not both) and "b.weight" not in inits

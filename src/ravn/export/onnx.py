@@ -87,7 +87,7 @@ def export_onnx(path: Path | str, out: Path | str, keep_codes: bool = True, opse
         raise RavnError(f"input shape {list(shape)} is not a list of positive sizes", "pass e.g. 1,3,32,32")
     model = ravn_file.build(allow)
     proto = onnx.load_from_string(_trace(model, shape))
-    types = _keep_codes(proto, ravn_file.weights, opset) if keep_codes else {}
+    code_types = _keep_codes(proto, ravn_file.weights, opset) if keep_codes else {}
     meta = ravn_file.meta
     props = {"ravn.source": Path(path).name, "ravn.method": meta["method"], "ravn.model": ref.name,
              "ravn.codes": "kept" if keep_codes else "float", "ravn.input": "(pixels / 255 - mean) / std",
@@ -103,7 +103,7 @@ def export_onnx(path: Path | str, out: Path | str, keep_codes: bool = True, opse
             "fixed_ravn_bytes": fixed, "codes": "kept" if keep_codes else "float",
             "opset": max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
             "code_bytes": sum(t.ByteSize() for t in proto.graph.initializer if t.name.endswith(".codes")),
-            "code_types": types}
+            "code_types": code_types}
 
 
 def _trace(model, shape: tuple[int, ...]) -> bytes:
