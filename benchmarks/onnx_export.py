@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
@@ -33,7 +34,7 @@ RESULTS = Path(__file__).parent / "results" / "onnx"
 COLUMNS = [("file", "file"), ("ravn_bytes", ".ravn B"), ("fixed_ravn_bytes", "fixed-width .ravn B"),
            ("onnx_bytes", "ONNX codes B"), ("code_bytes", "ONNX code initializers B"), ("code_types", "code types"),
            ("opset", "opset"), ("float_onnx_bytes", "ONNX float B"), ("torch_top1", "ravn eval top-1"),
-           ("onnx_top1", "onnxruntime top-1"), ("difference", "difference"), ("max_logit_diff", "max |logit diff|"),
+           ("onnx_top1", "onnxruntime top-1"), ("difference", "difference"), ("max_logit_diff", "max abs logit diff"),
            ("torch_s", "torch s"), ("onnx_s", "onnxruntime s")]
 
 
@@ -80,10 +81,11 @@ def main() -> None:
                      "max_logit_diff": float(np.abs(logits[:500] - reference).max()), "n": len(split),
                      "torch_s": torch_s, "onnx_s": onnx_s})
         print(rows[-1], flush=True)
-        notes = __doc__.split("\n\n", 2)[2].strip() + f" Test images: {len(split):,}."
+        notes = (__doc__.split("\n\n", 2)[2].strip() + f" Test images: {len(split):,}; onnx "
+                 f"{onnx.__version__}, onnxruntime {ort.__version__}.")
+        command = "python benchmarks/onnx_export.py" + (f" --limit {args.limit}" if args.limit else "")
         save_results(RESULTS, "ONNX export that keeps the codes (ResNet-20, CIFAR-10)", rows, COLUMNS, notes=notes,
-                     extra={"command": "python benchmarks/onnx_export.py" + (f" --limit {args.limit}" if args.limit else ""),
-                            "onnx": __import__("onnx").__version__, "onnxruntime": ort.__version__})
+                     extra={"command": command, "onnx": onnx.__version__, "onnxruntime": ort.__version__})
 
 
 if __name__ == "__main__":
