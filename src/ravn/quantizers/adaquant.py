@@ -96,14 +96,15 @@ def adaquant_weight(weight: torch.Tensor, q: QuantizedWeight, grams: Grams, step
         groups.append({"params": [p], "lr": lr * (float(p.detach().abs().mean()) or 1.0)})
     optimizer = torch.optim.Adam(groups)
     best = (float("inf"), None)
-    for _ in range(steps + 1):
-        loss = objective(quantizer(latent), grams)
-        value = float(loss.detach())
-        if value < best[0]:
-            best = (value, [latent.detach().clone(), *(p.detach().clone() for p in scales)])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    with torch.enable_grad():  # also when called from a probe under no_grad
+        for _ in range(steps + 1):
+            loss = objective(quantizer(latent), grams)
+            value = float(loss.detach())
+            if value < best[0]:
+                best = (value, [latent.detach().clone(), *(p.detach().clone() for p in scales)])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
     with torch.no_grad():
         for p, value in zip([latent, *scales], best[1], strict=True):
             p.copy_(value)
