@@ -1,6 +1,6 @@
 """Methods: one config dataclass and one short recipe each, registered; all produce the shared table format."""
 
-from ravn.methods import adaquant, hawq  # noqa: F401  (register 'adaquant' and the 'hawq' preset of RAVN's recipe)
+from ravn.methods import adaquant, hawq, releq  # noqa: F401  (register 'adaquant', 'releq', the 'hawq' preset)
 from ravn.methods.base import (
     METHODS,
     Context,
