@@ -34,6 +34,8 @@ def small_config(name: str) -> Config:
         changes["calibration_size"] = 16
     if "bits" in fields:
         changes["bits"] = 3
+    if "adaquant_steps" in fields:
+        changes["adaquant_steps"] = 20
     if getattr(base, "search", None) is not None:
         changes["search"] = SearchConfig(evaluations=3, patience=3, search_val_size=16, rerank=1)
     if getattr(base, "finetune", None) is not None:

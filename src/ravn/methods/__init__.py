@@ -1,6 +1,6 @@
 """Methods: one config dataclass and one short recipe each, registered; all produce the shared table format."""
 
-from ravn.methods import dcq, deepcompression, hawq  # noqa: F401  (register 'dcq', 'deepcompression', 'hawq')
+from ravn.methods import adaquant, dcq, deepcompression, hawq, releq  # noqa: F401  (register them)
 from ravn.methods.base import (
     METHODS,
     Context,

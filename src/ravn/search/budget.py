@@ -49,6 +49,16 @@ class Budget:
         return f"{self.bits} average bits" if self.bits is not None else f"{self.bytes:,} bytes"
 
 
+def check_budget_fields(budget_bits: float | None, budget_bytes: int | None) -> None:
+    """A method config's budget fields: exactly one given, in range (``ValueError`` naming the field)."""
+    if (budget_bits is None) == (budget_bytes is None):
+        raise ValueError("give exactly one of budget_bits and budget_bytes")
+    if budget_bits is not None and not 1.0 <= budget_bits <= 8.0:
+        raise ValueError(f"budget_bits must be between 1 and 8, got {budget_bits}")
+    if budget_bytes is not None and budget_bytes <= 0:
+        raise ValueError(f"budget_bytes must be positive, got {budget_bytes}")
+
+
 def avg_bits(costs: dict[str, LayerCost], alloc: Allocation) -> float:
     n = sum(c.numel for c in costs.values())
     return sum(c.id_bits + c.code_bits(alloc[name]) for name, c in costs.items()) / n

@@ -31,13 +31,18 @@ class PPOSettings:
     hidden: tuple[int, ...] = (64, 64)
 
 
-@register_agent("ppo")
-def ppo_search(env: BitAllocationEnv, tracker: Tracker, seed: int, settings: PPOSettings | None = None) -> SearchResult:
+def run_sb3(algorithm: type, policy: str, env: BitAllocationEnv, tracker: Tracker, seed: int, agent: str,
+            episodes_per_update: int, record: tuple[str, ...] = (), **kwargs) -> SearchResult:
+    """Train a stable-baselines3 (or sb3-contrib) on-policy ``algorithm`` on ``env`` until the tracker stops it.
+
+    Rollouts of ``episodes_per_update`` whole episodes, no discount (the reward comes at an episode's
+    end), updates on one thread, the first policy the environment's action prior; every finished
+    episode goes to the tracker as ``{"agent": agent}`` plus the result's ``record`` keys.
+    """
     import torch
-    from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
 
-    class SingleThreadPPO(PPO):
+    class SingleThread(algorithm):
         """Updates of the small policy network on one thread: many threads only contend on so little work."""
 
         def train(self) -> None:
@@ -48,24 +53,32 @@ def ppo_search(env: BitAllocationEnv, tracker: Tracker, seed: int, settings: PPO
             finally:
                 torch.set_num_threads(threads)
 
-    s = settings or PPOSettings()
-    steps = len(env.layers) * s.episodes_per_update
-
     class Stop(BaseCallback):
         def _on_step(self) -> bool:
             for info in self.locals["infos"]:
-                if "result" in info and not tracker.record(info["result"], {"agent": "ppo"}):
-                    return False
+                if "result" in info:
+                    extra = {"agent": agent, **{k: info["result"][k] for k in record}}
+                    if not tracker.record(info["result"], extra):
+                        return False
             return True
 
-    model = SingleThreadPPO("MlpPolicy", env, n_steps=steps, batch_size=max(2, steps // 2), n_epochs=s.epochs,
-                learning_rate=s.learning_rate, gamma=1.0, gae_lambda=0.95, ent_coef=s.entropy, seed=seed,
-                policy_kwargs={"net_arch": list(s.hidden)}, device="cpu", verbose=0)
+    steps = len(env.layers) * episodes_per_update
+    model = SingleThread(policy, env, n_steps=steps, gamma=1.0, seed=seed, device="cpu", verbose=0, **kwargs)
     prior = env.sampling_prior()
     if prior is not None:
         # The action head's weights start near 0 (orthogonal, gain 0.01), so its biases are the first policy.
         with torch.no_grad():
             model.policy.action_net.bias.copy_(torch.from_numpy(np.tile(np.log(prior), env.max_clusters)))
-    model.learn(total_timesteps=len(env.layers) * (tracker.max_episodes + s.episodes_per_update),
-                callback=Stop())
+    model.learn(total_timesteps=len(env.layers) * (tracker.max_episodes + episodes_per_update), callback=Stop())
     return tracker.result()
+
+
+@register_agent("ppo")
+def ppo_search(env: BitAllocationEnv, tracker: Tracker, seed: int, settings: PPOSettings | None = None) -> SearchResult:
+    from stable_baselines3 import PPO
+
+    s = settings or PPOSettings()
+    steps = len(env.layers) * s.episodes_per_update
+    return run_sb3(PPO, "MlpPolicy", env, tracker, seed, "ppo", s.episodes_per_update, batch_size=max(2, steps // 2),
+                   n_epochs=s.epochs, learning_rate=s.learning_rate, gae_lambda=0.95, ent_coef=s.entropy,
+                   policy_kwargs={"net_arch": list(s.hidden)})

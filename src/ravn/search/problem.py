@@ -78,6 +78,7 @@ class SearchProblem:
     model: nn.Module
     rounding: Rounding
     seconds: float
+    calibration_labels: torch.Tensor | None = None  # the calibration batch's labels
 
     def realize(self, alloc: Allocation) -> dict[str, QuantizedWeight]:
         """The weights stored for ``alloc``: quantized, then rounded layer after layer."""
@@ -129,13 +130,15 @@ def estimated_overhead(model: nn.Module) -> Overhead:
 
 def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None, normalize: Normalize,
             lam: float = 1.0, search_val_size: int = 1000, seed: int = 0,
-            reference: nn.Module | None = None, overhead: Overhead | None = None) -> SearchProblem:
+            reference: nn.Module | None = None, overhead: Overhead | None = None,
+            rounding: Rounding | None = None) -> SearchProblem:
     """Set up the problem for ``model`` (see the module docstring).
 
     ``reference`` (default ``model``) is the float model whose features and validation top-1 the
     search aims at: the original one, also when ``model`` holds fine-tuned weights (Algorithm 1).
     ``overhead`` sizes the rest of the file for a ``budget_bytes`` (default: an estimate); it does
     not depend on the bit-widths (one digit each in the header), so it is taken at 4 bits.
+    ``rounding`` is a configured rounding (default: ``settings.rounding`` with its default settings).
     """
     if dataset is None:
         raise RavnError("this method needs data (calibration and validation images)", "pass a dataset")
@@ -157,7 +160,7 @@ def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None
     calibration = normalize(calib_split.images(torch.arange(len(calib_split))).to(device))
     val = dataset.split("val", limit=search_val_size)
     data = SearchData(calibration, normalize(val.images(torch.arange(len(val))).to(device)), val.labels.to(device))
-    rounding = get_rounding(settings.rounding)
+    rounding = rounding or get_rounding(settings.rounding)
     round_layer = rounding.layerwise(model, list(clustered), calibration)
     evaluator = AllocationEvaluator(model, clustered, data, lam, reference=reference, round_layer=round_layer)
     probe = ProbeData(calibration, calib_split.labels.to(device), evaluator.fidelity, round_layer,
@@ -176,4 +179,4 @@ def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None
             start_bits = {n: (math.floor(settings.budget_bits),) * cw.clusters for n, cw in clustered.items()}
         init = fit(start_bits, costs, budget, damage, fill=settings.init == "vq")
     return SearchProblem(layers, clustered, costs, budget, damage, sensitivity, evaluator, init, calibration, model,
-                         rounding, time.perf_counter() - start)
+                         rounding, time.perf_counter() - start, calib_split.labels.to(device))

@@ -17,7 +17,8 @@ from ravn.search.problem import SearchProblem
 
 def get_agent(name: str) -> Callable:
     import ravn.search.ppo
-    import ravn.search.random_search  # noqa: F401  (the built-in agents register themselves)
+    import ravn.search.random_search
+    import ravn.search.releq  # noqa: F401  (the built-in agents register themselves)
 
     return AGENTS.get_entry(name)
 
@@ -34,7 +35,8 @@ def search(problem: SearchProblem, config: SearchConfig, folder: Path | None, se
     problem.evaluator.cache.update(log.cached_results())
 
     def evaluate(alloc: Allocation) -> dict:
-        return {**problem.evaluator.evaluate_many([alloc])[0], "avg_bits": problem.avg_bits(alloc)}
+        return {**problem.evaluator.evaluate_many([alloc])[0], "avg_bits": problem.avg_bits(alloc),
+                "target_top1": problem.evaluator.target}
 
     env = BitAllocationEnv(problem.layer_infos(), problem.costs, problem.budget, problem.damage, problem.init,
                            evaluate, max_delta=config.max_delta, changes=config.changes)
