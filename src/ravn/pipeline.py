@@ -48,9 +48,9 @@ def file_overhead(model: nn.Module, ref: ModelRef, method: str, config: Config, 
     metrics = {"test_top1": longest, "float_test_top1": longest, "test_n": 10**12, **({"test_top5": longest}
                                                                                         if top5 else {})}
 
-    def overhead(weights) -> int:
+    def overhead(weights, of: nn.Module = model) -> int:
         payload = export.size_report(weights)
-        return (export.file_bytes(model, weights, ref, method, config.to_dict(), metrics)
+        return (export.file_bytes(of, weights, ref, method, config.to_dict(), metrics)
                 - payload["stream_bytes"] - payload["table_bytes"])
 
     return overhead
@@ -71,9 +71,12 @@ def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: 
     if context.overhead is None:  # a copy: the caller's context may serve other configs
         context = dataclasses.replace(context, overhead=file_overhead(model, ref, method, config,
                                                                       dataset.num_classes >= 100))
+    if context.ref is None:
+        context = dataclasses.replace(context, ref=ref)
     start = time.perf_counter()
     result = quantize(model, config, context, method)
     quantize_seconds = time.perf_counter() - start
+    ref = ref.with_kwargs(**result.ref_kwargs)  # the file rebuilds the model the method made (WRPN: wider)
     test = dataset.split("test", limit=test_limit)
     q_metrics = evaluate(result.model, test, ref.normalize, progress="test (quantized)" if progress else None)
     if float_top1 is None:

@@ -16,7 +16,7 @@ import ravn
 from ravn import cli_flags, export
 from ravn.config import Config
 from ravn.errors import RavnError
-from ravn.methods import METHODS, Context, FineTuneConfig, SearchConfig, method
+from ravn.methods import METHODS, Context, SearchConfig, method
 from tests.methods import toy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,22 +29,25 @@ def small_config(name: str) -> Config:
     fields = {f.name for f in dataclasses.fields(base)}
     changes: dict = {}
     if "budget_bits" in fields:
-        changes.update(budget_bits=3.0, calibration_size=16)
+        changes["budget_bits"] = 3.0
+    if "calibration_size" in fields:
+        changes["calibration_size"] = 16
     if "bits" in fields:
         changes["bits"] = 3
     if getattr(base, "search", None) is not None:
         changes["search"] = SearchConfig(evaluations=3, patience=3, search_val_size=16, rerank=1)
     if getattr(base, "finetune", None) is not None:
-        changes["finetune"] = FineTuneConfig(epochs=1, max_steps=2, batch_size=16, epoch_val_size=16)
+        changes["finetune"] = base.finetune.replace(epochs=1, max_steps=2, batch_size=16, epoch_val_size=16)
     return spec.config(**changes)
 
 
 def _quantize(name: str, tmp_path, tag: str, seed: int = 0):
     config = small_config(name)
-    context = Context(toy.dataset(), toy.REF.normalize, tmp_path / f"{tag}.run", seed, progress=False)
+    context = Context(toy.dataset(), toy.REF.normalize, tmp_path / f"{tag}.run", seed, progress=False, ref=toy.REF)
     result = ravn.quantize(toy.tiny(), config, context, name)
     path = tmp_path / f"{tag}.ravn"
-    export.save(path, result.model, result.weights, toy.REF, result.method, result.config)
+    export.save(path, result.model, result.weights, toy.REF.with_kwargs(**result.ref_kwargs), result.method,
+                result.config)
     return config, result, path
 
 

@@ -1,6 +1,6 @@
 """Methods: one config dataclass and one short recipe each, registered; all produce the shared table format."""
 
-from ravn.methods import hawq  # noqa: F401  (registers the 'hawq' preset of RAVN's recipe)
+from ravn.methods import dgms, dorefa, hawq, sinareq, sinreq, wrpn  # noqa: F401  (register their methods)
 from ravn.methods.base import (
     METHODS,
     Context,

@@ -28,6 +28,7 @@ from torch import nn
 from ravn.config import Config
 from ravn.data import Dataset, Normalize
 from ravn.errors import RavnError
+from ravn.models import ModelRef
 from ravn.quantizers.qweight import QuantizedWeight
 from ravn.quantizers.size import Allocation
 from ravn.registry import Registry
@@ -43,6 +44,8 @@ class Context:
     run_dir: Path | None = None
     seed: int = 0
     progress: bool = True
+    #: How to rebuild the model (its factory): for methods that build another architecture (WRPN's width).
+    ref: ModelRef | None = None
     #: The bytes a file of these weights takes besides their streams and tables (state, header), for
     #: byte budgets; the pipeline sets it from the file it will write. None: an estimate.
     overhead: Callable[[dict[str, QuantizedWeight]], int] | None = None
@@ -60,6 +63,9 @@ class QuantizationResult:
     log: dict = field(default_factory=dict)  # what the method did: search episodes, training curve, ...
     method: str = ""
     config: dict = field(default_factory=dict)
+    #: Keyword arguments the model's factory needs to build ``model`` (WRPN: ``{"width": w}``); the file's
+    #: model reference carries them.
+    ref_kwargs: dict = field(default_factory=dict)
 
     @property
     def allocation(self) -> Allocation:

@@ -72,8 +72,9 @@ class FineTuneConfig(Config):
         if self.bn not in ("frozen", "train"):
             raise ValueError(f"bn must be 'frozen' or 'train', got {self.bn!r}")
 
-    def loss(self) -> Loss:
-        return Loss([("ce", 1.0), ("fidelity", self.fidelity_weight), ("distill", self.distill)])
+    def loss(self, terms: list[tuple] = ()) -> Loss:
+        """Cross-entropy, fidelity and distillation, then a method's ``terms`` (``(name, weight, options)``)."""
+        return Loss([("ce", 1.0), ("fidelity", self.fidelity_weight), ("distill", self.distill), *terms])
 
 
 @dataclass
@@ -85,6 +86,7 @@ class FineTuneResult:
     best_epoch: int
     val_top1: float
     bn_recalibrated: bool
+    quantizers: dict[str, nn.Module]  # the trained quantizers (best epoch): what they learned (SINAREQ's bits)
 
     def log(self) -> dict:
         return {"history": self.history, "best_epoch": self.best_epoch, "val_top1": self.val_top1,
@@ -105,6 +107,16 @@ class BatchNormMode(Callback):
                     m.eval()
 
 
+class LossSchedule(Callback):
+    """Tells the loss terms each epoch's start (regularisers whose strength follows a schedule)."""
+
+    def __init__(self, loss: Loss, epochs: int):
+        self.loss, self.epochs = loss, epochs
+
+    def on_epoch_start(self, epoch: int, steps: int) -> None:
+        self.loss.start_epoch(epoch, self.epochs)
+
+
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 250) -> None:
     """Re-estimate batch-norm running statistics as exact averages over ``images`` (normalised)."""
@@ -123,16 +135,19 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 250
 
 def fine_tune(float_model: nn.Module, weights: dict[str, QuantizedWeight], dataset: Dataset, normalize: Normalize,
               config: FineTuneConfig, run_dir: Path | None = None, seed: int = 0, progress: bool = True,
-              teacher: nn.Module | None = None) -> FineTuneResult:
+              teacher: nn.Module | None = None, terms: list[tuple] = (),
+              quantizer_options: dict | None = None) -> FineTuneResult:
     """Fine-tune ``float_model`` quantized as ``weights``; returns the best epoch's quantized weights.
 
-    ``teacher`` defaults to ``float_model``. With ``run_dir``, training resumes after the last
-    finished epoch (:func:`ravn.training.loop.train_epochs`).
+    ``teacher`` defaults to ``float_model``. ``terms`` are a method's extra loss terms
+    (``(name, weight, options)``, :mod:`ravn.training.losses`), ``quantizer_options`` its trainable
+    quantizer's settings. With ``run_dir``, training resumes after the last finished epoch
+    (:func:`ravn.training.loop.train_epochs`).
     """
     teacher = (teacher or float_model).eval()
     student = copy.deepcopy(float_model)
     quantizers = attach(student, weights, config.quantizer, learn_tables=config.learn_quantizers,
-                        learn_scale=config.learn_quantizers)
+                        learn_scale=config.learn_quantizers, options=quantizer_options)
     names = list(weights)
     latent_ids = {id(latent_weight(student, n)) for n in names}
     decay = [p for p in student.parameters() if id(p) in latent_ids]
@@ -144,11 +159,12 @@ def fine_tune(float_model: nn.Module, weights: dict[str, QuantizedWeight], datas
     schedule = Schedule(config.epochs, config.batch_size, min(steps, config.max_steps or steps), config.lr_floor,
                         config.augment, seed)
     val = dataset.split("val", limit=config.epoch_val_size)
-    loss = config.loss()
+    loss = config.loss(list(terms))
+    layers = {n: (latent_weight(student, n), quantizers[n]) for n in names}
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         x = normalize(images)
-        out = Step(None, labels)
+        out = Step(None, labels, layers=layers)
         if loss.needs_teacher:
             with torch.no_grad():
                 out.teacher_logits = teacher(x)
@@ -158,12 +174,14 @@ def fine_tune(float_model: nn.Module, weights: dict[str, QuantizedWeight], datas
         total, values = loss(out)
         return {"loss": total, **values}
 
-    callbacks: list[Callback] = [BatchNormMode(student, config.bn)]
+    callbacks: list[Callback] = [BatchNormMode(student, config.bn), LossSchedule(loss, config.epochs)]
     if progress:
         from ravn.progress import EpochProgress
 
         callbacks.append(EpochProgress(config.epochs))
-    stamp = {"config": config.to_dict(), "seed": seed, "layers": {n: list(q.bits) for n, q in weights.items()}}
+    stamp = {"config": config.to_dict(), "seed": seed, "layers": {n: list(q.bits) for n, q in weights.items()},
+             **({"terms": [list(t) for t in terms]} if terms else {}),
+             **({"quantizer_options": quantizer_options} if quantizer_options else {})}
     with Capture(teacher, names) as t_feats, Capture(student, names) as s_feats:
         result = train_epochs(student, step, optimizer, schedule, train,
                               lambda: evaluate(student, val, normalize), run_dir, stamp, callbacks)
@@ -179,4 +197,4 @@ def fine_tune(float_model: nn.Module, weights: dict[str, QuantizedWeight], datas
     final = frozen_weights(student, quantizers)
     latent = detach(student, names)
     return FineTuneResult(final, with_weights(latent, final), latent.eval(), result.history, result.best_epoch,
-                          m["top1"] if recalibrated else result.best_top1, recalibrated)
+                          m["top1"] if recalibrated else result.best_top1, recalibrated, quantizers)
