@@ -42,8 +42,9 @@ def widen(model: nn.Module, ref: ModelRef, width: int, seed: int = 0) -> nn.Modu
             if m == width * n and m != n:
                 out = out.repeat_interleave(width, dim)
             elif m != n:
-                raise RavnError(f"'{ref.factory}' with width={width} gives {key} the shape {tuple(target[key].shape)}, "
-                                f"not a widening of {tuple(value.shape)}", "WRPN needs channels multiplied by the width")
+                raise RavnError(f"'{ref.factory}' with width={width} gives {key} the shape "
+                                f"{tuple(target[key].shape)}, not a widening of {tuple(value.shape)}",
+                                "WRPN needs channels multiplied by the width")
         if key in splits and out.dim() > 1 and out.shape[1] != value.shape[1]:
             out = out * _fractions(out.shape, width, generator)
         state[key] = out.clone()

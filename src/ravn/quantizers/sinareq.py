@@ -12,7 +12,6 @@ projected into the budget (``methods/sinareq.py``).
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
