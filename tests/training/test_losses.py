@@ -7,7 +7,7 @@ import math
 import torch
 
 from ravn.quantizers.qweight import QuantizedWeight, implicit_table
-from ravn.quantizers.sinareq import SinareqQuantizer
+from ravn.quantizers.sinareq import BITS_RATE, SinareqQuantizer
 from ravn.quantizers.trainable import FloatTraining
 from ravn.training.finetune import FineTuneConfig
 from ravn.training.losses import Loss, Sinareq, SinReQ, Step
@@ -51,7 +51,8 @@ def test_sinareq_value_and_gradients_by_hand():
     value.backward()
     # d step / d beta = -2 alpha 2^beta ln 2 / (2^beta - 1)^2 = -4 ln2 / 3; du/dbeta = -(w + alpha) / step^2 * that
     # d sin^2(pi u) / dbeta = pi sin(2 pi u) du/dbeta = pi * 1 * 1.25 * 4 ln2 / 3, plus the bit cost's 1
-    assert math.isclose(quantizer.beta.grad.item(), math.pi * 1.25 * 4 * math.log(2) / 3 + 1, rel_tol=1e-5)
+    d_beta = quantizer.delta.grad.item() / BITS_RATE  # beta = start + BITS_RATE * delta
+    assert math.isclose(d_beta, math.pi * 1.25 * 4 * math.log(2) / 3 + 1, rel_tol=1e-5)
     assert math.isclose(w.grad.item(), math.pi * math.sin(2.5 * math.pi), rel_tol=1e-5)  # (pi / step) sin(2 pi u)
 
 
@@ -61,3 +62,12 @@ def test_loss_takes_term_options_and_forwards_the_epoch():
     loss.start_epoch(2, 8)
     assert loss.terms[1][2].factor == 0.25
     assert Loss([("sinreq", 0.0)]).terms == []
+
+
+def test_float_and_sinareq_train_float_and_validate_rounded():
+    w = torch.tensor([[0.3, -0.7]])
+    for quantizer in (_grid(0.5, 2), SinareqQuantizer(SinareqQuantizer.start(w, 2))):
+        quantizer.train()
+        assert torch.equal(quantizer(w), w)
+        quantizer.eval()
+        assert torch.equal(quantizer(w), quantizer.freeze(w).dequantize())

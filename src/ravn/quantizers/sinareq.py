@@ -5,9 +5,15 @@ Per layer, two learnable numbers: continuous bits ``beta`` (in [1, 8]) and a ran
 define ``2^beta`` levels spread evenly over ``[-alpha, alpha]`` (DoReFa's grid, :func:`.dorefa.even_grid`),
 i.e. the period ``step = 2 alpha / (2^beta - 1)`` of the regulariser ``sin^2(pi (w + alpha) / step)``
 (the ``sinareq`` loss term, :mod:`ravn.training.losses`), whose gradient trains ``beta`` and ``alpha``
-with the weights. The weights themselves train in float (``forward`` is the identity): the regulariser
-makes them semi-quantized, and :meth:`SinareqQuantizer.at_bits` rounds them once the learned bits are
-projected into the budget (``methods/sinareq.py``).
+with the weights. The weights themselves train in float (``forward`` is the identity in training): the
+regulariser makes them semi-quantized; in eval mode (validation, so the best epoch is judged quantized)
+they are rounded at the current learned bits, and :meth:`SinareqQuantizer.at_bits` rounds them once the
+learned bits are projected into the budget (``methods/sinareq.py``). ``freeze`` keeps the starting bits
+(the trainable contract); the learned ones are :meth:`SinareqQuantizer.learned_bits`.
+
+``beta = start + BITS_RATE * delta`` with ``delta`` the trained parameter: Adam moves a parameter by
+about the learning rate per step (1e-4), which would leave ``beta`` within a bit of its start over a
+whole fine-tuning; scaled, it can move about 0.01 bit per step.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ from ravn.errors import RavnError
 from ravn.quantizers.dorefa import even_grid
 from ravn.quantizers.qweight import MAX_BITS, MIN_BITS, QuantizedWeight, check_bits
 from ravn.quantizers.trainable import register_trainable
+
+#: How much faster than the weights the learned bits move (see the module docstring).
+BITS_RATE = 100.0
 
 
 @register_trainable("sinareq")
@@ -37,8 +46,14 @@ class SinareqQuantizer(nn.Module):
         if q.clusters != 1 or q.scale is not None:
             raise RavnError("SINAREQ learns one grid per layer", "start it from SinareqQuantizer.start")
         self.shape, self.bits = q.shape, q.bits
-        self.beta = nn.Parameter(torch.tensor(float(q.bits[0])), requires_grad=learn_tables)
+        self.register_buffer("beta0", torch.tensor(float(q.bits[0])))
+        self.delta = nn.Parameter(torch.zeros(()), requires_grad=learn_tables)
         self.log_alpha = nn.Parameter(q.tables.abs().max().clamp_min(1e-12).log().float(), requires_grad=learn_scale)
+
+    @property
+    def beta(self) -> torch.Tensor:
+        """The continuous bits (differentiable)."""
+        return self.beta0 + BITS_RATE * self.delta
 
     def learned_bits(self) -> float:
         return float(self.beta.detach().clamp(MIN_BITS, MAX_BITS))
@@ -50,7 +65,9 @@ class SinareqQuantizer(nn.Module):
         return (w + alpha) / step
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return w
+        if self.training:
+            return w
+        return self.at_bits(w, round(self.learned_bits())).dequantize().view(w.shape)
 
     @torch.no_grad()
     def at_bits(self, w: torch.Tensor, bits: int) -> QuantizedWeight:

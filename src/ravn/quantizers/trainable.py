@@ -13,7 +13,7 @@ Contract of a trainable quantizer (register it with :func:`register_trainable`):
   gradients to the latent weight (straight-through) and to its own parameters;
 - ``freeze(latent) -> QuantizedWeight`` returns exactly what ``forward`` computes in eval mode, in
   the table format, with the same bits and cluster sizes, so the size (and the budget) does not
-  move; quantizers that train float weights (``float``, ``sinareq``) round them here instead.
+  move (``sinareq`` is the exception: its eval mode rounds at the learned bits, :mod:`.sinareq`).
 
 - optionally ``grid_units(latent) -> Tensor``: the latent weight in units of a uniform grid whose
   levels are the integers (differentiable), for the sinusoidal regularisers of SinReQ / SINAREQ
@@ -125,13 +125,14 @@ class TableQuantizer(nn.Module):
 
 @register_trainable("float")
 class FloatTraining(TableQuantizer):
-    """Ordinary float training (SinReQ's "ordinary training"): ``forward`` is the identity; the weights
-    are rounded to the nearest level of the starting table only when frozen."""
+    """Ordinary float training (SinReQ's "ordinary training"): ``forward`` is the identity in training;
+    in eval mode (validation: the best epoch is judged quantized) and when frozen, the weights are
+    rounded to the nearest level of the starting table."""
 
     latent = "float"
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return w
+        return w if self.training else super().forward(w)
 
 
 from ravn.quantizers import dgms, dorefa, sinareq  # noqa: E402,F401  (register their entries)
