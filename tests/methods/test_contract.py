@@ -45,11 +45,11 @@ def small_config(name: str) -> Config:
 
 def _quantize(name: str, tmp_path, tag: str, seed: int = 0):
     config = small_config(name)
-    context = Context(toy.dataset(), toy.REF.normalize, tmp_path / f"{tag}.run", seed, progress=False)
+    context = Context(toy.dataset(), toy.REF.normalize, tmp_path / f"{tag}.run", seed, progress=False, ref=toy.REF)
     result = ravn.quantize(toy.tiny(), config, context, name)
     path = tmp_path / f"{tag}.ravn"
-    export.save(path, result.model, result.weights, toy.REF, result.method, result.config,
-                coding=result.coding or "fixed")
+    export.save(path, result.model, result.weights, toy.REF.with_kwargs(**result.ref_kwargs), result.method,
+                result.config, coding=result.coding or "fixed")
     return config, result, path
 
 

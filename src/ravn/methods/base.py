@@ -29,6 +29,7 @@ from ravn.config import Config
 from ravn.data import Dataset, Normalize
 from ravn.device import on_device
 from ravn.errors import RavnError
+from ravn.models import ModelRef
 from ravn.quantizers.qweight import QuantizedWeight
 from ravn.quantizers.size import Allocation
 from ravn.registry import Registry
@@ -47,9 +48,12 @@ class Context:
     #: Where the model and the data run (``cpu``, ``cuda``, ``cuda:N``, ``auto``); ``None``: where the
     #: model already is. Stored weights and files stay on the CPU (:mod:`ravn.device`).
     device: str | None = None
-    #: The bytes a file of these weights (stored with a coding, default "fixed") takes besides their streams
-    #: and tables (state, header), for byte budgets; the pipeline sets it from the file it will write.
-    #: None: an estimate.
+    #: How to rebuild the model (its factory): for methods that build another architecture (WRPN's width).
+    ref: ModelRef | None = None
+    #: ``overhead(weights, coding="fixed", of=model)``: the bytes a file of these weights (stored with a
+    #: coding; holding the float state of ``of``, default the model being quantized) takes besides their
+    #: streams and tables (state, header), for byte budgets; the pipeline sets it from the file it will
+    #: write. None: an estimate.
     overhead: Callable[..., int] | None = None
     #: How the file will store the codes (``--coding``); None: the method's choice.
     coding: str | None = None
@@ -69,6 +73,9 @@ class QuantizationResult:
     config: dict = field(default_factory=dict)
     #: The coding the method sized its budget with (the file must use it); None: any coding.
     coding: str | None = None
+    #: Keyword arguments the model's factory needs to build ``model`` (WRPN: ``{"width": w}``); the file's
+    #: model reference carries them.
+    ref_kwargs: dict = field(default_factory=dict)
 
     @property
     def allocation(self) -> Allocation:

@@ -75,6 +75,14 @@ def check_feasible(costs: dict[str, LayerCost], budget: Budget) -> None:
                         "raise the budget or use fewer clusters")
 
 
+def uniform_bits(costs: dict[str, LayerCost], budget: Budget) -> int:
+    """The most bits every cluster of every layer can have within ``budget`` (homogeneous methods)."""
+    check_feasible(costs, budget)
+    limit = budget.limit(costs)
+    return max(b for b in range(MIN_BITS, MAX_BITS + 1)
+               if budget.cost(costs, {n: (b,) * len(c.counts) for n, c in costs.items()}) <= limit)
+
+
 def fit(alloc: Allocation, costs: dict[str, LayerCost], budget: Budget,
         damage: dict[str, list[list[float]]], fill: bool = True) -> Allocation:
     """Project ``alloc`` into the budget, deterministically.

@@ -112,17 +112,18 @@ class SearchProblem:
                 "prepare_seconds": self.seconds}
 
 
-#: ``overhead(weights, coding="fixed") -> bytes``: what a file holding ``weights`` (stored with ``coding``)
-#: takes outside their streams and tables (float state, header); the pipeline passes the exact layout of
-#: the file it will write.
+#: ``overhead(weights, coding="fixed", of=model) -> bytes``: what a file holding ``weights`` (stored with
+#: ``coding``) takes outside their streams and tables (float state, header); the pipeline passes the exact
+#: layout of the file it will write. ``of`` (default: the model being quantized) is the model whose float
+#: state the file holds (WRPN: the wide one).
 Overhead = Callable[..., int]
 
 
 def estimated_overhead(model: nn.Module) -> Overhead:
     """Float state plus a header estimate, for callers that do not say what file they will write."""
-    def overhead(weights: dict[str, QuantizedWeight], coding: str = "fixed") -> int:
-        state = model.state_dict()
-        stored = sum(state[k].numel() * state[k].element_size() for k in state_keys(model, list(weights)))
+    def overhead(weights: dict[str, QuantizedWeight], coding: str = "fixed", of: nn.Module = model) -> int:
+        state = of.state_dict()
+        stored = sum(state[k].numel() * state[k].element_size() for k in state_keys(of, list(weights)))
         return stored + 2048 + 160 * len(weights)  # measured headers stay below this (tests/export)
 
     return overhead
