@@ -84,5 +84,6 @@ def allocate(problem: SearchProblem, config: SearchConfig | None, context, folde
     stored = StoredEvaluator(problem, reference, context.dataset.val, context.normalize, config.lam)
     alloc, weights, log["rerank"] = rerank(problem, found, stored, config.rerank)
     log["select_seconds"] = time.perf_counter() - start
+    log["kept_initial"] = alloc == problem.init  # the re-rank chose the initial allocation over every searched one
     log["planned_avg_bits"] = problem.avg_bits(alloc)
     return alloc, weights, log
