@@ -49,12 +49,14 @@ class Budget:
         return f"{self.bits} average bits" if self.bits is not None else f"{self.bytes:,} bytes"
 
 
-def check_budget_fields(budget_bits: float | None, budget_bytes: int | None) -> None:
-    """A method config's budget fields: exactly one given, in range (``ValueError`` naming the field)."""
+def check_budget_fields(budget_bits: float | None, budget_bytes: int | None, min_bits: float = 1.0) -> None:
+    """A method config's budget fields: exactly one given, in range (``ValueError`` naming the field).
+    ``min_bits``: below 1 only for methods whose stored size shrinks below a bit per weight (entropy-coded
+    pruned weights)."""
     if (budget_bits is None) == (budget_bytes is None):
         raise ValueError("give exactly one of budget_bits and budget_bytes")
-    if budget_bits is not None and not 1.0 <= budget_bits <= 8.0:
-        raise ValueError(f"budget_bits must be between 1 and 8, got {budget_bits}")
+    if budget_bits is not None and not min_bits <= budget_bits <= 8.0:
+        raise ValueError(f"budget_bits must be between {min_bits:g} and 8, got {budget_bits}")
     if budget_bytes is not None and budget_bytes <= 0:
         raise ValueError(f"budget_bytes must be positive, got {budget_bytes}")
 
