@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +44,7 @@ from ravn.evaluation import evaluate
 from ravn.methods import Context, RavnConfig, SearchConfig, UniformConfig
 from ravn.models import ModelRef, load_model
 from ravn.pipeline import run
-from ravn.report.results import machine, markdown_table, save_results, versions, write_atomic
+from ravn.report.results import machine, markdown_table, save_results, source_commit, versions, write_atomic
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "attribution"
@@ -95,24 +94,13 @@ def plan(models, budgets, seeds, variants) -> list[tuple[str, float, str, int]]:
     return [job for _, job in sorted(jobs)]
 
 
-def commit() -> str | None:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "../src"], cwd=HERE,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return head + ("+dirty-src" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def measure(name: str, ref: ModelRef, model, float_top1: float, budget: float, variant: str, seed: int,
             dataset, evaluations: int, out: Path) -> dict:
     cfg = config_of(variant, model, budget, evaluations)
     run_dir = ROWS / (row_name(name, budget, variant, seed) + ".run") if variant in SEEDED else None
     context = Context(dataset=dataset, normalize=ref.normalize, seed=seed, progress=False, run_dir=run_dir)
     row = {"model": name, "budget_bits": budget, "variant": variant, "seed": seed,
-           "machine": machine(), "versions": versions(), "commit": commit()}
+           "machine": machine(), "versions": versions(), "commit": source_commit()}
     row["threads"] = row["machine"]["torch_threads"]
     start = time.perf_counter()
     try:

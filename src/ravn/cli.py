@@ -1,4 +1,4 @@
-"""The ``ravn`` command line: ``eval``, ``quantize``, ``inspect``.
+"""The ``ravn`` command line: ``eval``, ``quantize``, ``inspect``, ``export``.
 
 Every problem a user can fix is printed as one line (``error: ...``) with exit status 2.
 """
@@ -26,6 +26,8 @@ ValSizeOpt = Annotated[int, typer.Option(help="Validation images carved from the
 ImageSizeOpt = Annotated[int, typer.Option(help="Side in pixels that class-folder images are resized to.")]
 ModelOpt = Annotated[str, typer.Option("--model", help="resnet20/32/44/56 or package.module:factory.")]
 WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Checkpoint (default: the model's bundled one).")]
+DeviceOpt = Annotated[str, typer.Option(help="Where the model runs: cpu, cuda, cuda:N, or auto (CUDA when "
+                                              "there is a device, else the CPU). Files are the same either way.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 
 
@@ -52,13 +54,16 @@ def eval_cmd(
     split: Annotated[str, typer.Option(help="test or val (val is carved from the training data).")] = "test",
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N images of the split only.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 500,
+    device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Top-1 (and top-5 for 100+ classes) accuracy of a float checkpoint or a .ravn file."""
     from ravn import export
     from ravn.data import load_dataset
+    from ravn.device import on_device, resolve_device
     from ravn.evaluation import evaluate
 
+    resolve_device(device)
     if split not in ("test", "val"):
         raise RavnError(f"unknown split '{split}'", "use --split test or --split val")
     dataset = load_dataset(data, image_size, val_size)
@@ -69,6 +74,7 @@ def eval_cmd(
     else:
         ref, net = _load(model, weights, None if dataset.num_classes == 10 else dataset.num_classes)
     part = dataset.split(split, limit=limit)
+    net = on_device(net, device)
     metrics = evaluate(net, part, ref.normalize, batch_size, progress=None if as_json else f"eval {split}")
     out = {"top1": metrics["top1"], "n": metrics["n"], "split": split, "model": ref.name, "loss": metrics["loss"]}
     if dataset.num_classes >= 100:
@@ -84,7 +90,8 @@ def eval_cmd(
 
 def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, val_size: int, image_size: int,
               method: str, mode: str | None, coding: str | None, seed: int, run_dir: Path | None, fresh: bool,
-              test_limit: int | None, as_json: bool, workers: int, ray_address: str | None, **options) -> None:
+              test_limit: int | None, device: str, as_json: bool, workers: int, ray_address: str | None,
+              **options) -> None:
     """Quantize a model into a real packed .ravn file and report what it gained and cost.
 
     Searches and fine-tuning log to the run folder; run the same command again after an
@@ -93,6 +100,7 @@ def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, va
     import shutil
 
     from ravn.data import load_dataset
+    from ravn.device import resolve_device
     from ravn.files import check_writable
     from ravn.methods import Context
     from ravn.methods import method as method_spec
@@ -103,6 +111,7 @@ def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, va
 
     spec = method_spec(method)
     config = method_flags.config(spec, mode, options)
+    resolve_device(device)
     check_workers(workers, ray_address, ray=getattr(config, "search", None) is not None)
     if coding is not None and coding not in CODINGS:
         raise RavnError(f"unknown coding '{coding}'", f"use one of {', '.join(CODINGS)}")
@@ -117,7 +126,7 @@ def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, va
     dataset = load_dataset(data, image_size, val_size)
     ref, net = _load(model, weights, None if dataset.num_classes == 10 else dataset.num_classes)
     context = Context(dataset=dataset, normalize=ref.normalize, run_dir=run_dir, seed=seed, progress=not as_json,
-                      workers=workers, ray_address=ray_address)
+                      device=device, workers=workers, ray_address=ray_address)
     summary = run(net, ref, config, dataset, out, test_limit=test_limit, context=context, progress=not as_json,
                   method=method, coding=coding)
     if as_json:
@@ -148,6 +157,7 @@ FIXED_OPTIONS = {
         help="Folder for logs and resumable state (default OUT with suffix .run).")],
     "fresh": Annotated[bool, typer.Option(help="Discard an earlier run in the run folder instead of resuming.")],
     "test_limit": Annotated[int | None, typer.Option(help="Report on the first N test images only.")],
+    "device": DeviceOpt,
     "as_json": JsonOpt,
     "workers": Annotated[int, typer.Option(
         help="Parallel workers: a search's evaluations on N Ray actors (pip install 'ravn[parallel]'), dcq's "
@@ -158,7 +168,7 @@ FIXED_OPTIONS = {
 FIXED_DEFAULTS = {"out": inspect.Parameter.empty, "model": "resnet20", "weights": None, "data": None,
                   "val_size": DEFAULT_VAL_SIZE, "image_size": 32,
                   "method": "uniform", "mode": None, "coding": None, "seed": 0, "run_dir": None, "fresh": False,
-                  "test_limit": None, "as_json": False, "workers": 1, "ray_address": None}
+                  "test_limit": None, "device": "auto", "as_json": False, "workers": 1, "ray_address": None}
 
 app.command("quantize")(method_flags.command(_quantize, FIXED_OPTIONS, FIXED_DEFAULTS))
 
@@ -174,6 +184,37 @@ def inspect_cmd(file: Annotated[Path, typer.Argument(help="A .ravn file.")], as_
         _print_json(info)
     else:
         render(info)
+
+
+@app.command("export")
+def export_cmd(
+    file: Annotated[Path, typer.Argument(help="A .ravn file.")],
+    onnx: Annotated[Path, typer.Option("--onnx", help="The ONNX file to write.")],
+    float_weights: Annotated[bool, typer.Option("--float", help="Store float weights instead of the codes.")] = False,
+    opset: Annotated[int, typer.Option(help="Highest ONNX opset: 25 stores 2-bit codes packed, 21 4-bit, 18 "
+                                            "bytes; lower it for older runtimes.")] = 25,
+    input_shape: Annotated[str | None, typer.Option(
+        help="Shape of the traced input, e.g. 1,3,32,32 (default: 3 channels at the file's input size).")] = None,
+    model: Annotated[str, typer.Option("--model", help="With a .ravn file of a user model: its factory "
+                                       "(package.module:function), to allow running it.")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a .ravn file to ONNX, keeping its codes (the graph rebuilds each weight by table look-up)."""
+    from ravn.export.onnx import export_onnx
+
+    shape = None
+    if input_shape is not None:
+        try:
+            shape = [int(s) for s in input_shape.split(",")]
+        except ValueError:
+            raise RavnError(f"input shape '{input_shape}' is not a list of integers", "pass e.g. 1,3,32,32") from None
+    out = export_onnx(file, onnx, keep_codes=not float_weights, opset=opset, input_shape=shape,
+                      allow=(model,) if model else ())
+    if as_json:
+        _print_json(out)
+        return
+    typer.echo(f"wrote {out['onnx']}: {out['onnx_bytes']:,} bytes, {out['codes']} weights, opset {out['opset']} "
+               f"(the .ravn file: {out['ravn_bytes']:,} bytes; with fixed-width codes: {out['fixed_ravn_bytes']:,})")
 
 
 @app.command("methods")

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ravn.data import ImageSplit, Normalize, iterate_batches
+from ravn.device import to_model
 
 
 @torch.no_grad()
@@ -14,7 +15,8 @@ def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_siz
     """Top-1 accuracy in percent of ``model`` on already normalised ``images``."""
     correct = 0
     for i in range(0, len(labels), batch_size):
-        correct += (model(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum().item()
+        logits = model(to_model(model, images[i : i + batch_size]))
+        correct += (logits.argmax(1) == labels[i : i + batch_size].to(logits.device)).sum().item()
     return 100.0 * correct / len(labels)
 
 
@@ -35,7 +37,8 @@ def evaluate(model: nn.Module, split: ImageSplit, normalize: Normalize, batch_si
 
         batches = track(batches, progress, total=-(-len(split) // batch_size))
     for images, labels in batches:
-        logits = model(normalize(images))
+        logits = model(normalize(to_model(model, images)))
+        labels = labels.to(logits.device)
         loss += F.cross_entropy(logits, labels, reduction="sum").item()
         hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels.view(-1, 1)
         correct1 += hits[:, 0].sum().item()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ravn.device import to_model
+
 
 class Capture:
     """Keeps the output (``inputs=False``) or first input of each named module of ``model`` (a context)."""
@@ -52,7 +54,7 @@ class Capture:
 def layer_outputs(model: nn.Module, names: list[str], x: torch.Tensor) -> list[torch.Tensor]:
     """Outputs of the named modules when ``model`` runs on ``x``, in the order of ``names``."""
     with Capture(model, names, detach=True) as capture:
-        model(x)
+        model(to_model(model, x))
         return capture.take()
 
 
@@ -60,7 +62,7 @@ def layer_outputs(model: nn.Module, names: list[str], x: torch.Tensor) -> list[t
 def layer_inputs(model: nn.Module, names: list[str], x: torch.Tensor) -> list[torch.Tensor]:
     """Inputs of the named modules when ``model`` runs on ``x``, in the order of ``names``."""
     with Capture(model, names, inputs=True, detach=True) as capture:
-        model(x)
+        model(to_model(model, x))
         return capture.take()
 
 
@@ -79,7 +81,7 @@ def input_of(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tenso
 
     handle = layer.register_forward_pre_hook(hook)
     try:
-        model(x)
+        model(to_model(model, x))
     except _Stop:
         pass
     finally:

@@ -18,6 +18,7 @@ from torch import nn
 from ravn import export
 from ravn.config import Config
 from ravn.data import Dataset
+from ravn.device import on_device
 from ravn.errors import RavnError
 from ravn.evaluation import evaluate
 from ravn.methods import Context, quantize
@@ -31,14 +32,15 @@ def float_file_bytes(model: nn.Module) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "float.safetensors"
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(path))
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
         return path.stat().st_size
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:
     """Do two models hold bit-identical floating-point state."""
     sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa if sa[k].is_floating_point())
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu())
+                                          for k in sa if sa[k].is_floating_point())
 
 
 def file_overhead(model: nn.Module, ref: ModelRef, method: str, config: Config, top5: bool):
@@ -49,9 +51,9 @@ def file_overhead(model: nn.Module, ref: ModelRef, method: str, config: Config, 
     metrics = {"test_top1": longest, "float_test_top1": longest, "test_n": 10**12, **({"test_top5": longest}
                                                                                         if top5 else {})}
 
-    def overhead(weights, coding: str = "fixed") -> int:
+    def overhead(weights, coding: str = "fixed", of: nn.Module = model) -> int:
         payload = export.size_report(weights, coding)
-        return (export.file_bytes(model, weights, ref, method, config.to_dict(), metrics, coding)
+        return (export.file_bytes(of, weights, ref, method, config.to_dict(), metrics, coding)
                 - payload["stream_bytes"] - payload["table_bytes"])
 
     return overhead
@@ -73,11 +75,13 @@ def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: 
     method = method_of(config, method).name
     coding = coding or context.coding
     # a copy: the caller's context may serve other configs
-    context = dataclasses.replace(context, coding=coding, overhead=context.overhead or file_overhead(
-        model, ref, method, config, dataset.num_classes >= 100))
+    context = dataclasses.replace(context, coding=coding, ref=context.ref or ref, overhead=context.overhead or
+                                  file_overhead(model, ref, method, config, dataset.num_classes >= 100))
+    model = on_device(model, context.device)  # the float model is measured where the method runs
     start = time.perf_counter()
     result = quantize(model, config, context, method)
     quantize_seconds = time.perf_counter() - start
+    ref = ref.with_kwargs(**result.ref_kwargs)  # the file rebuilds the model the method made (WRPN: wider)
     test = dataset.split("test", limit=test_limit)
     q_metrics = evaluate(result.model, test, ref.normalize, progress="test (quantized)" if progress else None)
     if float_top1 is None:

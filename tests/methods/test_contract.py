@@ -34,6 +34,8 @@ def small_config(name: str) -> Config:
         changes["calibration_size"] = 16
     if "bits" in fields:
         changes["bits"] = 3
+    if "adaquant_steps" in fields:
+        changes["adaquant_steps"] = 20
     if getattr(base, "search", None) is not None:
         changes["search"] = SearchConfig(evaluations=3, patience=3, search_val_size=16, rerank=1)
     if getattr(base, "finetune", None) is not None:
@@ -43,11 +45,11 @@ def small_config(name: str) -> Config:
 
 def _quantize(name: str, tmp_path, tag: str, seed: int = 0):
     config = small_config(name)
-    context = Context(toy.dataset(), toy.REF.normalize, tmp_path / f"{tag}.run", seed, progress=False)
+    context = Context(toy.dataset(), toy.REF.normalize, tmp_path / f"{tag}.run", seed, progress=False, ref=toy.REF)
     result = ravn.quantize(toy.tiny(), config, context, name)
     path = tmp_path / f"{tag}.ravn"
-    export.save(path, result.model, result.weights, toy.REF, result.method, result.config,
-                coding=result.coding or "fixed")
+    export.save(path, result.model, result.weights, toy.REF.with_kwargs(**result.ref_kwargs), result.method,
+                result.config, coding=result.coding or "fixed")
     return config, result, path
 
 

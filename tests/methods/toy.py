@@ -13,21 +13,21 @@ REF = ModelRef("toy", "tests.methods.toy:tiny", {}, (0.5, 0.5, 0.5), (0.25, 0.25
 
 
 class Tiny(nn.Module):
-    def __init__(self, classes: int = 3):
+    def __init__(self, classes: int = 3, width: int = 1):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, groups=2)
-        self.fc = nn.Linear(8, classes)
+        self.conv1 = nn.Conv2d(3, 8 * width, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8 * width)
+        self.conv2 = nn.Conv2d(8 * width, 8 * width, 3, padding=1, groups=2)
+        self.fc = nn.Linear(8 * width, classes)
 
     def forward(self, x):
         x = torch.relu(self.bn1(self.conv1(x)))
         return self.fc(torch.relu(self.conv2(x)).mean((2, 3)))
 
 
-def tiny() -> nn.Module:
+def tiny(width: int = 1) -> nn.Module:
     torch.manual_seed(0)
-    return Tiny().eval()
+    return Tiny(width=width).eval()
 
 
 def dataset(n_train: int = 96, n_test: int = 24, seed: int = 0) -> Dataset:

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from ravn.errors import RavnError
 from ravn.quantizers.size import LayerCost
-from ravn.search.budget import Budget, avg_bits, check_feasible, fit
+from ravn.search.budget import Budget, avg_bits, check_feasible, fit, uniform_bits
 
 layer_counts = st.lists(st.integers(1, 5000), min_size=1, max_size=4)
 
@@ -71,3 +71,12 @@ def test_impossible_budget_is_a_clear_error():
     costs = {"x": LayerCost((500, 500))}
     with pytest.raises(RavnError, match=r"impossible.*2\.000"):
         check_feasible(costs, Budget(bits=1.5))
+
+
+def test_uniform_bits_is_the_most_bits_every_layer_can_have():
+    costs = {"a": LayerCost((100,)), "b": LayerCost((50,))}
+    assert uniform_bits(costs, Budget(bits=3.99)) == 3
+    assert uniform_bits(costs, Budget(bits=8.0)) == 8
+    four_bits = Budget(bits=4.0).cost(costs, {"a": (4,), "b": (4,)}) // 8 + 2 * 4 * 16  # streams + 2 tables
+    assert uniform_bits(costs, Budget(bytes=four_bits)) == 4
+    assert uniform_bits(costs, Budget(bytes=four_bits - 1)) == 3

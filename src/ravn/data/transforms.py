@@ -24,8 +24,8 @@ class Normalize:
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels.float().div_(255)
-        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         return x.sub_(mean).div_(std)
 
     def to_dict(self) -> dict:

@@ -1,4 +1,5 @@
-"""Export: the real packed ``.ravn`` file, and where it is written."""
+"""Export: the real packed ``.ravn`` file, and where it is written; deployment: lazy loading
+(:mod:`ravn.export.lazy`) and ONNX that keeps the codes (:mod:`ravn.export.onnx`, needs ``ravn[onnx]``)."""
 
 from ravn.export.layout import BUNDLED_FACTORIES, FORMAT, SUFFIX, size_report
 from ravn.export.reader import RavnFile, load, read

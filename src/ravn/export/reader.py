@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ravn.errors import RavnError
+from ravn.export import lazy as lazy_weights
 from ravn.export.layout import BUNDLED_FACTORIES, FORMAT, FORMAT_CODED, dtype_name, keys_digest, state_keys
 from ravn.export.validate import check_meta, parse, plan_layers, short
 from ravn.files import os_error
@@ -22,12 +23,12 @@ from ravn.quantizers.qweight import QuantizedWeight, implicit_table
 _CORRUPT = "the file is corrupt or truncated; write it again with 'ravn quantize'"
 
 
-def _unpack_layers(plan: list[dict], codes: np.ndarray, tables: torch.Tensor) -> dict[str, QuantizedWeight]:
-    weights = {}
+def _unpack_layers(plan: list[dict], codes: np.ndarray, tables: torch.Tensor, lazy: bool = False) -> Iterator[
+        tuple[str, QuantizedWeight | lazy_weights.PackedWeight]]:
+    """Each layer's weight, decoded one layer at a time (``lazy``: packed, :mod:`ravn.export.lazy`)."""
     for row in plan:
         shape, bits = row["shape"], row["bits"]
         streams = [codes[start:end] for start, end in row["spans"]]
-        ids, layer_codes = QuantizedWeight.unpack(shape, bits, row["counts"], *streams, coding=row["coding"])
         at = row["floats"]
         if row["table"]:
             table = implicit_table(row["table"], bits[0])
@@ -38,20 +39,28 @@ def _unpack_layers(plan: list[dict], codes: np.ndarray, tables: torch.Tensor) ->
         for flag in "so":
             vectors.append(tables[at : at + shape[0]] if flag in row["ch"] else None)
             at += shape[0] if flag in row["ch"] else 0
-        weights[row["name"]] = QuantizedWeight(shape, bits, ids, layer_codes, table, *vectors)
-    return weights
+        if lazy and row["coding"] == "fixed" and len(bits) == 1:  # the code stream is the packed symbols
+            yield row["name"], lazy_weights.PackedWeight(shape, bits[0], streams[1].copy(), table, *vectors)
+            continue
+        ids, layer_codes = QuantizedWeight.unpack(shape, bits, row["counts"], *streams, coding=row["coding"])
+        q = QuantizedWeight(shape, bits, ids, layer_codes, table, *vectors)
+        yield row["name"], lazy_weights.PackedWeight.of(q) if lazy else q
 
 
 @dataclass
 class RavnFile:
-    """A ``.ravn`` file read back: its metadata, quantized weights and other state entries."""
+    """A ``.ravn`` file read back: its metadata, quantized weights and other state entries.
+
+    ``lazy``: the weights are :class:`~ravn.export.lazy.PackedWeight` (kept packed, decoded when used).
+    """
 
     path: Path
     meta: dict
-    weights: dict[str, QuantizedWeight]
+    weights: dict[str, QuantizedWeight | lazy_weights.PackedWeight]
     state: dict[str, torch.Tensor] = field(repr=False)
     file_bytes: int = 0
     header_bytes: int = 0
+    lazy: bool = False
 
     @property
     def codings(self) -> dict[str, str]:
@@ -83,6 +92,9 @@ class RavnFile:
         The architecture is first built on the meta device (no memory) and checked against the
         file's layers and state, so hostile keyword arguments cannot make it allocate; a factory
         that cannot build there (or kwargs too large even for it) is checked after the real build.
+
+        A lazy file's model is that skeleton itself when every tensor it holds is stored
+        (:func:`~ravn.export.lazy.can_build_on_meta`): no float weight is ever allocated.
         """
         ref = self.ref
         if allow is not None and ref.factory not in BUNDLED_FACTORIES | set(allow):
@@ -97,11 +109,15 @@ class RavnFile:
             skeleton = None
         if skeleton is not None:
             self._fit(skeleton)
+        if self.lazy and skeleton is not None and lazy_weights.can_build_on_meta(skeleton):
+            return lazy_weights.attach(skeleton, self._fit(skeleton), self.weights).eval()
         try:
             model = ref.build()
         except RavnError as exc:
             raise RavnError(f"{self.path}: {exc.problem}", exc.fix) from None
         full = self._fit(model)
+        if self.lazy:
+            return lazy_weights.attach(model, full, self.weights).eval()
         for name, q in self.weights.items():
             full[f"{name}.weight"] = q.dequantize()
         model.load_state_dict(full, strict=False)
@@ -133,11 +149,12 @@ class RavnFile:
                 if end > start}
 
 
-def read(path: Path | str) -> RavnFile:
+def read(path: Path | str, lazy: bool = False) -> RavnFile:
     """Read and unpack a ``.ravn`` file; a damaged or foreign file is a one-line :class:`RavnError`.
 
     Memory and time stay in proportion to the file's size whatever its header claims (see
     :mod:`ravn.export.layout`); nothing in the file is executed (see :meth:`RavnFile.build` for building).
+    ``lazy``: keep each layer packed (:mod:`ravn.export.lazy`), decoding one layer at a time.
     """
     path = Path(path)
     if not path.is_file():
@@ -157,16 +174,18 @@ def read(path: Path | str) -> RavnFile:
         check_meta(meta)
         plan = plan_layers(meta["layers"], len(tensors["codes"]), tensors["tables"].numel(),
                             coded=meta["format"] == FORMAT_CODED)
-        weights = _unpack_layers(plan, tensors["codes"], tensors["tables"])
+        weights = dict(_unpack_layers(plan, tensors["codes"], tensors["tables"], lazy))
     except ValueError as exc:
         raise RavnError(f"{path} has inconsistent contents ({exc})", _CORRUPT) from None
     state = {k: v for k, v in tensors.items() if k.startswith("state.")}
-    return RavnFile(path, meta, weights, state, len(raw), header_bytes)
+    return RavnFile(path, meta, weights, state, len(raw), header_bytes, lazy)
 
 
-def load(path: Path | str, allow: Collection[str] | None = None) -> nn.Module:
+def load(path: Path | str, allow: Collection[str] | None = None, lazy: bool = False) -> nn.Module:
     """Rebuild the model stored in a ``.ravn`` file as an ordinary ``nn.Module`` (eval mode).
 
     ``allow``: the factories it may run besides the bundled ones (see :meth:`RavnFile.build`).
+    ``lazy``: keep the quantized weights packed and decode each only while it is used
+    (:mod:`ravn.export.lazy`): same outputs, memory of the packed codes plus one layer's float weight.
     """
-    return read(path).build(allow)
+    return read(path, lazy).build(allow)

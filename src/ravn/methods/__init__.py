@@ -1,6 +1,17 @@
 """Methods: one config dataclass and one short recipe each, registered; all produce the shared table format."""
 
-from ravn.methods import dcq, deepcompression, hawq  # noqa: F401  (register 'dcq', 'deepcompression', 'hawq')
+from ravn.methods import (  # noqa: F401  (register them)
+    adaquant,
+    dcq,
+    deepcompression,
+    dgms,
+    dorefa,
+    hawq,
+    releq,
+    sinareq,
+    sinreq,
+    wrpn,
+)
 from ravn.methods.base import (
     METHODS,
     Context,

@@ -27,7 +27,9 @@ from torch import nn
 
 from ravn.config import Config
 from ravn.data import Dataset, Normalize
+from ravn.device import on_device
 from ravn.errors import RavnError
+from ravn.models import ModelRef
 from ravn.quantizers.qweight import QuantizedWeight
 from ravn.quantizers.size import Allocation
 from ravn.registry import Registry
@@ -43,9 +45,15 @@ class Context:
     run_dir: Path | None = None
     seed: int = 0
     progress: bool = True
-    #: The bytes a file of these weights (stored with a coding, default "fixed") takes besides their streams
-    #: and tables (state, header), for byte budgets; the pipeline sets it from the file it will write.
-    #: None: an estimate.
+    #: Where the model and the data run (``cpu``, ``cuda``, ``cuda:N``, ``auto``); ``None``: where the
+    #: model already is. Stored weights and files stay on the CPU (:mod:`ravn.device`).
+    device: str | None = None
+    #: How to rebuild the model (its factory): for methods that build another architecture (WRPN's width).
+    ref: ModelRef | None = None
+    #: ``overhead(weights, coding="fixed", of=model)``: the bytes a file of these weights (stored with a
+    #: coding; holding the float state of ``of``, default the model being quantized) takes besides their
+    #: streams and tables (state, header), for byte budgets; the pipeline sets it from the file it will
+    #: write. None: an estimate.
     overhead: Callable[..., int] | None = None
     #: How the file will store the codes (``--coding``); None: the method's choice.
     coding: str | None = None
@@ -70,6 +78,9 @@ class QuantizationResult:
     config: dict = field(default_factory=dict)
     #: The coding the method sized its budget with (the file must use it); None: any coding.
     coding: str | None = None
+    #: Keyword arguments the model's factory needs to build ``model`` (WRPN: ``{"width": w}``); the file's
+    #: model reference carries them.
+    ref_kwargs: dict = field(default_factory=dict)
 
     @property
     def allocation(self) -> Allocation:
@@ -144,6 +155,7 @@ def quantize(model: nn.Module, config: Config, context: Context | None = None,
 
     # before the long set-up, not after it; only a search's evaluations run on Ray
     check_workers(context.workers, context.ray_address, ray=getattr(config, "search", None) is not None)
+    model = on_device(model, context.device)
     with run_folder(context.run_dir, {"config": config.to_dict(), "seed": context.seed}):
         result = spec.recipe(model, config, context)
     result.method, result.config = spec.name, config.to_dict()

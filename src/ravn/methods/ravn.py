@@ -27,6 +27,7 @@ from ravn.methods.base import Context, QuantizationResult, register_method, regi
 from ravn.quantizers.swap import with_weights
 from ravn.quantizers.vq import GRIDS, MAX_CLUSTERS
 from ravn.search.agents import SearchConfig
+from ravn.search.budget import check_budget_fields
 from ravn.search.problem import INITS, prepare
 from ravn.search.run import allocate
 from ravn.training.finetune import FineTuneConfig, fine_tune
@@ -69,12 +70,7 @@ class RavnConfig(Config):
     rounds: int = 1
 
     def __post_init__(self) -> None:
-        if (self.budget_bits is None) == (self.budget_bytes is None):
-            raise ValueError("give exactly one of budget_bits and budget_bytes")
-        if self.budget_bits is not None and not 1.0 <= self.budget_bits <= 8.0:
-            raise ValueError(f"budget_bits must be between 1 and 8, got {self.budget_bits}")
-        if self.budget_bytes is not None and self.budget_bytes <= 0:
-            raise ValueError(f"budget_bytes must be positive, got {self.budget_bytes}")
+        check_budget_fields(self.budget_bits, self.budget_bytes)
         if not 1 <= self.clusters <= MAX_CLUSTERS:
             raise ValueError(f"clusters must be in 1..{MAX_CLUSTERS}, got {self.clusters}")
         if self.grid not in GRIDS:

@@ -7,7 +7,7 @@ A :class:`ModelRef` is plain data that rebuilds the architecture anywhere (it is
 from __future__ import annotations
 
 import importlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from torch import nn
@@ -81,6 +81,10 @@ class ModelRef:
             raise RavnError(f"'{self.factory}' returned {type(model).__name__}, not a torch.nn.Module",
                             "make the factory return the model")
         return model.eval()
+
+    def with_kwargs(self, **kwargs) -> ModelRef:
+        """The same factory called with ``kwargs`` too (WRPN's ``width``)."""
+        return replace(self, kwargs={**self.kwargs, **kwargs}) if kwargs else self
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -24,11 +24,11 @@ from ravn.quantizers.qweight import QuantizedWeight
 from ravn.quantizers.rounding import Rounding, register_rounding
 
 
-def input_hessians(layer: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """``X^T X / rows`` per group (float64), ``X`` the layer's inputs as rows of its weight's columns."""
+def input_rows(layer: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The layer's inputs ``x`` as rows of its weight's columns, one matrix per group: ``rows @ W_g^T`` is
+    the group's output (without bias). Linear: the feature vectors; convolutions: their input patches."""
     if isinstance(layer, nn.Linear):
-        rows = x.reshape(-1, x.shape[-1])
-        return [(rows.T @ rows).double() / len(rows)]
+        return [x.reshape(-1, x.shape[-1])]
     if isinstance(layer, nn.Conv1d):
         x = x.unsqueeze(2)
         kernel, dilation, padding, stride = ((1, *layer.kernel_size), (1, *layer.dilation),
@@ -41,11 +41,12 @@ def input_hessians(layer: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
         raise TypeError("string padding is not supported by reconstruction")
     rows = patches(x, kernel, dilation, padding, stride)  # (positions, C * kh * kw)
     per_group = layer.in_channels // layer.groups * math.prod(kernel)
-    out = []
-    for g in range(layer.groups):
-        part = rows[:, g * per_group : (g + 1) * per_group]
-        out.append((part.T @ part).double() / len(part))
-    return out
+    return [rows[:, g * per_group : (g + 1) * per_group] for g in range(layer.groups)]
+
+
+def input_hessians(layer: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """``X^T X / rows`` per group (float64), ``X`` the layer's inputs as rows of its weight's columns."""
+    return [(part.T @ part).double() / len(part) for part in input_rows(layer, x)]
 
 
 def patches(x: torch.Tensor, kernel, dilation, padding, stride) -> torch.Tensor:

@@ -69,6 +69,11 @@ class QuantizedWeight:
     offset: torch.Tensor | None = None  # float32 (shape[0],)
 
     def __post_init__(self) -> None:
+        # what is stored lives on the CPU, whatever device computed it (ravn.device)
+        for name in ("ids", "codes", "tables", "scale", "offset"):
+            value = getattr(self, name)
+            if value is not None and value.device.type != "cpu":
+                setattr(self, name, value.cpu())
         self.bits = check_bits(self.bits)
         self.shape = tuple(int(s) for s in self.shape)
         n = math.prod(self.shape)
@@ -156,6 +161,12 @@ class QuantizedWeight:
         return self.coded_bits(coding) / self.numel
 
     # --- the packed byte streams ----------------------------------------------------------------
+    @property
+    def symbol_bits(self) -> int:
+        """Bits of one symbol ``start[id] + code`` at a fixed width: ``ceil(log2 T)`` for ``T`` table
+        entries (one cluster: its bits). What deployment keeps per weight (lazy loading, ONNX)."""
+        return max(1, (self.tables.numel() - 1).bit_length())
+
     def symbols(self) -> np.ndarray:
         """Each weight's table index ``start[id] + code`` (int64), the symbol entropy coding codes."""
         index = self.codes if self.ids is None else self.table_starts[self.ids] + self.codes

@@ -2,16 +2,16 @@
 
 Contract of a rounding (register a subclass of :class:`Rounding` with :func:`register_rounding`):
 
-- it changes codes only: bits, cluster ids, tables, scales and offsets stay, so the size of an
-  allocation does not depend on the rounding;
+- it changes codes (and may tune the per-channel scales and offsets, as AdaQuant does): bits, cluster
+  ids and tables stay, so the size of an allocation does not depend on the rounding;
 - :meth:`Rounding.layerwise` prepares once for a model, a list of layer names and a normalised
   calibration batch, and returns ``round_layer(name, q) -> q'`` that a search calls for any (layer,
   bits); it must depend on that layer alone (a search caches by (layer, bits));
 - :meth:`Rounding.sequential` rounds all layers of an allocation for storing; it may use the
   already rounded earlier layers (GPTQ compensates their error). ``model`` is left unchanged.
 
-``nearest`` (round-to-nearest, what the quantizers already did) and ``gptq``
-(:mod:`ravn.quantizers.gptq`) are registered; AdaQuant-style optimisation is the next entry.
+``nearest`` (round-to-nearest, what the quantizers already did), ``gptq`` (:mod:`ravn.quantizers.gptq`)
+and ``adaquant`` (:mod:`ravn.quantizers.adaquant`) are registered.
 """
 
 from __future__ import annotations

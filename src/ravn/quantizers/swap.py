@@ -25,26 +25,29 @@ def with_weights(model: nn.Module, weights: dict[str, QuantizedWeight]) -> nn.Mo
     out = copy.deepcopy(model)
     modules = dict(out.named_modules())
     for name, q in weights.items():
-        modules[name].weight.data = q.dequantize().to(modules[name].weight.dtype)
+        weight = modules[name].weight
+        weight.data = q.dequantize().to(device=weight.device, dtype=weight.dtype)
     return out.eval()
 
 
 def attach(model: nn.Module, weights: dict[str, QuantizedWeight], quantizer: str = "table",
-           latent: str = "dequantized", learn_tables: bool = True, learn_scale: bool = True) -> dict[str, nn.Module]:
-    """Register a trainable ``quantizer`` on every layer of ``weights`` (in place).
+           latent: str | None = None, learn_tables: bool = True, learn_scale: bool = True,
+           options: dict | None = None) -> dict[str, nn.Module]:
+    """Register a trainable ``quantizer`` (with keyword ``options``) on every layer of ``weights`` (in place).
 
     ``latent="dequantized"`` starts the latent weights at the quantized values (keeping a GPTQ
-    rounding); ``"float"`` keeps the float weights.
+    rounding); ``"float"`` keeps the float weights; default: the quantizer's own ``latent``.
     """
     modules = dict(model.named_modules())
     kind = TRAINABLE.get_entry(quantizer)
+    latent = latent or kind.latent
     out = {}
     for name, q in weights.items():
         layer = modules[name]
         if latent == "dequantized":
             with torch.no_grad():
                 layer.weight.copy_(q.dequantize())
-        module = kind(q, learn_tables, learn_scale)
+        module = kind(q, learn_tables, learn_scale, **(options or {})).to(layer.weight.device)
         parametrize.register_parametrization(layer, "weight", module, unsafe=True)
         out[name] = module
     return out

@@ -4,14 +4,23 @@ Contract of a trainable quantizer (register it with :func:`register_trainable`):
 
 - ``__init__(q: QuantizedWeight, learn_tables: bool, learn_scale: bool)``: starts from a layer's
   stored quantization (its bits, clusters, tables, scales);
+- ``__init__`` may take keyword options after these (a method's settings, e.g. DGMS's temperature);
+- ``start(weight, bits) -> QuantizedWeight`` (a classmethod): the layer's starting quantization on
+  this quantizer's grid, one cluster, when a method has none of its own; ``latent`` says whether
+  training starts from those ``"dequantized"`` values or from the ``"float"`` weights;
 - it is an ``nn.Module`` used as a parametrization of the layer's ``weight``
   (:func:`ravn.quantizers.swap.attach`): ``forward(latent)`` returns the fake-quantized weight, with
   gradients to the latent weight (straight-through) and to its own parameters;
-- ``freeze(latent) -> QuantizedWeight`` returns exactly what ``forward`` computes, in the table
-  format, with the same bits and cluster sizes, so the size (and the budget) does not move.
+- ``freeze(latent) -> QuantizedWeight`` returns exactly what ``forward`` computes in eval mode, in
+  the table format, with the same bits and cluster sizes, so the size (and the budget) does not
+  move (``sinareq`` is the exception: its eval mode rounds at the learned bits, :mod:`.sinareq`).
+- optionally ``grid_units(latent) -> Tensor``: the latent weight in units of a uniform grid whose
+  levels are the integers (differentiable), for the sinusoidal regularisers of SinReQ / SINAREQ
+  (:mod:`ravn.training.losses`).
 
-``table`` (:class:`TableQuantizer`) and ``shared`` (:class:`SharedCentroids`, Deep Compression's
-trained quantization) are registered; DoReFa and DGMS are the next entries.
+Registered: ``table`` (:class:`TableQuantizer`), ``shared`` (:class:`SharedCentroids`, Deep
+Compression's trained quantization), ``float`` (ordinary float training, rounded to the table at the
+end), ``dorefa`` (:mod:`.dorefa`), ``sinareq`` (:mod:`.sinareq`), ``dgms`` (:mod:`.dgms`).
 
 :class:`TableQuantizer` works with any module with a ``weight`` (Conv1d/2d/3d, Linear) without
 swapping classes. Forward: each weight, divided by its channel scale, is coded
@@ -30,7 +39,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ravn.errors import RavnError
 from ravn.quantizers.qweight import QuantizedWeight
+from ravn.quantizers.uniform import quantize_uniform
 from ravn.registry import Registry
 
 TRAINABLE = Registry("trainable quantizer")
@@ -40,6 +51,13 @@ register_trainable = TRAINABLE.register
 @register_trainable("table")
 class TableQuantizer(nn.Module):
     """Fake-quantizes a weight onto learnable per-cluster tables and per-channel scales (and offsets)."""
+
+    latent = "dequantized"
+
+    @classmethod
+    def start(cls, weight: torch.Tensor, bits: int) -> QuantizedWeight:
+        """Symmetric per-channel uniform grid: ``2^b - 1`` levels centred on zero (WRPN's grid, Sec. 3)."""
+        return quantize_uniform(weight, bits, per_channel=True, symmetric=True)
 
     def __init__(self, q: QuantizedWeight, learn_tables: bool = True, learn_scale: bool = True):
         super().__init__()
@@ -75,6 +93,17 @@ class TableQuantizer(nn.Module):
             out.append((sorted_table, torch.searchsorted(mids.detach(), part.contiguous())))
         return out
 
+    def grid_units(self, w: torch.Tensor) -> torch.Tensor:
+        """``w`` in steps of the (one-cluster, uniform) table from its lowest entry: levels at integers."""
+        if len(self.tables) != 1:
+            raise RavnError("the sinusoidal regularisers need one cluster per layer", "use --clusters 1")
+        u = w.reshape(self.shape[0], -1)
+        if self.offset is not None:
+            u = u - self.offset.detach().view(-1, 1)
+        table = self.tables[0].detach()
+        lo, hi = table.min(), table.max()
+        return (u / self.scale.detach().view(-1, 1) - lo) * ((table.numel() - 1) / (hi - lo).clamp_min(1e-12))
+
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         levels = torch.cat([table[codes] for table, codes in self._codes_and_levels(w)])[self.inverse]
         q = levels.view(self.shape[0], -1) * self.scale.view(-1, 1)
@@ -107,6 +136,8 @@ class SharedCentroids(nn.Module):
     when the layer has them, learn with ``learn_scale``.
     """
 
+    latent = "dequantized"
+
     def __init__(self, q: QuantizedWeight, learn_tables: bool = True, learn_scale: bool = True):
         super().__init__()
         self.shape, self.bits, self.ids = q.shape, q.bits, q.ids
@@ -130,3 +161,18 @@ class SharedCentroids(nn.Module):
         """The stored form of what :meth:`forward` computes (it does not depend on ``w``)."""
         channel = [None if t is None else t.detach().clone() for t in (self.scale, self.offset)]
         return QuantizedWeight(self.shape, self.bits, self.ids, self.codes, self.table * self.keep, *channel)
+
+
+@register_trainable("float")
+class FloatTraining(TableQuantizer):
+    """Ordinary float training (SinReQ's "ordinary training"): ``forward`` is the identity in training;
+    in eval mode (validation: the best epoch is judged quantized) and when frozen, the weights are
+    rounded to the nearest level of the starting table."""
+
+    latent = "float"
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w if self.training else super().forward(w)
+
+
+from ravn.quantizers import dgms, dorefa, sinareq  # noqa: E402,F401  (register their entries)

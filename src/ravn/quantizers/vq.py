@@ -139,7 +139,7 @@ class ClusteredWeight:
             raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
         if not 1 <= clusters <= MAX_CLUSTERS:
             raise ValueError(f"clusters must be in 1..{MAX_CLUSTERS}, got {clusters}")
-        w = weight.detach().float().reshape(weight.shape[0], -1)
+        w = weight.detach().float().cpu().reshape(weight.shape[0], -1)
         self.shape = tuple(weight.shape)
         self.grid = grid
         if per_channel:

@@ -48,6 +48,21 @@ def versions() -> dict:
     return out
 
 
+def source_commit() -> str | None:
+    """The git commit of the ravn source that measures (``+dirty-src`` when src/ has uncommitted changes)."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+                               cwd=here.parents[1], capture_output=True, text=True, check=True).stdout.strip()
+        return head + ("+dirty-src" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def write_atomic(path: Path, text: str) -> None:
     write_atomically(path, [text.encode()])
 

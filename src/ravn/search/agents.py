@@ -11,8 +11,9 @@ Contract of an agent (register ``fn(env, tracker, seed) -> SearchResult`` with :
   evaluated, so a deterministic agent replays them for free and carries on;
 - its first episodes follow the environment's action prior (``env.sampling_prior()``).
 
-Registered: ``ppo`` (:mod:`ravn.search.ppo`, RAVN's ReAQ) and ``random`` (:mod:`ravn.search.random_search`);
-:mod:`ravn.search.run` runs them.
+Registered: ``ppo`` (:mod:`ravn.search.ppo`, RAVN's ReAQ), ``random`` (:mod:`ravn.search.random_search`) and
+``releq`` (:mod:`ravn.search.releq`, PPO with an LSTM policy on ReLeQ's state and reward); :mod:`ravn.search.run`
+runs them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ register_agent = AGENTS.register
 class SearchConfig(Config):
     VERSION: ClassVar[int] = 2  # 2: proposals (version 1 searched one episode at a time)
 
-    #: Bit allocation agent: 'ppo' (ReAQ) or 'random' (random search, the control).
+    #: Bit allocation agent: 'ppo' (ReAQ), 'releq' (ReLeQ: LSTM policy, ReLeQ's state and reward) or 'random'
+    #: (random search, the control).
     agent: str = "ppo"
     #: Configurations each search evaluates (the initial one included); episodes that propose a
     #: configuration already evaluated are free.

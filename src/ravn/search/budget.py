@@ -49,6 +49,18 @@ class Budget:
         return f"{self.bits} average bits" if self.bits is not None else f"{self.bytes:,} bytes"
 
 
+def check_budget_fields(budget_bits: float | None, budget_bytes: int | None, min_bits: float = 1.0) -> None:
+    """A method config's budget fields: exactly one given, in range (``ValueError`` naming the field).
+    ``min_bits``: below 1 only for methods whose stored size shrinks below a bit per weight (entropy-coded
+    pruned weights)."""
+    if (budget_bits is None) == (budget_bytes is None):
+        raise ValueError("give exactly one of budget_bits and budget_bytes")
+    if budget_bits is not None and not min_bits <= budget_bits <= 8.0:
+        raise ValueError(f"budget_bits must be between {min_bits:g} and 8, got {budget_bits}")
+    if budget_bytes is not None and budget_bytes <= 0:
+        raise ValueError(f"budget_bytes must be positive, got {budget_bytes}")
+
+
 def avg_bits(costs: dict[str, LayerCost], alloc: Allocation) -> float:
     n = sum(c.numel for c in costs.values())
     return sum(c.id_bits + c.code_bits(alloc[name]) for name, c in costs.items()) / n
@@ -63,6 +75,14 @@ def check_feasible(costs: dict[str, LayerCost], budget: Budget) -> None:
         raise RavnError(f"the budget of {budget.describe()} is impossible: 1 bit everywhere already takes "
                         f"{least} (cluster ids included)",
                         "raise the budget or use fewer clusters")
+
+
+def uniform_bits(costs: dict[str, LayerCost], budget: Budget) -> int:
+    """The most bits every cluster of every layer can have within ``budget`` (homogeneous methods)."""
+    check_feasible(costs, budget)
+    limit = budget.limit(costs)
+    return max(b for b in range(MIN_BITS, MAX_BITS + 1)
+               if budget.cost(costs, {n: (b,) * len(c.counts) for n, c in costs.items()}) <= limit)
 
 
 def fit(alloc: Allocation, costs: dict[str, LayerCost], budget: Budget,

@@ -139,8 +139,14 @@ class BitAllocationEnv(gym.Env):
         proposal = {"allocation": fit(self._alloc, self.costs, self.budget, self.damage), "proposed": dict(self._alloc)}
         if self.evaluate_many is None:
             return self._observation(), 0.0, True, False, {"proposal": proposal}
+        obs = self._observation()
         result = {**proposal, **self.evaluate_many([proposal["allocation"]])[0]}
-        return self._observation(), float(result["reward"]), True, False, {"result": result}
+        return obs, self.finish(result), True, False, {"result": result}
+
+    def finish(self, result: dict) -> float:
+        """The reward of an evaluated episode (its allocation, proposal and evaluation in ``result``): ``-L``
+        of Eq. 7. An agent with its own reward overrides it (and may note it in ``result``)."""
+        return float(result["reward"])
 
 
 class ProposalEnvs(DummyVecEnv):
@@ -160,10 +166,19 @@ class ProposalEnvs(DummyVecEnv):
         self.env = env
 
     def step_wait(self):
-        obs, rewards, dones, infos = super().step_wait()
-        ending = [i for i, info in enumerate(infos) if "proposal" in info]
-        results = self.env.evaluate_many([infos[i]["proposal"]["allocation"] for i in ending]) if ending else []
+        """``DummyVecEnv.step_wait`` with the episodes that end evaluated together before the copies reset."""
+        out = [list(env.step(action)) for env, action in zip(self.envs, self.actions, strict=True)]
+        ending = [i for i, o in enumerate(out) if "proposal" in o[4]]
+        results = self.env.evaluate_many([out[i][4]["proposal"]["allocation"] for i in ending]) if ending else []
         for i, result in zip(ending, results, strict=True):
-            infos[i]["result"] = {**infos[i].pop("proposal"), **result}
-            rewards[i] = result["reward"]
-        return obs, rewards, dones, infos
+            info = out[i][4]
+            info["result"] = {**info.pop("proposal"), **result}
+            out[i][1] = self.envs[i].finish(info["result"])
+        for i, (obs, reward, terminated, truncated, info) in enumerate(out):
+            self.buf_rews[i], self.buf_dones[i], self.buf_infos[i] = reward, terminated or truncated, info
+            info["TimeLimit.truncated"] = truncated and not terminated
+            if self.buf_dones[i]:
+                info["terminal_observation"] = obs
+                obs, self.reset_infos[i] = self.envs[i].reset()
+            self._save_obs(i, obs)
+        return self._obs_from_buf(), np.copy(self.buf_rews), np.copy(self.buf_dones), copy.deepcopy(self.buf_infos)

@@ -94,7 +94,7 @@ class AllocationEvaluator:
             q = self.clustered[name].quantize(bits)
             if self.round_layer is not None:
                 q = self.round_layer(name, q)
-            self._weights[key] = q.dequantize()
+            self._weights[key] = q.dequantize().to(self.modules[name].weight.device)
         return self._weights[key]
 
     def load(self, alloc: Allocation) -> nn.Module:

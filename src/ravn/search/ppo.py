@@ -32,13 +32,19 @@ class PPOSettings:
     hidden: tuple[int, ...] = (64, 64)
 
 
-@register_agent("ppo")
-def ppo_search(envs: ProposalEnvs, tracker: Tracker, seed: int, settings: PPOSettings | None = None) -> SearchResult:
+def run_sb3(algorithm: type, policy: str, envs: ProposalEnvs, tracker: Tracker, seed: int, agent: str,
+            episodes_per_update: int, record: tuple[str, ...] = (), **kwargs) -> SearchResult:
+    """Train a stable-baselines3 (or sb3-contrib) on-policy ``algorithm`` on ``envs`` until the tracker stops it.
+
+    Rollouts of whole rounds of proposals, at least ``episodes_per_update`` episodes, no discount (the
+    reward comes at an episode's end), updates on one thread, the first policy the environment's action
+    prior; every finished episode goes to the tracker as ``{"agent": agent}`` plus the result's ``record``
+    keys. ``kwargs`` go to the algorithm; ``batch_size`` defaults to half a rollout.
+    """
     import torch
-    from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
 
-    class SingleThreadPPO(PPO):
+    class SingleThread(algorithm):
         """Updates of the small policy network on one thread: many threads only contend on so little work."""
 
         def train(self) -> None:
@@ -49,27 +55,34 @@ def ppo_search(envs: ProposalEnvs, tracker: Tracker, seed: int, settings: PPOSet
             finally:
                 torch.set_num_threads(threads)
 
-    s = settings or PPOSettings()
-    env = envs.env
-    rounds = -(-s.episodes_per_update // envs.num_envs)
-    steps = len(env.layers) * rounds  # per environment: a rollout holds rounds x num_envs episodes
-
     class Stop(BaseCallback):
         def _on_step(self) -> bool:
             for info in self.locals["infos"]:
-                if "result" in info and not tracker.record(info["result"], {"agent": "ppo"}):
-                    return False
+                if "result" in info:
+                    extra = {"agent": agent, **{k: info["result"][k] for k in record}}
+                    if not tracker.record(info["result"], extra):
+                        return False
             return True
 
-    model = SingleThreadPPO("MlpPolicy", envs, n_steps=steps, batch_size=max(2, steps * envs.num_envs // 2),
-                n_epochs=s.epochs,
-                learning_rate=s.learning_rate, gamma=1.0, gae_lambda=0.95, ent_coef=s.entropy, seed=seed,
-                policy_kwargs={"net_arch": list(s.hidden)}, device="cpu", verbose=0)
+    env = envs.env
+    rounds = -(-episodes_per_update // envs.num_envs)
+    steps = len(env.layers) * rounds  # per environment: a rollout holds rounds x num_envs episodes
+    kwargs.setdefault("batch_size", max(2, steps * envs.num_envs // 2))
+    model = SingleThread(policy, envs, n_steps=steps, gamma=1.0, seed=seed, device="cpu", verbose=0, **kwargs)
     prior = env.sampling_prior()
     if prior is not None:
         # The action head's weights start near 0 (orthogonal, gain 0.01), so its biases are the first policy.
         with torch.no_grad():
             model.policy.action_net.bias.copy_(torch.from_numpy(np.tile(np.log(prior), env.max_clusters)))
-    model.learn(total_timesteps=len(env.layers) * (tracker.max_episodes + rounds * envs.num_envs),
-                callback=Stop())
+    model.learn(total_timesteps=len(env.layers) * (tracker.max_episodes + rounds * envs.num_envs), callback=Stop())
     return tracker.result()
+
+
+@register_agent("ppo")
+def ppo_search(envs: ProposalEnvs, tracker: Tracker, seed: int, settings: PPOSettings | None = None) -> SearchResult:
+    from stable_baselines3 import PPO
+
+    s = settings or PPOSettings()
+    return run_sb3(PPO, "MlpPolicy", envs, tracker, seed, "ppo", s.episodes_per_update, n_epochs=s.epochs,
+                   learning_rate=s.learning_rate, gae_lambda=0.95, ent_coef=s.entropy,
+                   policy_kwargs={"net_arch": list(s.hidden)})

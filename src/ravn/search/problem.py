@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ravn.data import Dataset, Normalize
+from ravn.device import device_of
 from ravn.errors import RavnError
 from ravn.export.layout import state_keys
 from ravn.quantizers.layers import quantizable_layers
@@ -77,6 +78,7 @@ class SearchProblem:
     model: nn.Module
     rounding: Rounding
     seconds: float
+    calibration_labels: torch.Tensor | None = None  # the calibration batch's labels
 
     def realize(self, alloc: Allocation) -> dict[str, QuantizedWeight]:
         """The weights stored for ``alloc``: quantized, then rounded layer after layer."""
@@ -110,17 +112,18 @@ class SearchProblem:
                 "prepare_seconds": self.seconds}
 
 
-#: ``overhead(weights, coding="fixed") -> bytes``: what a file holding ``weights`` (stored with ``coding``)
-#: takes outside their streams and tables (float state, header); the pipeline passes the exact layout of
-#: the file it will write.
+#: ``overhead(weights, coding="fixed", of=model) -> bytes``: what a file holding ``weights`` (stored with
+#: ``coding``) takes outside their streams and tables (float state, header); the pipeline passes the exact
+#: layout of the file it will write. ``of`` (default: the model being quantized) is the model whose float
+#: state the file holds (WRPN: the wide one).
 Overhead = Callable[..., int]
 
 
 def estimated_overhead(model: nn.Module) -> Overhead:
     """Float state plus a header estimate, for callers that do not say what file they will write."""
-    def overhead(weights: dict[str, QuantizedWeight], coding: str = "fixed") -> int:
-        state = model.state_dict()
-        stored = sum(state[k].numel() * state[k].element_size() for k in state_keys(model, list(weights)))
+    def overhead(weights: dict[str, QuantizedWeight], coding: str = "fixed", of: nn.Module = model) -> int:
+        state = of.state_dict()
+        stored = sum(state[k].numel() * state[k].element_size() for k in state_keys(of, list(weights)))
         return stored + 2048 + 160 * len(weights)  # measured headers stay below this (tests/export)
 
     return overhead
@@ -128,13 +131,15 @@ def estimated_overhead(model: nn.Module) -> Overhead:
 
 def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None, normalize: Normalize,
             lam: float = 1.0, search_val_size: int = 1000, seed: int = 0,
-            reference: nn.Module | None = None, overhead: Overhead | None = None) -> SearchProblem:
+            reference: nn.Module | None = None, overhead: Overhead | None = None,
+            rounding: Rounding | None = None) -> SearchProblem:
     """Set up the problem for ``model`` (see the module docstring).
 
     ``reference`` (default ``model``) is the float model whose features and validation top-1 the
     search aims at: the original one, also when ``model`` holds fine-tuned weights (Algorithm 1).
     ``overhead`` sizes the rest of the file for a ``budget_bytes`` (default: an estimate); it does
     not depend on the bit-widths (one digit each in the header), so it is taken at 4 bits.
+    ``rounding`` is a configured rounding (default: ``settings.rounding`` with its default settings).
     """
     if dataset is None:
         raise RavnError("this method needs data (calibration and validation images)", "pass a dataset")
@@ -152,14 +157,15 @@ def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None
                         fixed_bytes=(overhead or estimated_overhead(model))(sample))
     check_feasible(costs, budget)
     calib_split = dataset.calibration(settings.calibration_size, seed=0)
-    calibration = normalize(calib_split.images(torch.arange(len(calib_split))))
+    device = device_of(model)  # the fixed batches live where the model runs
+    calibration = normalize(calib_split.images(torch.arange(len(calib_split))).to(device))
     val = dataset.split("val", limit=search_val_size)
-    data = SearchData(calibration, normalize(val.images(torch.arange(len(val)))), val.labels)
-    rounding = get_rounding(settings.rounding)
+    data = SearchData(calibration, normalize(val.images(torch.arange(len(val))).to(device)), val.labels.to(device))
+    rounding = rounding or get_rounding(settings.rounding)
     round_layer = rounding.layerwise(model, list(clustered), calibration)
     evaluator = AllocationEvaluator(model, clustered, data, lam, reference=reference, round_layer=round_layer)
-    probe = ProbeData(calibration, calib_split.labels, evaluator.fidelity, round_layer, settings.hessian_iterations,
-                      seed)
+    probe = ProbeData(calibration, calib_split.labels.to(device), evaluator.fidelity, round_layer,
+                      settings.hessian_iterations, seed)
     sensitivity = get_sensitivity(settings.sensitivity)(model, clustered, probe)
     damage = damage_model(clustered, sensitivity)
     if settings.init == "ilp":
@@ -174,4 +180,4 @@ def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None
             start_bits = {n: (math.floor(settings.budget_bits),) * cw.clusters for n, cw in clustered.items()}
         init = fit(start_bits, costs, budget, damage, fill=settings.init == "vq")
     return SearchProblem(layers, clustered, costs, budget, damage, sensitivity, evaluator, init, calibration, model,
-                         rounding, time.perf_counter() - start)
+                         rounding, time.perf_counter() - start, calib_split.labels.to(device))

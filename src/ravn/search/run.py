@@ -17,7 +17,8 @@ from ravn.search.problem import SearchProblem
 
 def get_agent(name: str) -> Callable:
     import ravn.search.ppo
-    import ravn.search.random_search  # noqa: F401  (the built-in agents register themselves)
+    import ravn.search.random_search
+    import ravn.search.releq  # noqa: F401  (the built-in agents register themselves)
 
     return AGENTS.get_entry(name)
 
@@ -38,7 +39,8 @@ def search(problem: SearchProblem, config: SearchConfig, folder: Path | None, se
 
     def evaluate_many(allocs: list[Allocation]) -> list[dict]:
         results = problem.evaluator.evaluate_many(allocs)
-        return [{**r, "avg_bits": problem.avg_bits(a)} for r, a in zip(results, allocs, strict=True)]
+        return [{**r, "avg_bits": problem.avg_bits(a), "target_top1": problem.evaluator.target}
+                for r, a in zip(results, allocs, strict=True)]
 
     env = BitAllocationEnv(problem.layer_infos(), problem.costs, problem.budget, problem.damage, problem.init,
                            evaluate_many, max_delta=config.max_delta, changes=config.changes)
@@ -87,5 +89,6 @@ def allocate(problem: SearchProblem, config: SearchConfig | None, context, folde
     stored = StoredEvaluator(problem, reference, context.dataset.val, context.normalize, config.lam)
     alloc, weights, log["rerank"] = rerank(problem, found, stored, config.rerank)
     log["select_seconds"] = time.perf_counter() - start
+    log["kept_initial"] = alloc == problem.init  # the re-rank chose the initial allocation over every searched one
     log["planned_avg_bits"] = problem.avg_bits(alloc)
     return alloc, weights, log

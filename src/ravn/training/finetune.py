@@ -26,6 +26,7 @@ from torch import nn
 
 from ravn.config import Config
 from ravn.data import Dataset, ImageSplit, Normalize
+from ravn.device import to_model
 from ravn.evaluation import evaluate
 from ravn.hooks import Capture
 from ravn.quantizers.qweight import QuantizedWeight
@@ -72,8 +73,9 @@ class FineTuneConfig(Config):
         if self.bn not in ("frozen", "train"):
             raise ValueError(f"bn must be 'frozen' or 'train', got {self.bn!r}")
 
-    def loss(self) -> Loss:
-        return Loss([("ce", 1.0), ("fidelity", self.fidelity_weight), ("distill", self.distill)])
+    def loss(self, terms: list[tuple] = ()) -> Loss:
+        """Cross-entropy, fidelity and distillation, then a method's ``terms`` (``(name, weight, options)``)."""
+        return Loss([("ce", 1.0), ("fidelity", self.fidelity_weight), ("distill", self.distill), *terms])
 
 
 @dataclass
@@ -85,6 +87,7 @@ class FineTuneResult:
     best_epoch: int
     val_top1: float
     bn_recalibrated: bool
+    quantizers: dict[str, nn.Module]  # the trained quantizers (best epoch): what they learned (SINAREQ's bits)
 
     def log(self) -> dict:
         return {"history": self.history, "best_epoch": self.best_epoch, "val_top1": self.val_top1,
@@ -105,6 +108,16 @@ class BatchNormMode(Callback):
                     m.eval()
 
 
+class LossSchedule(Callback):
+    """Tells the loss terms each epoch's start (regularisers whose strength follows a schedule)."""
+
+    def __init__(self, loss: Loss, epochs: int):
+        self.loss, self.epochs = loss, epochs
+
+    def on_epoch_start(self, epoch: int, steps: int) -> None:
+        self.loss.start_epoch(epoch, self.epochs)
+
+
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 250) -> None:
     """Re-estimate batch-norm running statistics as exact averages over ``images`` (normalised)."""
@@ -115,7 +128,7 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 250
         m.momentum = None
         m.train()
     for i in range(0, len(images), batch_size):
-        model(images[i : i + batch_size])
+        model(to_model(model, images[i : i + batch_size]))
     for m, (momentum, training) in zip(bns, saved, strict=True):
         m.momentum = momentum
         m.train(training)
@@ -124,12 +137,13 @@ def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 250
 def train_student(student: nn.Module, teacher: nn.Module, latent: list[str], captured: list[str], loss: Loss,
                   train: ImageSplit, val: ImageSplit, normalize: Normalize, config: FineTuneConfig,
                   run_dir: Path | None = None, seed: int = 0, progress: bool = True,
-                  stamp: dict | None = None) -> LoopResult:
+                  stamp: dict | None = None, layers: dict | None = None) -> LoopResult:
     """Train ``student`` (its weight parametrizations already attached) with ``loss`` in the epoch loop.
 
     ``latent``: the layers whose latent weights (:func:`~ravn.quantizers.swap.latent_weight`) get weight
     decay; every other parameter that requires a gradient trains without it. ``captured``: the modules
     whose outputs are the step's features (teacher's and student's, for the loss terms that read them).
+    ``layers``: name -> (latent weight, trainable quantizer), what regularisers read (``Step.layers``).
     Validation top-1 of ``student`` on ``val`` selects the epoch; ``student`` ends in the best epoch's state.
     Under torchrun the ranks train it data-parallel (:mod:`ravn.training.distributed`).
     """
@@ -147,8 +161,8 @@ def train_student(student: nn.Module, teacher: nn.Module, latent: list[str], cap
                         config.augment, seed)
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = normalize(images)
-        out = Step(None, labels)
+        x = normalize(to_model(student, images))
+        out = Step(None, labels.to(x.device), layers=layers or {})
         if loss.needs_teacher:
             with torch.no_grad():
                 out.teacher_logits = teacher(x)
@@ -158,7 +172,7 @@ def train_student(student: nn.Module, teacher: nn.Module, latent: list[str], cap
         total, values = loss(out)
         return {"loss": total, **values}
 
-    callbacks: list[Callback] = [BatchNormMode(student, config.bn)]
+    callbacks: list[Callback] = [BatchNormMode(student, config.bn), LossSchedule(loss, config.epochs)]
     if progress:
         from ravn.progress import EpochProgress
 
@@ -172,20 +186,28 @@ def train_student(student: nn.Module, teacher: nn.Module, latent: list[str], cap
 
 def fine_tune(float_model: nn.Module, weights: dict[str, QuantizedWeight], dataset: Dataset, normalize: Normalize,
               config: FineTuneConfig, run_dir: Path | None = None, seed: int = 0, progress: bool = True,
-              teacher: nn.Module | None = None) -> FineTuneResult:
+              teacher: nn.Module | None = None, terms: list[tuple] = (),
+              quantizer_options: dict | None = None) -> FineTuneResult:
     """Fine-tune ``float_model`` quantized as ``weights``; returns the best epoch's quantized weights.
 
-    ``teacher`` defaults to ``float_model``. With ``run_dir``, training resumes after the last
-    finished epoch (:func:`ravn.training.loop.train_epochs`).
+    ``teacher`` defaults to ``float_model``. ``terms`` are a method's extra loss terms
+    (``(name, weight, options)``, :mod:`ravn.training.losses`), ``quantizer_options`` its trainable
+    quantizer's settings. With ``run_dir``, training resumes after the last finished epoch
+    (:func:`ravn.training.loop.train_epochs`).
     """
     teacher = (teacher or float_model).eval()
     student = copy.deepcopy(float_model)
     quantizers = attach(student, weights, config.quantizer, learn_tables=config.learn_quantizers,
-                        learn_scale=config.learn_quantizers)
+                        learn_scale=config.learn_quantizers, options=quantizer_options)
     names = list(weights)
     val = dataset.split("val", limit=config.epoch_val_size)
-    result = train_student(student, teacher, names, names, config.loss(), dataset.train, val, normalize, config,
-                           run_dir, seed, progress, {"layers": {n: list(q.bits) for n, q in weights.items()}})
+    loss = config.loss(list(terms))
+    layers = {n: (latent_weight(student, n), quantizers[n]) for n in names}
+    stamp = {"layers": {n: list(q.bits) for n, q in weights.items()},
+             **({"terms": [list(t) for t in terms]} if terms else {}),
+             **({"quantizer_options": quantizer_options} if quantizer_options else {})}
+    result = train_student(student, teacher, names, names, loss, dataset.train, val, normalize, config,
+                           run_dir, seed, progress, stamp, layers)
     student.eval()
     # Batch-norm statistics for the quantized weights: keep them only if validation agrees.
     calib = dataset.calibration(2000, seed=1)
@@ -198,4 +220,4 @@ def fine_tune(float_model: nn.Module, weights: dict[str, QuantizedWeight], datas
     final = frozen_weights(student, quantizers)
     latent = detach(student, names)
     return FineTuneResult(final, with_weights(latent, final), latent.eval(), result.history, result.best_epoch,
-                          m["top1"] if recalibrated else result.best_top1, recalibrated)
+                          m["top1"] if recalibrated else result.best_top1, recalibrated, quantizers)

@@ -1,0 +1,71 @@
+"""Devices: one-line errors for devices that are not there; on the CPU nothing moves; on a CUDA device
+(skipped without one) every method gives a file of the same format and size as on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import ravn
+from ravn.cli import main
+from ravn.device import device_of, on_device, resolve_device, to_model
+from ravn.errors import RavnError
+from ravn.methods import METHODS, Context
+from ravn.quantizers import quantize_uniform
+from tests.methods import toy
+from tests.methods.test_contract import small_config
+
+CUDA = torch.cuda.is_available()
+
+
+def test_cpu_and_auto_resolve_without_moving_anything():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda" if CUDA else "cpu")
+    model = nn.Linear(3, 2)
+    assert on_device(model, None) is model and on_device(model, "cpu") is model
+    x = torch.randn(4, 3)
+    assert to_model(model, x) is x
+    assert device_of(nn.ReLU()) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("name", ["tpu", "cuda0", ""])
+def test_unknown_device_is_a_one_line_error(name):
+    with pytest.raises(RavnError, match="unknown device"):
+        resolve_device(name)
+
+
+@pytest.mark.skipif(CUDA, reason="a CUDA device is visible")
+def test_cuda_without_a_device_is_refused_before_any_work(capsys, tmp_path):
+    with pytest.raises(RavnError, match="no CUDA device"):
+        resolve_device("cuda")
+    # refused before the data or the model is read: no such data folder is ever looked at
+    code = main(["quantize", "--method", "uniform", "--bits", "4", "--device", "cuda", "--data",
+                 str(tmp_path / "absent"), "--out", str(tmp_path / "m.ravn")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: --device cuda") and "\n" not in err
+    assert main(["eval", "--device", "nope", "--data", str(tmp_path / "absent")]) == 2
+
+
+def test_stored_weights_live_on_the_cpu():
+    q = quantize_uniform(torch.randn(4, 6).to(resolve_device("auto")), 3)
+    assert all(t.device.type == "cpu" for t in (q.codes, q.tables, q.scale))
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (benchmarks/gpu_check.py runs the same on real models)")
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("name", list(METHODS))
+def test_contract_cuda_gives_the_same_kind_of_file(name, tmp_path):
+    config = small_config(name)
+    results = {}
+    for device in ("cpu", "cuda"):
+        context = Context(toy.dataset(), toy.REF.normalize, tmp_path / f"{device}.run", 0, progress=False,
+                          device=device)
+        results[device] = ravn.quantize(toy.tiny(), config, context, name)
+    cpu, cuda = results["cpu"], results["cuda"]
+    assert device_of(cuda.model).type == "cuda"
+    assert cpu.weights.keys() == cuda.weights.keys()
+    for layer, q in cuda.weights.items():
+        assert q.codes.device.type == "cpu" and q.numel == cpu.weights[layer].numel
+    assert sum(q.coded_bits() for q in cuda.weights.values()) <= 1.05 * sum(
+        q.coded_bits() for q in cpu.weights.values()) + 64
