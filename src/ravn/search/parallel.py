@@ -66,7 +66,10 @@ class RayWorkers:
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
         threads = max(1, (os.cpu_count() or 1) // workers) if address is None else 1
         shared = ray.put(evaluator)
-        actor = ray.remote(num_cpus=1)(_Worker)
+        # an evaluator on a GPU (--device cuda): the actors share the GPUs Ray sees (untested here: CPU only)
+        on_gpu = next(evaluator.work.parameters()).device.type == "cuda"
+        gpus = ray.cluster_resources().get("GPU", 0) if on_gpu else 0
+        actor = ray.remote(num_cpus=1, num_gpus=min(1.0, gpus / workers))(_Worker)
         self.actors = [actor.remote(shared, threads) for _ in range(workers)]
         self.pool = ActorPool(self.actors)
 
