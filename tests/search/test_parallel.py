@@ -18,9 +18,9 @@ from tests.methods import toy
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _config(proposals: int = 4):
-    search = SearchConfig(agent="random", evaluations=9, patience=9, search_val_size=16, rerank=1, proposals=proposals)
-    return method("ravn").config(budget_bits=3.0, calibration_size=16, search=search)
+def _config(proposals: int = 4, agent: str = "random"):
+    search = SearchConfig(agent=agent, evaluations=9, patience=9, search_val_size=16, rerank=1, proposals=proposals)
+    return method("ravn").config(budget_bits=4.0, clusters=2, calibration_size=16, search=search)
 
 
 def _problem():
@@ -42,8 +42,8 @@ class SplitWorkers:
 
 def test_a_batch_evaluates_each_new_allocation_once_and_repeats_are_cached():
     evaluator = _problem().evaluator
-    a = {n: (3,) for n in evaluator.names}
-    b = {n: (4,) for n in evaluator.names}
+    a = {n: (3,) * cw.clusters for n, cw in evaluator.clustered.items()}
+    b = {n: (4,) * cw.clusters for n, cw in evaluator.clustered.items()}
     out = evaluator.evaluate_many([a, b, a])
     assert [r["cached"] for r in out] == [False, False, True] and evaluator.evaluations == 2
     assert out[0]["reward"] == out[2]["reward"]
@@ -53,7 +53,7 @@ def test_a_batch_evaluates_each_new_allocation_once_and_repeats_are_cached():
 
 def test_results_do_not_depend_on_the_workers_that_compute_them():
     problem = _problem()
-    allocs = [{n: (bits,) for n in problem.clustered} for bits in (2, 3, 4, 5, 3)]
+    allocs = [{n: (bits,) * cw.clusters for n, cw in problem.clustered.items()} for bits in (2, 3, 4, 5, 3)]
     alone = problem.evaluator.evaluate_many(allocs)
     other = _problem().evaluator
     other.workers = SplitWorkers(other, 2)
@@ -91,14 +91,23 @@ def test_workers_that_cannot_run_are_a_one_line_error(monkeypatch, workers):
                                                       progress=False))
 
 
-def _search(workers: int, tmp_path, tag: str):
+def _search(workers: int, tmp_path, tag: str, agent: str):
     context = Context(toy.dataset(), toy.REF.normalize, tmp_path / tag, seed=3, progress=False, workers=workers)
-    return ravn.quantize(toy.tiny(), _config(), context)
+    return ravn.quantize(toy.tiny(), _config(agent=agent), context)
 
 
-def test_same_seed_same_allocation_on_one_and_two_ray_workers(tmp_path):
+@pytest.mark.parametrize("agent", ["random", "ppo"])
+def test_same_seed_same_allocation_on_one_and_two_ray_workers(tmp_path, agent, monkeypatch):
     pytest.importorskip("ray")
-    one, two = _search(1, tmp_path, "one"), _search(2, tmp_path, "two")
+    from ravn.search.parallel import RayWorkers
+
+    sent: list[int] = []
+    real = RayWorkers.map
+    monkeypatch.setattr(RayWorkers, "map", lambda self, allocs: sent.append(len(allocs)) or real(self, allocs))
+    one = _search(1, tmp_path, "one", agent)
+    assert sent == []
+    two = _search(2, tmp_path, "two", agent)
+    assert sent and max(sent) > 1  # rounds went to the actors
     assert one.allocation == two.allocation
     keys = ("episode", "reward", "val_top1", "fidelity")
     assert [{k: h[k] for k in keys} for h in one.log["history"]] == \
