@@ -1,4 +1,4 @@
-"""``python -m ravn``: the command line (and ``torchrun --nproc_per_node N -m ravn quantize ...``)."""
+"""``python -m ravn ...`` (and ``torchrun ... -m ravn ...``): the ``ravn`` command line."""
 
 import sys
 

@@ -89,6 +89,8 @@ class NearestEntry:
         self.entry = torch.cat([p.indices + s for p, s in zip(parts, self.starts.tolist(), strict=True)])
 
     def __call__(self, u: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        if len(self.starts) == 1:  # one cluster: no keys, searchsorted already clamps to the ends
+            return self.entry[torch.searchsorted(self.mids, u)]
         u = torch.minimum(torch.maximum(u, self.lo[ids]), self.hi[ids])
         pos = torch.searchsorted(self.mids, u + ids * self.span) - self.mid_starts[ids]
         return self.entry[self.starts[ids] + pos]
