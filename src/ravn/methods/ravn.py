@@ -94,22 +94,24 @@ def quantize_ravn(model: nn.Module, config: RavnConfig, context: Context) -> Qua
     torch.manual_seed(context.seed)
     dataset = context.require_data("RAVN (calibration and validation images)")
     search = config.search
+    coding = context.coding or "fixed"  # the budget counts the codes as the file will store them
     current, rounds, best = model, [], None
     for r in range(1, (config.rounds if config.finetune else 1) + 1):
         folder = context.run_dir / f"round{r}" if context.run_dir and config.finetune else context.run_dir
         problem = prepare(current, config, dataset, context.normalize, search.lam if search else 1.0,
                           search.search_val_size if search else 1000, context.seed, reference=model,
-                          overhead=context.overhead)
+                          overhead=context.overhead, coding=coding)
         _, weights, log = allocate(problem, search, context, folder, reference=model)
         if config.finetune is None:
-            return QuantizationResult(with_weights(current, weights), weights, log)
+            return QuantizationResult(with_weights(current, weights), weights, log, coding=coding)
         ft = fine_tune(current, weights, dataset, context.normalize, config.finetune, folder, context.seed,
                        context.progress, teacher=model)
         rounds.append({**log, "finetune": ft.log()})
         if best is not None and ft.val_top1 <= best.val_top1:
             break  # Algorithm 1 has converged: another round did not help on validation
         best, current = ft, ft.latent
-    return QuantizationResult(best.model, best.weights, {"rounds": rounds, "final_val_top1": best.val_top1})
+    return QuantizationResult(best.model, best.weights, {"rounds": rounds, "final_val_top1": best.val_top1},
+                              coding=coding)
 
 
 _TABLE6 = "Table 6: "

@@ -1,15 +1,16 @@
 """Quantizers: pure numeric primitives, the table storage format, roundings, trainable quantizers, the layer registry.
 
-Importing the package registers the built-in roundings (``nearest``, ``gptq``).
+Importing the package registers the built-in roundings (``nearest``, ``gptq``, ``gptq-rate``).
 """
 
 from ravn.quantizers.affine import choose_qparams_affine, dequantize_affine, quantize_affine
 from ravn.quantizers.gptq import GPTQ
 from ravn.quantizers.layers import QUANTIZABLE, quantizable_layers
 from ravn.quantizers.qweight import MAX_BITS, MIN_BITS, QuantizedWeight
+from ravn.quantizers.rate import RateGPTQ
 from ravn.quantizers.uniform import quantize_uniform
 
 __all__ = [
-    "GPTQ", "MAX_BITS", "MIN_BITS", "QUANTIZABLE", "QuantizedWeight", "choose_qparams_affine", "dequantize_affine",
-    "quantizable_layers", "quantize_affine", "quantize_uniform",
+    "GPTQ", "MAX_BITS", "MIN_BITS", "QUANTIZABLE", "QuantizedWeight", "RateGPTQ", "choose_qparams_affine",
+    "dequantize_affine", "quantizable_layers", "quantize_affine", "quantize_uniform",
 ]

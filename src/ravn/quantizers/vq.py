@@ -172,6 +172,10 @@ class ClusteredWeight:
             self._cache[key] = cluster_table(self.values[self.members[m]], bits, self.grid)
         return self._cache[key]
 
+    def histogram(self, m: int, bits: int) -> np.ndarray:
+        """How often cluster ``m``'s round-to-nearest codes at ``bits`` bits take each of the ``2^bits`` values."""
+        return np.bincount(self._cluster(m, bits)[0], minlength=1 << bits)
+
     def quantize(self, bits: tuple[int, ...] | list[int]) -> QuantizedWeight:
         """The layer quantized with ``bits[m]`` bits in cluster ``m``."""
         bits = check_bits(bits)
