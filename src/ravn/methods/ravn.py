@@ -49,7 +49,8 @@ class RavnConfig(Config):
     #: Initial bits: 'vq' (8 bits everywhere projected by modelled damage), 'random' (U[2, 8], Sec. 4.2),
     #: 'same' (floor(budget bits) in every cluster) or 'ilp' (least modelled damage, exactly: an integer program).
     init: str = "vq"
-    #: How codes are chosen once bits are fixed: 'gptq' (against each layer's output error) or 'nearest'.
+    #: How codes are chosen once bits are fixed: 'gptq' (against each layer's output error), 'nearest', or
+    #: 'gptq-rate' (GPTQ trading error for entropy-coded code length, to the layer's share; with --coding ans).
     rounding: str = "gptq"
     #: Per-layer sensitivity probe for the damage model (registry of ravn.search.sensitivity): 'fidelity',
     #: 'hessian' (average Hessian trace, HAWQ-V2) or 'eigenvalue' (top Hessian eigenvalue, HAWQ-V1).
