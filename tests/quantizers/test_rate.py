@@ -88,3 +88,11 @@ def test_gptq_rate_meets_the_share_of_the_allocation(bits):
     if coded_bits(q, plain) <= target:
         assert torch.equal(codes, plain)
     assert _output_error(layer, q.with_codes(codes), x) < _output_error(layer, q, x)  # still beats RTN
+
+
+def test_a_share_no_mu_meets_leaves_plain_gptq_codes():
+    """Arriving with every code equal, the share is the frequency table alone: no code choice within reach
+    meets it, so the codes stay GPTQ's and the stored-size check steps the allocation down instead."""
+    layer, _, q, h = _case(bits=3)
+    q = q.with_codes(torch.zeros_like(q.codes))
+    assert torch.equal(RateGPTQ().codes(layer.weight, q, h), gptq_codes(layer.weight, q, h))

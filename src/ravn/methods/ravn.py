@@ -25,7 +25,7 @@ from torch import nn
 from ravn.config import Config
 from ravn.methods.base import Context, QuantizationResult, register_method, register_preset
 from ravn.quantizers.swap import with_weights
-from ravn.quantizers.vq import GRIDS, MAX_CLUSTERS
+from ravn.quantizers.vq import GRIDS, MAX_CLUSTERS, check_outliers
 from ravn.search.agents import SearchConfig
 from ravn.search.problem import INITS, prepare
 from ravn.search.run import allocate
@@ -41,6 +41,9 @@ class RavnConfig(Config):
     #: M: k-means clusters per layer. One by default: at 4.0/3.0/2.5 bits the cluster ids cost more
     #: than they save (benchmarks/results/vq_design.md); 2..16 for RAVN's per-cluster bit-widths.
     clusters: int = 1
+    #: With 3 clusters: this fraction of the weights, the largest and smallest values, forms two small tail
+    #: clusters instead of k-means' (0: k-means clusters). Cheap ids when entropy-coded (--coding ans).
+    outliers: float = 0.0
     #: In-cluster table: 'uniform' cells over the cluster's range, or a 'kmeans' sub-codebook.
     #: Uniform cells beat k-means sub-codebooks after GPTQ (same benchmark).
     grid: str = "uniform"
@@ -78,6 +81,7 @@ class RavnConfig(Config):
             raise ValueError(f"budget_bytes must be positive, got {self.budget_bytes}")
         if not 1 <= self.clusters <= MAX_CLUSTERS:
             raise ValueError(f"clusters must be in 1..{MAX_CLUSTERS}, got {self.clusters}")
+        check_outliers(self.outliers, self.clusters)
         if self.grid not in GRIDS:
             raise ValueError(f"grid must be one of {GRIDS}, got {self.grid!r}")
         if self.init not in INITS:

@@ -12,14 +12,17 @@ inside GPTQ's error feedback.
 
 - **Frequency model**: the code lengths come from the codes themselves, re-estimated ``passes`` times
   (plain GPTQ's codes first, then each pass's codes; counts smoothed by 1/2 so an unused level has a
-  finite length).
+  finite length). One pass by default: the size is then measured on the codes it gives.
 - **mu per layer, from the allocation**: the allocation gave the layer a share of the budget, its
   estimated coded size at the bits it chose (:class:`ravn.quantizers.size.CodedCost`: the entropy of
   the round-to-nearest codes the layer arrives with, plus the frequency table). If plain GPTQ's codes
   fit that share, ``mu = 0`` (plain GPTQ, exactly). Otherwise ``mu`` is the Lagrange multiplier that
-  meets it: the least ``mu`` (bisection on ``log mu`` from a bracket found by doubling) whose codes'
-  estimated size is within the share. So the stored file meets the budget the projection planned,
-  instead of being stepped down afterwards.
+  meets it: the least ``mu`` (bisection on ``log mu`` from a bracket grown by factors of ``growth``
+  from ``1/16`` of the weighted round-to-nearest error per weight) whose codes' estimated size is
+  within the share. So the stored file meets the budget the projection planned, instead of being
+  stepped down afterwards. If no ``mu`` in the bracket meets it, the codes are plain GPTQ's and the
+  stored-size check steps the allocation down (a larger ``mu`` would cost more error than a bit less
+  elsewhere).
 
 A rounding entry rather than an option of ``gptq``: it is chosen the same way (``--rounding``), has
 the same layerwise / sequential forms (it is :class:`GPTQ` with another :meth:`GPTQ.codes`), and
@@ -52,7 +55,7 @@ def code_lengths(q: QuantizedWeight, codes: torch.Tensor) -> torch.Tensor:
 
 
 def rate_codes(weight: torch.Tensor, q: QuantizedWeight, hessians: list[torch.Tensor], mu: float,
-               plain: torch.Tensor, damp: float = 0.01, passes: int = 2) -> torch.Tensor:
+               plain: torch.Tensor, damp: float = 0.01, passes: int = 1) -> torch.Tensor:
     """GPTQ codes at a fixed ``mu``, the frequency model re-estimated ``passes`` times from ``plain``."""
     codes = plain
     for _ in range(passes):
@@ -73,7 +76,7 @@ def error_scale(weight: torch.Tensor, q: QuantizedWeight, hessians: list[torch.T
 class RateGPTQ(GPTQ):
     """GPTQ whose codes meet the layer's coded-size share (see the module docstring)."""
 
-    def __init__(self, damp: float = 0.01, passes: int = 2, iterations: int = 6, growth: float = 4.0):
+    def __init__(self, damp: float = 0.01, passes: int = 1, iterations: int = 4, growth: float = 4.0):
         super().__init__(damp)
         self.passes, self.iterations, self.growth = passes, iterations, growth
 
@@ -83,25 +86,20 @@ class RateGPTQ(GPTQ):
         if coded_bits(q, plain) <= target:
             return plain
 
-        def attempt(mu: float) -> tuple[torch.Tensor, float]:
+        def fits(mu: float) -> torch.Tensor | None:
             codes = rate_codes(weight, q, hessians, mu, plain, self.damp, self.passes)
-            return codes, coded_bits(q, codes)
+            return codes if coded_bits(q, codes) <= target else None
 
-        lo, hi = 0.0, max(error_scale(weight, q, hessians), 1e-30)
-        best, size = attempt(hi)
-        smallest = (size, best)
-        for _ in range(self.iterations):  # bracket: grow mu until the share is met
-            if size <= target:
+        lo, hi = 0.0, max(error_scale(weight, q, hessians), 1e-30) / 16
+        for _ in range(self.iterations + 1):  # bracket: grow mu until the share is met
+            if (best := fits(hi)) is not None:
                 break
             lo, hi = hi, hi * self.growth
-            best, size = attempt(hi)
-            smallest = min(smallest, (size, best), key=lambda t: t[0])
-        if size > target:
-            return smallest[1]  # the share cannot be met this way; the stored size is checked later
+        else:
+            return plain  # no mu in the bracket meets the share: the stored-size check steps the allocation down
         for _ in range(self.iterations):  # bisection on log mu: the least mu that meets the share
             mid = math.sqrt(lo * hi) if lo > 0 else hi / self.growth
-            codes, size = attempt(mid)
-            if size <= target:
+            if (codes := fits(mid)) is not None:
                 hi, best = mid, codes
             else:
                 lo = mid

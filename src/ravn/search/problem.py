@@ -55,6 +55,7 @@ class ProblemSettings(Protocol):
     budget_bits: float | None  # measured average bits per quantized weight, cluster ids included, or
     budget_bytes: int | None  # bytes of the whole file
     clusters: int  # k-means clusters per layer
+    outliers: float  # with 3 clusters: the share of the two small tail clusters (0: k-means)
     grid: str  # in-cluster table: "kmeans" or "uniform"
     per_channel: bool  # weights divided by their channel's largest magnitude
     init: str  # initial allocation, one of INITS
@@ -188,8 +189,8 @@ def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None
         raise RavnError("this method needs data (calibration and validation images)", "pass a dataset")
     start = time.perf_counter()
     layers = quantizable_layers(model, settings.exclude)
-    clustered = {name: ClusteredWeight(m.weight, settings.clusters, settings.per_channel, settings.grid)
-                 for name, m in layers.items()}
+    clustered = {name: ClusteredWeight(m.weight, settings.clusters, settings.per_channel, settings.grid,
+                                       settings.outliers) for name, m in layers.items()}
     costs = layer_costs(clustered, settings.per_channel, coding)
     if settings.budget_bits is not None:
         budget = Budget(bits=settings.budget_bits)
