@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ravn.config import Config
+from ravn.errors import RavnError
 from ravn.methods.base import Context, QuantizationResult, register_method, register_preset
 from ravn.quantizers.swap import with_weights
 from ravn.quantizers.vq import GRIDS, MAX_CLUSTERS, check_outliers
@@ -100,6 +101,9 @@ def quantize_ravn(model: nn.Module, config: RavnConfig, context: Context) -> Qua
     dataset = context.require_data("RAVN (calibration and validation images)")
     search = config.search
     coding = context.coding or "fixed"  # the budget counts the codes as the file will store them
+    if config.rounding == "gptq-rate" and coding == "fixed":
+        raise RavnError("--rounding gptq-rate trades error for entropy-coded code length; fixed-width codes "
+                        "only get the error", "add --coding ans (or use --rounding gptq)")
     current, rounds, best = model, [], None
     for r in range(1, (config.rounds if config.finetune else 1) + 1):
         folder = context.run_dir / f"round{r}" if context.run_dir and config.finetune else context.run_dir
