@@ -26,8 +26,9 @@ then the search's evaluations, then the stored weights):
 
 Each row: wall seconds, the process's peak resident memory during the stage (``VmHWM`` reset before it,
 Linux; it includes what earlier stages hold), and the floor: the stage's forward passes timed alone on
-the same data. Rows are written after every stage (``benchmarks/results/scale.{json,md}``); run the same
-command again and finished stages are skipped (a stage is re-run, unmeasured, only when a missing later
+the same data; the 1-minute load average at the stage's end (a shared machine inflates both times).
+Rows are written after every stage (``benchmarks/results/scale.{json,md}``); run the same command again
+and finished stages are skipped (a stage is re-run, unmeasured, only when a missing later
 stage needs what it computes; the file for ``load`` is kept in ``benchmarks/runs/scale/``).
 """
 
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import resource
 import sys
 import time
@@ -66,7 +68,7 @@ NEEDS = {"references": "clustering", "sensitivity": "references", "evaluation (n
          "evaluation": "evaluation (new bits)", "reconstruction": "clustering", "export": "reconstruction"}
 COLUMNS = [("model", "model"), ("stage", "stage"), ("seconds", "wall s"), ("floor_seconds", "forward passes s"),
            ("floor", "forward passes it needs"), ("ratio", "wall / floor"), ("peak_rss_mib", "peak RSS MiB"),
-           ("note", "note")]
+           ("load", "load avg"), ("note", "note")]
 
 
 def reset_peak() -> bool:
@@ -238,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
             floor, passes = run.floors[stage]
             rows.append({"model": name, "stage": stage, "seconds": seconds, "floor_seconds": floor, "floor": passes,
                          "ratio": seconds / floor if floor else None, "peak_rss_mib": peak, "note": note,
+                         "load": os.getloadavg()[0],
                          "settings": settings, "calibration": len(run.calib), "val_images": len(run.data.val_labels),
                          "weights": sum(run.model.get_submodule(n).weight.numel() for n in run.names)})
             save_results(stem, "Cost of each stage on real-size models", rows, COLUMNS, notes)
