@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +44,15 @@ from ravn.evaluation import evaluate
 from ravn.methods import Context, RavnConfig, SearchConfig, UniformConfig
 from ravn.models import ModelRef, load_model
 from ravn.pipeline import run
-from ravn.report.results import machine, markdown_table, save_results, versions, write_atomic
+from ravn.report.results import (
+    machine,
+    markdown_table,
+    provenance,
+    save_results,
+    source_commit,
+    versions,
+    write_atomic,
+)
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "attribution"
@@ -95,24 +102,13 @@ def plan(models, budgets, seeds, variants) -> list[tuple[str, float, str, int]]:
     return [job for _, job in sorted(jobs)]
 
 
-def commit() -> str | None:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "../src"], cwd=HERE,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return head + ("+dirty-src" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def measure(name: str, ref: ModelRef, model, float_top1: float, budget: float, variant: str, seed: int,
             dataset, evaluations: int, out: Path) -> dict:
     cfg = config_of(variant, model, budget, evaluations)
     run_dir = ROWS / (row_name(name, budget, variant, seed) + ".run") if variant in SEEDED else None
     context = Context(dataset=dataset, normalize=ref.normalize, seed=seed, progress=False, run_dir=run_dir)
     row = {"model": name, "budget_bits": budget, "variant": variant, "seed": seed,
-           "machine": machine(), "versions": versions(), "commit": commit()}
+           "machine": machine(), "versions": versions(), "commit": source_commit()}
     row["threads"] = row["machine"]["torch_threads"]
     start = time.perf_counter()
     try:
@@ -209,30 +205,6 @@ def _pm(r: dict) -> str:
     if r.get("diff") is None:
         return ""
     return f"{r['diff']:+.2f}" + (f" ± {r['diff_std']:.2f}" if r.get("diff_std") is not None else "")
-
-
-def provenance(rows: list[dict]) -> str:
-    kinds = {}
-    for r in rows:
-        m = r["machine"]
-        key = (m["cpu"], m["cores"], m["torch_threads"], m.get("platform"))
-        kinds.setdefault(key, []).append(r)
-    vs = {json.dumps(r["versions"], sort_keys=True) for r in rows}
-    commits = sorted({str(r.get("commit")) for r in rows})
-    lines = ["## Provenance\n"]
-    if len(kinds) == 1:
-        (cpu, cores, threads, plat), = kinds
-        lines.append(f"All {len(rows)} row(s) were measured on one machine: {cpu}, {cores} cores, torch threads "
-                     f"{threads} ({plat}).")
-    else:
-        lines.append(f"**The rows come from {len(kinds)} different machines or thread counts** (wall times are "
-                     "comparable only within one):")
-        lines += [f"- {cpu}, {cores} cores, torch threads {threads} ({plat}): {len(rs)} rows"
-                  for (cpu, cores, threads, plat), rs in kinds.items()]
-    lines.append(f"\nVersions: {'one set for all rows' if len(vs) == 1 else f'{len(vs)} different sets (see the JSON)'}"
-                 f"; commits: {', '.join(commits)}. Wall times are on a shared machine (other jobs ran beside "
-                 "this one), so they are upper bounds.")
-    return "\n".join(lines)
 
 
 def main() -> None:

@@ -171,9 +171,9 @@ FIXED_OPTIONS = {
     "mode": Annotated[str | None, typer.Option(
         help="'ptq' (post-training) or 'qat' (with fine-tuning); default: the method's.")],
     "coding": Annotated[str | None, typer.Option(
-        help="How the file stores the codes: 'fixed' width (random access) or entropy-coded 'ans' (smaller; "
-             "the budget is still met with fixed-width sizes) or 'huffman'; default: the method's ('fixed', "
-             "but deepcompression's budget is met entropy-coded, 'ans').")],
+        help="How the file stores the codes: 'fixed' width (random access) or entropy-coded 'ans' (smaller) or "
+             "'huffman'; budgets are met on the coded size, so an entropy-coded budget buys wider grids; "
+             "default: the method's ('fixed', deepcompression 'ans').")],
     "seed": Annotated[int, typer.Option(help="Seed of every random choice.")],
     "run_dir": Annotated[Path | None, typer.Option(
         help="Folder for logs and resumable state (default OUT with suffix .run).")],

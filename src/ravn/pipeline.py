@@ -64,10 +64,10 @@ def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: 
         progress: bool = True, method: str | None = None, coding: str | None = None) -> dict:
     """Quantize ``model`` with ``config`` (method ``method``, a preset name), write ``out`` and measure it.
 
-    ``coding`` stores the codes fixed-width (random access) or entropy-coded (``ans``: smaller files; the
-    budget is still projected with fixed-width sizes, so an entropy-coded file stays well inside it);
-    ``None``: the method's choice (``fixed`` unless the method sizes its budget entropy-coded, as
-    ``deepcompression`` does).
+    ``coding`` stores the codes fixed-width (random access) or entropy-coded (``ans``: smaller files);
+    methods with a budget size it for that coding (``ravn`` and its presets, ``deepcompression``), so an
+    entropy-coded budget buys wider grids; ``None``: the method's choice (``fixed`` unless the method
+    codes entropy-coded by default, as ``deepcompression`` does).
 
     ``float_top1`` skips re-measuring the float model when the caller knows it (on the same subset).
     """

@@ -43,13 +43,14 @@ def small_config(name: str) -> Config:
     return spec.config(**changes)
 
 
-def _quantize(name: str, tmp_path, tag: str, seed: int = 0):
+def _quantize(name: str, tmp_path, tag: str, seed: int = 0, coding: str | None = None):
     config = small_config(name)
-    context = Context(toy.dataset(), toy.REF.normalize, tmp_path / f"{tag}.run", seed, progress=False, ref=toy.REF)
+    context = Context(toy.dataset(), toy.REF.normalize, tmp_path / f"{tag}.run", seed, progress=False, ref=toy.REF,
+                      coding=coding)
     result = ravn.quantize(toy.tiny(), config, context, name)
     path = tmp_path / f"{tag}.ravn"
     export.save(path, result.model, result.weights, toy.REF.with_kwargs(**result.ref_kwargs), result.method,
-                result.config, coding=result.coding or "fixed")
+                result.config, coding=result.coding or coding or "fixed")
     return config, result, path
 
 
@@ -68,10 +69,15 @@ def test_contract_quantize_save_read_back(name, tmp_path):
     assert result.allocation == {n: q.bits for n, q in result.weights.items()}
 
 
+@pytest.mark.parametrize("coding", [None, "ans"])
 @pytest.mark.parametrize("name", list(METHODS))
-def test_contract_budget_holds(name, tmp_path):
-    config, result, _ = _quantize(name, tmp_path, "a")
-    avg = export.size_report(result.weights, result.coding or "fixed")["avg_bits"]  # as stored
+def test_contract_budget_holds(name, coding, tmp_path):
+    """As stored, in the coding the method sized its budget for: ``result.coding`` (RAVN's recipe and its
+    presets size it for ``--coding ans``, counting the coded payloads), else fixed-width."""
+    config, result, path = _quantize(name, tmp_path, "a", coding=coding)
+    if isinstance(config, ravn.RavnConfig):
+        assert result.coding == (coding or "fixed")
+    avg = export.size_report(export.read(path).weights, result.coding or "fixed")["avg_bits"]
     assert avg <= (getattr(config, "budget_bits", None) or getattr(config, "bits", 8)) + 1e-9
 
 

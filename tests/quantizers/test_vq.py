@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ravn.quantizers.qweight import QuantizedWeight
-from ravn.quantizers.vq import ClusteredWeight, kmeans_1d, lloyd_1d
+from ravn.quantizers.vq import ClusteredWeight, kmeans_1d, lloyd_1d, outlier_ids
 
 shapes = st.sampled_from([(5, 3, 3, 3), (7, 1, 3, 3), (3, 11), (9, 2, 1, 1), (4, 5, 3)])
 
@@ -75,3 +75,20 @@ def test_constant_layer_and_too_many_clusters():
     cw = ClusteredWeight(torch.full((3, 4), 0.5), clusters=4)
     assert cw.clusters == 1  # no more clusters than distinct values
     assert torch.allclose(cw.quantize((2,)).dequantize(), torch.full((3, 4), 0.5))
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(3, 400), outliers=st.floats(0.01, 0.5), seed=st.integers(0, 2**16))
+def test_outlier_layout_has_two_small_tails(n, outliers, seed):
+    values = np.random.default_rng(seed).standard_normal(n)
+    ids = outlier_ids(values, outliers)
+    tail = min(max(1, round(outliers / 2 * n)), (n - 1) // 2)
+    assert np.bincount(ids, minlength=3).tolist() == [tail, n - 2 * tail, tail]
+    assert values[ids == 0].max() <= values[ids == 1].min() and values[ids == 1].max() <= values[ids == 2].min()
+
+
+def test_outlier_layout_needs_three_clusters():
+    with pytest.raises(ValueError, match="3 clusters"):
+        ClusteredWeight(torch.randn(4, 4), 2, outliers=0.05)
+    cw = ClusteredWeight(torch.randn(8, 16), 3, outliers=0.1)
+    assert [len(m) for m in cw.members] == [6, 116, 6]

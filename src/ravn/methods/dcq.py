@@ -39,7 +39,7 @@ from ravn.quantizers.layers import quantizable_layers
 from ravn.quantizers.qweight import QuantizedWeight
 from ravn.quantizers.swap import attach, detach, frozen_weights, with_weights
 from ravn.quantizers.uniform import fit_scale, quantize_uniform
-from ravn.search.budget import Budget, widest_within
+from ravn.search.budget import Budget, check_budget_fields, widest_within
 from ravn.search.problem import estimated_overhead
 from ravn.training.finetune import FineTuneConfig, fine_tune, train_student
 from ravn.training.losses import Loss
@@ -65,14 +65,10 @@ class DCQConfig(Config):
     finetune: FineTuneConfig | None = field(default_factory=lambda: FineTuneConfig(epochs=1))
 
     def __post_init__(self) -> None:
-        if (self.budget_bits is None) == (self.budget_bytes is None):
-            raise ValueError("give exactly one of budget_bits and budget_bytes")
-        if self.budget_bits is not None and not 1.0 <= self.budget_bits <= 8.0:
-            raise ValueError(f"budget_bits must be between 1 and 8, got {self.budget_bits}")
+        check_budget_fields(self.budget_bits, self.budget_bytes)
         if self.section_epochs < 0 or self.workers < 1:
             raise ValueError("section_epochs must be >= 0 and workers >= 1")
         self.sections, self.exclude = tuple(self.sections), tuple(self.exclude)
-        Budget(self.budget_bits, self.budget_bytes)  # its range checks
 
 
 @dataclass

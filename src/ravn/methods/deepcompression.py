@@ -31,7 +31,7 @@ from ravn.methods.base import Context, QuantizationResult, register_method
 from ravn.quantizers.layers import quantizable_layers
 from ravn.quantizers.swap import with_weights
 from ravn.quantizers.vq import shared_weights
-from ravn.search.budget import Budget, widest_within
+from ravn.search.budget import Budget, check_budget_fields, widest_within
 from ravn.search.problem import estimated_overhead
 from ravn.training.finetune import FineTuneConfig, fine_tune
 from ravn.training.prune import prune
@@ -56,8 +56,7 @@ class DeepCompressionConfig(Config):
     finetune: FineTuneConfig | None = field(default_factory=lambda: FineTuneConfig(epochs=1, quantizer="shared"))
 
     def __post_init__(self) -> None:
-        if (self.budget_bits is None) == (self.budget_bytes is None):
-            raise ValueError("give exactly one of budget_bits and budget_bytes")
+        check_budget_fields(self.budget_bits, self.budget_bytes, min_bits=1e-3)
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if self.prune_steps < 1 or self.prune_epochs < 0:
@@ -65,7 +64,6 @@ class DeepCompressionConfig(Config):
         if self.finetune is not None and self.finetune.quantizer != "shared":
             raise ValueError("deepcompression fine-tunes shared centroids: --quantizer shared")
         self.exclude = tuple(self.exclude)
-        Budget(self.budget_bits, self.budget_bytes)  # its range checks
 
 
 @register_method("deepcompression", DeepCompressionConfig, "Deep Compression (Han et al. 2016): iterative magnitude "

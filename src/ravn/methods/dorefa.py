@@ -32,7 +32,7 @@ from ravn.quantizers.layers import quantizable_layers
 from ravn.quantizers.qweight import QuantizedWeight
 from ravn.quantizers.size import LayerCost
 from ravn.quantizers.trainable import TRAINABLE
-from ravn.search.budget import Budget, uniform_bits
+from ravn.search.budget import Budget, check_budget_fields, uniform_bits
 from ravn.search.problem import estimated_overhead
 from ravn.training.finetune import FineTuneConfig, fine_tune
 from ravn.training.losses import SinReQ
@@ -61,12 +61,7 @@ class TrainConfig(Config):
     finetune: FineTuneConfig | None = field(default_factory=lambda: FineTuneConfig(quantizer="dorefa"))
 
     def __post_init__(self) -> None:
-        if (self.budget_bits is None) == (self.budget_bytes is None):
-            raise ValueError("give exactly one of budget_bits and budget_bytes")
-        if self.budget_bits is not None and not 1.0 <= self.budget_bits <= 8.0:
-            raise ValueError(f"budget_bits must be between 1 and 8, got {self.budget_bits}")
-        if self.budget_bytes is not None and self.budget_bytes <= 0:
-            raise ValueError(f"budget_bytes must be positive, got {self.budget_bytes}")
+        check_budget_fields(self.budget_bits, self.budget_bytes)
         if self.width < 1:
             raise ValueError(f"width must be a positive integer, got {self.width}")
         if self.sinreq < 0 or self.sinreq_schedule not in SinReQ.SCHEDULES:

@@ -23,9 +23,10 @@ import torch
 from torch import nn
 
 from ravn.config import Config
+from ravn.errors import RavnError
 from ravn.methods.base import Context, QuantizationResult, register_method, register_preset
 from ravn.quantizers.swap import with_weights
-from ravn.quantizers.vq import GRIDS, MAX_CLUSTERS
+from ravn.quantizers.vq import GRIDS, MAX_CLUSTERS, check_outliers
 from ravn.search.agents import SearchConfig
 from ravn.search.budget import check_budget_fields
 from ravn.search.problem import INITS, prepare
@@ -42,6 +43,9 @@ class RavnConfig(Config):
     #: M: k-means clusters per layer. One by default: at 4.0/3.0/2.5 bits the cluster ids cost more
     #: than they save (benchmarks/results/vq_design.md); 2..16 for RAVN's per-cluster bit-widths.
     clusters: int = 1
+    #: With 3 clusters: this fraction of the weights, the largest and smallest values, forms two small tail
+    #: clusters instead of k-means' (0: k-means clusters). Cheap ids when entropy-coded (--coding ans).
+    outliers: float = 0.0
     #: In-cluster table: 'uniform' cells over the cluster's range, or a 'kmeans' sub-codebook.
     #: Uniform cells beat k-means sub-codebooks after GPTQ (same benchmark).
     grid: str = "uniform"
@@ -50,7 +54,8 @@ class RavnConfig(Config):
     #: Initial bits: 'vq' (8 bits everywhere projected by modelled damage), 'random' (U[2, 8], Sec. 4.2),
     #: 'same' (floor(budget bits) in every cluster) or 'ilp' (least modelled damage, exactly: an integer program).
     init: str = "vq"
-    #: How codes are chosen once bits are fixed: 'gptq' (against each layer's output error) or 'nearest'.
+    #: How codes are chosen once bits are fixed: 'gptq' (against each layer's output error), 'nearest', or
+    #: 'gptq-rate' (GPTQ trading error for entropy-coded code length, to the layer's share; with --coding ans).
     rounding: str = "gptq"
     #: Per-layer sensitivity probe for the damage model (registry of ravn.search.sensitivity): 'fidelity',
     #: 'hessian' (average Hessian trace, HAWQ-V2) or 'eigenvalue' (top Hessian eigenvalue, HAWQ-V1).
@@ -73,6 +78,7 @@ class RavnConfig(Config):
         check_budget_fields(self.budget_bits, self.budget_bytes)
         if not 1 <= self.clusters <= MAX_CLUSTERS:
             raise ValueError(f"clusters must be in 1..{MAX_CLUSTERS}, got {self.clusters}")
+        check_outliers(self.outliers, self.clusters)
         if self.grid not in GRIDS:
             raise ValueError(f"grid must be one of {GRIDS}, got {self.grid!r}")
         if self.init not in INITS:
@@ -90,22 +96,27 @@ def quantize_ravn(model: nn.Module, config: RavnConfig, context: Context) -> Qua
     torch.manual_seed(context.seed)
     dataset = context.require_data("RAVN (calibration and validation images)")
     search = config.search
+    coding = context.coding or "fixed"  # the budget counts the codes as the file will store them
+    if config.rounding == "gptq-rate" and coding == "fixed":
+        raise RavnError("--rounding gptq-rate trades error for entropy-coded code length; fixed-width codes "
+                        "only get the error", "add --coding ans (or use --rounding gptq)")
     current, rounds, best = model, [], None
     for r in range(1, (config.rounds if config.finetune else 1) + 1):
         folder = context.run_dir / f"round{r}" if context.run_dir and config.finetune else context.run_dir
         problem = prepare(current, config, dataset, context.normalize, search.lam if search else 1.0,
                           search.search_val_size if search else 1000, context.seed, reference=model,
-                          overhead=context.overhead)
+                          overhead=context.overhead, coding=coding)
         _, weights, log = allocate(problem, search, context, folder, reference=model)
         if config.finetune is None:
-            return QuantizationResult(with_weights(current, weights), weights, log)
+            return QuantizationResult(with_weights(current, weights), weights, log, coding=coding)
         ft = fine_tune(current, weights, dataset, context.normalize, config.finetune, folder, context.seed,
                        context.progress, teacher=model)
         rounds.append({**log, "finetune": ft.log()})
         if best is not None and ft.val_top1 <= best.val_top1:
             break  # Algorithm 1 has converged: another round did not help on validation
         best, current = ft, ft.latent
-    return QuantizationResult(best.model, best.weights, {"rounds": rounds, "final_val_top1": best.val_top1})
+    return QuantizationResult(best.model, best.weights, {"rounds": rounds, "final_val_top1": best.val_top1},
+                              coding=coding)
 
 
 _TABLE6 = "Table 6: "

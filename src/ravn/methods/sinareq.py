@@ -30,7 +30,7 @@ from ravn.methods.dorefa import homogeneous_start
 from ravn.quantizers.qweight import MAX_BITS, MIN_BITS
 from ravn.quantizers.swap import with_weights
 from ravn.quantizers.trainable import TRAINABLE
-from ravn.search.budget import fit
+from ravn.search.budget import check_budget_fields, fit
 from ravn.training.finetune import FineTuneConfig, fine_tune
 from ravn.training.losses import SinReQ
 
@@ -54,12 +54,7 @@ class SinareqConfig(Config):
     finetune: FineTuneConfig | None = field(default_factory=lambda: FineTuneConfig(quantizer="sinareq"))
 
     def __post_init__(self) -> None:
-        if (self.budget_bits is None) == (self.budget_bytes is None):
-            raise ValueError("give exactly one of budget_bits and budget_bytes")
-        if self.budget_bits is not None and not 1.0 <= self.budget_bits <= 8.0:
-            raise ValueError(f"budget_bits must be between 1 and 8, got {self.budget_bits}")
-        if self.budget_bytes is not None and self.budget_bytes <= 0:
-            raise ValueError(f"budget_bytes must be positive, got {self.budget_bytes}")
+        check_budget_fields(self.budget_bits, self.budget_bytes)
         if self.sinreq < 0 or self.bit_cost < 0 or self.sinreq_schedule not in SinReQ.SCHEDULES:
             raise ValueError(f"sinreq and bit_cost must be >= 0, sinreq_schedule one of {SinReQ.SCHEDULES}")
         if self.finetune is None or not hasattr(TRAINABLE.get_entry(self.finetune.quantizer), "learned_bits"):

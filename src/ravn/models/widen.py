@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ravn.device import device_of
 from ravn.errors import RavnError
 from ravn.models import ModelRef
 from ravn.quantizers.layers import QUANTIZABLE
@@ -29,7 +30,8 @@ from ravn.quantizers.layers import QUANTIZABLE
 def widen(model: nn.Module, ref: ModelRef, width: int, seed: int = 0) -> nn.Module:
     """``ref``'s factory at ``width``, holding ``model``'s function (module docstring); eval mode."""
     wide = ref.with_kwargs(width=width).build()
-    narrow, target = model.state_dict(), wide.state_dict()
+    narrow = {k: v.cpu() for k, v in model.state_dict().items()}  # widened on the CPU, then moved back
+    target = wide.state_dict()
     if narrow.keys() != target.keys():
         raise RavnError(f"'{ref.factory}' with width={width} has other layers than the model",
                         "WRPN needs a factory whose width only multiplies channel counts")
@@ -49,7 +51,7 @@ def widen(model: nn.Module, ref: ModelRef, width: int, seed: int = 0) -> nn.Modu
             out = out * _fractions(out.shape, width, generator)
         state[key] = out.clone()
     wide.load_state_dict(state)
-    return wide.eval()
+    return wide.to(device_of(model)).eval()
 
 
 def _fractions(shape: torch.Size, width: int, generator: torch.Generator) -> torch.Tensor:

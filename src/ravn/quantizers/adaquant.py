@@ -87,7 +87,7 @@ def adaquant_weight(weight: torch.Tensor, q: QuantizedWeight, grams: Grams, step
     step, the scales by ``lr`` x their mean. Returns the best iterate (the start, ``q``'s grid with the
     float weight rounded to nearest, included).
     """
-    quantizer = TableQuantizer(q, learn_tables=False, learn_scale=True)
+    quantizer = TableQuantizer(q, learn_tables=False, learn_scale=True).to(weight.device)
     latent = nn.Parameter(weight.detach().float().clone())
     magnitude = float(latent.detach().abs().mean()) or 1.0
     groups = [{"params": [latent], "lr": lr * magnitude}]

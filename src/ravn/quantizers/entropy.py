@@ -98,11 +98,18 @@ def frequency_model(counts: np.ndarray) -> np.ndarray:
     return min(candidates, key=lambda f: model_bits(f) + ideal_bits(counts, f)) if n else counts
 
 
-def estimated_bits(counts: np.ndarray) -> float:
+def estimated_bits(counts: np.ndarray, coder: str = "ans") -> float:
     """What :func:`encode` will take for symbols with these counts, in bits, without coding them:
-    model bits plus the ideal stream (ANS lands within a few words of it)."""
+    model bits plus, for ``"ans"``, the ideal stream (ANS lands within a few words of it) or, for
+    ``"huffman"``, the code lengths and the block lengths' header (at its widest)."""
+    counts = np.asarray(counts, dtype=np.int64)
     f = frequency_model(counts)
-    return model_bits(f) + ideal_bits(np.asarray(counts), f)
+    if coder == "ans" or np.count_nonzero(f) <= 1:
+        return model_bits(f) + ideal_bits(counts, f)
+    lengths = huffman_lengths(f)
+    blocks = -(-int(counts.sum()) // BLOCK)
+    head = 8 + -(-(blocks - 1) * int(int(lengths.max()) * BLOCK).bit_length() // 8) * 8
+    return model_bits(f) + head + float((counts * lengths).sum())
 
 
 def _write_model(f: np.ndarray) -> np.ndarray:

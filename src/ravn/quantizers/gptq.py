@@ -95,7 +95,9 @@ class NearestEntry:
     cluster ``m`` is clamped into that table's range and keyed ``m * span + u``, and one
     ``searchsorted`` over the keyed mid-points of every cluster finds each value's position in its own
     cluster's sorted table (``span`` exceeds every table's range, so clusters never overlap). Exact
-    ties go to the lower value. Returns indices into the concatenated tables.
+    ties go to the lower value. Returns indices into the concatenated tables; :meth:`position` gives the
+    position in the sorted tables instead (``sorted_values[p]`` is entry ``entry[p]``), whose neighbours
+    within ``first[ids]..last[ids]`` are the cluster's next levels.
     """
 
     def __init__(self, tables: torch.Tensor, bits: tuple[int, ...]):
@@ -110,15 +112,43 @@ class NearestEntry:
         self.mid_starts = torch.tensor([0, *(s - 1 for s in sizes[:-1])], device=tables.device).cumsum(0)
         self.starts = torch.tensor([0, *sizes[:-1]], device=tables.device).cumsum(0)
         self.entry = torch.cat([p.indices + s for p, s in zip(parts, self.starts.tolist(), strict=True)])
+        self.sorted_values = torch.cat([p.values for p in parts])
+        self.last = self.starts + torch.tensor(sizes, device=tables.device) - 1
+
+    def position(self, u: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        if len(self.starts) == 1:  # one cluster: no keys, searchsorted already clamps to the ends
+            return torch.searchsorted(self.mids, u)
+        u = torch.minimum(torch.maximum(u, self.lo[ids]), self.hi[ids])
+        return self.starts[ids] + torch.searchsorted(self.mids, u + ids * self.span) - self.mid_starts[ids]
 
     def __call__(self, u: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        u = torch.minimum(torch.maximum(u, self.lo[ids]), self.hi[ids])
-        pos = torch.searchsorted(self.mids, u + ids * self.span) - self.mid_starts[ids]
-        return self.entry[self.starts[ids] + pos]
+        return self.entry[self.position(u, ids)]
+
+
+class RatedEntry:
+    """The entry of each value's own cluster minimising ``(w - level)^2 / d + mu * lengths[entry]``: squared
+    error weighted as GPTQ weighs a column's error (``d = [H^-1]_ii``, the OBQ loss of rounding it) plus ``mu``
+    times the entry's code length in bits. Searched among the ``2 * reach + 1`` levels nearest in each
+    cluster's sorted table (further levels cost more error than any code length saves at useful ``mu``)."""
+
+    def __init__(self, nearest: NearestEntry, lengths: torch.Tensor, mu: float, reach: int = 3):
+        self.nearest, self.lengths, self.mu = nearest, lengths, mu
+        self.steps = torch.arange(-reach, reach + 1, device=lengths.device)
+
+    def __call__(self, col: torch.Tensor, s: torch.Tensor, o: torch.Tensor, r: torch.Tensor, ids: torch.Tensor,
+                 d: torch.Tensor) -> torch.Tensor:
+        n = self.nearest
+        pos = n.position((col - o) * r, ids).view(-1, 1) + self.steps
+        pos = torch.minimum(torch.maximum(pos, n.starts[ids].view(-1, 1)), n.last[ids].view(-1, 1))
+        level = n.sorted_values[pos] * s.view(-1, 1) + o.view(-1, 1)
+        entry = n.entry[pos]
+        cost = (col.view(-1, 1) - level) ** 2 / d + self.mu * self.lengths[entry]
+        return entry.gather(1, cost.argmin(1, keepdim=True)).squeeze(1)
 
 
 def gptq_codes(weight: torch.Tensor, q: QuantizedWeight, hessians: list[torch.Tensor],
-               damp: float = 0.01, block: int = 128) -> torch.Tensor:
+               damp: float = 0.01, block: int = 128, mu: float = 0.0,
+               lengths: torch.Tensor | None = None) -> torch.Tensor:
     """New codes for ``q`` (same tables, scales and clusters) that minimise the layer's output error.
 
     GPTQ's lazy batch updates (Frantar et al. 2022, Sec. 3, "Step 2"): columns are quantized one at a
@@ -126,6 +156,10 @@ def gptq_codes(weight: torch.Tensor, q: QuantizedWeight, hessians: list[torch.Te
     once per column, and over all later columns with one matrix product per block, which gives the
     same result as updating every later column after each column. Runs on ``weight``'s device;
     the codes come back on the CPU (where :class:`QuantizedWeight` lives).
+
+    With ``mu > 0`` and ``lengths`` (bits of each table entry's code), each weight takes the entry of
+    least error plus ``mu`` times its code length (:class:`RatedEntry`; rate-aware rounding,
+    :mod:`ravn.quantizers.rate`); ``mu = 0`` is plain GPTQ, exactly.
     """
     device = weight.device
     out = q.shape[0]
@@ -134,6 +168,7 @@ def gptq_codes(weight: torch.Tensor, q: QuantizedWeight, hessians: list[torch.Te
     codes = q.codes.to(device).view(out, -1).clone()
     tables = q.tables.to(device).double()
     nearest = NearestEntry(tables, q.bits)
+    rated = RatedEntry(nearest, lengths.to(device).double(), mu) if mu > 0 and lengths is not None else None
     scale = q.scale.to(device).double() if q.scale is not None else torch.ones(out, dtype=torch.float64, device=device)
     offset = (q.offset.to(device).double() if q.offset is not None
               else torch.zeros(out, dtype=torch.float64, device=device))
@@ -162,7 +197,8 @@ def gptq_codes(weight: torch.Tensor, q: QuantizedWeight, hessians: list[torch.Te
             errors = torch.empty(w.shape[0], b1 - b0, dtype=w.dtype, device=device)
             for i in range(b0, b1):
                 col = w[:, i]
-                j = nearest((col - o) * r, group_ids[:, i])
+                j = nearest((col - o) * r, group_ids[:, i]) if rated is None else rated(
+                    col, s, o, r, group_ids[:, i], hinv[i, i] ** 2)
                 entries[:, i] = j
                 err = (col - (tables[j] * s + o)) / hinv[i, i]
                 w[:, i + 1 : b1] -= err.view(-1, 1) * hinv[i, i + 1 : b1].view(1, -1)
@@ -176,9 +212,9 @@ def gptq_codes(weight: torch.Tensor, q: QuantizedWeight, hessians: list[torch.Te
 class GPTQ(Rounding):
     """GPTQ rounding (see the module docstring).
 
-    :meth:`layerwise` computes the float model's Hessians in one streamed forward pass (:func:`layer_hessians`:
-    no layer's inputs are kept, only ``X^T X``) and keeps them, so
-    re-choosing the codes of a layer for a given bit allocation depends on that layer alone and is
+    :meth:`layerwise` computes the float model's Hessians in one streamed forward pass
+    (:func:`layer_hessians`: no layer's inputs are kept, only ``X^T X``) and keeps them, so re-choosing the
+    codes of a layer for a given bit allocation depends on that layer alone and is
     cached per (layer, bits): a search sees (approximately) GPTQ-rounded weights at little more than
     round-to-nearest cost. :meth:`sequential` (on the inputs of the already quantized layers) makes
     the weights that are stored.
@@ -186,6 +222,10 @@ class GPTQ(Rounding):
 
     def __init__(self, damp: float = 0.01):
         self.damp = damp
+
+    def codes(self, weight: torch.Tensor, q: QuantizedWeight, hessians: list[torch.Tensor]) -> torch.Tensor:
+        """The layer's new codes (:func:`gptq_codes`); what a variant of GPTQ changes."""
+        return gptq_codes(weight, q, hessians, self.damp)
 
     def layerwise(self, model: nn.Module, names: list[str], calibration: torch.Tensor):
         modules = dict(model.named_modules())
@@ -197,7 +237,7 @@ class GPTQ(Rounding):
             key = (name, q.bits)
             if key not in cache:
                 h = hessians[name]
-                cache[key] = q if h is None else q.with_codes(gptq_codes(weights[name], q, h, self.damp))
+                cache[key] = q if h is None else q.with_codes(self.codes(weights[name], q, h))
             return cache[key]
 
         return round_layer
@@ -215,7 +255,7 @@ class GPTQ(Rounding):
             layer, q = modules[name], weights[name]
             hessians = layer_hessians(work, [name], calibration, stop=True)[name]
             # layer kinds without GPTQ keep round-to-nearest codes
-            out[name] = q if hessians is None else q.with_codes(gptq_codes(layer.weight, q, hessians, self.damp))
+            out[name] = q if hessians is None else q.with_codes(self.codes(layer.weight, q, hessians))
             with torch.no_grad():
                 layer.weight.copy_(out[name].dequantize())
         return out

@@ -10,8 +10,10 @@ Contract of a rounding (register a subclass of :class:`Rounding` with :func:`reg
 - :meth:`Rounding.sequential` rounds all layers of an allocation for storing; it may use the
   already rounded earlier layers (GPTQ compensates their error). ``model`` is left unchanged.
 
-``nearest`` (round-to-nearest, what the quantizers already did), ``gptq`` (:mod:`ravn.quantizers.gptq`)
-and ``adaquant`` (:mod:`ravn.quantizers.adaquant`) are registered.
+``nearest`` (round-to-nearest, what the quantizers already did), ``gptq`` (:mod:`ravn.quantizers.gptq`),
+``gptq-rate`` (:mod:`ravn.quantizers.rate`: GPTQ trading error for entropy-coded code length; it changes
+the codes' coded size, never beyond the share the allocation planned) and ``adaquant``
+(:mod:`ravn.quantizers.adaquant`) are registered.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ A layer with clusters of ``counts[m]`` weights at ``bits[m]`` bits stores (``doc
 - codes, ``bits[m]`` bits per weight of cluster ``m``: :meth:`LayerCost.code_bits`;
 - each stream padded to whole bytes;
 - or, entropy-coded (``ravn/2``, :mod:`ravn.quantizers.entropy`), one payload of whole bytes in place
-  of both streams, whose size is known only by coding it: :meth:`LayerCost.stored_bytes`;
+  of both streams, whose size is known only by coding it: :meth:`LayerCost.stored_bytes`; before the
+  codes exist, :class:`CodedCost` estimates it for any bit allocation;
 - tables of ``2^bits[m]`` float32 values (unless implicit) and per-channel float32 scales/offsets.
 
 :class:`ravn.quantizers.qweight.QuantizedWeight` (a stored layer), the budget (any allocation) and
@@ -15,10 +16,13 @@ the file's size report all count through :class:`LayerCost`, so they cannot disa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from functools import cached_property
 
-from ravn.quantizers import huffman
+import numpy as np
+
+from ravn.quantizers import entropy, huffman
 
 FLOAT_BYTES = 4
 
@@ -41,6 +45,9 @@ class LayerCost:
     @property
     def numel(self) -> int:
         return sum(self.counts)
+
+    #: the stored bits are id bits plus each cluster's ``count * bits`` (what an integer program may split)
+    additive = True
 
     @cached_property
     def id_bits(self) -> int:
@@ -67,4 +74,34 @@ class LayerCost:
         return FLOAT_BYTES * (tables + self.channel_floats)
 
     def file_bytes(self, bits: tuple[int, ...]) -> int:
-        return self.stream_bytes(bits) + self.table_bytes(bits)
+        return self.stored_bytes(bits) + self.table_bytes(bits)
+
+
+@dataclass(frozen=True, eq=False)
+class CodedCost(LayerCost):
+    """A layer stored entropy-coded (``coder`` ``"ans"`` or ``"huffman"``), sized before its codes exist.
+
+    ``histograms[m][b - 1]`` counts cluster ``m``'s round-to-nearest codes at ``b`` bits. The joint
+    symbols ``start[id] + code`` of an allocation then have the counts of the clusters' histograms
+    side by side, and :func:`ravn.quantizers.entropy.estimated_bits` of them (frequency model plus
+    the ideal stream) is the payload's estimate, in whole bytes. The stored file is measured again
+    (rounding moves codes): :meth:`ravn.search.problem.SearchProblem.within_budget`.
+    """
+
+    coder: str = "ans"
+    histograms: tuple[tuple[np.ndarray, ...], ...] = ()
+    _estimates: dict = field(default_factory=dict, repr=False, compare=False)
+
+    additive = False
+
+    def stored_bytes(self, bits: tuple[int, ...], payload_bytes: int | None = None) -> int:
+        if payload_bytes is not None:
+            return payload_bytes
+        bits = tuple(bits)
+        if bits not in self._estimates:
+            counts = np.concatenate([self.histograms[m][b - 1] for m, b in enumerate(bits)])
+            self._estimates[bits] = whole_bytes(math.ceil(entropy.estimated_bits(counts, self.coder)))
+        return self._estimates[bits]
+
+    def stored_bits(self, bits: tuple[int, ...], payload_bytes: int | None = None) -> int:
+        return 8 * self.stored_bytes(bits, payload_bytes)

@@ -8,6 +8,10 @@ Per layer, exact 1-D k-means (:mod:`kmeans1d`) splits the weights into ``M`` clu
 - ``grid="uniform"``: the centres of ``2^b[m]`` equal cells of the cluster's range ``[lo, hi]``
   (every member within half a cell of its level).
 
+``outliers = p > 0`` (with ``M = 3``) replaces k-means by a small-outlier layout: the ``p/2`` lowest and
+``p/2`` highest values are the two tail clusters, the rest the middle one. Entropy-coded (ids and
+codes coded jointly), such unbalanced clusters cost about ``H(p)`` bits of ids, not a bit and a half.
+
 With ``per_channel=True`` (default) the weights are first divided by their output channel's
 largest magnitude, and that scale is stored per channel: output channels of one layer differ in
 range by large factors (METHOD.md). The clustering does not depend on the bits, so
@@ -121,6 +125,23 @@ def shared_weights(weight: torch.Tensor, bits: int, keep: torch.Tensor | None = 
                            torch.from_numpy(table).float())
 
 
+def check_outliers(outliers: float, clusters: int) -> None:
+    if not 0.0 <= outliers < 1.0:
+        raise ValueError(f"outliers must be a fraction in [0, 1), got {outliers}")
+    if outliers > 0 and clusters != 3:
+        raise ValueError(f"an outlier layout has 3 clusters (low tail, middle, high tail), got {clusters}")
+
+
+def outlier_ids(values: np.ndarray, outliers: float) -> np.ndarray:
+    """Cluster ids of the small-outlier layout: 0 for the ``outliers/2`` lowest values, 2 for as many highest,
+    1 for the rest (by rank, at least one value per tail when there are three values)."""
+    order = np.argsort(values, kind="stable")
+    tail = min(max(1, round(outliers / 2 * len(values))), (len(values) - 1) // 2)
+    ids = np.ones(len(values), dtype=np.int64)
+    ids[order[:tail]], ids[order[len(values) - tail:]] = 0, 2
+    return ids if tail else np.zeros(len(values), dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class ClusterStats:
     """What an observer (or the VQ bit initialisation) knows of one cluster."""
@@ -134,11 +155,13 @@ class ClusterStats:
 class ClusteredWeight:
     """One layer's weights clustered once (Eq. 1), quantizable at any per-cluster bit-widths (Eq. 2)."""
 
-    def __init__(self, weight: torch.Tensor, clusters: int = 3, per_channel: bool = True, grid: str = "kmeans"):
+    def __init__(self, weight: torch.Tensor, clusters: int = 3, per_channel: bool = True, grid: str = "kmeans",
+                 outliers: float = 0.0):
         if grid not in GRIDS:
             raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
         if not 1 <= clusters <= MAX_CLUSTERS:
             raise ValueError(f"clusters must be in 1..{MAX_CLUSTERS}, got {clusters}")
+        check_outliers(outliers, clusters)
         w = weight.detach().float().cpu().reshape(weight.shape[0], -1)
         self.shape = tuple(weight.shape)
         self.grid = grid
@@ -149,7 +172,7 @@ class ClusteredWeight:
         else:
             self.scale = None
         self.values = w.reshape(-1).double().numpy()
-        ids, _ = kmeans_1d(self.values, clusters)
+        ids = kmeans_1d(self.values, clusters)[0] if outliers == 0 else outlier_ids(self.values, outliers)
         self.ids = ids
         self.clusters = int(ids.max()) + 1
         self.members = [np.flatnonzero(ids == m) for m in range(self.clusters)]
@@ -171,6 +194,10 @@ class ClusteredWeight:
         if key not in self._cache:
             self._cache[key] = cluster_table(self.values[self.members[m]], bits, self.grid)
         return self._cache[key]
+
+    def histogram(self, m: int, bits: int) -> np.ndarray:
+        """How often cluster ``m``'s round-to-nearest codes at ``bits`` bits take each of the ``2^bits`` values."""
+        return np.bincount(self._cluster(m, bits)[0], minlength=1 << bits)
 
     def quantize(self, bits: tuple[int, ...] | list[int]) -> QuantizedWeight:
         """The layer quantized with ``bits[m]`` bits in cluster ``m``."""

@@ -48,6 +48,21 @@ def versions() -> dict:
     return out
 
 
+def source_commit() -> str | None:
+    """The git commit of the ravn source that measures (``+dirty-src`` when src/ has uncommitted changes)."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+                               cwd=here.parents[1], capture_output=True, text=True, check=True).stdout.strip()
+        return head + ("+dirty-src" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def write_atomic(path: Path, text: str) -> None:
     write_atomically(path, [text.encode()])
 
@@ -97,3 +112,29 @@ def save_results(stem: Path, title: str, rows: list[dict], columns: list[tuple[s
               ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".\n\n")
     write_atomic(stem.with_suffix(".md"), header + (notes + "\n\n" if notes else "") +
                  markdown_table(rows, columns) + "\n" + ("\n" + appendix + "\n" if appendix else ""))
+
+
+def provenance(rows: list[dict]) -> str:
+    """A Markdown paragraph saying on which machines, thread counts, versions and commits ``rows`` (each
+    with ``machine``, ``versions`` and ``commit``) were measured: one machine, or how many and which."""
+    kinds = {}
+    for r in rows:
+        m = r["machine"]
+        key = (m["cpu"], m["cores"], m["torch_threads"], m.get("platform"))
+        kinds.setdefault(key, []).append(r)
+    vs = {json.dumps(r["versions"], sort_keys=True) for r in rows}
+    commits = sorted({str(r.get("commit")) for r in rows})
+    lines = ["## Provenance\n"]
+    if len(kinds) == 1:
+        (cpu, cores, threads, plat), = kinds
+        lines.append(f"All {len(rows)} row(s) were measured on one machine: {cpu}, {cores} cores, torch threads "
+                     f"{threads} ({plat}).")
+    else:
+        lines.append(f"**The rows come from {len(kinds)} different machines or thread counts** (wall times are "
+                     "comparable only within one):")
+        lines += [f"- {cpu}, {cores} cores, torch threads {threads} ({plat}): {len(rs)} rows"
+                  for (cpu, cores, threads, plat), rs in kinds.items()]
+    lines.append(f"\nVersions: {'one set for all rows' if len(vs) == 1 else f'{len(vs)} different sets (see the JSON)'}"
+                 f"; commits: {', '.join(commits)}. Wall times are on a shared machine (other jobs ran beside "
+                 "this one), so they are upper bounds.")
+    return "\n".join(lines)

@@ -1,8 +1,10 @@
 """The size budget (METHOD.md "Budget"): what an allocation costs and a deterministic projection into it.
 
-Cost is counted exactly as the file stores it: per layer, the Huffman-coded cluster ids (fixed by
-the clustering) plus ``bits[m]`` bits for each weight of cluster ``m``; in bytes, also the cluster
-tables, channel vectors and the rest of the file. Every configuration a search evaluates goes
+Cost is counted as the file stores it (:meth:`LayerCost.stored_bits`): per layer, the Huffman-coded
+cluster ids (fixed by the clustering) plus ``bits[m]`` bits for each weight of cluster ``m``, or,
+entropy-coded, the payload :class:`~ravn.quantizers.size.CodedCost` estimates from the
+round-to-nearest codes' entropy; in bytes, also the cluster tables, channel vectors and the rest
+of the file. Every configuration a search evaluates goes
 through :func:`fit`, which lowers bits where the damage model says it hurts least until the
 budget holds, then spends what is left where it helps most (as HAQ does), so no evaluated
 configuration exceeds the budget and none wastes it.
@@ -27,6 +29,8 @@ class Budget:
     bytes: int | None = None
     #: bytes of the file outside the quantized layers (float state and header), for ``bytes`` budgets
     fixed_bytes: int = 0
+    #: size held back from the limit, in the budget's unit: what a stored file took beyond the estimate
+    reserve: int = 0
 
     def __post_init__(self) -> None:
         if (self.bits is None) == (self.bytes is None):
@@ -37,31 +41,33 @@ class Budget:
     def cost(self, costs: dict[str, LayerCost], alloc: Allocation) -> float:
         """The allocation's size in the budget's unit (total bits, or file bytes)."""
         if self.bits is not None:
-            return sum(c.id_bits + c.code_bits(alloc[n]) for n, c in costs.items())
+            return sum(c.stored_bits(alloc[n]) for n, c in costs.items())
         return self.fixed_bytes + sum(c.file_bytes(alloc[n]) for n, c in costs.items())
 
     def limit(self, costs: dict[str, LayerCost]) -> float:
         if self.bits is not None:
-            return math.floor(self.bits * sum(c.numel for c in costs.values()))
-        return self.bytes
+            return math.floor(self.bits * sum(c.numel for c in costs.values())) - self.reserve
+        return self.bytes - self.reserve
 
     def describe(self) -> str:
         return f"{self.bits} average bits" if self.bits is not None else f"{self.bytes:,} bytes"
 
 
-def check_budget_fields(budget_bits: float | None, budget_bytes: int | None) -> None:
-    """A method config's budget fields: exactly one given, in range (``ValueError`` naming the field)."""
+def check_budget_fields(budget_bits: float | None, budget_bytes: int | None, min_bits: float = 1.0) -> None:
+    """A method config's budget fields: exactly one given, in range (``ValueError`` naming the field).
+    ``min_bits``: below 1 only for methods whose stored size shrinks below a bit per weight (entropy-coded
+    pruned weights)."""
     if (budget_bits is None) == (budget_bytes is None):
         raise ValueError("give exactly one of budget_bits and budget_bytes")
-    if budget_bits is not None and not 1.0 <= budget_bits <= 8.0:
-        raise ValueError(f"budget_bits must be between 1 and 8, got {budget_bits}")
+    if budget_bits is not None and not min_bits <= budget_bits <= 8.0:
+        raise ValueError(f"budget_bits must be between {min_bits:g} and 8, got {budget_bits}")
     if budget_bytes is not None and budget_bytes <= 0:
         raise ValueError(f"budget_bytes must be positive, got {budget_bytes}")
 
 
 def avg_bits(costs: dict[str, LayerCost], alloc: Allocation) -> float:
     n = sum(c.numel for c in costs.values())
-    return sum(c.id_bits + c.code_bits(alloc[name]) for name, c in costs.items()) / n
+    return sum(c.stored_bits(alloc[name]) for name, c in costs.items()) / n
 
 
 def check_feasible(costs: dict[str, LayerCost], budget: Budget) -> None:

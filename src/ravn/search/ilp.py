@@ -75,28 +75,28 @@ def exact_allocation(costs: dict[str, LayerCost], budget: Budget, damage: dict[s
     """The allocation of least total damage (``sum damage[l][m][bits]``) within ``budget``, exactly."""
     names = list(costs)
     widths = range(MIN_BITS, MAX_BITS + 1)
-    separable = budget.bits is not None or all(len(c.counts) == 1 for c in costs.values())
     groups: list[tuple[str, int | None, list[tuple[int, ...]]]] = []  # (layer, cluster or None: joint, options)
     for n in names:
         clusters = len(costs[n].counts)
-        if separable:
+        if budget.bits is not None and costs[n].additive:
             groups += [(n, m, [(b,) for b in widths]) for m in range(clusters)]
         else:
             if len(widths) ** clusters > MAX_JOINT:
-                raise RavnError(f"a bytes budget over {clusters} clusters per layer is too many joint choices for "
-                                "the integer program", "use a bits budget, or at most 4 clusters")
+                raise RavnError(f"a bytes budget (or entropy-coded layers) over {clusters} clusters per layer is "
+                                "too many joint choices for the integer program",
+                                "use a fixed-width bits budget, or at most 4 clusters")
             groups.append((n, None, list(itertools.product(widths, repeat=clusters))))
     group_costs, group_values = [], []
     for n, m, options in groups:
         cost = costs[n]
-        if m is None:  # a bytes budget: the layer's bytes
-            group_costs.append([cost.file_bytes(o) for o in options])
+        if m is None:  # the whole layer's size in the budget's unit (bytes, or entropy-coded bits)
+            group_costs.append([budget.cost({n: cost}, {n: o}) - budget.fixed_bytes for o in options])
             group_values.append([sum(damage[n][k][b] for k, b in enumerate(o)) for o in options])
-        else:  # one cluster's bits: its code bits (a bits budget), or the whole layer's bytes (one cluster)
-            group_costs.append([cost.counts[m] * o[0] if budget.bits is not None else cost.file_bytes(o)
-                                for o in options])
+        else:  # one cluster's code bits (a bits budget, fixed-width codes)
+            group_costs.append([cost.counts[m] * o[0] for o in options])
             group_values.append([damage[n][m][o[0]] for o in options])
-    fixed = sum(c.id_bits for c in costs.values()) if budget.bits is not None else budget.fixed_bytes
+    fixed = (sum(c.id_bits for c in costs.values() if c.additive) if budget.bits is not None
+             else budget.fixed_bytes)
     choice = solve(group_costs, group_values, budget.limit(costs) - fixed)
     bits: dict[str, list[int]] = {n: [MIN_BITS] * len(costs[n].counts) for n in names}
     for (n, m, options), o in zip(groups, choice, strict=True):

@@ -3,7 +3,8 @@
 :func:`prepare` does, for a float model and :class:`ProblemSettings` (METHOD.md; paper Sec. 3.1, 4.2):
 
 1. VQ (Eq. 1-2): each quantizable layer clustered once (:class:`ClusteredWeight`), its storage cost
-   per bit allocation (:class:`LayerCost`), the budget and the bytes outside the quantized layers;
+   per bit allocation as the file will store it (:class:`LayerCost`; entropy-coded, :class:`CodedCost`,
+   estimated from the round-to-nearest codes), the budget and the bytes outside the quantized layers;
 2. the calibration batch (a fixed draw from the training part) and a validation subset;
 3. the rounding's per-layer form (e.g. GPTQ's Hessians), the evaluator of Eq. 7;
 4. each layer's sensitivity (a registered probe, on the labelled calibration batch) and the damage
@@ -14,11 +15,14 @@
    the projection's greedy answer to the same question is ``vq``).
 
 :meth:`SearchProblem.realize` turns any allocation into the weights that are stored (the rounding's
-sequential form); :meth:`SearchProblem.layer_infos` is what an agent observes of each layer.
+sequential form), :meth:`SearchProblem.within_budget` measures them as stored and steps the
+allocation down while they exceed the budget; :meth:`SearchProblem.layer_infos` is what an agent
+observes of each layer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -34,9 +38,9 @@ from ravn.device import device_of
 from ravn.errors import RavnError
 from ravn.export.layout import state_keys
 from ravn.quantizers.layers import quantizable_layers
-from ravn.quantizers.qweight import QuantizedWeight
+from ravn.quantizers.qweight import MAX_BITS, MIN_BITS, QuantizedWeight
 from ravn.quantizers.rounding import Rounding, get_rounding
-from ravn.quantizers.size import Allocation, LayerCost
+from ravn.quantizers.size import Allocation, CodedCost, LayerCost
 from ravn.quantizers.vq import ClusteredWeight
 from ravn.search.budget import Budget, avg_bits, check_feasible, fit
 from ravn.search.evaluate import AllocationEvaluator, SearchData
@@ -52,6 +56,7 @@ class ProblemSettings(Protocol):
     budget_bits: float | None  # measured average bits per quantized weight, cluster ids included, or
     budget_bytes: int | None  # bytes of the whole file
     clusters: int  # k-means clusters per layer
+    outliers: float  # with 3 clusters: the share of the two small tail clusters (0: k-means)
     grid: str  # in-cluster table: "kmeans" or "uniform"
     per_channel: bool  # weights divided by their channel's largest magnitude
     init: str  # initial allocation, one of INITS
@@ -79,11 +84,37 @@ class SearchProblem:
     rounding: Rounding
     seconds: float
     calibration_labels: torch.Tensor | None = None  # the calibration batch's labels
+    #: how the file stores the codes: "fixed", or entropy-coded ("ans", "huffman": ``costs`` are estimates)
+    coding: str = "fixed"
 
     def realize(self, alloc: Allocation) -> dict[str, QuantizedWeight]:
         """The weights stored for ``alloc``: quantized, then rounded layer after layer."""
         weights = {n: self.clustered[n].quantize(alloc[n]) for n in self.clustered}
         return self.rounding.sequential(self.model, weights, self.calibration)
+
+    def stored_size(self, weights: dict[str, QuantizedWeight]) -> float:
+        """``weights``' size as the file stores them (coded), in the budget's unit."""
+        from ravn.export.layout import size_report
+
+        report = size_report(weights, self.coding)
+        if self.budget.bits is not None:
+            return report["avg_bits"] * report["quantized_weights"]
+        return report["stream_bytes"] + report["table_bytes"] + self.budget.fixed_bytes
+
+    def within_budget(self, alloc: Allocation, weights: dict[str, QuantizedWeight],
+                      ) -> tuple[Allocation, dict[str, QuantizedWeight], list[float]]:
+        """``(alloc, weights)`` measured as stored; while they exceed the budget (an entropy-coded estimate
+        was optimistic: rounding moved codes), the projection steps the allocation down by the excess and
+        the weights are made again. Returns the allocation, its weights and each overshoot measured."""
+        limit, overshoots = self.budget.limit(self.costs), []
+        while (excess := self.stored_size(weights) - limit) > 0:
+            overshoots.append(excess)
+            # the estimate must fall by at least the excess
+            target = math.floor(self.budget.cost(self.costs, alloc) - excess)
+            alloc = fit(alloc, self.costs, dataclasses.replace(self.budget, reserve=limit - target), self.damage,
+                        fill=False)
+            weights = self.realize(alloc)
+        return alloc, weights, overshoots
 
     def avg_bits(self, alloc: Allocation) -> float:
         return avg_bits(self.costs, alloc)
@@ -129,10 +160,26 @@ def estimated_overhead(model: nn.Module) -> Overhead:
     return overhead
 
 
+def layer_costs(clustered: dict[str, ClusteredWeight], per_channel: bool,
+                coding: str = "fixed") -> dict[str, LayerCost]:
+    """Each layer's storage cost for any allocation: fixed-width, or (``coding`` ``"ans"``/``"huffman"``)
+    estimated from the entropy of its round-to-nearest codes at every width (:class:`CodedCost`)."""
+    costs = {}
+    for name, cw in clustered.items():
+        counts, channel = tuple(len(i) for i in cw.members), cw.shape[0] if per_channel else 0
+        if coding == "fixed":
+            costs[name] = LayerCost(counts, channel)
+        else:
+            histograms = tuple(tuple(cw.histogram(m, b) for b in range(MIN_BITS, MAX_BITS + 1))
+                               for m in range(cw.clusters))
+            costs[name] = CodedCost(counts, channel, coder=coding, histograms=histograms)
+    return costs
+
+
 def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None, normalize: Normalize,
             lam: float = 1.0, search_val_size: int = 1000, seed: int = 0,
             reference: nn.Module | None = None, overhead: Overhead | None = None,
-            rounding: Rounding | None = None) -> SearchProblem:
+            rounding: Rounding | None = None, coding: str = "fixed") -> SearchProblem:
     """Set up the problem for ``model`` (see the module docstring).
 
     ``reference`` (default ``model``) is the float model whose features and validation top-1 the
@@ -140,21 +187,22 @@ def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None
     ``overhead`` sizes the rest of the file for a ``budget_bytes`` (default: an estimate); it does
     not depend on the bit-widths (one digit each in the header), so it is taken at 4 bits.
     ``rounding`` is a configured rounding (default: ``settings.rounding`` with its default settings).
+    ``coding`` is how the file will store the codes: the budget, the projection and the damage model
+    count that size.
     """
     if dataset is None:
         raise RavnError("this method needs data (calibration and validation images)", "pass a dataset")
     start = time.perf_counter()
     layers = quantizable_layers(model, settings.exclude)
-    clustered = {name: ClusteredWeight(m.weight, settings.clusters, settings.per_channel, settings.grid)
-                 for name, m in layers.items()}
-    costs = {name: LayerCost(tuple(len(i) for i in cw.members), cw.shape[0] if settings.per_channel else 0)
-             for name, cw in clustered.items()}
+    clustered = {name: ClusteredWeight(m.weight, settings.clusters, settings.per_channel, settings.grid,
+                                       settings.outliers) for name, m in layers.items()}
+    costs = layer_costs(clustered, settings.per_channel, coding)
     if settings.budget_bits is not None:
         budget = Budget(bits=settings.budget_bits)
     else:
         sample = {n: cw.quantize((4,) * cw.clusters) for n, cw in clustered.items()}
         budget = Budget(bytes=settings.budget_bytes,
-                        fixed_bytes=(overhead or estimated_overhead(model))(sample))
+                        fixed_bytes=(overhead or estimated_overhead(model))(sample, coding))
     check_feasible(costs, budget)
     calib_split = dataset.calibration(settings.calibration_size, seed=0)
     device = device_of(model)  # the fixed batches live where the model runs
@@ -180,4 +228,4 @@ def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None
             start_bits = {n: (math.floor(settings.budget_bits),) * cw.clusters for n, cw in clustered.items()}
         init = fit(start_bits, costs, budget, damage, fill=settings.init == "vq")
     return SearchProblem(layers, clustered, costs, budget, damage, sensitivity, evaluator, init, calibration, model,
-                         rounding, time.perf_counter() - start, calib_split.labels.to(device))
+                         rounding, time.perf_counter() - start, calib_split.labels.to(device), coding)

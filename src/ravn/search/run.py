@@ -67,13 +67,15 @@ def rerank(problem: SearchProblem, found: SearchResult, evaluator, count: int) -
 def allocate(problem: SearchProblem, config: SearchConfig | None, context, folder: Path | None,
              reference) -> tuple[Allocation, dict, dict]:
     """The allocation a method stores: the initial one without a search (``config`` None), else the
-    search's re-ranked best. Returns ``(allocation, weights, log)``."""
+    search's re-ranked best; measured as stored and stepped down while over the budget
+    (:meth:`SearchProblem.within_budget`). Returns ``(allocation, weights, log)``."""
     import time
 
     from ravn.search.evaluate import StoredEvaluator
 
     if config is None:
-        return problem.init, problem.realize(problem.init), problem.log(problem.init)
+        alloc, weights, over = problem.within_budget(problem.init, problem.realize(problem.init))
+        return alloc, weights, {**problem.log(alloc), **({"overshoots": over} if over else {})}
     start = time.perf_counter()
     found = search(problem, config, folder, context.seed, context.progress)
     log = {**problem.log(found.allocation), "search_seconds": time.perf_counter() - start,
@@ -83,6 +85,10 @@ def allocate(problem: SearchProblem, config: SearchConfig | None, context, folde
     start = time.perf_counter()
     stored = StoredEvaluator(problem, reference, context.dataset.val, context.normalize, config.lam)
     alloc, weights, log["rerank"] = rerank(problem, found, stored, config.rerank)
+    alloc, weights, over = problem.within_budget(alloc, weights)
+    if over:
+        log["overshoots"] = over  # the stored size exceeded the estimate's budget: stepped down
     log["select_seconds"] = time.perf_counter() - start
+    log["kept_initial"] = alloc == problem.init  # the re-rank chose the initial allocation over every searched one
     log["planned_avg_bits"] = problem.avg_bits(alloc)
     return alloc, weights, log

@@ -1,0 +1,170 @@
+"""Sibling bit-allocation methods side by side at the same measured size (CIFAR-10 test), issue 15.
+
+    python benchmarks/allocation.py [--models resnet20 resnet56] [--ptq 4.0 3.0 2.5] [--qat 3.0 2.0]
+        [--epochs 5] [--seeds 0 1 2] [--methods ravn releq hawq adaquant random gptq uniform]
+        [--evaluations 100] [--tables] [--fresh]
+
+Methods (``ravn quantize --method M``; the searches with equal distinct evaluations, patience equal to
+them so none stops early; rows of the searches once per seed, the others once):
+- ``ravn``: RAVN's default (one cluster per layer, PPO, GPTQ);
+- ``releq``: ReLeQ's LSTM policy (``sb3_contrib.RecurrentPPO``) and reward, GPTQ;
+- ``random``: RAVN with random search (the control of both agents);
+- ``hawq``: HAWQ-V2 (Hutchinson traces x quantization perturbation, exact integer program), GPTQ;
+- ``adaquant``: AdaQuant (measured degradations, integer program, AdaQuant's layer-wise optimisation);
+- ``gptq`` / ``uniform``: uniform per-channel grids at the same measured size (floor(budget) bits, the
+  smallest layers at ceil(budget) while the average allows; ``ptq_search.uniform_layer_bits``), GPTQ /
+  round-to-nearest codes.
+Post-training at the ``--ptq`` budgets; fine-tuned at the ``--qat`` budgets with ``--epochs`` epochs of
+the same fine-tuning for every method (``FineTuneConfig(epochs=E)``). Every row is a real .ravn file
+(``ravn.pipeline.run`` re-reads it and fails unless it rebuilds the measured weights); ``file_bytes`` is
+its size on disk. Each finished row is written at once to benchmarks/runs/allocation/<row>.json (a
+search's episodes and fine-tuning checkpoints to the matching ``.run/`` folder, so an interrupted
+benchmark resumes); the tables are rebuilt after every row, with each row's machine, threads,
+versions and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from ptq_search import uniform_layer_bits
+from ravn.data import load_dataset
+from ravn.evaluation import evaluate
+from ravn.methods import Context, FineTuneConfig, SearchConfig, UniformConfig, method
+from ravn.models import ModelRef, load_model
+from ravn.pipeline import run
+from ravn.report.results import machine, provenance, save_results, source_commit, versions, write_atomic
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results" / "allocation"
+ROWS = HERE / "runs" / "allocation"
+METHODS = ["ravn", "releq", "random", "hawq", "adaquant", "gptq", "uniform"]
+SEEDED = {"ravn", "releq", "random"}
+COLUMNS = [("model", "model"), ("mode", "mode"), ("budget_bits", "budget bits"), ("method", "method"),
+           ("seed", "seed"), ("test_top1", "test top-1 %"), ("avg_bits", "measured avg bits"),
+           ("file_bytes", "file bytes"), ("evaluations", "evaluations"), ("wall_s", "wall s"),
+           ("threads", "torch threads")]
+
+
+def config_of(name: str, model, budget: float, evaluations: int, epochs: int | None):
+    """The config of method ``name`` at ``budget``; fine-tuned for ``epochs`` epochs unless None."""
+    ft = FineTuneConfig(epochs=epochs) if epochs else None
+    if name in ("gptq", "uniform"):
+        return UniformConfig(granularity="channel", symmetric=False, layer_bits=uniform_layer_bits(model, budget),
+                             rounding="gptq" if name == "gptq" else "nearest", finetune=ft)
+    fields = {"budget_bits": budget, "finetune": ft}
+    if name in SEEDED:
+        agent = {"ravn": "ppo", "releq": "releq", "random": "random"}[name]
+        fields["search"] = SearchConfig(agent=agent, evaluations=evaluations, patience=evaluations)
+    return method("ravn" if name == "random" else name).config(**fields)
+
+
+def row_name(model: str, mode: str, budget: float, name: str, seed: int) -> str:
+    return f"{model}-{mode}-{budget}-{name}-{seed}"
+
+
+def plan(args) -> list[tuple]:
+    """Cheapest and most informative first: per model, post-training before fine-tuned, every method's
+    first seed before the other seeds."""
+    jobs = []
+    for mi, model in enumerate(args.models):
+        for pi, (mode, budgets) in enumerate((("ptq", args.ptq), ("qat", args.qat))):
+            for bi, budget in enumerate(budgets):
+                for ni, name in enumerate(m for m in METHODS if m in args.methods):
+                    for si, seed in enumerate(args.seeds if name in SEEDED else [0]):
+                        jobs.append(((mi, pi, si > 0, bi, ni, si), (model, mode, budget, name, seed)))
+    return [job for _, job in sorted(jobs)]
+
+
+def measure(job: tuple, ref, model, float_top1: float, dataset, args, out: Path) -> dict:
+    name_model, mode, budget, name, seed = job
+    config = config_of(name, model, budget, args.evaluations, args.epochs if mode == "qat" else None)
+    run_dir = ROWS / (row_name(*job) + ".run")
+    context = Context(dataset=dataset, normalize=ref.normalize, seed=seed, progress=False, run_dir=run_dir)
+    m = machine()
+    start = time.perf_counter()
+    s = run(model, ref, config, dataset, out, float_top1=float_top1, context=context, progress=False,
+            method="ravn" if name == "random" else name)
+    log = s["log"]
+    last = (log.get("rounds") or [log])[-1]
+    return {"model": name_model, "mode": mode, "budget_bits": budget, "method": name, "seed": seed,
+            "test_top1": s["test_top1"], "float_test_top1": s["float_test_top1"], "avg_bits": s["avg_bits"],
+            "file_bytes": out.stat().st_size, "evaluations": last.get("evaluations"),
+            "kept_initial": last.get("kept_initial"), "wall_s": round(time.perf_counter() - start, 1),
+            "epochs": args.epochs if mode == "qat" else 0, "threads": m["torch_threads"], "machine": m,
+            "versions": versions(), "commit": source_commit(), "allocation": s["allocation"]}
+
+
+def summary(rows: list[dict]) -> str:
+    """Per model, mode and budget: each method's mean test top-1 over its seeds (± std), best first."""
+    groups: dict[tuple, dict[str, list[float]]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["mode"], r["budget_bits"]), {}).setdefault(r["method"], []).append(
+            r["test_top1"])
+    lines = ["## Summary (mean test top-1 over seeds, ± std where several)\n"]
+    for (model, mode, budget), by in groups.items():
+        ranked = sorted(by.items(), key=lambda kv: -statistics.fmean(kv[1]))
+        cells = [f"{m} {statistics.fmean(v):.2f}" + (f" ± {statistics.stdev(v):.2f}" if len(v) > 1 else "")
+                 for m, v in ranked]
+        lines.append(f"- {model} {mode} {budget:g} bits: " + "; ".join(cells))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
+    parser.add_argument("--ptq", nargs="*", type=float, default=[4.0, 3.0, 2.5])
+    parser.add_argument("--qat", nargs="*", type=float, default=[3.0, 2.0])
+    parser.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs of every qat row")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
+    parser.add_argument("--evaluations", type=int, default=100)
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--fresh", action="store_true", help="measure again rows already finished")
+    parser.add_argument("--tables", action="store_true", help="only rebuild the tables from the finished rows")
+    args = parser.parse_args()
+    ROWS.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        rows = sorted((json.loads(f.read_text()) for f in ROWS.glob("*.json")),
+                      key=lambda r: (r["model"], r["mode"], -r["budget_bits"], METHODS.index(r["method"]), r["seed"]))
+        save_results(RESULTS, "Sibling bit-allocation methods at the same measured size (CIFAR-10 test)", rows,
+                     COLUMNS, notes=__doc__.split("\n\n", 2)[2].strip(),
+                     appendix=summary(rows) + "\n\n" + provenance(rows))
+
+    if any(ROWS.glob("*.json")):
+        save()
+    if args.tables:
+        return
+    dataset = load_dataset(args.data)
+    jobs = [j for j in plan(args) if args.fresh or not (ROWS / (row_name(*j) + ".json")).exists()]
+    print(f"{len(jobs)} rows to measure", flush=True)
+    loaded: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for job in jobs:
+            if job[0] not in loaded:
+                ref = ModelRef.parse(job[0])
+                model = load_model(ref)
+                loaded = {job[0]: (ref, model, evaluate(model, dataset.test, ref.normalize)["top1"])}
+            ref, model, float_top1 = loaded[job[0]]
+            if args.fresh:
+                import shutil
+
+                shutil.rmtree(ROWS / (row_name(*job) + ".run"), ignore_errors=True)
+            row = measure(job, ref, model, float_top1, dataset, args, Path(tmp) / "q.ravn")
+            print({k: row[k] for k in ("model", "mode", "budget_bits", "method", "seed", "test_top1", "avg_bits",
+                                       "wall_s")}, flush=True)
+            write_atomic(ROWS / (row_name(*job) + ".json"), json.dumps(row))
+            save()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The README's headline rows, made by exactly the commands the README prints, at the current commit.
+
+    python benchmarks/readme_rows.py [--rows ptq-4 qat-3 qat-2]
+
+Each row runs ``ravn quantize ... --json`` in a subprocess (the command in the row's ``command``
+column, plus ``--out``), so the README's figures are what a user gets from that command: test top-1
+on all 10,000 CIFAR-10 test images of the file as re-read from disk (the pipeline fails otherwise),
+measured average bits, file bytes, wall time of the whole command, and whether the re-rank kept the
+initial allocation. Each row carries the machine, torch threads, versions and the commit. A finished
+row is written at once to benchmarks/runs/readme_rows/<row>.json (the command's run folder beside it
+resumes an interrupted search or fine-tuning); the files are copied to benchmarks/artifacts/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ravn.report.results import machine, save_results, source_commit, versions, write_atomic
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results" / "readme_rows"
+ROWS = HERE / "runs" / "readme_rows"
+#: row -> (the README's command without --out, the artifact it is kept as)
+COMMANDS = {
+    "ptq-4": ("ravn quantize --model resnet20 --method ravn --mode ptq --budget-bits 4",
+              "resnet20-ravn-ptq-4bit.ravn"),
+    "qat-3": ("ravn quantize --model resnet20 --method ravn --mode qat --budget-bits 3 --epochs 10",
+              "resnet20-ravn-qat-3bit.ravn"),
+    "qat-2": ("ravn quantize --model resnet20 --method ravn --mode qat --budget-bits 2 --epochs 20",
+              "resnet20-ravn-qat-2bit.ravn"),
+}
+COLUMNS = [("row", "row"), ("command", "command (+ --out F --json)"), ("test_top1", "test top-1 %"),
+           ("avg_bits", "measured avg bits"), ("file_bytes", "file bytes"), ("kept_initial", "kept initial"),
+           ("wall_s", "wall s"), ("threads", "torch threads"), ("commit", "commit")]
+
+
+def kept_initial(log: dict) -> bool | None:
+    """Did the re-rank (the last round's, with fine-tuning) keep the initial allocation."""
+    last = (log.get("rounds") or [log])[-1]
+    return last.get("kept_initial")
+
+
+def measure(row: str) -> dict:
+    command, artifact = COMMANDS[row]
+    out = ROWS / f"{row}.ravn"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    args = [sys.executable, "-m", "ravn", *command.split()[1:], "--out", str(out), "--json"]
+    start = time.perf_counter()
+    done = subprocess.run(args, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{command} failed:\n{done.stderr[-2000:]}")
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    (HERE / "artifacts").mkdir(exist_ok=True)
+    shutil.copyfile(out, HERE / "artifacts" / artifact)
+    m = machine()
+    return {"row": row, "command": command, "test_top1": summary["test_top1"], "avg_bits": summary["avg_bits"],
+            "file_bytes": summary["file_bytes"], "kept_initial": kept_initial(summary.get("log") or {}),
+            "wall_s": round(wall, 1),
+            "threads": m["torch_threads"], "machine": m, "versions": versions(), "commit": source_commit(),
+            "artifact": f"benchmarks/artifacts/{artifact}", "allocation": summary["allocation"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", nargs="+", choices=list(COMMANDS), default=list(COMMANDS))
+    parser.add_argument("--fresh", action="store_true", help="measure again rows already finished")
+    args = parser.parse_args()
+    for row in args.rows:
+        path = ROWS / f"{row}.json"
+        if path.exists() and not args.fresh:
+            continue
+        result = measure(row)
+        write_atomic(path, json.dumps(result, indent=1))
+        print(json.dumps({k: result[k] for k in ("row", "test_top1", "avg_bits", "file_bytes", "wall_s")}),
+              flush=True)
+        finished = [json.loads((ROWS / f"{r}.json").read_text()) for r in COMMANDS if (ROWS / f"{r}.json").exists()]
+        save_results(RESULTS, "The README's headline rows, by the README's commands", finished, COLUMNS, __doc__)
+
+
+if __name__ == "__main__":
+    main()

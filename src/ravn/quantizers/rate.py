@@ -1,0 +1,106 @@
+"""Rate-aware GPTQ rounding: codes that trade a layer's output error for code length (``"gptq-rate"``).
+
+With entropy-coded codes (``--coding ans``, :mod:`ravn.quantizers.entropy`) a code's cost is its
+length under the layer's frequency model, ``-log2 p``, not its bit-width. GPTQ (Frantar et al. 2022,
+Alg. 1; :mod:`ravn.quantizers.gptq`) picks, column by column, the nearest level; here each weight takes
+the level minimising its column error weighted as GPTQ weighs it (``(w - level)^2 / [H^-1]_ii``, the
+optimal-brain-quantization loss of rounding it) plus ``mu`` times the level's code length, and GPTQ's
+update spreads the larger error over the columns not yet quantized. This is entropy-constrained
+scalar quantization (Choi et al., ICLR 2017, "Towards the limit of network quantization", Sec. 4:
+uniform quantization followed by entropy coding comes close to the entropy-constrained optimum)
+inside GPTQ's error feedback.
+
+- **Frequency model**: the code lengths come from the codes themselves, re-estimated ``passes`` times
+  (plain GPTQ's codes first, then each pass's codes; counts smoothed by 1/2 so an unused level has a
+  finite length). One pass by default: the size is then measured on the codes it gives.
+- **mu per layer, from the allocation**: the allocation gave the layer a share of the budget, its
+  estimated coded size at the bits it chose (:class:`ravn.quantizers.size.CodedCost`: the entropy of
+  the round-to-nearest codes the layer arrives with, plus the frequency table). If plain GPTQ's codes
+  fit that share, ``mu = 0`` (plain GPTQ, exactly). Otherwise ``mu`` is the Lagrange multiplier that
+  meets it: the least ``mu`` (bisection on ``log mu`` from a bracket grown by factors of ``growth``
+  from ``1/16`` of the weighted round-to-nearest error per weight) whose codes' estimated size is
+  within the share. So the stored file meets the budget the projection planned, instead of being
+  stepped down afterwards. If no ``mu`` in the bracket meets it, the codes are plain GPTQ's and the
+  stored-size check steps the allocation down (a larger ``mu`` would cost more error than a bit less
+  elsewhere).
+
+A rounding entry rather than an option of ``gptq``: it is chosen the same way (``--rounding``), has
+the same layerwise / sequential forms (it is :class:`GPTQ` with another :meth:`GPTQ.codes`), and
+``mu`` is not a knob a user sets but the result of the allocation; ``gptq_codes(mu=0)`` stays GPTQ.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ravn.quantizers import entropy
+from ravn.quantizers.gptq import GPTQ, gptq_codes
+from ravn.quantizers.qweight import QuantizedWeight
+from ravn.quantizers.rounding import register_rounding
+
+
+def coded_bits(q: QuantizedWeight, codes: torch.Tensor | None = None) -> float:
+    """Estimated ANS payload bits of ``q`` with ``codes`` (default its own): frequency table plus ideal stream."""
+    return entropy.estimated_bits(np.bincount(q.with_codes(q.codes if codes is None else codes).symbols(),
+                                              minlength=q.tables.numel()))
+
+
+def code_lengths(q: QuantizedWeight, codes: torch.Tensor) -> torch.Tensor:
+    """``-log2 p`` of every table entry under the frequency model of ``codes`` (counts + 1/2)."""
+    counts = np.bincount(q.with_codes(codes).symbols(), minlength=q.tables.numel()) + 0.5
+    return torch.from_numpy(-np.log2(counts / counts.sum()))
+
+
+def rate_codes(weight: torch.Tensor, q: QuantizedWeight, hessians: list[torch.Tensor], mu: float,
+               plain: torch.Tensor, damp: float = 0.01, passes: int = 1) -> torch.Tensor:
+    """GPTQ codes at a fixed ``mu``, the frequency model re-estimated ``passes`` times from ``plain``."""
+    codes = plain
+    for _ in range(passes):
+        codes = gptq_codes(weight, q, hessians, damp, mu=mu, lengths=code_lengths(q, codes))
+    return codes
+
+
+def error_scale(weight: torch.Tensor, q: QuantizedWeight, hessians: list[torch.Tensor]) -> float:
+    """The mean round-to-nearest error of a weight, weighted by its column's Hessian diagonal: the scale of
+    GPTQ's error term per weight, where the search for ``mu`` starts."""
+    err = (weight.detach().double() - q.dequantize().double().to(weight.device)).reshape(q.shape[0], -1) ** 2
+    rows = q.shape[0] // len(hessians)
+    parts = [err[g * rows:(g + 1) * rows] * torch.diag(h).to(err.device) for g, h in enumerate(hessians)]
+    return float(torch.cat(parts).mean())
+
+
+@register_rounding("gptq-rate")
+class RateGPTQ(GPTQ):
+    """GPTQ whose codes meet the layer's coded-size share (see the module docstring)."""
+
+    def __init__(self, damp: float = 0.01, passes: int = 1, iterations: int = 4, growth: float = 4.0):
+        super().__init__(damp)
+        self.passes, self.iterations, self.growth = passes, iterations, growth
+
+    def codes(self, weight: torch.Tensor, q: QuantizedWeight, hessians: list[torch.Tensor]) -> torch.Tensor:
+        target = coded_bits(q)  # the allocation's share: q arrives with its round-to-nearest codes
+        plain = gptq_codes(weight, q, hessians, self.damp)
+        if coded_bits(q, plain) <= target:
+            return plain
+
+        def fits(mu: float) -> torch.Tensor | None:
+            codes = rate_codes(weight, q, hessians, mu, plain, self.damp, self.passes)
+            return codes if coded_bits(q, codes) <= target else None
+
+        lo, hi = 0.0, max(error_scale(weight, q, hessians), 1e-30) / 16
+        for _ in range(self.iterations + 1):  # bracket: grow mu until the share is met
+            if (best := fits(hi)) is not None:
+                break
+            lo, hi = hi, hi * self.growth
+        else:
+            return plain  # no mu in the bracket meets the share: the stored-size check steps the allocation down
+        for _ in range(self.iterations):  # bisection on log mu: the least mu that meets the share
+            mid = math.sqrt(lo * hi) if lo > 0 else hi / self.growth
+            if (codes := fits(mid)) is not None:
+                hi, best = mid, codes
+            else:
+                lo = mid
+        return best
