@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from tests.quantizers.test_gptq import reference_gptq_codes
 
 from ravn.quantizers import quantize_uniform
-from ravn.quantizers.gptq import gptq_codes, input_hessians
+from ravn.quantizers.gptq import gptq_codes, layer_hessians
 from ravn.report.results import save_results
 
 RESULTS = Path(__file__).parent / "results" / "gptq_speed"
@@ -48,7 +48,7 @@ def main() -> None:
         layer = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
         x = torch.randn(16, cin, 14, 14)
         q = quantize_uniform(layer.weight, bits)
-        h = input_hessians(layer, x)
+        h = layer_hessians(layer, [""], x)[""]
         new, new_s = best_of(lambda q=q, h=h, layer=layer: gptq_codes(layer.weight, q, h))
         old, old_s = best_of(lambda q=q, h=h, layer=layer: reference_gptq_codes(layer.weight, q, h))
         rows.append({"layer": f"{cin} -> {cout}", "bits": bits, "columns": cin * 9, "old_s": round(old_s, 3),

@@ -46,7 +46,7 @@ from ravn.methods import Context, RavnConfig, SearchConfig, UniformConfig
 from ravn.models import ModelRef, load_model
 from ravn.pipeline import run
 from ravn.quantizers import quantize_uniform
-from ravn.quantizers.gptq import gptq_codes, input_hessians
+from ravn.quantizers.gptq import gptq_codes, layer_hessians
 from ravn.report.results import machine, versions
 from ravn.training.finetune import FineTuneConfig
 
@@ -80,7 +80,7 @@ def check_gptq(devices: list[str]) -> dict:
     q = quantize_uniform(layer.weight, 4)
     row, codes = {"check": "gptq"}, {}
     for device in devices:
-        hessians = input_hessians(layer.to(device), x.to(device))
+        hessians = layer_hessians(layer.to(device), [""], x.to(device))[""]
         codes[device], row[f"{device}_s"] = timed(lambda h=hessians: gptq_codes(layer.weight, q, h))
     if len(codes) == 2:
         row["codes_agree"] = float((codes["cpu"] == codes["cuda"]).double().mean())

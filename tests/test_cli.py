@@ -89,3 +89,42 @@ def test_console_script_exit_code(tmp_path):
     proc = subprocess.run([*cmd, "eval", "--model", "nope"], capture_output=True, text=True, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: unknown model") and "Traceback" not in proc.stderr
+
+
+def test_normalisation_flags(capsys, shared_data):
+    default = run_json(capsys, "eval", "--limit", "100")
+    same = run_json(capsys, "eval", "--limit", "100", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225")
+    assert same["top1"] == default["top1"]
+    other = run_json(capsys, "eval", "--limit", "100", "--mean", "0.2,0.2,0.2", "--std", "0.5,0.5,0.5")
+    assert other["loss"] != default["loss"]
+    for args, message in [(["--mean", "a,b,c"], "--mean 'a,b,c' is not a comma-separated list"),
+                          (["--std", "1,1"], "one finite value per channel"), (["--image-size", "0"], "out of range")]:
+        assert main(["eval", "--limit", "10", *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and message in err and "\n" not in err
+
+
+def test_user_model_on_an_image_folder(capsys, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from ravn import export
+
+    (tmp_path / "tinymodel.py").write_text(
+        "from torch import nn\n\n\ndef tiny(num_classes=2):\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(16, num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for split in ("train", "val"):
+        for k, color in enumerate([(250, 10, 10), (10, 10, 250)]):
+            (tmp_path / "imgs" / split / f"c{k}").mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (9, 7), color).save(tmp_path / "imgs" / split / f"c{k}" / f"{i}.png")
+    out = tmp_path / "t.ravn"
+    q = run_json(capsys, "quantize", "--model", "tinymodel:tiny", "--data", str(tmp_path / "imgs"), "--image-size", "4",
+                 "--val-size", "2", "--std", "0.5,0.5,0.5", "--method", "uniform", "--bits", "4", "--out", str(out))
+    assert q["avg_bits"] == 4.0
+    ref = export.read(out).ref
+    assert ref.input_size == 4 and ref.std == (0.5, 0.5, 0.5)
+    e = run_json(capsys, "eval", str(out), "--model", "tinymodel:tiny", "--data", str(tmp_path / "imgs"),
+                 "--image-size", "4", "--val-size", "2")
+    assert e["top1"] == q["test_top1"] and e["n"] == 8
+    sys.modules.pop("tinymodel", None)

@@ -23,7 +23,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 DataOpt = Annotated[Path | None, typer.Option("--data", help="Dataset folder (default: $RAVN_DATA/cifar10).")]
 ValSizeOpt = Annotated[int, typer.Option(help="Validation images carved from the training data (searches and "
                                                "checkpoint selection use them; never the test split).")]
-ImageSizeOpt = Annotated[int, typer.Option(help="Side in pixels that class-folder images are resized to.")]
+ImageSizeOpt = Annotated[int | None, typer.Option(
+    help="Side in pixels of class-folder images (resized to side / 0.875, centre-cropped; default 224). "
+         "CIFAR and .npz data keep their stored size.")]
+MeanOpt = Annotated[str | None, typer.Option(
+    help="Per-channel mean of the model's input normalisation, e.g. 0.485,0.456,0.406 (default: the model's "
+         "own; ImageNet's for package.module:factory).")]
+StdOpt = Annotated[str | None, typer.Option(help="Per-channel std of the input normalisation, e.g. 0.229,0.224,0.225.")]
 ModelOpt = Annotated[str, typer.Option("--model", help="resnet20/32/44/56 or package.module:factory.")]
 WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Checkpoint (default: the model's bundled one).")]
 DeviceOpt = Annotated[str, typer.Option(help="Where the model runs: cpu, cuda, cuda:N, or auto (CUDA when "
@@ -35,11 +41,24 @@ def _print_json(obj: dict) -> None:
     typer.echo(json.dumps(obj, indent=None, default=str))
 
 
-def _load(model: str, weights: Path | None, num_classes: int | None):
-    from ravn.models import ModelRef, load_model
+def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise RavnError(f"{flag} '{text}' is not a comma-separated list of numbers", f"pass e.g. {flag} 0.5,0.5,0.5") \
+            from None
 
-    ref = ModelRef.parse(model, num_classes=num_classes)
-    return ref, load_model(ref, weights)
+
+def _ref(model: str, dataset, mean: str | None, std: str | None):
+    """The model reference: its classes from the data, its normalisation from the flags or the model, a user
+    model's input size from the data."""
+    from ravn.models import ModelRef
+
+    num_classes = None if dataset.num_classes == 10 else dataset.num_classes
+    size = dataset.image_size if ":" in model else None
+    return ModelRef.parse(model, num_classes, _floats(mean, "--mean"), _floats(std, "--std"), size)
 
 
 @app.command("eval")
@@ -50,10 +69,13 @@ def eval_cmd(
     weights: WeightsOpt = None,
     data: DataOpt = None,
     val_size: ValSizeOpt = DEFAULT_VAL_SIZE,
-    image_size: ImageSizeOpt = 32,
+    image_size: ImageSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     split: Annotated[str, typer.Option(help="test or val (val is carved from the training data).")] = "test",
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N images of the split only.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 500,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Images per forward pass (default 500, fewer for large images: about 2M pixels).")] = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
@@ -62,6 +84,7 @@ def eval_cmd(
     from ravn.data import load_dataset
     from ravn.device import on_device, resolve_device
     from ravn.evaluation import evaluate
+    from ravn.models import load_model
 
     resolve_device(device)
     if split not in ("test", "val"):
@@ -71,8 +94,10 @@ def eval_cmd(
         ravn_file = export.read(file)
         # a file's own model factory runs only when it is a bundled one or the user names it (--model)
         ref, net = ravn_file.ref, ravn_file.build(allow=(model,) if ":" in model else ())
+        ref = ref.normalized(_floats(mean, "--mean"), _floats(std, "--std"))
     else:
-        ref, net = _load(model, weights, None if dataset.num_classes == 10 else dataset.num_classes)
+        ref = _ref(model, dataset, mean, std)
+        net = load_model(ref, weights)
     part = dataset.split(split, limit=limit)
     net = on_device(net, device)
     metrics = evaluate(net, part, ref.normalize, batch_size, progress=None if as_json else f"eval {split}")
@@ -88,10 +113,10 @@ def eval_cmd(
     typer.echo(f"{line} ({out['n']} images)")
 
 
-def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, val_size: int, image_size: int,
-              method: str, mode: str | None, coding: str | None, seed: int, run_dir: Path | None, fresh: bool,
-              test_limit: int | None, device: str, as_json: bool, workers: int, ray_address: str | None,
-              **options) -> None:
+def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, val_size: int,
+              image_size: int | None, mean: str | None, std: str | None, method: str, mode: str | None,
+              coding: str | None, seed: int, run_dir: Path | None, fresh: bool, test_limit: int | None,
+              device: str, as_json: bool, workers: int, ray_address: str | None, **options) -> None:
     """Quantize a model into a real packed .ravn file and report what it gained and cost.
 
     Searches and fine-tuning log to the run folder; run the same command again after an
@@ -104,6 +129,7 @@ def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, va
     from ravn.files import check_writable
     from ravn.methods import Context
     from ravn.methods import method as method_spec
+    from ravn.models import load_model
     from ravn.pipeline import run
     from ravn.quantizers.qweight import CODINGS
     from ravn.search.parallel import check_workers
@@ -124,7 +150,8 @@ def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, va
     replicas().barrier()
     check_writable(run_dir / "run.json")
     dataset = load_dataset(data, image_size, val_size)
-    ref, net = _load(model, weights, None if dataset.num_classes == 10 else dataset.num_classes)
+    ref = _ref(model, dataset, mean, std)
+    net = load_model(ref, weights)
     context = Context(dataset=dataset, normalize=ref.normalize, run_dir=run_dir, seed=seed, progress=not as_json,
                       device=device, workers=workers, ray_address=ray_address)
     summary = run(net, ref, config, dataset, out, test_limit=test_limit, context=context, progress=not as_json,
@@ -145,6 +172,8 @@ FIXED_OPTIONS = {
     "data": DataOpt,
     "val_size": ValSizeOpt,
     "image_size": ImageSizeOpt,
+    "mean": MeanOpt,
+    "std": StdOpt,
     "method": Annotated[str, typer.Option(help="Quantization method (see 'ravn methods').")],
     "mode": Annotated[str | None, typer.Option(
         help="'ptq' (post-training) or 'qat' (with fine-tuning); default: the method's.")],
@@ -166,7 +195,7 @@ FIXED_OPTIONS = {
         help="Join this Ray cluster for --workers (e.g. 'auto'); default: start a local Ray.")],
 }
 FIXED_DEFAULTS = {"out": inspect.Parameter.empty, "model": "resnet20", "weights": None, "data": None,
-                  "val_size": DEFAULT_VAL_SIZE, "image_size": 32,
+                  "val_size": DEFAULT_VAL_SIZE, "image_size": None, "mean": None, "std": None,
                   "method": "uniform", "mode": None, "coding": None, "seed": 0, "run_dir": None, "fresh": False,
                   "test_limit": None, "device": "auto", "as_json": False, "workers": 1, "ray_address": None}
 

@@ -7,12 +7,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ravn.data import ImageSplit, Normalize, iterate_batches
+from ravn.data.splits import images_per_batch
 from ravn.device import to_model
 
 
 @torch.no_grad()
-def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
-    """Top-1 accuracy in percent of ``model`` on already normalised ``images``."""
+def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int | None = None) -> float:
+    """Top-1 accuracy in percent of ``model`` on already normalised ``images`` (batches: see :func:`evaluate`)."""
+    batch_size = batch_size or images_per_batch(images.shape[1:], DEFAULT_BATCH)
     correct = 0
     for i in range(0, len(labels), batch_size):
         logits = model(to_model(model, images[i : i + batch_size]))
@@ -20,15 +22,23 @@ def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_siz
     return 100.0 * correct / len(labels)
 
 
+#: Images per forward pass of an evaluation, fewer for large images (:func:`~ravn.data.splits.images_per_batch`:
+#: 41 at 224 px).
+DEFAULT_BATCH = 500
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, split: ImageSplit, normalize: Normalize, batch_size: int = 500,
+def evaluate(model: nn.Module, split: ImageSplit, normalize: Normalize, batch_size: int | None = None,
              progress: str | None = None) -> dict:
-    """Accuracy of ``model`` on every image of ``split``.
+    """Accuracy of ``model`` on every image of ``split``, in batches of ``batch_size`` images (default:
+    :data:`DEFAULT_BATCH`, or fewer for large images).
 
     Returns ``top1`` and ``top5`` in percent, mean cross-entropy ``loss`` and the sample count ``n``.
     The model is put in eval mode and left there. ``progress`` names a progress bar, if wanted.
     """
     model.eval()
+    if batch_size is None:
+        batch_size = images_per_batch(split.images(torch.arange(1)).shape[1:], DEFAULT_BATCH) if len(split) else 1
     correct1 = correct5 = 0
     loss = 0.0
     batches = iterate_batches(split, batch_size)

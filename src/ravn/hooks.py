@@ -2,16 +2,21 @@
 
 - :class:`Capture` keeps the outputs (or inputs) of named modules for every forward pass while it is
   open; outputs keep their autograd graph unless ``detach`` (fine-tuning needs the graph).
-- :func:`layer_outputs` / :func:`layer_inputs`: one forward pass, the captured tensors.
+- :func:`stream`: named modules' outputs (or inputs) handed to a function chunk by chunk and not kept
+  (the fidelity loss and the roundings' Hessians: memory bounded by one chunk of one layer).
 - :func:`input_of`: the input one module receives; the forward pass stops right there.
 Hooks are always removed, also when the forward pass raises.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
+from ravn.data.splits import images_per_batch
 from ravn.device import to_model
 
 
@@ -50,24 +55,42 @@ class Capture:
         self.remove()
 
 
-@torch.no_grad()
-def layer_outputs(model: nn.Module, names: list[str], x: torch.Tensor) -> list[torch.Tensor]:
-    """Outputs of the named modules when ``model`` runs on ``x``, in the order of ``names``."""
-    with Capture(model, names, detach=True) as capture:
-        model(to_model(model, x))
-        return capture.take()
-
-
-@torch.no_grad()
-def layer_inputs(model: nn.Module, names: list[str], x: torch.Tensor) -> list[torch.Tensor]:
-    """Inputs of the named modules when ``model`` runs on ``x``, in the order of ``names``."""
-    with Capture(model, names, inputs=True, detach=True) as capture:
-        model(to_model(model, x))
-        return capture.take()
-
-
 class _Stop(Exception):
     pass
+
+
+@torch.no_grad()
+def stream(model: nn.Module, names: list[str], x: torch.Tensor, fn: Callable[[str, torch.Tensor, int], None],
+           inputs: bool = False, stop: bool = False) -> None:
+    """Run ``model`` on ``x`` in chunks of :func:`~ravn.data.splits.images_per_batch` rows and call
+    ``fn(name, value, chunk)`` with each named module's output (or first input) on chunk number ``chunk``;
+    nothing is kept here, so a consumer that reduces what it gets (a Hessian ``X^T X``, a distance) holds
+    one chunk of one layer's activations at a time. ``stop``: each chunk's forward pass stops once every
+    named module has been seen (inputs of early layers only). ``x`` of one chunk is one forward pass.
+    """
+    modules = dict(model.named_modules())
+    rows = images_per_batch(x.shape[1:]) if x.dim() > 1 else len(x)
+    seen: set[str] = set()
+    state = {"chunk": 0}
+
+    def hook(name: str, value: torch.Tensor) -> None:
+        fn(name, value.detach(), state["chunk"])
+        seen.add(name)
+        if stop and len(seen) == len(names):
+            raise _Stop
+
+    if inputs:
+        handles = [modules[n].register_forward_pre_hook(lambda _m, args, n=n: hook(n, args[0])) for n in names]
+    else:
+        handles = [modules[n].register_forward_hook(lambda _m, _i, out, n=n: hook(n, out)) for n in names]
+    try:
+        for state["chunk"], start in enumerate(range(0, len(x), rows)):
+            seen.clear()
+            with contextlib.suppress(_Stop):
+                model(to_model(model, x[start : start + rows]))
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @torch.no_grad()

@@ -405,3 +405,69 @@ def test_missing_cifar_batch(tmp_path):
     (tmp_path / "cifar-10-batches-py" / "data_batch_5").unlink()
     with pytest.raises(RavnError, match=r"missing data file .*data_batch_5"):
         _ = load_dataset(tmp_path, val_size=5).full_train
+
+
+def test_image_folders_default_to_224_with_resize_256_and_centre_crop(tmp_path):
+    _folder_dataset(tmp_path / "imgs")
+    ds = load_dataset(tmp_path / "imgs", val_size=4)
+    assert ds.full_train.size == 224 and ds.full_train.resize == 256 and ds.image_size == 224
+    assert tuple(ds.test.images(torch.tensor([0])).shape) == (1, 3, 224, 224)
+
+
+def test_image_folder_reads_pixels_only_per_batch(tmp_path):
+    _folder_dataset(tmp_path / "imgs")
+    ds = load_dataset(tmp_path / "imgs", val_size=4)
+    calib = ds.calibration(3)
+    assert not hasattr(calib, "pixels") and len(calib.paths) == 3  # file names, never decoded images
+
+
+def _flat_val(root: Path, labels: dict[str, str]) -> None:
+    (root / "val").mkdir()
+    for i, name in enumerate(labels):
+        Image.new("RGB", (40, 30), list(_COLORS.values())[i % 3]).save(root / "val" / name)
+
+
+@pytest.mark.parametrize("form", ["names", "indices", "kaggle"])
+def test_imagenet_flat_val_folder_with_a_labels_file(tmp_path, form):
+    root = tmp_path / "imgs"
+    _folder_dataset(root, test_name="unused")
+    labels = {"ILSVRC2012_val_00000001.JPEG": "eel", "ILSVRC2012_val_00000002.JPEG": "cat",
+              "ILSVRC2012_val_00000003.JPEG": "dog"}
+    _flat_val(root, labels)
+    classes = ["cat", "dog", "eel"]
+    if form == "kaggle":
+        rows = [f"{Path(k).stem},{v} 10 20 30 40 {v} 1 2 3 4" for k, v in labels.items()]
+        (root / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "\n".join(reversed(rows)) + "\n")
+    else:
+        (root / "val.txt").write_text("".join(f"{k} {v if form == 'names' else classes.index(v)}\n"
+                                              for k, v in labels.items()))
+    (root / "unused").rename(root / "zz")  # val/ is then the only held-out folder
+    ds = load_dataset(root, image_size=16, val_size=4)
+    assert [p.name for p in ds.test.paths] == sorted(labels)
+    assert ds.test.labels.tolist() == [2, 0, 1]
+    assert tuple(ds.test.images(torch.arange(3)).shape) == (3, 3, 16, 16)
+
+
+def test_flat_val_folder_errors(tmp_path):
+    root = tmp_path / "imgs"
+    _folder_dataset(root, test_name="zz")
+    _flat_val(root, {"a.png": "cat", "b.png": "dog"})
+    with pytest.raises(RavnError, match=r"val holds images but no class folders .*\(add val\.txt"):
+        load_dataset(root)
+    (root / "val.txt").write_text("a.png cat\n")
+    with pytest.raises(RavnError, match=r"1 images in .*val have no label in .*val\.txt \(e\.g\. b\.png\)"):
+        _ = load_dataset(root).test
+    (root / "val.txt").write_text("a.png cat\nb.png wolf\n")
+    with pytest.raises(RavnError, match=r"val\.txt line 2: class 'wolf' is not one of the 3"):
+        _ = load_dataset(root).test
+    (root / "val.txt").write_text("a.png cat extra\n")
+    with pytest.raises(RavnError, match=r"line 1: expected '<file> <class>'"):
+        _ = load_dataset(root).test
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"image_size": 0}, "image size 0 is out of range"),
+                                                ({"val_size": 0}, "validation size 0 is not positive")])
+def test_bad_sizes_are_one_line_errors(tmp_path, kwargs, match):
+    _folder_dataset(tmp_path / "imgs")
+    with pytest.raises(RavnError, match=match):
+        load_dataset(tmp_path / "imgs", **kwargs)

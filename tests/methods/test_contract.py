@@ -105,3 +105,24 @@ def test_contract_foreign_option_is_one_line_error(name):
     with pytest.raises(RavnError) as exc:
         cli_flags.config(method(name), None, {foreign: table[foreign].kind()})
     assert "does not apply" in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_contract_calibration_size_is_the_calibration_read(name, tmp_path, monkeypatch):
+    """``--calibration-size`` sizes every calibration draw a method makes (fine-tuning's batch-norm
+    re-estimation, seed 1, is its own); a method without the field draws none."""
+    from ravn.data import Dataset
+
+    draws, original = [], Dataset.calibration
+
+    def recording(self, size=256, seed=0):
+        draws.append((size, seed))
+        return original(self, size, seed)
+
+    monkeypatch.setattr(Dataset, "calibration", recording)
+    config, _, _ = _quantize(name, tmp_path, "a")
+    own = [size for size, seed in draws if seed == 0]
+    if hasattr(config, "calibration_size"):
+        assert set(own) <= {config.calibration_size}
+    else:
+        assert own == []

@@ -260,3 +260,18 @@ def test_published_resnet20_checkpoint():
     with torch.no_grad():
         out = model(torch.zeros(1, 3, 32, 32))
     assert out.shape == (1, 10) and torch.isfinite(out).all()
+
+
+def test_normalisation_and_input_size_from_the_reference_or_arguments(factory_module):
+    ref = ModelRef.parse("resnet20", mean=(0.5, 0.5, 0.5), std=[0.25, 0.25, 0.25], input_size=224)
+    assert ref.mean == (0.5, 0.5, 0.5) and ref.std == (0.25, 0.25, 0.25)
+    assert ref.input_size == 32  # a registered model keeps its own input size
+    user = ModelRef.parse(f"{factory_module}:tiny", std=(1.0, 2.0, 3.0), input_size=224)
+    assert user.mean == ModelRef.parse("resnet20").mean and user.std == (1.0, 2.0, 3.0) and user.input_size == 224
+    assert ModelRef.from_dict(user.to_dict()) == user
+
+
+@pytest.mark.parametrize(("mean", "std"), [((0.5, 0.5), None), (None, (0.2, 0.0, 0.2)), ((float("nan"),) * 3, None)])
+def test_bad_normalisation_is_a_ravn_error(mean, std):
+    with pytest.raises(RavnError, match=r"normalisation mean .* --mean and --std"):
+        ModelRef.parse("resnet20", mean=mean, std=std)

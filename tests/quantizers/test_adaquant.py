@@ -8,7 +8,7 @@ from torch import nn
 
 from ravn.quantizers import quantize_uniform
 from ravn.quantizers.adaquant import AdaQuant, adaquant_weight, cross_grams, float_grams, objective
-from ravn.quantizers.gptq import input_hessians
+from ravn.quantizers.gptq import layer_hessians
 from ravn.quantizers.rounding import get_rounding
 from ravn.quantizers.swap import with_weights
 from ravn.quantizers.vq import ClusteredWeight
@@ -39,7 +39,7 @@ def test_objective_is_the_output_error_up_to_a_constant():
     x_q = x + 0.1 * torch.randn_like(x)
     positions = x.shape[0] * x.shape[2] * x.shape[3]
     w = layer.weight.detach().double()
-    for grams, x_in in [(float_grams(layer.weight, input_hessians(layer, x)), None),
+    for grams, x_in in [(float_grams(layer.weight, layer_hessians(layer, [""], x)[""]), None),
                         (cross_grams(layer.weight, layer, x, x_q), x_q)]:
         errors, values = [], []
         for scale in (0.0, 0.5, 1.0):
@@ -49,7 +49,7 @@ def test_objective_is_the_output_error_up_to_a_constant():
         constant = [e - v for e, v in zip(errors, values, strict=True)]
         assert max(constant) - min(constant) < 1e-6 * max(errors)
         if x_in is None:  # the constant is tr(W H W^T), the error of the zero weight
-            h = input_hessians(layer, x)
+            h = layer_hessians(layer, [""], x)[""]
             trace = sum(float(((w[6 * g : 6 * (g + 1)].reshape(6, -1) @ h[g]) * w[6 * g : 6 * (g + 1)].reshape(6, -1))
                               .sum()) for g in range(2))
             assert abs(constant[0] - trace) < 1e-6 * trace
@@ -63,7 +63,7 @@ def test_adaquant_lowers_the_output_error_of_round_to_nearest_and_keeps_the_size
     else:
         cw = ClusteredWeight(layer.weight, int(make[-1]), True, "uniform")
         q = cw.quantize((2,) * cw.clusters)
-    grams = float_grams(layer.weight, input_hessians(layer, x))
+    grams = float_grams(layer.weight, layer_hessians(layer, [""], x)[""])
     better = adaquant_weight(layer.weight, q, grams, steps=150)
     assert better.bits == q.bits and better.counts == q.counts and torch.equal(better.tables, q.tables)
     assert (better.ids is None) == (q.ids is None) and (better.ids is None or torch.equal(better.ids, q.ids))
@@ -74,7 +74,7 @@ def test_adaquant_lowers_the_output_error_of_round_to_nearest_and_keeps_the_size
 def test_adaquant_never_ends_worse_than_its_start():
     layer, x = _layer_and_inputs(2)
     q = quantize_uniform(layer.weight, 4)
-    grams = float_grams(layer.weight, input_hessians(layer, x))
+    grams = float_grams(layer.weight, layer_hessians(layer, [""], x)[""])
     for steps in (0, 1, 5):
         out = adaquant_weight(layer.weight, q, grams, steps=steps)
         assert float(objective(out.dequantize(), grams)) <= float(objective(q.dequantize(), grams)) + 1e-9

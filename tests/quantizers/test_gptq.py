@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ravn.quantizers import quantize_uniform
-from ravn.quantizers.gptq import GPTQ, NearestEntry, gptq_codes, input_hessians, patches
+from ravn.quantizers.gptq import GPTQ, NearestEntry, gptq_codes, layer_hessians, patches
 from ravn.quantizers.qweight import QuantizedWeight
 from ravn.quantizers.rounding import get_rounding
 from ravn.quantizers.swap import with_weights
@@ -41,7 +41,7 @@ def test_gptq_lowers_the_output_error_of_round_to_nearest(clusters):
     x = torch.randn(32, 8, 10, 10) + 0.5 * torch.randn(1, 8, 1, 1)  # correlated input channels
     cw = ClusteredWeight(layer.weight, clusters, True, "uniform")
     q = cw.quantize((3,) * cw.clusters)
-    codes = gptq_codes(layer.weight, q, input_hessians(layer, x))
+    codes = gptq_codes(layer.weight, q, layer_hessians(layer, [""], x)[""])
     better = type(q)(q.shape, q.bits, q.ids, codes, q.tables, q.scale)
     assert better.counts == q.counts  # the size does not change
     assert _output_error(layer, better.dequantize(), x) < 0.9 * _output_error(layer, q.dequantize(), x)
@@ -136,7 +136,7 @@ def test_blocked_gptq_equals_the_column_by_column_update(clusters, bits, block, 
     x = torch.randn(16, 6, 8, 8) + 0.5 * torch.randn(1, 6, 1, 1)
     cw = ClusteredWeight(layer.weight, clusters, per_channel, "uniform")
     q = cw.quantize((bits,) * cw.clusters)
-    hessians = input_hessians(layer, x)
+    hessians = layer_hessians(layer, [""], x)[""]
     assert torch.equal(gptq_codes(layer.weight, q, hessians, block=block),
                        reference_gptq_codes(layer.weight, q, hessians))
 
@@ -162,5 +162,5 @@ def test_gptq_with_a_zero_channel_scale_keeps_a_valid_code():
     q = quantize_uniform(layer.weight, 3)
     q = QuantizedWeight(q.shape, q.bits, None, q.codes, q.tables, q.scale.clone(), q.offset)
     q.scale[1] = 0.0
-    codes = gptq_codes(layer.weight, q, input_hessians(layer, torch.randn(64, 12)))
+    codes = gptq_codes(layer.weight, q, layer_hessians(layer, [""], torch.randn(64, 12))[""])
     assert codes.min() >= 0 and codes.max() < 8

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from ravn.quantizers.gptq import NearestEntry, RatedEntry, gptq_codes, input_hessians
+from ravn.quantizers.gptq import NearestEntry, RatedEntry, gptq_codes, layer_hessians
 from ravn.quantizers.rate import RateGPTQ, coded_bits, error_scale, rate_codes
 from ravn.quantizers.rounding import ROUNDINGS, get_rounding
 from ravn.quantizers.vq import ClusteredWeight
@@ -21,7 +21,7 @@ def _case(seed: int = 0, clusters: int = 1, bits: int = 3):
         layer.weight.normal_(0, 0.1)  # bell-shaped, as trained weights are: the codes' entropy is below b bits
     x = torch.randn(48, 8, 10, 10) + 0.5 * torch.randn(1, 8, 1, 1)  # correlated input channels
     cw = ClusteredWeight(layer.weight, clusters, True, "uniform")
-    return layer, x, cw.quantize((bits,) * cw.clusters), input_hessians(layer, x)
+    return layer, x, cw.quantize((bits,) * cw.clusters), layer_hessians(layer, [""], x)[""]
 
 
 def _output_error(layer, q, x) -> float:

@@ -124,3 +124,17 @@ def test_squared_scales_turn_normalised_errors_into_weight_errors(per_channel):
         real = float((cw.quantize((bits,)).dequantize() - w).pow(2).sum())
         modelled = squared_scales(cw) * cw.error((bits,))
         assert modelled == pytest.approx(real, rel=1e-4 if not per_channel else 0.25), bits
+
+
+def test_one_graph_at_a_time_gives_the_same_traces():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    kept = LossHessian(model, ["0", "2"], x, y, chunk=4)
+    lean = LossHessian(model, ["0", "2"], x, y, chunk=4, keep_graphs=False)
+    assert len(kept._grads) == 8 and len(lean._grads) == 0
+    assert hutchinson_traces(lean, iterations=16, seed=3) == hutchinson_traces(kept, iterations=16, seed=3)
+    assert len(lean._grads) == 1
+    v = [torch.ones_like(p) for p in lean.params]
+    for a, b in zip(lean.products(v), kept.products(v), strict=True):
+        assert torch.equal(a, b)

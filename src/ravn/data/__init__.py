@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Literal
 
 from ravn.data.cifar import CIFAR10_CLASSES, pickle_classes, read_npz_split, read_pickle_split
-from ravn.data.folder import list_classes, read_folder_split
+from ravn.data.folder import is_flat, labels_file, list_classes, read_flat_split, read_folder_split
 from ravn.data.splits import (
     DEFAULT_VAL_SIZE,
     ImageSplit,
@@ -33,7 +33,7 @@ from ravn.errors import RavnError
 from ravn.settings import data_root
 
 __all__ = [
-    "DEFAULT_VAL_SIZE", "Dataset", "ImageSplit", "Normalize", "TensorSplit", "calibration_indices",
+    "DEFAULT_VAL_SIZE", "FOLDER_IMAGE_SIZE", "Dataset", "ImageSplit", "Normalize", "TensorSplit", "calibration_indices",
     "carve_validation", "iterate_batches", "load_dataset", "random_crop_flip", "resolve_data_dir",
 ]
 
@@ -59,6 +59,13 @@ class Dataset:
         return len(self.classes)
 
     @cached_property
+    def image_size(self) -> int:
+        """Side in pixels of the images (of the first test image)."""
+        import torch
+
+        return int(self.test.images(torch.arange(1)).shape[-1])
+
+    @cached_property
     def full_train(self) -> ImageSplit:
         return self.read_train()
 
@@ -71,7 +78,7 @@ class Dataset:
         n = len(self.full_train)
         if not 0 < self.val_size < n:
             raise RavnError(f"{self.root}: a validation split of {self.val_size} does not fit {n} training images",
-                            f"use more than {self.val_size} training images or a smaller validation size")
+                            f"use more than {self.val_size} training images or a smaller --val-size")
         return carve_validation(n, self.val_size, self.val_shuffle_seed)
 
     @cached_property
@@ -127,13 +134,25 @@ def resolve_data_dir(data: Path | str | None, default_name: str = "cifar10") -> 
     return path
 
 
-def load_dataset(data: Path | str | None = None, image_size: int = 32, val_size: int = DEFAULT_VAL_SIZE) -> Dataset:
+#: Side in pixels of class-folder images when no size is given (resize 256, centre crop 224).
+FOLDER_IMAGE_SIZE = 224
+
+
+def load_dataset(data: Path | str | None = None, image_size: int | None = None,
+                 val_size: int = DEFAULT_VAL_SIZE) -> Dataset:
     """Open the dataset folder ``data`` (see :func:`resolve_data_dir`), recognising its layout.
 
     Layouts, in the order they are tried: ravn ``.npz`` (``train.npz``, ``test.npz``);
     ``cifar-10-batches-py``; ``cifar-100-python``; a class-per-folder tree (``train/`` and
-    ``test/`` or ``val/``, each with one folder per class, images resized to ``image_size``).
+    ``test/`` or ``val/``, each with one folder per class or, ImageNet's validation layout, flat with a
+    labels file: :mod:`ravn.data.folder`), images resized and centre-cropped to ``image_size`` (default
+    :data:`FOLDER_IMAGE_SIZE`). Arrays and pickles keep their stored size; ``image_size`` applies to
+    folders only.
     """
+    if image_size is not None and not 1 <= image_size <= 4096:
+        raise RavnError(f"image size {image_size} is out of range", "use an --image-size from 1 to 4096 pixels")
+    if val_size < 1:
+        raise RavnError(f"validation size {val_size} is not positive", "use a --val-size of at least 1")
     root = resolve_data_dir(data)
     if (root / "train.npz").exists() or (root / "test.npz").exists():
         classes_file = root / "classes.txt"
@@ -168,9 +187,16 @@ def load_dataset(data: Path | str | None = None, image_size: int = 32, val_size:
         classes = list_classes(root / "train")
         if not classes:
             raise RavnError(f"{root}/train has no class folders", "expected train/<class>/<image>")
-        return Dataset(root.name, root, classes,
-                       lambda: read_folder_split(root / "train", classes, image_size),
-                       lambda: read_folder_split(test_dir, classes, image_size), val_size, val_shuffle_seed=0)
+        size = image_size or FOLDER_IMAGE_SIZE
+        read_test = partial(read_folder_split, test_dir, classes, size)
+        if is_flat(test_dir):
+            labels = labels_file(test_dir)
+            if labels is None:
+                raise RavnError(f"{test_dir} holds images but no class folders and {root} no labels file",
+                                f"add {test_dir.name}.txt ('<file> <class>' lines) or LOC_{test_dir.name}_solution.csv")
+            read_test = partial(read_flat_split, test_dir, labels, classes, size)
+        return Dataset(root.name, root, classes, partial(read_folder_split, root / "train", classes, size),
+                       read_test, val_size, val_shuffle_seed=0)
     raise RavnError(
         f"{root} holds no dataset ravn can read",
         "expected train.npz/test.npz, cifar-10-batches-py, cifar-100-python, or train/<class>/ + test/<class>/",

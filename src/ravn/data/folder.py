@@ -1,7 +1,16 @@
 """ImageNet-style class-per-folder trees: ``<root>/<split>/<class>/<image>``.
 
-Images are decoded with Pillow when a batch asks for them, converted to 8-bit RGB, resized so the
-shorter side is ``resize`` and centre-cropped to ``size`` x ``size``.
+Images are decoded with Pillow when a batch asks for them (a split holds file names, never pixels),
+converted to 8-bit RGB, resized so the shorter side is ``resize`` and centre-cropped to ``size`` x
+``size``: the usual resize 256 / centre crop 224 at 224 px (``resize = size / 0.875``); below 64 px the
+image is resized to ``size`` and cropped to a square.
+
+A held-out split may also be flat, as ImageNet's validation images come: ``<root>/val/<image>`` with a
+labels file next to the folder (:func:`read_flat_split`): ``val.txt`` with ``<file> <class>`` lines
+(``<class>`` a class folder name, or its index among the sorted class folders, as in Caffe's
+``val.txt``) or Kaggle's ``LOC_val_solution.csv`` (``ImageId,PredictionString``, the class the first
+word of the prediction string). ILSVRC2012's ``ILSVRC2012_validation_ground_truth.txt`` is not read:
+its numbers are ILSVRC2012 ids, which need the development kit's ``meta.mat`` to map to class folders.
 
 Conversions to RGB (Pillow's, except for wide integer and float modes):
 
@@ -86,6 +95,57 @@ def list_classes(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _folder_split(paths: list[Path], labels: list[int], size: int) -> FolderSplit:
+    resize = size if size < 64 else round(size / 0.875)
+    return FolderSplit(paths, torch.tensor(labels, dtype=torch.int64), size, resize)
+
+
+def _images_in(folder: Path, recursive: bool = True) -> list[Path]:
+    found = sorted(folder.rglob("*") if recursive else folder.iterdir())
+    return [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+
+
+def labels_file(split_dir: Path) -> Path | None:
+    """The labels file of a flat split folder, if there is one (see the module docstring)."""
+    for name in (f"{split_dir.name}.txt", f"LOC_{split_dir.name}_solution.csv"):
+        if (split_dir.parent / name).is_file():
+            return split_dir.parent / name
+    return None
+
+
+def is_flat(split_dir: Path) -> bool:
+    """Images directly in ``split_dir`` and no class folders: a flat split."""
+    return not list_classes(split_dir) and bool(_images_in(split_dir, recursive=False))
+
+
+def read_flat_split(split_dir: Path, labels_path: Path, classes: list[str], size: int) -> FolderSplit:
+    """The images directly in ``split_dir``, labelled by ``labels_path`` (see the module docstring)."""
+    index = {name: i for i, name in enumerate(classes)}
+    table: dict[str, int] = {}
+    csv = labels_path.suffix == ".csv"
+    for number, line in enumerate(labels_path.read_text(errors="replace").splitlines(), 1):
+        fields = line.split(",", 1) if csv else line.split()
+        if not fields or not line.strip() or (csv and number == 1 and fields[0] == "ImageId"):
+            continue
+        words = fields[1].split() if csv and len(fields) == 2 else fields[1:]
+        if len(words) < 1 or (not csv and len(words) != 1):
+            raise RavnError(f"{labels_path} line {number}: expected '<file> <class>'", "fix the labels file")
+        name, cls = fields[0].strip(), words[0]
+        if cls in index:
+            table[Path(name).stem] = index[cls]
+        elif cls.isdigit() and int(cls) < len(classes):
+            table[Path(name).stem] = int(cls)
+        else:
+            raise RavnError(f"{labels_path} line {number}: class '{cls}' is not one of the {len(classes)} "
+                            "training class folders nor an index of one", "fix the labels file")
+    paths = _images_in(split_dir, recursive=False)
+    missing = [p.name for p in paths if p.stem not in table]
+    if missing:
+        raise RavnError(f"{len(missing)} images in {split_dir} have no label in {labels_path} (e.g. {missing[0]})",
+                        "add their labels or remove the images")
+    return _folder_split(paths, [table[p.stem] for p in paths], size)
+
+
 def read_folder_split(split_dir: Path, classes: list[str], size: int) -> FolderSplit:
     """All images under ``split_dir/<class>/``, labelled by the index of their class in ``classes``."""
     paths, labels = [], []
@@ -93,7 +153,7 @@ def read_folder_split(split_dir: Path, classes: list[str], size: int) -> FolderS
         class_dir = split_dir / name
         if not class_dir.is_dir():
             continue
-        images = [p for p in sorted(class_dir.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+        images = _images_in(class_dir)
         if not images:
             raise RavnError(f"class folder {class_dir} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})",
                             "add its images or remove the folder")
@@ -101,5 +161,4 @@ def read_folder_split(split_dir: Path, classes: list[str], size: int) -> FolderS
         labels += [label] * len(images)
     if not paths:
         raise RavnError(f"no images under {split_dir}", f"expected {split_dir}/<class>/<image>.jpg")
-    resize = size if size < 64 else round(size / 0.875)
-    return FolderSplit(paths, torch.tensor(labels, dtype=torch.int64), size, resize)
+    return _folder_split(paths, labels, size)

@@ -16,6 +16,20 @@ import torch
 #: Images carved from the end of the training data for validation (searches, checkpoint selection).
 DEFAULT_VAL_SIZE = 5000
 
+#: Pixels (images x height x width) one forward pass of the streaming stages takes at most: evaluation,
+#: the fidelity loss, the Hessians of the roundings. 2,048 CIFAR images (so the usual calibration batch is
+#: one pass) or 41 images at 224 px (ResNet-50: about 130 MB per activation of its first stage).
+BATCH_PIXELS = 1 << 21
+
+
+def images_per_batch(shape: tuple[int, ...] | torch.Size, most: int | None = None) -> int:
+    """How many images of ``shape`` (one image's, e.g. ``(3, 224, 224)``) a forward pass takes: as many as
+    :data:`BATCH_PIXELS` allows, at least one, at most ``most``. A shape without spatial axes counts one
+    pixel per row."""
+    pixels = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    n = max(1, BATCH_PIXELS // max(pixels, 1))
+    return n if most is None else min(n, most)
+
 
 class ImageSplit(Protocol):
     """A labelled set of images that can be read batch by batch."""

@@ -57,6 +57,7 @@ class AdaQuantConfig(Config):
     # uniform grids, AdaQuant rounding; the fidelity probe's sensitivities only seed the unused initial bits.
     clusters: ClassVar[int] = 1
     grid: ClassVar[str] = "uniform"
+    outliers: ClassVar[float] = 0.0
     init: ClassVar[str] = "vq"
     rounding: ClassVar[str] = "adaquant"
     sensitivity: ClassVar[str] = "fidelity"

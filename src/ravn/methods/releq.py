@@ -57,6 +57,7 @@ class ReleqConfig(Config):
     # 8 bits everywhere projected into the budget as the start.
     clusters: ClassVar[int] = 1
     grid: ClassVar[str] = "uniform"
+    outliers: ClassVar[float] = 0.0
     init: ClassVar[str] = "vq"
     sensitivity: ClassVar[str] = "fidelity"
     hessian_iterations: ClassVar[int] = 1

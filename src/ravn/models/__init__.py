@@ -7,6 +7,7 @@ A :class:`ModelRef` is plain data that rebuilds the architecture anywhere (it is
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -52,15 +53,29 @@ class ModelRef:
     input_size: int = 32
 
     @classmethod
-    def parse(cls, model: str, num_classes: int | None = None, mean=None, std=None) -> ModelRef:
+    def parse(cls, model: str, num_classes: int | None = None, mean=None, std=None,
+              input_size: int | None = None) -> ModelRef:
+        """A registered model (its normalisation and input size) or a ``package.module:factory`` (ImageNet's
+        normalisation, ``input_size`` default 32); ``mean`` / ``std`` override the normalisation."""
         if model in MODELS:
             spec = MODELS[model]
             kwargs = {} if num_classes is None else {"num_classes": num_classes}
-            return cls(model, spec.factory, kwargs, tuple(mean or spec.mean), tuple(std or spec.std), spec.input_size)
-        if ":" in model:
-            return cls(model, model, {}, tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD))
-        raise RavnError(f"unknown model '{model}'",
-                        f"use one of {', '.join(MODELS)} or a factory as package.module:function")
+            ref = cls(model, spec.factory, kwargs, spec.mean, spec.std, spec.input_size)
+        elif ":" in model:
+            ref = cls(model, model, {}, IMAGENET_MEAN, IMAGENET_STD, input_size or 32)
+        else:
+            raise RavnError(f"unknown model '{model}'",
+                            f"use one of {', '.join(MODELS)} or a factory as package.module:function")
+        return ref.normalized(mean, std)
+
+    def normalized(self, mean=None, std=None) -> ModelRef:
+        """The same model with another input normalisation (``None``: keep that part)."""
+        mean = tuple(float(m) for m in (self.mean if mean is None else mean))
+        std = tuple(float(s) for s in (self.std if std is None else std))
+        if len(mean) != len(std) or not all(s > 0 for s in std) or not all(map(math.isfinite, mean + std)):
+            raise RavnError(f"normalisation mean {list(mean)} / std {list(std)} is not one finite value per "
+                            "channel with std > 0", "pass --mean and --std with as many values, e.g. 0.5,0.5,0.5")
+        return replace(self, mean=mean, std=std)
 
     @property
     def normalize(self) -> Normalize:

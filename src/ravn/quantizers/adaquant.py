@@ -39,8 +39,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ravn.hooks import input_of, layer_inputs
-from ravn.quantizers.gptq import input_hessians, input_rows
+from ravn.hooks import input_of
+from ravn.quantizers.gptq import input_rows, layer_hessians
 from ravn.quantizers.qweight import QuantizedWeight
 from ravn.quantizers.rounding import Rounding, register_rounding
 from ravn.quantizers.trainable import TableQuantizer
@@ -120,13 +120,9 @@ class AdaQuant(Rounding):
 
     def layerwise(self, model: nn.Module, names: list[str], calibration: torch.Tensor):
         modules = dict(model.named_modules())
-        grams: dict[str, Grams | None] = {}
         weights = {n: modules[n].weight.detach().clone() for n in names}
-        for n, x in zip(names, layer_inputs(model.eval(), names, calibration), strict=True):
-            try:
-                grams[n] = float_grams(weights[n], input_hessians(modules[n], x))
-            except TypeError:
-                grams[n] = None
+        grams: dict[str, Grams | None] = {n: None if h is None else float_grams(weights[n], h)
+                                          for n, h in layer_hessians(model, names, calibration).items()}
         cache: dict[tuple, QuantizedWeight] = {}
 
         def round_layer(name: str, q: QuantizedWeight) -> QuantizedWeight:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ravn.hooks import input_of, layer_inputs
+from ravn.hooks import stream
 from ravn.quantizers.qweight import QuantizedWeight
 from ravn.quantizers.rounding import Rounding, register_rounding
 
@@ -44,9 +44,32 @@ def input_rows(layer: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return [rows[:, g * per_group : (g + 1) * per_group] for g in range(layer.groups)]
 
 
-def input_hessians(layer: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """``X^T X / rows`` per group (float64), ``X`` the layer's inputs as rows of its weight's columns."""
-    return [(part.T @ part).double() / len(part) for part in input_rows(layer, x)]
+def layer_hessians(model: nn.Module, names: list[str], calibration: torch.Tensor,
+                   stop: bool = False) -> dict[str, list[torch.Tensor] | None]:
+    """``X^T X / rows`` per group (float64) of each named layer of ``model`` on ``calibration``, ``X`` the
+    layer's inputs as rows of its weight's columns (:func:`input_rows`), in one streamed pass: ``X^T X`` is
+    summed chunk by chunk (:func:`ravn.hooks.stream`) and no layer's inputs are kept, so the memory is the
+    Hessians plus one chunk's activations (one chunk: the same numbers as from the whole batch).
+    ``None`` for a layer kind without input rows. ``stop``: the pass ends at the last named layer.
+    A layer's Hessians from its inputs ``x``: ``layer_hessians(layer, [""], x)[""]``."""
+    modules = dict(model.named_modules())
+    sums: dict[str, list[torch.Tensor] | None] = {}
+    rows: dict[str, int] = dict.fromkeys(names, 0)
+
+    def add(name: str, x: torch.Tensor, _chunk: int) -> None:
+        if name in sums and sums[name] is None:
+            return
+        try:
+            parts = input_rows(modules[name], x)
+        except TypeError:
+            sums[name] = None
+            return
+        grams = [(part.T @ part).double() for part in parts]
+        sums[name] = grams if name not in sums else [s + g for s, g in zip(sums[name], grams, strict=True)]
+        rows[name] += len(parts[0])
+
+    stream(model.eval(), names, calibration, add, inputs=True, stop=stop)
+    return {n: None if sums[n] is None else [s / rows[n] for s in sums[n]] for n in names}
 
 
 def patches(x: torch.Tensor, kernel, dilation, padding, stride) -> torch.Tensor:
@@ -189,8 +212,9 @@ def gptq_codes(weight: torch.Tensor, q: QuantizedWeight, hessians: list[torch.Te
 class GPTQ(Rounding):
     """GPTQ rounding (see the module docstring).
 
-    :meth:`layerwise` computes the float model's Hessians in one forward pass and keeps them, so
-    re-choosing the codes of a layer for a given bit allocation depends on that layer alone and is
+    :meth:`layerwise` computes the float model's Hessians in one streamed forward pass
+    (:func:`layer_hessians`: no layer's inputs are kept, only ``X^T X``) and keeps them, so re-choosing the
+    codes of a layer for a given bit allocation depends on that layer alone and is
     cached per (layer, bits): a search sees (approximately) GPTQ-rounded weights at little more than
     round-to-nearest cost. :meth:`sequential` (on the inputs of the already quantized layers) makes
     the weights that are stored.
@@ -206,12 +230,7 @@ class GPTQ(Rounding):
     def layerwise(self, model: nn.Module, names: list[str], calibration: torch.Tensor):
         modules = dict(model.named_modules())
         weights = {n: modules[n].weight.detach().clone() for n in names}
-        hessians: dict[str, list[torch.Tensor] | None] = {}
-        for n, x in zip(names, layer_inputs(model.eval(), names, calibration), strict=True):
-            try:
-                hessians[n] = input_hessians(modules[n], x)
-            except TypeError:
-                hessians[n] = None
+        hessians = layer_hessians(model, names, calibration)
         cache: dict[tuple, QuantizedWeight] = {}
 
         def round_layer(name: str, q: QuantizedWeight) -> QuantizedWeight:
@@ -234,11 +253,9 @@ class GPTQ(Rounding):
         names = [n for n, _ in work.named_modules() if n in weights]  # forward (registration) order
         for name in progress(names) if progress else names:
             layer, q = modules[name], weights[name]
-            try:
-                hessians = input_hessians(layer, input_of(work, layer, calibration))
-                out[name] = q.with_codes(self.codes(layer.weight, q, hessians))
-            except TypeError:
-                out[name] = q  # layer kinds without GPTQ keep round-to-nearest codes
+            hessians = layer_hessians(work, [name], calibration, stop=True)[name]
+            # layer kinds without GPTQ keep round-to-nearest codes
+            out[name] = q if hessians is None else q.with_codes(self.codes(layer.weight, q, hessians))
             with torch.no_grad():
                 layer.weight.copy_(out[name].dequantize())
         return out

@@ -110,17 +110,19 @@ def decode(stream: np.ndarray, counts: list[int], n: int) -> np.ndarray:
     for k in range(max_len):
         window = (window << 1) | bits[k : k + total]
     word = np.searchsorted(starts, window, side="right") - 1
-    symbol_at = np.asarray(order, dtype=np.int64)[word].tolist()
-    step_at = np.asarray([lengths[s] for s in order], dtype=np.int64)[word].tolist()
-    out = [0] * n
-    pos = 0
-    try:
-        for i in range(n):  # a chain of look-ups; each step is a list index
-            out[i] = symbol_at[pos]
-            pos += step_at[pos]
-    except IndexError:
-        raise ValueError(f"the id stream ends after {i} of {n} symbols") from None
-    symbols = np.asarray(out, dtype=np.int64)
+    # Symbol i starts at pos_i, pos_{i+1} = nxt[pos_i]: all n positions at once by pointer doubling
+    # (jump = nxt applied 2^k times; symbol i takes the jumps of the bits of i), log2(n) gathers in all.
+    nxt = np.append(np.minimum(np.arange(total) + np.asarray([lengths[s] for s in order])[word], total), total)
+    index = np.arange(n)
+    pos = np.zeros(n, dtype=np.int64)
+    jump = nxt
+    for k in range(max(n - 1, 1).bit_length()):
+        take = (index >> k) & 1 == 1
+        pos[take] = jump[pos[take]]
+        jump = jump[jump]
+    if (pos == total).any():  # the sentinel: past the stream's end
+        raise ValueError(f"the id stream ends after {int(np.argmax(pos == total))} of {n} symbols")
+    symbols = np.asarray(order, dtype=np.int64)[word[pos]]
     if np.bincount(symbols, minlength=len(counts)).tolist() != counts:
         raise ValueError("the id stream does not hold the symbols its counts say")
     return symbols

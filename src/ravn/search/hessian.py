@@ -31,10 +31,15 @@ from torch import nn
 class LossHessian:
     """Hessian-vector products of the mean cross-entropy on ``(images, labels)`` w.r.t. the weights of
     ``names``. The batch is cut into chunks of ``chunk`` images (the last may be smaller), each with its
-    first-order graph kept; :meth:`products` sums them (exact) or takes one (a stochastic estimate)."""
+    first-order graph; :meth:`products` sums them (exact) or takes one (a stochastic estimate).
+
+    ``keep_graphs``: every chunk's graph is built once and kept (power iteration visits every chunk at
+    every product); otherwise only the graph of the chunk last used is held and another chunk's is built
+    when asked for (Hutchinson's vectors each meet one chunk in turn: the memory of one chunk's graph
+    instead of the whole batch's, every layer's activations included; the same numbers)."""
 
     def __init__(self, model: nn.Module, names: list[str], images: torch.Tensor, labels: torch.Tensor,
-                 chunk: int = 32):
+                 chunk: int = 32, keep_graphs: bool = True):
         if len(images) == 0 or len(images) != len(labels):
             raise ValueError(f"need as many labels as images, got {len(images)} and {len(labels)}")
         self.work = copy.deepcopy(model).eval()
@@ -44,18 +49,30 @@ class LossHessian:
         self.params = [modules[n].weight for n in names]
         for p in self.params:
             p.requires_grad_(True)
-        self.grads: list[tuple[torch.Tensor, ...]] = []  # of each chunk's mean loss
-        self.weights: list[float] = []  # each chunk's share of the batch
-        with torch.enable_grad():
-            for start in range(0, len(images), chunk):
-                x, y = images[start:start + chunk], labels[start:start + chunk]
-                loss = F.cross_entropy(self.work(x), y.long())
-                self.grads.append(torch.autograd.grad(loss, self.params, create_graph=True))
-                self.weights.append(len(x) / len(images))
+        self.images, self.labels, self.keep_graphs = images, labels, keep_graphs
+        self.starts = list(range(0, len(images), chunk))
+        self.size = chunk
+        self.weights = [len(images[s : s + chunk]) / len(images) for s in self.starts]  # each chunk's share
+        self._grads: dict[int, tuple[torch.Tensor, ...]] = {}  # of each held chunk's mean loss
+        if keep_graphs:
+            for c in range(self.chunks):
+                self.grads(c)
 
     @property
     def chunks(self) -> int:
-        return len(self.grads)
+        return len(self.starts)
+
+    def grads(self, c: int) -> tuple[torch.Tensor, ...]:
+        """The gradient of chunk ``c``'s mean loss, with its graph (built now unless held)."""
+        if c not in self._grads:
+            if not self.keep_graphs:
+                self._grads.clear()
+            start = self.starts[c]
+            x, y = self.images[start : start + self.size], self.labels[start : start + self.size]
+            with torch.enable_grad():
+                loss = F.cross_entropy(self.work(x), y.long())
+                self._grads[c] = torch.autograd.grad(loss, self.params, create_graph=True)
+        return self._grads[c]
 
     def products(self, vectors: list[torch.Tensor], chunk: int | None = None) -> list[torch.Tensor]:
         """``H v`` restricted to each layer, for ``v`` the concatenation of ``vectors`` (one per layer): of the
@@ -64,7 +81,7 @@ class LossHessian:
         parts = range(self.chunks) if chunk is None else [chunk]
         with torch.enable_grad():
             for c in parts:
-                dot = sum((g * v).sum() for g, v in zip(self.grads[c], vectors, strict=True))
+                dot = sum((g * v).sum() for g, v in zip(self.grads(c), vectors, strict=True))
                 share = self.weights[c] if chunk is None else 1.0
                 for acc, hv in zip(out, torch.autograd.grad(dot, self.params, retain_graph=True), strict=True):
                     acc += share * hv
@@ -74,8 +91,9 @@ class LossHessian:
         """``H_ll v`` for layer ``index`` alone (its diagonal block)."""
         out = torch.zeros_like(self.params[index])
         with torch.enable_grad():
-            for grads, share in zip(self.grads, self.weights, strict=True):
-                hv = torch.autograd.grad((grads[index] * vector).sum(), self.params[index], retain_graph=True)[0]
+            for c, share in enumerate(self.weights):
+                hv = torch.autograd.grad((self.grads(c)[index] * vector).sum(), self.params[index],
+                                         retain_graph=True)[0]
                 out += share * hv
         return out
 

@@ -103,7 +103,7 @@ def hessian_trace(model: nn.Module, clustered: dict[str, ClusteredWeight], data:
     """HAWQ-V2 (Sec. 2): half the average Hessian trace ``Tr(H_l) / n_l`` (Hutchinson, ``data.iterations``
     Rademacher vectors) times the squared channel scales: ``s_l e_l(b) = Omega_l(b) / 2``."""
     chunk = trace_chunk(len(data.images), data.iterations)  # each vector its own images: one pass in all
-    hessian = LossHessian(model, list(clustered), data.images, data.labels, chunk)
+    hessian = LossHessian(model, list(clustered), data.images, data.labels, chunk, keep_graphs=False)
     traces = hutchinson_traces(hessian, data.iterations, data.seed)
     return {name: max(t, 0.0) / cw.numel / 2 * squared_scales(cw)  # a negative estimate: no curvature
             for (name, cw), t in zip(clustered.items(), traces, strict=True)}

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from ravn.config import Config
-from ravn.data import Dataset, ImageSplit, Normalize
+from ravn.data import Dataset, ImageSplit, Normalize, iterate_batches
+from ravn.data.splits import images_per_batch
 from ravn.device import to_model
 from ravn.evaluation import evaluate
 from ravn.hooks import Capture
@@ -119,16 +120,19 @@ class LossSchedule(Callback):
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 250) -> None:
-    """Re-estimate batch-norm running statistics as exact averages over ``images`` (normalised)."""
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, images: ImageSplit, normalize: Normalize, most: int = 250) -> None:
+    """Re-estimate batch-norm running statistics as exact averages over ``images``, read and normalised
+    batch by batch (``most`` images per batch, fewer for large images: ``images_per_batch``)."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [(m.momentum, m.training) for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None
         m.train()
-    for i in range(0, len(images), batch_size):
-        model(to_model(model, images[i : i + batch_size]))
+    first = images.images(torch.arange(1))
+    for batch, _ in iterate_batches(images, images_per_batch(first.shape[1:], most)):
+        model(normalize(to_model(model, batch)))
     for m, (momentum, training) in zip(bns, saved, strict=True):
         m.momentum = momentum
         m.train(training)
@@ -212,7 +216,7 @@ def fine_tune(float_model: nn.Module, weights: dict[str, QuantizedWeight], datas
     # Batch-norm statistics for the quantized weights: keep them only if validation agrees.
     calib = dataset.calibration(2000, seed=1)
     candidate = copy.deepcopy(student)
-    recalibrate_bn(candidate, normalize(calib.images(torch.arange(len(calib)))))
+    recalibrate_bn(candidate, calib, normalize)
     m = evaluate(candidate.eval(), val, normalize)
     recalibrated = (m["top1"], -m["loss"]) > (result.best_top1, -result.best_loss)
     if recalibrated:
