@@ -138,7 +138,12 @@ def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, va
     spec = method_spec(method)
     config = method_flags.config(spec, mode, options)
     resolve_device(device)
-    check_workers(workers, ray_address, ray=getattr(config, "search", None) is not None)
+    search = getattr(config, "search", None)
+    check_workers(workers, ray_address, ray=search is not None)
+    if search is not None and workers > search.proposals:
+        raise RavnError(f"--workers {workers} with --proposals {search.proposals}: the extra workers would idle",
+                        f"add --proposals {workers} or more (the allocation depends on --proposals, never on "
+                        "--workers)")
     if coding is not None and coding not in CODINGS:
         raise RavnError(f"unknown coding '{coding}'", f"use one of {', '.join(CODINGS)}")
     writer = replicas().is_writer  # under torchrun, rank 0 writes and reports (ravn.training.distributed)

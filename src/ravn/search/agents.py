@@ -57,7 +57,8 @@ class SearchConfig(Config):
     changes: float = 16.0
     #: Configurations the search proposes per round, evaluated as one batch (PPO: its environments).
     #: --workers N evaluates a round on N workers; the rounds, hence the allocation, do not depend on N.
-    proposals: int = 4
+    #: 1 (one at a time) keeps every committed search result reproducible; set it >= --workers to use them.
+    proposals: int = 1
 
     def __post_init__(self) -> None:
         if min(self.evaluations, self.patience, self.search_val_size, self.max_delta, self.proposals) < 1:
