@@ -121,8 +121,9 @@ def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: 
         "log": result.log,
     }
     if report is not None:
+        summary["energy"] = energy.result
         summary["report"] = str(_report(summary, model, result.model, ref, test, context, report,
-                                        {"quantize_memory": memory, "energy": energy.result}))
+                                        {"quantize_memory": memory}))
     return summary
 
 

@@ -71,8 +71,12 @@ class EnergyMeter:
             self.result = {"error": "codecarbon is not installed (pip install 'ravn[report]')"}
             return self
         try:
-            self.tracker = OfflineEmissionsTracker(country_iso_code=self.country, save_to_file=False,
-                                                   log_level="error", tracking_mode="process")
+            import warnings
+
+            with warnings.catch_warnings():  # save_to_file: deprecated in 3.x, the only spelling in 2.x
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.tracker = OfflineEmissionsTracker(country_iso_code=self.country, save_to_file=False,
+                                                       log_level="error", tracking_mode="process")
             self.tracker.start()
         except Exception as exc:  # codecarbon probes the hardware; any failure only loses the estimate
             self.tracker, self.result = None, {"error": f"codecarbon cannot run here ({type(exc).__name__}: {exc})"}

@@ -1,8 +1,8 @@
 """The run report of ``ravn quantize``: ``report.md`` + ``report.json`` and plots in the run folder.
 
 The pipeline stores what the report needs in the run folder (:func:`store`): ``summary.json`` (what
-``ravn quantize --json`` prints, plus the file's per-layer description) and ``measurements.json``
-(memory, energy, embedding). :func:`write` builds the report from those and the search's
+``ravn quantize --json`` prints, energy included, plus the file's per-layer description) and
+``measurements.json`` (memory, embedding). :func:`write` builds the report from those and the search's
 ``episodes.jsonl`` files only, so ``ravn report RUN_DIR`` regenerates it byte for byte.
 
 Sections: accuracy and size (float vs quantized), the allocation per layer and cluster, the search
@@ -140,7 +140,7 @@ def build(run_dir: Path | str) -> dict:
         "training": list(_trainings(s.get("log", {}))),
         "memory": {"quantize": m.get("quantize_memory", {"error": "not measured"}),
                    "forward": m.get("forward_memory", {"error": "not measured"})},
-        "energy": m.get("energy", {"error": "not measured"}),
+        "energy": s.get("energy", {"error": "not measured"}),
         "embedding": m.get("embedding", {"error": "not measured"}),
         "seconds": {"quantize": s["quantize_seconds"], "report_measurements": m.get("seconds")},
     }
