@@ -33,9 +33,10 @@ EMBEDDINGS = ("auto", "tsne", "pca")
 
 
 def peak_rss() -> int:
-    """Peak resident memory of this process so far, in bytes (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    """Peak resident memory of this process so far, in bytes (``ru_maxrss``: KiB on Linux, bytes on macOS; the
+    kernel updates it lazily, so it is at least the resident memory now)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
+    return max(peak if sys.platform == "darwin" else peak * 1024, current_rss() or 0)
 
 
 def current_rss() -> int | None:
@@ -111,7 +112,7 @@ def _hwm() -> int:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
+                return max(int(line.split()[1]) * 1024, current_rss() or 0)
     except OSError:
         pass
     return peak_rss()
