@@ -156,7 +156,7 @@ FIXED_OPTIONS = {
     "device": DeviceOpt,
     "measure": Annotated[bool, typer.Option(
         help="The run report's extra measurements: peak RAM of a forward pass of the float model and the file "
-             "(subprocesses) and the 2-D embedding of penultimate features (~5-10% of a ResNet-20 run).")],
+             "(subprocesses) and the 2-D embedding of penultimate features (~15% of a ResNet-20 PTQ run).")],
     "embedding": Annotated[str, typer.Option(
         help="The report's embedding: 'auto' (t-SNE when scikit-learn is installed, else PCA), 'tsne' or 'pca'.")],
     "tensorboard": Annotated[bool, typer.Option(

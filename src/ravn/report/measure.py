@@ -127,6 +127,7 @@ def _forward_child(spec: dict) -> dict:
     import importlib
 
     import safetensors.torch
+    import torch.fx.experimental.symbolic_shapes  # (building on the meta device imports sympy: ~35 MB)
     import torch.nn.utils.parametrize
 
     import ravn.export.lazy  # noqa: F401

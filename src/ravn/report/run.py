@@ -38,12 +38,12 @@ class ReportOptions:
     """What a run's report measures besides what the run itself gives."""
 
     #: Peak RSS of a forward pass of the float model and the file (subprocesses) and the 2-D embedding;
-    #: off: the report has everything else (a ResNet-20 run spends ~5-10% more with them).
+    #: off: the report has everything else (measured: ~40 s on a 270 s ResNet-20 gptq run, loaded machine).
     measure: bool = True
     #: 'auto' (t-SNE when scikit-learn is installed, else PCA), 'tsne' or 'pca'.
     embedding: str = "auto"
-    #: Test images embedded (the first N).
-    images: int = 1000
+    #: Test images embedded (the first N; t-SNE's time grows faster than linearly with them).
+    images: int = 500
     #: Energy and CO2 of quantizing, from codecarbon's offline tracker (an estimate).
     energy: bool = True
     #: TensorBoard event files in RUN_DIR/tensorboard (needs the tensorboard package).
