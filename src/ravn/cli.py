@@ -173,8 +173,8 @@ app.command("quantize")(method_flags.command(_quantize, FIXED_OPTIONS, FIXED_DEF
 
 
 def _compare(out: Path, model: str, weights: Path | None, data: Path | None, val_size: int, image_size: int,
-             methods: str | None, mode: str | None, seed: int, fresh: bool, test_limit: int | None, device: str,
-             energy: bool, as_json: bool, **options) -> None:
+             methods: str | None, peers: str | None, mode: str | None, seed: int, fresh: bool,
+             test_limit: int | None, device: str, energy: bool, as_json: bool, **options) -> None:
     """Run several methods on one model, data and budget; write compare.md, compare.json and pareto.png.
 
     Default: every registered method ('ravn methods'); a method that cannot take the budget or the
@@ -200,7 +200,9 @@ def _compare(out: Path, model: str, weights: Path | None, data: Path | None, val
             raise RavnError(f"--{k.replace('_', '-')} applies to none of the methods compared", "drop it")
     dataset = load_dataset(data, image_size, val_size)
     ref, net = _load(model, weights, None if dataset.num_classes == 10 else dataset.num_classes)
-    result = compare(net, ref, dataset, out, names, options, mode, seed, test_limit, device, not as_json, energy)
+    peer_names = None if peers is None else [p.strip() for p in peers.split(",") if p.strip() not in ("", "none")]
+    result = compare(net, ref, dataset, out, names, options, mode, seed, test_limit, device, not as_json, energy,
+                     peer_names)
     if as_json:
         _print_json(result)
         return
@@ -215,6 +217,9 @@ COMPARE_OPTIONS = {
     "val_size": ValSizeOpt,
     "image_size": ImageSizeOpt,
     "methods": Annotated[str | None, typer.Option(help="Comma-separated methods (default: every one).")],
+    "peers": Annotated[str | None, typer.Option(
+        help="Comma-separated peer tools, or 'none' (default: every one; optimum-quanto: pip install "
+             "'ravn[peers]'; one not installed is a row saying so).")],
     "mode": FIXED_OPTIONS["mode"],
     "seed": FIXED_OPTIONS["seed"],
     "fresh": Annotated[bool, typer.Option(help="Discard an earlier comparison in OUT instead of resuming.")],
@@ -224,7 +229,7 @@ COMPARE_OPTIONS = {
     "as_json": JsonOpt,
 }
 COMPARE_DEFAULTS = {**{k: FIXED_DEFAULTS.get(k) for k in COMPARE_OPTIONS}, "out": inspect.Parameter.empty,
-                    "methods": None, "energy": True}
+                    "methods": None, "peers": None, "energy": True}
 
 app.command("compare")(method_flags.command(_compare, COMPARE_OPTIONS, COMPARE_DEFAULTS))
 

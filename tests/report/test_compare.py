@@ -17,8 +17,9 @@ SMALL = {"budget_bits": 3.0, "calibration_size": 16, "evaluations": 3, "patience
          "rerank": 1}
 
 
-def _compare(out, methods, options=SMALL, **kw):
-    return compare(toy.tiny(), toy.REF, toy.dataset(), out, methods, options, progress=False, energy=False, **kw)
+def _compare(out, methods, options=SMALL, peers=(), **kw):
+    return compare(toy.tiny(), toy.REF, toy.dataset(), out, methods, options, progress=False, energy=False,
+                   peers=list(peers), **kw)
 
 
 def test_rows_are_measured_files_and_the_plot_exists(tmp_path):
@@ -62,6 +63,32 @@ def test_other_settings_in_the_same_folder_are_refused(tmp_path):
     _compare(tmp_path / "c", ["uniform"])
     with pytest.raises(RavnError, match="other settings"):
         _compare(tmp_path / "c", ["uniform"], {**SMALL, "budget_bits": 4.0})
+
+
+def test_quanto_peer_takes_the_widest_type_within_the_budget(tmp_path):
+    pytest.importorskip("optimum.quanto")
+    result = _compare(tmp_path / "c", [], {"budget_bits": 4.0}, peers=["quanto"])
+    row, = result["rows"]
+    assert row["method"] == "quanto (peer)" and row["status"] == "ok"
+    # qint4 packs two output channels per byte: conv1 216 weights in 108 B, conv2 288 in 144 B, and fc's
+    # 3 channels of 8 in 2 x 8 = 16 B: 4.06 bits, over the budget; qint2 within it
+    assert f"qint4: {8 * (108 + 144 + 16) / 528:.2f} bits" in row["note"] and row["note"].startswith("qint2")
+    assert row["file_bytes"] == (tmp_path / "c" / "quanto-qint2.safetensors").stat().st_size
+    assert not (tmp_path / "c" / "quanto-qint4.safetensors").exists()
+    assert row["avg_bits"] <= 4.0
+    tight = _compare(tmp_path / "d", [], {"budget_bytes": 100}, peers=["quanto"])["rows"][0]
+    assert tight["status"] == "not run" and "cannot honour the budget" in tight["note"]
+
+
+def test_a_peer_that_is_not_installed_is_a_row_saying_so(tmp_path, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name.startswith("optimum") else real(name, *a, **k))
+    row, = _compare(tmp_path / "c", [], peers=["quanto"])["rows"]
+    assert row["status"] == "not run" and "not installed" in row["note"] and "ravn[peers]" in row["note"]
+    assert "| quanto (peer) | not run |" in (tmp_path / "c" / "compare.md").read_text()
 
 
 @pytest.mark.parametrize(("methods", "options", "message"), [
