@@ -40,8 +40,9 @@ def allocation_plot(layers: list[dict], path: Path) -> Path:
             left += 0.8 * share
         ax.plot([i - 0.4, i + 0.4], [layer["avg_bits"]] * 2, color="tab:red", linewidth=1)
     ax.set_xticks(range(len(layers)), [layer["name"] for layer in layers], rotation=90, fontsize=7)
-    ax.set_ylabel("bits (bars: clusters by share; red: layer average, ids included)")
-    ax.set_title("bit allocation per layer and cluster")
+    ax.set_ylabel("bits")
+    ax.set_title("bits per cluster (bar width: its share of the layer); red: layer average, ids included",
+                 fontsize=9)
     return _save(fig, path)
 
 

@@ -53,7 +53,7 @@ class ReportOptions:
         if self.embedding not in EMBEDDINGS:
             raise RavnError(f"unknown embedding '{self.embedding}'", f"use one of {', '.join(EMBEDDINGS)}")
         if self.images < 1:
-            raise RavnError(f"--report-images must be positive, got {self.images}", "pass e.g. 1000")
+            raise RavnError(f"report images must be positive, got {self.images}", "pass e.g. 500")
         if self.tensorboard:
             check_tensorboard()
 
