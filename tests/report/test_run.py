@@ -131,3 +131,15 @@ def test_damaged_summary_is_one_line_error(toy_run, tmp_path):
     (copy / "summary.json").write_text("{not json")
     with pytest.raises(RavnError, match="damaged"):
         build(copy)
+
+
+def test_a_model_the_embedding_cannot_read_loses_only_that_section(monkeypatch):
+    from torch import nn
+
+    import ravn.report.run as report_run
+
+    monkeypatch.setattr(report_run, "forward_memory", lambda *a: {"float": {"peak_rss": 1}})
+    conv = nn.Sequential(nn.Conv2d(3, 3, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    got = report_run.measure(conv, conv, toy.REF, "m.ravn", toy.dataset().split("test"), toy.REF.normalize,
+                             ReportOptions(embedding="pca"))
+    assert "nn.Linear" in got["embedding"]["error"] and got["forward_memory"] == {"float": {"peak_rss": 1}}

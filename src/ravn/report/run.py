@@ -77,8 +77,11 @@ def measure(float_model: nn.Module, quantized: nn.Module, ref: ModelRef, file: P
 
     first = torch.arange(min(options.images, len(test)))
     part = TensorSplit(test.images(first), test.labels[first])
-    return {"forward_memory": forward_memory(float_model, ref, Path(file)),
-            "embedding": embedding(float_model, quantized, part, normalize, options.embedding, seed)}
+    try:  # a model the embedding cannot read (no final nn.Linear) loses this section, not the run
+        emb = embedding(float_model, quantized, part, normalize, options.embedding, seed)
+    except RavnError as exc:
+        emb = {"error": str(exc)}
+    return {"forward_memory": forward_memory(float_model, ref, Path(file)), "embedding": emb}
 
 
 def store(run_dir: Path, summary: dict, measurements: dict) -> None:
