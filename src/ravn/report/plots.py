@@ -21,6 +21,12 @@ def _figure(width: float = 7.0, height: float = 4.0):
     return Figure(figsize=(width, height), dpi=100)
 
 
+def _integers():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
 def _save(fig, path: Path) -> Path:
     buffer = io.BytesIO()
     fig.tight_layout()
@@ -54,6 +60,7 @@ def search_plot(searches: list[dict], path: Path) -> Path:
         ax.plot(s["evaluation"], s["reward"], ".", alpha=0.5, label=f"{s['name']}: reward")
         ax.plot(s["evaluation"], s["best"], "-", label=f"{s['name']}: best so far")
     ax.set_xlabel("evaluation")
+    ax.xaxis.set_major_locator(_integers())
     ax.set_ylabel("reward")
     ax.set_title("bit-allocation search")
     ax.legend(fontsize=7)
@@ -68,9 +75,10 @@ def training_plot(curves: list[dict], path: Path) -> Path:
         top.plot(c["epoch"], c["val_top1"], "o-", label=c["name"])
         if any(v is not None for v in c["train_loss"]):
             loss.plot(c["epoch"][1:], c["train_loss"][1:], "o-", label=c["name"])
-    top.set_xlabel("epoch")
+    for ax in (top, loss):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(_integers())
     top.set_ylabel("validation top-1 %")
-    loss.set_xlabel("epoch")
     loss.set_ylabel("training loss")
     top.legend(fontsize=7)
     fig.suptitle("fine-tuning")
