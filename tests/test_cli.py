@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -38,6 +39,8 @@ def test_quantize_inspect_eval_round_trip(capsys, tmp_path, shared_data):
     assert q["file_bytes"] == path.stat().st_size < 150_000
     assert q["avg_bits"] == 4.0
     assert 80 < q["test_top1"] <= q["float_test_top1"] + 1
+    assert q["report"] == str(path.with_suffix(".run") / "report.md") and "## Memory (Table 5)" in Path(
+        q["report"]).read_text()
     info = run_json(capsys, "inspect", str(path))
     assert info["file_bytes"] == q["file_bytes"] and info["avg_bits"] == 4.0
     assert len(info["layers"]) == 20 and all(layer["bits"] == [4] for layer in info["layers"])

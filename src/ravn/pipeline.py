@@ -8,6 +8,7 @@ read back and must rebuild exactly the weights that were measured, or the run is
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from ravn.evaluation import evaluate
 from ravn.methods import Context, quantize
 from ravn.methods.base import method_of
 from ravn.models import ModelRef
+from ravn.report.run import ReportOptions
 
 
 def float_file_bytes(model: nn.Module) -> int:
@@ -61,7 +63,8 @@ def file_overhead(model: nn.Module, ref: ModelRef, method: str, config: Config, 
 
 def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: Path | str,
         test_limit: int | None = None, float_top1: float | None = None, context: Context | None = None,
-        progress: bool = True, method: str | None = None, coding: str | None = None) -> dict:
+        progress: bool = True, method: str | None = None, coding: str | None = None,
+        report: ReportOptions | None = None) -> dict:
     """Quantize ``model`` with ``config`` (method ``method``, a preset name), write ``out`` and measure it.
 
     ``coding`` stores the codes fixed-width (random access) or entropy-coded (``ans``: smaller files);
@@ -70,16 +73,24 @@ def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: 
     codes entropy-coded by default, as ``deepcompression`` does).
 
     ``float_top1`` skips re-measuring the float model when the caller knows it (on the same subset).
+
+    ``report``: write the run report (``report.md``, ``report.json``, plots) into ``context.run_dir``, with
+    the energy of quantizing and the measurements the options ask for (:mod:`ravn.report.run`).
     """
     context = context or Context(dataset=dataset, normalize=ref.normalize, progress=progress)
+    if report is not None and context.run_dir is None:
+        raise RavnError("a run report needs a run folder", "pass a Context with run_dir")
     method = method_of(config, method).name
     coding = coding or context.coding
     # a copy: the caller's context may serve other configs
     context = dataclasses.replace(context, coding=coding, ref=context.ref or ref, overhead=context.overhead or
                                   file_overhead(model, ref, method, config, dataset.num_classes >= 100))
     model = on_device(model, context.device)  # the float model is measured where the method runs
+    from ravn.report.measure import EnergyMeter, peak_of_quantizing
+
     start = time.perf_counter()
-    result = quantize(model, config, context, method)
+    with EnergyMeter(report is not None and report.energy) as energy, peak_of_quantizing() as memory:
+        result = quantize(model, config, context, method)
     quantize_seconds = time.perf_counter() - start
     ref = ref.with_kwargs(**result.ref_kwargs)  # the file rebuilds the model the method made (WRPN: wider)
     test = dataset.split("test", limit=test_limit)
@@ -100,7 +111,7 @@ def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: 
                             max_bytes=getattr(config, "budget_bytes", None))
         if not same_weights(result.model, export.load(target, allow=(ref.factory,))):
             raise RavnError(f"{out} does not rebuild the weights that were measured", "report this: it is a bug")
-    return {
+    summary = {
         "file": str(out),
         "method": result.method,
         "model": ref.name,
@@ -114,3 +125,25 @@ def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: 
         "config": result.config,
         "log": result.log,
     }
+    if report is not None and replicas().is_writer:
+        summary["energy"] = energy.result
+        summary["report"] = str(_report(summary, model, result.model, ref, test, context, report,
+                                        {"quantize_memory": memory}))
+    return summary
+
+
+def _report(summary: dict, float_model: nn.Module, quantized: nn.Module, ref: ModelRef, test, context: Context,
+            options: ReportOptions, measured: dict) -> Path:
+    """Measure what the report needs, store it in the run folder, write the report; returns ``report.md``."""
+    from ravn.report import run as run_report
+    from ravn.report.inspect import describe
+
+    start = time.perf_counter()
+    measured.update(run_report.measure(float_model, quantized, ref, Path(summary["file"]), test, ref.normalize,
+                                       options, context.seed))
+    measured["seconds"] = time.perf_counter() - start
+    stored = {**summary, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "layers": describe(export.read(summary["file"]))["layers"]}
+    run_report.store(Path(context.run_dir), stored, measured)
+    run_report.write(context.run_dir, tensorboard=options.tensorboard)
+    return Path(context.run_dir) / "report.md"

@@ -1,0 +1,121 @@
+"""``ravn compare`` on the toy model: rows from real files, the Pareto plot, skipped rows say why, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import ravn.pipeline
+from ravn.errors import RavnError
+from ravn.report.compare import compare, method_config
+from tests.methods import toy
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SMALL = {"budget_bits": 3.0, "calibration_size": 16, "evaluations": 3, "patience": 3, "search_val_size": 16,
+         "rerank": 1}
+
+
+def _compare(out, methods, options=SMALL, peers=(), **kw):
+    return compare(toy.tiny(), toy.REF, toy.dataset(), out, methods, options, progress=False, energy=False,
+                   peers=list(peers), **kw)
+
+
+def test_rows_are_measured_files_and_the_plot_exists(tmp_path):
+    result = _compare(tmp_path / "c", ["uniform", "gptq", "ravn"])
+    rows = {r["method"]: r for r in result["rows"]}
+    assert list(rows) == ["uniform", "gptq", "ravn"] and all(r["status"] == "ok" for r in rows.values())
+    for name, r in rows.items():
+        assert r["file_bytes"] == (tmp_path / "c" / f"{name}.ravn").stat().st_size
+        assert r["avg_bits"] <= 3.0
+        assert r["compression"] == pytest.approx(result["float"]["file_bytes"] / r["file_bytes"])
+        assert (tmp_path / "c" / f"{name}.run" / "report.md").exists()
+    assert rows["uniform"]["config"]["bits"] == 3  # the widest whole bits within the budget
+    stored = json.loads((tmp_path / "c" / "compare.json").read_text())
+    assert [r["method"] for r in stored["rows"]] == ["float (reference)", "uniform", "gptq", "ravn"]
+    table = (tmp_path / "c" / "compare.md").read_text()
+    assert "| gptq | ok |" in table and "estimate" in table
+    assert (tmp_path / "c" / "pareto.png").stat().st_size > 1000
+
+
+def test_compare_resumes_per_method(tmp_path, monkeypatch):
+    _compare(tmp_path / "c", ["uniform"])
+    first = json.loads((tmp_path / "c" / "rows" / "uniform.json").read_text())
+    calls = []
+    real = ravn.pipeline.run
+    monkeypatch.setattr(ravn.pipeline, "run", lambda *a, **k: calls.append(k["method"]) or real(*a, **k))
+    result = _compare(tmp_path / "c", ["uniform", "gptq"])
+    assert calls == ["gptq"]  # the finished method's row is kept, not run again
+    assert result["rows"][0] == first
+
+
+def test_methods_that_cannot_take_the_budget_say_why(tmp_path):
+    result = _compare(tmp_path / "c", ["uniform", "ravn"], {**SMALL, "budget_bits": None, "budget_bytes": 2600})
+    uniform, ravn_row = result["rows"]
+    assert uniform["status"] == "skipped" and "not a byte budget" in uniform["note"]
+    assert ravn_row["status"] == "ok" and ravn_row["file_bytes"] <= 2600
+    assert "| uniform | skipped |" in (tmp_path / "c" / "compare.md").read_text()
+    assert not (tmp_path / "c" / "rows" / "uniform.json").exists()  # a skipped method is asked again
+
+
+def test_other_settings_in_the_same_folder_are_refused(tmp_path):
+    _compare(tmp_path / "c", ["uniform"])
+    with pytest.raises(RavnError, match="other settings"):
+        _compare(tmp_path / "c", ["uniform"], {**SMALL, "budget_bits": 4.0})
+
+
+def test_quanto_peer_takes_the_widest_type_within_the_budget(tmp_path):
+    pytest.importorskip("optimum.quanto")
+    result = _compare(tmp_path / "c", [], {"budget_bits": 4.0}, peers=["quanto"])
+    row, = result["rows"]
+    assert row["method"] == "quanto (peer)" and row["status"] == "ok"
+    # qint4 packs two output channels per byte: conv1 216 weights in 108 B, conv2 288 in 144 B, and fc's
+    # 3 channels of 8 in 2 x 8 = 16 B: 4.06 bits, over the budget; qint2 within it
+    assert f"qint4: {8 * (108 + 144 + 16) / 528:.2f} bits" in row["note"] and row["note"].startswith("qint2")
+    assert row["file_bytes"] == (tmp_path / "c" / "quanto-qint2.safetensors").stat().st_size
+    assert not (tmp_path / "c" / "quanto-qint4.safetensors").exists()
+    assert row["avg_bits"] <= 4.0
+    tight = _compare(tmp_path / "d", [], {"budget_bytes": 100}, peers=["quanto"])["rows"][0]
+    assert tight["status"] == "not run" and "cannot honour the budget" in tight["note"]
+
+
+def test_a_peer_that_is_not_installed_is_a_row_saying_so(tmp_path, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name.startswith("optimum") else real(name, *a, **k))
+    row, = _compare(tmp_path / "c", [], peers=["quanto"])["rows"]
+    assert row["status"] == "not run" and "not installed" in row["note"] and "ravn[peers]" in row["note"]
+    assert "| quanto (peer) | not run |" in (tmp_path / "c" / "compare.md").read_text()
+
+
+@pytest.mark.parametrize(("methods", "options", "message"), [
+    (["nope"], SMALL, "unknown method"),
+    (["uniform"], {"calibration_size": 16}, "needs a budget"),
+])
+def test_bad_requests_are_one_line_errors(tmp_path, methods, options, message):
+    with pytest.raises(RavnError, match=message) as exc:
+        _compare(tmp_path / "c", methods, options)
+    assert "\n" not in str(exc.value)
+
+
+def test_method_config_applies_only_the_options_a_method_has():
+    config = method_config("uniform", "ptq", {"budget_bits": 4.5, "evaluations": 3, "calibration_size": 8})
+    assert config.bits == 4 and config.calibration_size == 8 and config.finetune is None
+    config = method_config("ravn", None, {"budget_bits": 2.5, "evaluations": 3})
+    assert config.budget_bits == 2.5 and config.search.evaluations == 3
+
+
+@pytest.mark.slow
+def test_cli_compare_smoke(tmp_path, capsys, shared_data):
+    from ravn.cli import main
+
+    args = ["compare", "--model", "resnet20", "--methods", "uniform", "--out", str(tmp_path / "c"),
+            "--budget-bits", "4", "--test-limit", "100", "--val-size", "500", "--no-energy"]
+    assert main(args) == 0
+    assert "| uniform | ok |" in capsys.readouterr().out
+    assert main(["compare", "--methods", "uniform", "--evaluations", "3", "--budget-bits", "4", "--out",
+                 str(tmp_path / "d")]) == 2
+    assert "applies to none of the methods" in capsys.readouterr().err
