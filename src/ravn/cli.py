@@ -232,10 +232,10 @@ def _compare(out: Path, model: str, weights: Path | None, data: Path | None, val
     """
     import shutil
 
+    from ravn.compare import compare
     from ravn.data import load_dataset
     from ravn.device import resolve_device
     from ravn.methods import METHODS
-    from ravn.report.compare import compare
 
     resolve_device(device)
     if fresh and out.exists():

@@ -7,8 +7,8 @@ import json
 import pytest
 
 import ravn.pipeline
+from ravn.compare import compare, method_config
 from ravn.errors import RavnError
-from ravn.report.compare import compare, method_config
 from tests.methods import toy
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ravn.training.distributed import Replicas
 from ravn.training.finetune import FineTuneConfig, fine_tune
-from ravn.training.loop import Replicas
 from tests.training.test_finetune import NORM, _setup, _toy_dataset
 
 CONFIG = FineTuneConfig(epochs=2, lr=5e-3, batch_size=15, max_steps=4)  # 15: an uneven split on 2 ranks

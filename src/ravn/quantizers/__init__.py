@@ -1,8 +1,10 @@
 """Quantizers: pure numeric primitives, the table storage format, roundings, trainable quantizers, the layer registry.
 
-Importing the package registers the built-in roundings (``nearest``, ``gptq``, ``gptq-rate``, ``adaquant``).
+Importing the package registers the built-in roundings (``nearest``, ``gptq``, ``gptq-rate``, ``adaquant``)
+and trainable quantizers (``table``, ``shared``, ``float``, ``dorefa``, ``sinareq``, ``dgms``).
 """
 
+from ravn.quantizers import dgms, dorefa, sinareq  # noqa: F401  (register their trainable quantizers)
 from ravn.quantizers.adaquant import AdaQuant
 from ravn.quantizers.affine import choose_qparams_affine, dequantize_affine, quantize_affine
 from ravn.quantizers.gptq import GPTQ

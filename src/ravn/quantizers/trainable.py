@@ -174,5 +174,3 @@ class FloatTraining(TableQuantizer):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return w if self.training else super().forward(w)
 
-
-from ravn.quantizers import dgms, dorefa, sinareq  # noqa: E402,F401  (register their entries)

@@ -1,4 +1,4 @@
-"""Data-parallel fine-tuning under torchrun (issue 17): :class:`~ravn.training.loop.Replicas` for N processes.
+"""Data-parallel fine-tuning under torchrun (issue 17): :class:`Replicas` for N processes (one process: the base class).
 
 ``torchrun --nproc_per_node N -m ravn quantize ...`` starts N copies of the command with ``RANK``,
 ``WORLD_SIZE`` and a rendezvous in the environment; :func:`replicas` gives each its
@@ -30,7 +30,27 @@ import os
 import torch
 from torch import nn
 
-from ravn.training.loop import Replicas
+
+class Replicas:
+    """One training process (the seam for data-parallel training; :mod:`ravn.training.distributed`)."""
+
+    is_writer: bool = True
+    world: int = 1
+
+    def shard(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """This process's part of a batch, and its loss weight (its share of the batch x the processes)."""
+        return images, labels, 1.0
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """What the step calls for the forward pass (a data-parallel wrapper that syncs gradients)."""
+        return model
+
+    def total(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value summed over the processes."""
+        return values
+
+    def barrier(self) -> None:
+        """Wait until every process is here."""
 
 
 class DistributedReplicas(Replicas):

@@ -33,6 +33,8 @@ from torch import nn
 from ravn.data import ImageSplit, iterate_batches, random_crop_flip
 from ravn.errors import RavnError
 from ravn.files import write_atomically
+from ravn.training.distributed import Replicas
+from ravn.training.distributed import replicas as current_replicas
 
 
 class Callback:
@@ -43,28 +45,6 @@ class Callback:
     def on_step(self, step: int, seen: int, sums: dict[str, float]) -> None: ...
 
     def on_epoch_end(self, row: dict) -> None: ...
-
-
-class Replicas:
-    """One training process (the seam for data-parallel training; :mod:`ravn.training.distributed`)."""
-
-    is_writer: bool = True
-    world: int = 1
-
-    def shard(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """This process's part of a batch, and its loss weight (its share of the batch x the processes)."""
-        return images, labels, 1.0
-
-    def wrap(self, model: nn.Module) -> nn.Module:
-        """What the step calls for the forward pass (a data-parallel wrapper that syncs gradients)."""
-        return model
-
-    def total(self, values: dict[str, float]) -> dict[str, float]:
-        """Each value summed over the processes."""
-        return values
-
-    def barrier(self) -> None:
-        """Wait until every process is here."""
 
 
 @dataclass
@@ -106,9 +86,8 @@ def train_epochs(model: nn.Module, step: Callable[[torch.Tensor, torch.Tensor], 
     the best epoch's state. ``replicas`` (default: this process's, :func:`ravn.training.distributed.replicas`)
     shards each batch after augmentation; ``step`` runs ``replicas.wrap(model)``.
     """
-    from ravn.training.distributed import replicas as current
 
-    replicas = replicas or current()
+    replicas = replicas or current_replicas()
     scheduler = schedule.scheduler(optimizer)
     stamp = json.loads(json.dumps({**(stamp or {}), "schedule": schedule.__dict__}))
     history: list[dict] = []
