@@ -174,8 +174,8 @@ def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, va
     render_summary(summary)
 
 
-FIXED_OPTIONS = {
-    "out": Annotated[Path, typer.Option("--out", help="The .ravn file to write.")],
+#: What names the model and the data, for every command that quantizes.
+MODEL_AND_DATA_OPTIONS = {
     "model": ModelOpt,
     "weights": WeightsOpt,
     "data": DataOpt,
@@ -183,6 +183,10 @@ FIXED_OPTIONS = {
     "image_size": ImageSizeOpt,
     "mean": MeanOpt,
     "std": StdOpt,
+}
+FIXED_OPTIONS = {
+    "out": Annotated[Path, typer.Option("--out", help="The .ravn file to write.")],
+    **MODEL_AND_DATA_OPTIONS,
     "method": Annotated[str, typer.Option(help="Quantization method (see 'ravn methods').")],
     "mode": Annotated[str | None, typer.Option(
         help="'ptq' (post-training) or 'qat' (with fine-tuning); default: the method's.")],
@@ -262,13 +266,7 @@ def _compare(out: Path, model: str, weights: Path | None, data: Path | None, val
 
 COMPARE_OPTIONS = {
     "out": Annotated[Path, typer.Option("--out", help="Folder for the files, rows and plots.")],
-    "model": ModelOpt,
-    "weights": WeightsOpt,
-    "data": DataOpt,
-    "val_size": ValSizeOpt,
-    "image_size": ImageSizeOpt,
-    "mean": MeanOpt,
-    "std": StdOpt,
+    **MODEL_AND_DATA_OPTIONS,
     "methods": Annotated[str | None, typer.Option(help="Comma-separated methods (default: every one).")],
     "peers": Annotated[str | None, typer.Option(
         help="Comma-separated peer tools, or 'none' (default: every one; optimum-quanto: pip install "
