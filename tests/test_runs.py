@@ -27,6 +27,27 @@ def test_other_settings_are_refused(tmp_path):
         RunFolder(tmp_path, {"a": 2})
 
 
+def test_a_run_of_an_older_version_with_the_same_settings_resumes(tmp_path):
+    """A stamp stored by an older ravn (an older config version) is compared after migration."""
+    import json
+
+    from ravn.methods import RavnConfig, SearchConfig
+
+    config = RavnConfig(budget_bits=3.0, search=SearchConfig(evaluations=7))
+    old = config.to_dict()
+    old["search"] = {k: v for k, v in old["search"].items() if k != "proposals"}
+    old["search"]["version"] = 1  # SearchConfig version 1 had no proposals (it searched one at a time)
+    (tmp_path / "run.json").write_text(json.dumps({"config": old, "seed": 0}))
+
+    def upgrade(stored):
+        return {**stored, "config": RavnConfig.from_dict(stored["config"]).to_dict()}
+
+    RunFolder(tmp_path, {"config": config.to_dict(), "seed": 0}, upgrade).close()  # resumes
+    assert json.loads((tmp_path / "run.json").read_text())["config"] == config.to_dict()  # rewritten as today's
+    with pytest.raises(RavnError, match="other settings"):  # other settings still refused after migration
+        RunFolder(tmp_path, {"config": RavnConfig(budget_bits=2.0).to_dict(), "seed": 0}, upgrade)
+
+
 def test_checkpoints_round_trip_optimizer_state(tmp_path):
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ from ravn.files import check_writable, write_atomically
 class RunFolder:
     """One run's folder: settings stamp, lock, JSON state and atomic files (see the module docstring)."""
 
-    def __init__(self, path: Path | str, stamp: dict[str, Any]):
+    def __init__(self, path: Path | str, stamp: dict[str, Any], upgrade: Callable[[Any], Any] | None = None):
+        """``upgrade`` maps a stamp stored by an older version to today's form (a config migrated by
+        :meth:`ravn.config.Config.from_dict`), so a run whose settings are the same resumes after an upgrade."""
         from ravn.training.distributed import replicas
 
         self.path = Path(path)
@@ -33,7 +36,7 @@ class RunFolder:
         self._lock = None
         stamp = json.loads(json.dumps(stamp))
         if not self.writer:  # another rank of the same run: it reads what rank 0 writes
-            stored = self.read_json("run.json")
+            stored = self._upgraded(self.read_json("run.json"), upgrade)
             if stored is not None and stored != stamp:
                 raise RavnError(f"{self.path} holds a run with other settings",
                                 "pass --fresh to start over, or another --run-dir")
@@ -50,13 +53,23 @@ class RunFolder:
                             "wait for it to finish, or pass another --run-dir") from None
         except ImportError:  # no fcntl (Windows): no lock
             pass
-        stored = self.read_json("run.json")
-        if stored is None:
-            self.write_json("run.json", stamp)
-        elif stored != stamp:
+        raw = self.read_json("run.json")
+        stored = self._upgraded(raw, upgrade)
+        if stored is not None and stored != stamp:
             self.close()
             raise RavnError(f"{self.path} holds a run with other settings",
                             "pass --fresh to start over, or another --run-dir")
+        if raw != stamp:  # a new folder, or one stored by an older version with the same settings
+            self.write_json("run.json", stamp)
+
+    @staticmethod
+    def _upgraded(stored: Any, upgrade: Callable[[Any], Any] | None) -> Any:
+        if stored is None or upgrade is None:
+            return stored
+        try:
+            return json.loads(json.dumps(upgrade(stored)))
+        except (ValueError, TypeError, KeyError, RavnError):  # a stamp this version cannot read: other settings
+            return stored
 
     def sub(self, name: str) -> Path:
         """A subfolder for a part of the run (e.g. one round of Algorithm 1)."""
@@ -88,10 +101,10 @@ class RunFolder:
 
 
 @contextlib.contextmanager
-def run_folder(path: Path | str | None, stamp: dict[str, Any]):
+def run_folder(path: Path | str | None, stamp: dict[str, Any], upgrade: Callable[[Any], Any] | None = None):
     """:class:`RunFolder` as a context (``None`` when the run keeps no folder)."""
     if path is None:
         yield None
         return
-    with RunFolder(path, stamp) as folder:
+    with RunFolder(path, stamp, upgrade) as folder:
         yield folder
