@@ -72,6 +72,11 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", choices=list(COMMANDS), default=list(COMMANDS))
     parser.add_argument("--fresh", action="store_true", help="measure again rows already finished")
     args = parser.parse_args()
+    ROWS.mkdir(parents=True, exist_ok=True)
+    if RESULTS.with_suffix(".json").exists():  # committed rows stay in the table (a fresh checkout has no row files)
+        for done in json.loads(RESULTS.with_suffix(".json").read_text())["rows"]:
+            if not (ROWS / f"{done['row']}.json").exists():
+                write_atomic(ROWS / f"{done['row']}.json", json.dumps(done, indent=1))
     for row in args.rows:
         path = ROWS / f"{row}.json"
         if path.exists() and not args.fresh:
