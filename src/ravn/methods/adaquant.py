@@ -30,12 +30,12 @@ from ravn.quantizers.swap import with_weights
 from ravn.search.budget import check_budget_fields
 from ravn.search.degradation import loss_degradation
 from ravn.search.ilp import exact_allocation
-from ravn.search.problem import prepare
+from ravn.search.problem import PerLayerSettings, prepare
 from ravn.training.finetune import FineTuneConfig, fine_tune
 
 
 @dataclass
-class AdaQuantConfig(Config):
+class AdaQuantConfig(PerLayerSettings, Config):
     #: Size budget as measured average bits per quantized weight, cluster ids included ...
     budget_bits: float | None = 4.0
     #: ... or as bytes of the whole .ravn file (give one of the two).
@@ -53,15 +53,8 @@ class AdaQuantConfig(Config):
     #: Fine-tuning after AdaQuant; None: post-training only.
     finetune: FineTuneConfig | None = None
 
-    # What prepare() reads besides (ravn.search.problem.ProblemSettings), fixed for AdaQuant: per-layer
-    # uniform grids, AdaQuant rounding; the fidelity probe's sensitivities only seed the unused initial bits.
-    clusters: ClassVar[int] = 1
-    grid: ClassVar[str] = "uniform"
-    outliers: ClassVar[float] = 0.0
-    init: ClassVar[str] = "vq"
+    # What prepare() reads besides the fields: PerLayerSettings, and AdaQuant rounding.
     rounding: ClassVar[str] = "adaquant"
-    sensitivity: ClassVar[str] = "fidelity"
-    hessian_iterations: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
         check_budget_fields(self.budget_bits, self.budget_bytes)

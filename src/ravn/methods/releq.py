@@ -15,7 +15,6 @@ Over the registered stages:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import torch
 from torch import nn
@@ -25,14 +24,14 @@ from ravn.methods.base import Context, QuantizationResult, register_method
 from ravn.quantizers.swap import with_weights
 from ravn.search.agents import SearchConfig
 from ravn.search.budget import check_budget_fields
-from ravn.search.problem import prepare
+from ravn.search.problem import PerLayerSettings, prepare
 from ravn.search.releq import RetrainedEvaluator
 from ravn.search.run import allocate
 from ravn.training.finetune import FineTuneConfig, fine_tune
 
 
 @dataclass
-class ReleqConfig(Config):
+class ReleqConfig(PerLayerSettings, Config):
     #: Size budget as measured average bits per quantized weight, cluster ids included ...
     budget_bits: float | None = 4.0
     #: ... or as bytes of the whole .ravn file (give one of the two).
@@ -53,14 +52,7 @@ class ReleqConfig(Config):
     #: Fine-tuning of the result; None: post-training only.
     finetune: FineTuneConfig | None = None
 
-    # What prepare() reads besides (ravn.search.problem.ProblemSettings), fixed for ReLeQ: per-layer bits,
-    # 8 bits everywhere projected into the budget as the start.
-    clusters: ClassVar[int] = 1
-    grid: ClassVar[str] = "uniform"
-    outliers: ClassVar[float] = 0.0
-    init: ClassVar[str] = "vq"
-    sensitivity: ClassVar[str] = "fidelity"
-    hessian_iterations: ClassVar[int] = 1
+    # What prepare() reads besides the fields: PerLayerSettings.
 
     def __post_init__(self) -> None:
         check_budget_fields(self.budget_bits, self.budget_bytes)

@@ -27,7 +27,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -65,6 +65,19 @@ class ProblemSettings(Protocol):
     hessian_iterations: int  # random vectors or power iterations of the Hessian probes
     calibration_size: int
     exclude: tuple[str, ...]
+
+
+class PerLayerSettings:
+    """The :class:`ProblemSettings` fixed for methods that allocate whole layers (ReLeQ, AdaQuant): one
+    cluster per layer on uniform cells, 8 bits everywhere projected into the budget as the start, the
+    fidelity probe. Mixed into their configs as class attributes (not config fields)."""
+
+    clusters: ClassVar[int] = 1
+    grid: ClassVar[str] = "uniform"
+    outliers: ClassVar[float] = 0.0
+    init: ClassVar[str] = "vq"
+    sensitivity: ClassVar[str] = "fidelity"
+    hessian_iterations: ClassVar[int] = 1
 
 
 @dataclass
