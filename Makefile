@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= runs/resnet20-ravn-ptq-4bit.ravn
 
-.PHONY: demo test lint bench-baseline install install-dev clean
+.PHONY: demo test test-long lint bench-baseline install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ lint: install-dev
 
 test: install-dev lint
 	$(BIN)/pytest -q
+
+# The tests that take minutes each (marked `long`), left out of `make test`.
+test-long: install-dev
+	$(BIN)/pytest -q -m long
 
 bench-baseline: install
 	$(BIN)/python benchmarks/baseline.py

@@ -32,7 +32,7 @@ def toy_data(tmp_path_factory) -> Path:
 
 def _command(data: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "ravn.cli", "quantize", "--model", "tests.methods.toy:tiny", "--data", str(data),
-            "--val-size", "64", "--out", str(out), "--json", *extra]
+            "--val-size", "64", "--no-measure", "--out", str(out), "--json", *extra]
 
 
 #: The toy model runs fastest on one thread (a loaded machine's spinning threads slow it tenfold).

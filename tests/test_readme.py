@@ -1,4 +1,5 @@
-"""The README's Python example runs as written (on a smaller validation split, so it takes seconds)."""
+"""The README's Python example runs as written (on a smaller validation split; still a real search of a
+few minutes, so it is a ``long`` test: ``make test-long``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_readme_python_example_runs(shared_data, tmp_path, monkeypatch):
     import ravn.data
 

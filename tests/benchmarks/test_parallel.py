@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
+@pytest.mark.long  # two Ray searches on ResNet-20 (minutes)
 def test_parallel_benchmark_runs_on_tiny_settings(shared_data, tmp_path):
     pytest.importorskip("ray")
     stem = tmp_path / "parallel"

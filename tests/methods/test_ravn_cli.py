@@ -15,7 +15,8 @@ import pytest
 from ravn.cli import main
 
 SMALL = ["--model", "resnet20", "--method", "ravn", "--mode", "ptq", "--budget-bits", "3.5", "--evaluations", "8",
-         "--patience", "8", "--search-val-size", "200", "--calibration-size", "64", "--test-limit", "300"]
+         "--patience", "8", "--search-val-size", "200", "--calibration-size", "64", "--test-limit", "300",
+         "--val-size", "1000", "--no-measure"]  # the re-rank measures on the whole (here smaller) validation split
 
 
 def _run_json(capsys, args) -> dict:
@@ -93,7 +94,7 @@ def test_option_of_another_method_is_refused(capsys, shared_data, tmp_path):
 def test_vq_bytes_budget(capsys, shared_data, tmp_path):
     out = tmp_path / "v.ravn"
     s = _run_json(capsys, ["quantize", "--method", "vq", "--budget-bytes", "120000", "--calibration-size", "64",
-                           "--out", str(out), "--test-limit", "200"])
+                           "--out", str(out), "--test-limit", "200", "--no-measure"])
     assert s["file_bytes"] == out.stat().st_size <= 120_000
 
 
@@ -114,7 +115,8 @@ def test_ravn_on_a_user_factory_model(capsys, shared_data, tmp_path, monkeypatch
     out = tmp_path / "u.ravn"
     s = _run_json(capsys, ["quantize", "--model", "usernet:net", "--weights", str(tmp_path / "w.pt"),
                            "--method", "ravn", "--budget-bits", "4", "--evaluations", "3", "--search-val-size", "100",
-                           "--calibration-size", "32", "--test-limit", "100", "--out", str(out)])
+                           "--calibration-size", "32", "--test-limit", "100", "--val-size", "500", "--no-measure",
+                           "--out", str(out)])
     assert s["avg_bits"] <= 4 and set(s["allocation"]) == {"0", "3", "7"}
     info = _run_json(capsys, ["inspect", str(out)])
     assert info["model"] == "usernet:net" and info["file_bytes"] == out.stat().st_size
