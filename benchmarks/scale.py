@@ -38,7 +38,6 @@ import argparse
 import functools
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -55,6 +54,7 @@ from ravn.quantizers.gptq import GPTQ
 from ravn.quantizers.layers import quantizable_layers
 from ravn.quantizers.swap import with_weights
 from ravn.quantizers.vq import ClusteredWeight
+from ravn.report.measure import peak_rss_since_reset, reset_peak_rss
 from ravn.report.results import save_results
 from ravn.search.evaluate import AllocationEvaluator, SearchData
 from ravn.search.sensitivity import ProbeData, get_sensitivity
@@ -71,32 +71,12 @@ COLUMNS = [("model", "model"), ("stage", "stage"), ("seconds", "wall s"), ("floo
            ("load", "load avg"), ("note", "note")]
 
 
-def reset_peak() -> bool:
-    """Reset the process's peak resident memory (``VmHWM``); False where the kernel does not allow it."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_mib() -> float:
-    """Peak resident memory since the last reset (else since the start), MiB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def timed(fn):
     """``fn()``, its wall seconds and the peak RSS (MiB) while it ran."""
-    reset_peak()
+    reset_peak_rss()
     start = time.perf_counter()
     out = fn()
-    return out, time.perf_counter() - start, peak_mib()
+    return out, time.perf_counter() - start, peak_rss_since_reset() / 2**20
 
 
 def setting(name: str, calibration: int | None, val_images: int, synthetic: bool, seed: int = 0):

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -8,6 +10,16 @@ from ravn.settings import data_root
 
 def pytest_configure(config):
     torch.set_num_threads(max(1, torch.get_num_threads()))
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch) -> Path:
+    """``$RAVN_CACHE`` in the test's own folder, for tests that write data files: their decompressed copies
+    go away with the test instead of piling up in the user's cache (not autouse: the shared CIFAR-10 keeps
+    using the user's cache, decompressed once)."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RAVN_CACHE", str(cache))
+    return cache
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +21,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def toy_data(tmp_path_factory) -> Path:
-    """The toy dataset as a ravn .npz folder, with enough training images for epochs of a second."""
+def toy_data(tmp_path_factory) -> Iterator[Path]:
+    """The toy dataset as a ravn .npz folder, with enough training images for epochs of a second; the runs
+    of this module cache its decompressed copies beside it (``$RAVN_CACHE``), not in the user's cache."""
     folder = tmp_path_factory.mktemp("toy")
     data = toy.dataset(n_train=1600, n_test=64)
     for name, part in (("train", data.full_train), ("test", data.test)):
         images = part.pixels.permute(0, 2, 3, 1).numpy()  # NHWC uint8
         np.savez(folder / f"{name}.npz", images=images, labels=part.labels.numpy())
-    return folder
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAVN_CACHE", str(folder.parent / f"{folder.name}-cache"))
+        yield folder
 
 
 def _command(data: Path, out: Path, *extra: str) -> list[str]:
@@ -35,18 +39,20 @@ def _command(data: Path, out: Path, *extra: str) -> list[str]:
             "--val-size", "64", "--no-measure", "--out", str(out), "--json", *extra]
 
 
-#: The toy model runs fastest on one thread (a loaded machine's spinning threads slow it tenfold).
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _env() -> dict[str, str]:
+    """The runs' environment: this process's, on one thread (a loaded machine's spinning threads slow the
+    toy model tenfold)."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _run(cmd: list[str]) -> dict:
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True, env=ENV)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True, env=_env())
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _kill_when(cmd: list[str], ready, timeout: float = 240.0) -> None:
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, env=ENV)
+                            start_new_session=True, env=_env())
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None and not ready():
         time.sleep(0.02)
@@ -121,13 +127,13 @@ def test_torchrun_two_processes_write_one_file_and_resume(toy_data, tmp_path):
     out = tmp_path / "ddp.ravn"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ravn",
            *_command(toy_data, out, *TORCHRUN_QAT)[3:]]
-    first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True, env=ENV)
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True, env=_env())
     reports = [line for line in first.stdout.splitlines() if line.startswith("{")]
     assert len(reports) == 1  # one rank reports
     episodes = [json.loads(line)["episode"] for line in (tmp_path / "ddp.run" / "round1" / "episodes.jsonl").open()]
     assert episodes == list(range(len(episodes)))  # each episode logged once
     written = out.read_bytes()
-    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True, env=ENV)
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True, env=_env())
     assert out.read_bytes() == written
     report = json.loads(next(line for line in again.stdout.splitlines() if line.startswith("{")))
     assert [h["epoch"] for h in report["log"]["rounds"][0]["finetune"]["history"]] == [0, 1, 2]

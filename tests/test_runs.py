@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import pytest
 import torch
 
 from ravn.errors import RavnError
+from ravn.methods import RavnConfig, SearchConfig
 from ravn.runs import RunFolder
-from ravn.training.loop import read_checkpoint, write_checkpoint
+from ravn.training.loop import Callback, Schedule, read_checkpoint, train_epochs, write_checkpoint
+from tests.methods import toy
 
 
 def test_second_process_on_the_same_run_folder_is_refused(tmp_path):
@@ -27,25 +30,52 @@ def test_other_settings_are_refused(tmp_path):
         RunFolder(tmp_path, {"a": 2})
 
 
-def test_a_run_of_an_older_version_with_the_same_settings_resumes(tmp_path):
-    """A stamp stored by an older ravn (an older config version) is compared after migration."""
-    import json
-
-    from ravn.methods import RavnConfig, SearchConfig
-
-    config = RavnConfig(budget_bits=3.0, search=SearchConfig(evaluations=7))
+def _older(config) -> dict:
+    """``config``'s dict as ravn wrote it while SearchConfig was version 1 (no proposals: one at a time)."""
     old = config.to_dict()
     old["search"] = {k: v for k, v in old["search"].items() if k != "proposals"}
-    old["search"]["version"] = 1  # SearchConfig version 1 had no proposals (it searched one at a time)
-    (tmp_path / "run.json").write_text(json.dumps({"config": old, "seed": 0}))
+    old["search"]["version"] = 1
+    return old
 
-    def upgrade(stored):
-        return {**stored, "config": RavnConfig.from_dict(stored["config"]).to_dict()}
 
-    RunFolder(tmp_path, {"config": config.to_dict(), "seed": 0}, upgrade).close()  # resumes
+def test_a_run_of_an_older_version_with_the_same_settings_resumes(tmp_path):
+    """A stamp stored by an older ravn (an older config version) is compared after migration."""
+    config = RavnConfig(budget_bits=3.0, search=SearchConfig(evaluations=7))
+    (tmp_path / "run.json").write_text(json.dumps({"config": _older(config), "seed": 0}))
+    RunFolder(tmp_path, {"config": config.to_dict(), "seed": 0}).close()  # resumes
     assert json.loads((tmp_path / "run.json").read_text())["config"] == config.to_dict()  # rewritten as today's
     with pytest.raises(RavnError, match="other settings"):  # other settings still refused after migration
-        RunFolder(tmp_path, {"config": RavnConfig(budget_bits=2.0).to_dict(), "seed": 0}, upgrade)
+        RunFolder(tmp_path, {"config": RavnConfig(budget_bits=2.0).to_dict(), "seed": 0})
+
+
+def test_a_checkpoint_of_an_older_version_with_the_same_settings_resumes(tmp_path, one_thread):
+    """Fine-tuning checkpoints compare their stamp as run folders do: migrated, then equal or refused."""
+    data = toy.dataset()
+    config = RavnConfig(budget_bits=3.0, search=SearchConfig(evaluations=7))
+
+    class Interrupt(Callback):
+        def on_epoch_end(self, row):
+            raise KeyboardInterrupt
+
+    def train(config, callbacks=()):
+        model = toy.tiny()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+
+        def step(images, labels):
+            return {"loss": torch.nn.functional.cross_entropy(model(toy.REF.normalize(images)), labels)}
+
+        return train_epochs(model, step, optimizer, Schedule(2, 16, 2, augment=False), data.train,
+                            lambda: {"top1": 0.0, "loss": 1.0}, tmp_path, {"config": config.to_dict(), "seed": 0},
+                            callbacks)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, [Interrupt()])  # after epoch 1's checkpoint
+    state = read_checkpoint(tmp_path / "last.safetensors")
+    state["stamp"]["config"] = _older(config)
+    write_checkpoint(tmp_path / "last.safetensors", state)
+    with pytest.raises(RavnError, match="other settings"):
+        train(RavnConfig(budget_bits=2.0))
+    assert [row["epoch"] for row in train(config).history] == [0, 1, 2]  # resumed after epoch 1
 
 
 def test_checkpoints_round_trip_optimizer_state(tmp_path):

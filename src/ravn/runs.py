@@ -5,7 +5,9 @@ Contract:
 - every file in it is written whole or not at all (:func:`ravn.files.write_atomically`); a failed
   write (disk full, no permission) leaves no partial file and is one line of :class:`RavnError`;
 - :class:`RunFolder` holds one run's resumable state. Its ``run.json`` stamps the settings that made
-  it: opening a folder of other settings is refused (resuming would mix runs). While a process holds
+  it: opening a folder of other settings is refused (resuming would mix runs). A stamp stored by an
+  older ravn is compared in today's form (:func:`current_form`: its config migrated), as are the
+  fine-tuning checkpoints' (:func:`ravn.training.loop.train_epochs`). While a process holds
   it, a second one is refused (an advisory lock), never let in to corrupt it. Under torchrun, rank 0
   holds it and writes; the other ranks only read it (:mod:`ravn.training.distributed`).
 - Nothing in a run folder is ever unpickled: state is JSON, JSON lines and safetensors.
@@ -15,29 +17,40 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ravn.config import Config
 from ravn.errors import RavnError
 from ravn.files import check_writable, write_atomically
+
+
+def current_form(stamp: Any) -> Any:
+    """A settings stamp as this ravn writes it (JSON data), its ``"config"`` (a :class:`~ravn.config.Config`'s
+    dict, perhaps written by an older ravn) migrated by :meth:`Config.from_dict <ravn.config.Config.from_dict>`;
+    so a stamp of an older version with the same settings equals today's. A config this version cannot read
+    is left as stored (it then compares as other settings)."""
+    stamp = json.loads(json.dumps(stamp))
+    if isinstance(stamp, dict) and isinstance(stamp.get("config"), dict):
+        with contextlib.suppress(ValueError, TypeError, KeyError, RavnError):
+            stamp["config"] = json.loads(json.dumps(Config.from_dict(stamp["config"]).to_dict()))
+    return stamp
 
 
 class RunFolder:
     """One run's folder: settings stamp, lock, JSON state and atomic files (see the module docstring)."""
 
-    def __init__(self, path: Path | str, stamp: dict[str, Any], upgrade: Callable[[Any], Any] | None = None):
-        """``upgrade`` maps a stamp stored by an older version to today's form (a config migrated by
-        :meth:`ravn.config.Config.from_dict`), so a run whose settings are the same resumes after an upgrade."""
+    def __init__(self, path: Path | str, stamp: dict[str, Any]):
+        """``stamp``: the run's settings (JSON-able; a ``"config"`` entry is compared in :func:`current_form`)."""
         from ravn.training.distributed import replicas
 
         self.path = Path(path)
         self.writer = replicas().is_writer
         self._lock = None
-        stamp = json.loads(json.dumps(stamp))
+        stamp = current_form(stamp)
         if not self.writer:  # another rank of the same run: it reads what rank 0 writes
-            stored = self._upgraded(self.read_json("run.json"), upgrade)
-            if stored is not None and stored != stamp:
+            stored = self.read_json("run.json")
+            if stored is not None and current_form(stored) != stamp:
                 raise RavnError(f"{self.path} holds a run with other settings",
                                 "pass --fresh to start over, or another --run-dir")
             return
@@ -53,23 +66,13 @@ class RunFolder:
                             "wait for it to finish, or pass another --run-dir") from None
         except ImportError:  # no fcntl (Windows): no lock
             pass
-        raw = self.read_json("run.json")
-        stored = self._upgraded(raw, upgrade)
-        if stored is not None and stored != stamp:
+        stored = self.read_json("run.json")
+        if stored is not None and current_form(stored) != stamp:
             self.close()
             raise RavnError(f"{self.path} holds a run with other settings",
                             "pass --fresh to start over, or another --run-dir")
-        if raw != stamp:  # a new folder, or one stored by an older version with the same settings
+        if stored != stamp:  # a new folder, or one stored by an older version with the same settings
             self.write_json("run.json", stamp)
-
-    @staticmethod
-    def _upgraded(stored: Any, upgrade: Callable[[Any], Any] | None) -> Any:
-        if stored is None or upgrade is None:
-            return stored
-        try:
-            return json.loads(json.dumps(upgrade(stored)))
-        except (ValueError, TypeError, KeyError, RavnError):  # a stamp this version cannot read: other settings
-            return stored
 
     def sub(self, name: str) -> Path:
         """A subfolder for a part of the run (e.g. one round of Algorithm 1)."""
@@ -101,10 +104,10 @@ class RunFolder:
 
 
 @contextlib.contextmanager
-def run_folder(path: Path | str | None, stamp: dict[str, Any], upgrade: Callable[[Any], Any] | None = None):
+def run_folder(path: Path | str | None, stamp: dict[str, Any]):
     """:class:`RunFolder` as a context (``None`` when the run keeps no folder)."""
     if path is None:
         yield None
         return
-    with RunFolder(path, stamp, upgrade) as folder:
+    with RunFolder(path, stamp) as folder:
         yield folder

@@ -16,10 +16,7 @@ from ravn.data import load_dataset
 from ravn.data.cifar import read_npz_split
 from ravn.errors import RavnError
 
-
-@pytest.fixture(autouse=True)
-def tmp_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RAVN_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("tmp_cache")  # every test decompresses into its own cache
 
 
 def _one_line_error(call, match: str) -> str:

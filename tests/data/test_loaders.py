@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -16,13 +17,7 @@ from ravn.data import carve_validation, load_dataset
 from ravn.data.cifar import CIFAR10_CLASSES, cache_dir, read_npz_split
 from ravn.errors import RavnError
 
-
-@pytest.fixture(autouse=True)
-def tmp_cache(tmp_path, monkeypatch) -> Path:
-    """Every test decompresses into its own cache, never into ~/.cache/ravn."""
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("RAVN_CACHE", str(cache))
-    return cache
+pytestmark = pytest.mark.usefixtures("tmp_cache")  # every test decompresses into its own cache
 
 
 def _images(n: int, seed: int, h: int = 32, w: int = 32, c: int = 3) -> np.ndarray:
@@ -127,6 +122,28 @@ def test_npz_cache_gives_identical_arrays_on_second_read(tmp_path, tmp_cache):
     assert torch.equal(first.labels, second.labels)
     assert torch.equal(second.pixels, _nchw(images))
     assert sorted(tmp_cache.glob("*.npy")) == cached  # the second read reused the entries
+
+
+def test_a_changed_file_replaces_its_stale_cache_entries_and_no_other(tmp_path, tmp_cache):
+    (images, _), _ = _npz_dataset(tmp_path / "mini")
+    other = tmp_path / "other" / "train.npz"  # another source of the same name keeps its entries
+    other.parent.mkdir()
+    (tmp_path / "mini" / "train.npz").rename(other)
+    read_npz_split(other)
+    _npz_dataset(tmp_path / "mini")
+    path = tmp_path / "mini" / "train.npz"
+    read_npz_split(path)
+    first = set(tmp_cache.glob("*.npy"))
+    assert len(first) == 4
+    changed = _images(len(images), 7)
+    for version in (1, 2):  # a new version (size or mtime): decompressed again, the old entries replaced
+        _write_npz(path, changed, np.zeros(len(changed), dtype=np.int64))
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + version * 10**9))
+        assert torch.equal(read_npz_split(path).pixels, _nchw(changed))
+        entries = set(tmp_cache.glob("*.npy"))
+        assert len(entries) == 4 and len(entries - first) == 2  # the other source's two, this one's new two
+    assert torch.equal(read_npz_split(other).pixels, _nchw(images))
+    assert set(tmp_cache.glob("*.npy")) == entries  # served from the cache
 
 
 def test_damaged_cache_entry_is_rebuilt(tmp_path, tmp_cache):

@@ -11,17 +11,9 @@ import torch
 import ravn
 from ravn import export
 from ravn.errors import RavnError
-from ravn.models import ModelRef
 from ravn.quantizers.swap import with_weights
 from ravn.quantizers.vq import ClusteredWeight
 from ravn.report.inspect import describe
-
-
-@pytest.fixture(scope="module")
-def resnet():
-    torch.manual_seed(0)
-    ref = ModelRef.parse("resnet20")
-    return ref, ref.build().eval()
 
 
 def _weights(model, kind):

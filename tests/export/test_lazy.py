@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
 import tracemalloc
-import types
 
 import pytest
 import torch
@@ -16,33 +14,17 @@ import ravn
 from ravn import export
 from ravn.errors import RavnError
 from ravn.export import lazy
-from ravn.models import ModelRef
 from ravn.quantizers import QuantizedWeight, quantize_uniform
 from ravn.quantizers.swap import with_weights
-from ravn.quantizers.vq import ClusteredWeight
+from tests.export.files import quantized, save
 
 
-@pytest.fixture(scope="module")
-def resnet():
-    torch.manual_seed(0)
-    ref = ModelRef.parse("resnet20")
-    return ref, ref.build().eval()
-
-
-def _weights(model, kind: str) -> dict[str, QuantizedWeight]:
-    layers = {name: m.weight for name, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
-    if kind == "clustered":
-        return {name: ClusteredWeight(w, 3, True, "uniform").quantize((2, 3, 4)) for name, w in layers.items()}
-    return {name: quantize_uniform(w, int(kind), symmetric=False) for name, w in layers.items()}
-
-
-@pytest.mark.parametrize(("kind", "coding"), [("4", "fixed"), ("1", "fixed"), ("8", "fixed"), ("3", "ans"),
-                                              ("clustered", "fixed"), ("clustered", "huffman")])
+@pytest.mark.parametrize(("kind", "coding"), [(4, "fixed"), (1, "fixed"), (8, "fixed"), (3, "ans"),
+                                              ((2, 3, 4), "fixed"), ((2, 3, 4), "huffman")])
 def test_lazy_model_gives_the_eager_outputs_bit_for_bit(tmp_path, resnet, one_thread, kind, coding):
     ref, model = resnet
-    weights = _weights(model, kind)
-    path = tmp_path / "m.ravn"
-    export.save(path, with_weights(model, weights), weights, ref, "test", coding=coding)
+    weights = quantized(model, kind)
+    path = save(tmp_path / "m.ravn", ref, model, weights, coding)
     eager, packed = ravn.load(path), ravn.load(path, lazy=True)
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
@@ -85,15 +67,13 @@ class Deep(nn.Module):
         return self.layers(x)
 
 
-def test_peak_weight_memory_is_the_packed_codes_plus_one_float_layer(tmp_path, monkeypatch, one_thread):
-    module = types.ModuleType("ravn_test_deep")
-    module.Deep = Deep
-    monkeypatch.setitem(sys.modules, "ravn_test_deep", module)
+def test_peak_weight_memory_is_the_packed_codes_plus_one_float_layer(tmp_path, register, one_thread):
+    ref = register(Deep)
     torch.manual_seed(0)
     model = Deep().eval()
     weights = {f"layers.{i}": quantize_uniform(layer.weight, 4) for i, layer in enumerate(model.layers)}
     path = tmp_path / "deep.ravn"
-    report = export.save(path, with_weights(model, weights), weights, ModelRef.parse("ravn_test_deep:Deep"))
+    report = export.save(path, with_weights(model, weights), weights, ref)
     float_bytes = sum(q.numel * 4 for q in weights.values())
     largest = max(q.numel * 4 for q in weights.values())
     x = torch.randn(2, 384)
@@ -126,7 +106,7 @@ def test_peak_weight_memory_is_the_packed_codes_plus_one_float_layer(tmp_path, m
           f"running peak {running}, largest layer {largest}")
 
 
-def test_factory_that_cannot_build_on_the_meta_device_still_loads_lazily(tmp_path, monkeypatch, resnet):
+def test_factory_that_cannot_build_on_the_meta_device_still_loads_lazily(tmp_path, register):
     """A model with a non-persistent buffer only its constructor sets is built for real, then packed."""
 
     class WithBuffer(nn.Module):
@@ -138,14 +118,11 @@ def test_factory_that_cannot_build_on_the_meta_device_still_loads_lazily(tmp_pat
         def forward(self, x):
             return self.conv(x + self.shift)
 
-    module = types.ModuleType("ravn_test_withbuffer")
-    module.WithBuffer = WithBuffer
-    monkeypatch.setitem(sys.modules, "ravn_test_withbuffer", module)
+    ref = register(WithBuffer)
     torch.manual_seed(0)
     model = WithBuffer().eval()
     weights = {"conv": quantize_uniform(model.conv.weight, 3)}
-    path = tmp_path / "b.ravn"
-    export.save(path, with_weights(model, weights), weights, ModelRef.parse("ravn_test_withbuffer:WithBuffer"))
+    path = save(tmp_path / "b.ravn", ref, model, weights)
     net = ravn.load(path, lazy=True)
     assert torch.equal(net.shift, torch.full((1, 3, 1, 1), 0.5))
     x = torch.randn(1, 3, 8, 8)
@@ -156,9 +133,7 @@ def test_factory_that_cannot_build_on_the_meta_device_still_loads_lazily(tmp_pat
 
 def test_damaged_file_is_a_one_line_error_when_lazy_too(tmp_path, resnet):
     ref, model = resnet
-    weights = _weights(model, "clustered")
-    path = tmp_path / "m.ravn"
-    export.save(path, with_weights(model, weights), weights, ref, "test")
+    path = save(tmp_path / "m.ravn", ref, model, quantized(model, (2, 3, 4)))
     raw = bytearray(path.read_bytes())
     path.write_bytes(bytes(raw[:-1]))
     with pytest.raises(RavnError, match="corrupt"):

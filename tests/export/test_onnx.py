@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -15,33 +13,12 @@ from ravn import export
 from ravn.cli import main
 from ravn.errors import RavnError
 from ravn.export.onnx import container, export_onnx
-from ravn.models import ModelRef
-from ravn.quantizers import QuantizedWeight, quantize_uniform
+from ravn.quantizers import quantize_uniform
 from ravn.quantizers.swap import with_weights
-from ravn.quantizers.vq import ClusteredWeight
+from tests.export.files import quantized, save
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-
-
-@pytest.fixture(scope="module")
-def resnet():
-    torch.manual_seed(0)
-    ref = ModelRef.parse("resnet20")
-    return ref, ref.build().eval()
-
-
-def _write(tmp_path, ref, model, weights, coding="fixed"):
-    path = tmp_path / "m.ravn"
-    export.save(path, with_weights(model, weights), weights, ref, "test", coding=coding)
-    return path
-
-
-def _quantized(model, kind) -> dict[str, QuantizedWeight]:
-    layers = {name: m.weight for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)}
-    if isinstance(kind, tuple):
-        return {name: ClusteredWeight(w, len(kind), True, "uniform").quantize(kind) for name, w in layers.items()}
-    return {name: quantize_uniform(w, kind, symmetric=False) for name, w in layers.items()}
 
 
 def _run(path, x: torch.Tensor) -> np.ndarray:
@@ -60,8 +37,8 @@ def _initializers(path) -> dict:
 def test_onnxruntime_gives_the_outputs_of_the_loaded_file(tmp_path, resnet, one_thread, kind, coding, code_type,
                                                           opset):
     ref, model = resnet
-    weights = _quantized(model, kind)
-    path = _write(tmp_path, ref, model, weights, coding)
+    weights = quantized(model, kind)
+    path = save(tmp_path / "m.ravn", ref, model, weights, coding)
     out = export_onnx(path, tmp_path / "m.onnx")
     assert set(out["code_types"].values()) == {code_type} and out["opset"] == opset
     x = torch.randn(3, 3, 32, 32)
@@ -79,8 +56,8 @@ def test_onnxruntime_gives_the_outputs_of_the_loaded_file(tmp_path, resnet, one_
 def test_codes_are_the_symbols_packed_as_onnx_reads_them(tmp_path, resnet):
     """onnx's own reader unpacks the stored 4-bit codes to the layer's codes."""
     ref, model = resnet
-    weights = _quantized(model, 4)
-    export_onnx(_write(tmp_path, ref, model, weights), tmp_path / "m.onnx")
+    weights = quantized(model, 4)
+    export_onnx(save(tmp_path / "m.ravn", ref, model, weights), tmp_path / "m.onnx")
     inits = _initializers(tmp_path / "m.onnx")
     for name, q in weights.items():
         codes = onnx.numpy_helper.to_array(inits[f"{name}.weight.codes"])
@@ -89,8 +66,8 @@ def test_codes_are_the_symbols_packed_as_onnx_reads_them(tmp_path, resnet):
 
 def test_file_stays_close_to_the_ravn_file_and_float_export_is_plain(tmp_path, resnet, one_thread):
     ref, model = resnet
-    weights = _quantized(model, 4)
-    path = _write(tmp_path, ref, model, weights)
+    weights = quantized(model, 4)
+    path = save(tmp_path / "m.ravn", ref, model, weights)
     kept = export_onnx(path, tmp_path / "codes.onnx")
     plain = export_onnx(path, tmp_path / "float.onnx", keep_codes=False)
     float_weights = 4 * sum(q.numel for q in weights.values())
@@ -107,7 +84,7 @@ def test_file_stays_close_to_the_ravn_file_and_float_export_is_plain(tmp_path, r
 
 def test_a_lower_opset_stores_codes_in_wider_types(tmp_path, resnet, one_thread):
     ref, model = resnet
-    path = _write(tmp_path, ref, model, _quantized(model, 2))
+    path = save(tmp_path / "m.ravn", ref, model, quantized(model, 2))
     assert set(export_onnx(path, tmp_path / "a.onnx", opset=21)["code_types"].values()) == {"UINT4"}
     assert set(export_onnx(path, tmp_path / "b.onnx", opset=18)["code_types"].values()) == {"UINT8"}
     x = torch.randn(2, 3, 32, 32)
@@ -115,32 +92,10 @@ def test_a_lower_opset_stores_codes_in_wider_types(tmp_path, resnet, one_thread)
     assert container(1) == (2, "UINT2", 25) and container(5, 21) == (8, "UINT8", 18) and container(9)[1] == "UINT16"
 
 
-class OddNet(torch.nn.Module):
-    """Grouped and depthwise convolutions, a Conv1d and a Linear with bias, on 16-pixel-wide inputs."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = torch.nn.Conv2d(3, 6, 3, padding=1)
-        self.grouped = torch.nn.Conv2d(6, 9, 3, padding=1, groups=3, bias=False)
-        self.depthwise = torch.nn.Conv2d(9, 9, 5, padding=2, groups=9)
-        self.seq = torch.nn.Conv1d(9, 5, 3)
-        self.head = torch.nn.Linear(5 * 14, 7)
-
-    def forward(self, x):
-        x = self.depthwise(torch.relu(self.grouped(self.stem(x)))).mean(dim=2)
-        return self.head(self.seq(x).flatten(1))
-
-
-def test_user_model_with_odd_layers_and_input_shape(tmp_path, monkeypatch, one_thread):
-    module = types.ModuleType("ravn_test_oddnet")
-    module.OddNet = OddNet
-    monkeypatch.setitem(sys.modules, "ravn_test_oddnet", module)
-    torch.manual_seed(0)
-    model = OddNet().eval()
-    ref = ModelRef.parse("ravn_test_oddnet:OddNet")
-    weights = {name: quantize_uniform(m.weight, 3) for name, m in model.named_modules()
-               if name in ("stem", "grouped", "depthwise", "seq", "head")}
-    path = _write(tmp_path, ref, model, weights)
+def test_user_model_with_odd_layers_and_input_shape(tmp_path, oddnet, one_thread):
+    ref, model = oddnet
+    weights = quantized(model, 3)
+    path = save(tmp_path / "m.ravn", ref, model, weights)
     with pytest.raises(RavnError, match="does not bundle"):
         export_onnx(path, tmp_path / "o.onnx", input_shape=(1, 3, 16, 16), allow=())
     export_onnx(path, tmp_path / "o.onnx", input_shape=(1, 3, 16, 16), allow=(ref.factory,))
@@ -152,7 +107,7 @@ def test_user_model_with_odd_layers_and_input_shape(tmp_path, monkeypatch, one_t
 
 def test_cli_export(tmp_path, capsys, resnet):
     ref, model = resnet
-    path = _write(tmp_path, ref, model, _quantized(model, 4))
+    path = save(tmp_path / "m.ravn", ref, model, quantized(model, 4))
     assert main(["export", str(path), "--onnx", str(tmp_path / "m.onnx"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["codes"] == "kept" and out["onnx_bytes"] == (tmp_path / "m.onnx").stat().st_size
@@ -169,7 +124,7 @@ def test_cli_export(tmp_path, capsys, resnet):
 ])
 def test_bad_export_input_is_one_line_error(tmp_path, capsys, resnet, args, message):
     ref, model = resnet
-    path = _write(tmp_path, ref, model, _quantized(model, 4))
+    path = save(tmp_path / "m.ravn", ref, model, quantized(model, 4))
     assert main(["export", str(path), "--onnx", str(tmp_path / "m.onnx"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err
@@ -196,17 +151,14 @@ class Twins(torch.nn.Module):
 
 
 @pytest.mark.parametrize("both", [True, False])
-def test_equal_weights_merged_by_the_exporter(tmp_path, monkeypatch, both):
-    module = types.ModuleType("ravn_test_twins")
-    module.Twins = Twins
-    monkeypatch.setitem(sys.modules, "ravn_test_twins", module)
+def test_equal_weights_merged_by_the_exporter(tmp_path, register, both):
+    ref = register(Twins)
     torch.manual_seed(0)
     model = Twins().eval()
-    ref = ModelRef.parse("ravn_test_twins:Twins")
     q = quantize_uniform(model.a.weight, 4)
     weights = {"a": q, "b": q} if both else {"b": q}
     model.a.weight.data = q.dequantize()  # a float layer equal to the quantized one
-    path = _write(tmp_path, ref, model, weights)
+    path = save(tmp_path / "m.ravn", ref, model, weights)
     export_onnx(path, tmp_path / "t.onnx", input_shape=(1, 6), allow=(ref.factory,))
     x = torch.randn(3, 6)
     with torch.no_grad():

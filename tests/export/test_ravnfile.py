@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import struct
 import sys
-import types
 
 import pytest
 import torch
@@ -11,38 +10,8 @@ from torch import nn
 import ravn
 from ravn import export
 from ravn.errors import RavnError
-from ravn.models import ModelRef
 from ravn.quantizers import QuantizedWeight
-
-
-class OddNet(nn.Module):
-    """Odd shapes: grouped and depthwise convolutions, a Conv1d, a Linear with bias."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 6, 3, padding=1)
-        self.grouped = nn.Conv2d(6, 9, 3, padding=1, groups=3, bias=False)
-        self.bn = nn.BatchNorm2d(9)
-        self.depthwise = nn.Conv2d(9, 9, 5, padding=2, groups=9)
-        self.seq = nn.Conv1d(9, 5, 3)
-        self.head = nn.Linear(5 * 14, 7)
-
-    def forward(self, x):
-        x = torch.relu(self.bn(self.grouped(self.stem(x))))
-        x = self.depthwise(x).mean(dim=2)
-        return self.head(self.seq(x).flatten(1))
-
-
-@pytest.fixture()
-def oddnet(monkeypatch):
-    module = types.ModuleType("ravn_test_oddnet")
-    module.OddNet = OddNet
-    monkeypatch.setitem(sys.modules, "ravn_test_oddnet", module)
-    torch.manual_seed(0)
-    model = OddNet().eval()
-    model.bn.running_mean.uniform_(-1, 1)
-    model.bn.running_var.uniform_(0.5, 2)
-    return ModelRef.parse("ravn_test_oddnet:OddNet"), model
+from tests.export.files import OddNet
 
 
 def _clustered(q: QuantizedWeight, bits) -> QuantizedWeight:

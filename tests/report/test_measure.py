@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ravn.errors import RavnError
-from ravn.report.measure import EnergyMeter, current_rss, embed, peak_rss, penultimate_features
+from ravn.report.measure import (
+    EnergyMeter,
+    current_rss,
+    embed,
+    peak_rss,
+    peak_rss_since_reset,
+    penultimate_features,
+    reset_peak_rss,
+)
 from tests.methods import toy
 
 
@@ -76,3 +84,14 @@ def test_peak_rss_is_at_least_the_resident_memory_holding_a_block():
     block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
     now = current_rss()
     assert now is None or peak_rss() >= now >= block.numel() * block.element_size()
+
+
+def test_peak_rss_since_reset_holds_a_freed_block_until_the_next_reset():
+    block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    size = block.numel() * block.element_size()
+    held = peak_rss_since_reset()
+    assert held >= size
+    del block  # (mmapped: returned to the system at once)
+    assert peak_rss_since_reset() >= size
+    if reset_peak_rss():  # Linux: the peak starts over from the RSS now, without the block
+        assert peak_rss_since_reset() < held - size // 2

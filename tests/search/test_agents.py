@@ -33,6 +33,13 @@ def test_ppo_learns_more_than_random_actions():
     assert late_ppo > late_rand
 
 
+def test_a_search_writes_no_sb3_logger_folder(tmp_path, monkeypatch):
+    """stable-baselines3's default logger makes a folder ($SB3_LOGDIR, else $TMPDIR/SB3-<time>) per search."""
+    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path / "sb3"))
+    _ppo(seed=0, episodes=8)
+    assert not (tmp_path / "sb3").exists()
+
+
 def test_same_seed_same_search():
     a, b = _ppo(seed=3, episodes=40), _ppo(seed=3, episodes=40)
     assert [h["bits"] for h in a.history] == [h["bits"] for h in b.history]

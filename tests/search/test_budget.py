@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ravn.errors import RavnError
 from ravn.quantizers.size import LayerCost
-from ravn.search.budget import Budget, avg_bits, check_feasible, fit, uniform_bits
+from ravn.search.budget import Budget, BudgetFields, avg_bits, check_feasible, fit, uniform_bits
 
 layer_counts = st.lists(st.integers(1, 5000), min_size=1, max_size=4)
 
@@ -80,3 +82,24 @@ def test_uniform_bits_is_the_most_bits_every_layer_can_have():
     four_bits = Budget(bits=4.0).cost(costs, {"a": (4,), "b": (4,)}) // 8 + 2 * 4 * 16  # streams + 2 tables
     assert uniform_bits(costs, Budget(bytes=four_bits)) == 4
     assert uniform_bits(costs, Budget(bytes=four_bits - 1)) == 3
+
+
+def test_every_budgeted_method_config_takes_its_budget_fields_and_checks_from_budget_fields():
+    from ravn.methods import METHODS
+
+    budgeted = {spec.config_type for spec in METHODS.values()
+                if "budget_bits" in {f.name for f in dataclasses.fields(spec.config_type)}}
+    assert len(budgeted) >= 7 and all(issubclass(c, BudgetFields) for c in budgeted)
+    for config_type in budgeted:
+        by_bytes = config_type(budget_bits=None, budget_bytes=5000)
+        assert by_bytes.budget(123) == Budget(bytes=5000, fixed_bytes=123)
+        assert config_type.from_dict(by_bytes.to_dict()) == by_bytes
+        assert [f.name for f in dataclasses.fields(config_type)][:2] == ["budget_bits", "budget_bytes"]
+        for bad, message in (({"budget_bits": None}, "exactly one"), ({"budget_bytes": 10}, "exactly one"),
+                             ({"budget_bits": 9.0}, "between"), ({"budget_bits": None, "budget_bytes": 0}, "positive")):
+            with pytest.raises(ValueError, match=message):
+                config_type(**bad)
+    low = min(budgeted, key=lambda c: c.MIN_BUDGET_BITS)
+    assert low.__name__ == "DeepCompressionConfig" and low(budget_bits=0.5).budget() == Budget(bits=0.5)
+    with pytest.raises(ValueError, match="between 1 and 8"):
+        next(c for c in budgeted if c is not low)(budget_bits=0.5)

@@ -15,6 +15,7 @@ one-line :class:`RavnError` naming the file.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
 import lzma
 import os
@@ -40,10 +41,17 @@ def cache_dir() -> Path:
 
 
 def _cached_member(path: Path, member: str) -> np.ndarray:
-    """``np.load(path)[member]``, decompressed once into the cache and memory-mapped afterwards."""
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{member}".encode()).hexdigest()[:20]
-    cached = cache_dir() / f"{path.stem}-{member}-{key}.npy"
+    """``np.load(path)[member]``, decompressed once into the cache and memory-mapped afterwards.
+
+    An entry is named by the source (its resolved path and the member) and by the version it copies (its
+    size and modification time as well): a changed file is decompressed again, never read stale, and its
+    new entry replaces the entries of the source's earlier versions, so the cache holds one per source.
+    """
+    stat, resolved = path.stat(), path.resolve()
+    source = hashlib.sha256(f"{resolved}|{member}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{resolved}|{stat.st_size}|{stat.st_mtime_ns}|{member}".encode()).hexdigest()[:20]
+    prefix = f"{path.stem}-{member}-{source}-"
+    cached = cache_dir() / f"{prefix}{key}.npy"
     if cached.exists():
         try:
             return np.load(cached, mmap_mode="r")
@@ -65,7 +73,11 @@ def _cached_member(path: Path, member: str) -> np.ndarray:
             np.save(f, array)
         os.replace(tmp, cached)
     except OSError:
-        pass  # a read-only cache only costs speed
+        return array  # a read-only cache only costs speed
+    for stale in cached.parent.iterdir():  # the entries of this source's earlier versions
+        if stale.name.startswith(prefix) and stale.name.endswith(".npy") and stale != cached:
+            with contextlib.suppress(OSError):  # (in use elsewhere, on Windows: removed another time)
+                stale.unlink()
     return array
 
 

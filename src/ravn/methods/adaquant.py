@@ -27,7 +27,7 @@ from ravn.config import Config
 from ravn.methods.base import Context, QuantizationResult, register_method
 from ravn.quantizers.adaquant import AdaQuant
 from ravn.quantizers.swap import with_weights
-from ravn.search.budget import check_budget_fields
+from ravn.search.budget import BudgetFields
 from ravn.search.degradation import loss_degradation
 from ravn.search.ilp import exact_allocation
 from ravn.search.problem import PerLayerSettings, prepare
@@ -35,11 +35,7 @@ from ravn.training.finetune import FineTuneConfig, fine_tune
 
 
 @dataclass
-class AdaQuantConfig(PerLayerSettings, Config):
-    #: Size budget as measured average bits per quantized weight, cluster ids included ...
-    budget_bits: float | None = 4.0
-    #: ... or as bytes of the whole .ravn file (give one of the two).
-    budget_bytes: int | None = None
+class AdaQuantConfig(PerLayerSettings, BudgetFields, Config):
     #: Cluster weights divided by their output channel's largest magnitude (one stored scale each).
     per_channel: bool = field(default=True, metadata={"flag": "--per-channel/--per-layer"})
     #: AdaQuant: Adam steps per layer (each layer's weights and channel scales against its float output).
@@ -57,7 +53,7 @@ class AdaQuantConfig(PerLayerSettings, Config):
     rounding: ClassVar[str] = "adaquant"
 
     def __post_init__(self) -> None:
-        check_budget_fields(self.budget_bits, self.budget_bytes)
+        super().__post_init__()
         if self.adaquant_steps < 0 or self.calibration_size < 1 or not self.adaquant_lr > 0:
             raise ValueError("adaquant_steps must be >= 0, calibration_size >= 1 and adaquant_lr > 0")
         self.exclude = tuple(self.exclude)

@@ -156,10 +156,7 @@ def quantize(model: nn.Module, config: Config, context: Context | None = None,
     # before the long set-up, not after it; only a search's evaluations run on Ray
     check_workers(context.workers, context.ray_address, ray=getattr(config, "search", None) is not None)
     model = on_device(model, context.device)
-    def upgrade(stored: dict) -> dict:  # a run folder of an older ravn: its config migrated to today's
-        return {**stored, "config": type(config).from_dict(stored["config"]).to_dict()}
-
-    with run_folder(context.run_dir, {"config": config.to_dict(), "seed": context.seed}, upgrade):
+    with run_folder(context.run_dir, {"config": config.to_dict(), "seed": context.seed}):
         result = spec.recipe(model, config, context)
     result.method, result.config = spec.name, config.to_dict()
     return result

@@ -41,20 +41,18 @@ from ravn.quantizers.layers import quantizable_layers
 from ravn.quantizers.qweight import QuantizedWeight
 from ravn.quantizers.swap import attach, detach, frozen_weights, with_weights
 from ravn.quantizers.uniform import fit_scale, quantize_uniform
-from ravn.search.budget import Budget, check_budget_fields, widest_within
+from ravn.search.budget import BudgetFields, widest_within
 from ravn.search.problem import estimated_overhead
 from ravn.training.finetune import FineTuneConfig, fine_tune, train_student
 from ravn.training.losses import Loss
 
 
 @dataclass
-class DCQConfig(Config):
+class DCQConfig(BudgetFields, Config):
     VERSION: ClassVar[int] = 2  # 2: workers moved to the Context (a runtime setting, --workers)
 
-    #: Size budget as measured average bits per quantized weight, cluster ids included ...
+    # (BudgetFields' first field, with DCQ's default: ternary sections)
     budget_bits: float | None = 2.0
-    #: ... or as bytes of the whole .ravn file (give one of the two).
-    budget_bytes: int | None = None
     #: DCQ: top-level modules whose outputs end the sections (in forward order); default: after each
     #: top-level module holding two or more quantized layers (a ResNet's stages).
     sections: tuple[str, ...] = ()
@@ -67,7 +65,7 @@ class DCQConfig(Config):
     finetune: FineTuneConfig | None = field(default_factory=lambda: FineTuneConfig(epochs=1))
 
     def __post_init__(self) -> None:
-        check_budget_fields(self.budget_bits, self.budget_bytes)
+        super().__post_init__()
         if self.section_epochs < 0:
             raise ValueError("section_epochs must be >= 0")
         self.sections, self.exclude = tuple(self.sections), tuple(self.exclude)
@@ -155,7 +153,7 @@ def quantize_dcq(model: nn.Module, config: DCQConfig, context: Context) -> Quant
     layers = dict(model.named_modules())
     weights = widest_within(
         lambda b: {n: fit_scale(quantize_uniform(layers[n].weight, b), layers[n].weight) for n in names},
-        Budget(config.budget_bits, config.budget_bytes), "fixed", context.overhead or estimated_overhead(model))
+        config.budget(), "fixed", context.overhead or estimated_overhead(model))
     settings = (config.finetune or FineTuneConfig()).replace(epochs=config.section_epochs)
     val = dataset.split("val", limit=settings.epoch_val_size)
     jobs = [(model, s, {n: weights[n] for n in s.layers}, dataset.train, val, context.normalize, settings,

@@ -21,6 +21,7 @@ quantization by weight sharing, entropy coding, over the registered stages.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -31,18 +32,16 @@ from ravn.methods.base import Context, QuantizationResult, register_method
 from ravn.quantizers.layers import quantizable_layers
 from ravn.quantizers.swap import with_weights
 from ravn.quantizers.vq import shared_weights
-from ravn.search.budget import Budget, check_budget_fields, widest_within
+from ravn.search.budget import BudgetFields, widest_within
 from ravn.search.problem import estimated_overhead
 from ravn.training.finetune import FineTuneConfig, fine_tune
 from ravn.training.prune import prune
 
 
 @dataclass
-class DeepCompressionConfig(Config):
-    #: Size budget as measured average bits per quantized weight, cluster ids included ...
-    budget_bits: float | None = 4.0
-    #: ... or as bytes of the whole .ravn file (give one of the two).
-    budget_bytes: int | None = None
+class DeepCompressionConfig(BudgetFields, Config):
+    MIN_BUDGET_BITS: ClassVar[float] = 1e-3  # pruned, entropy-coded weights: below a bit each
+
     #: Deep Compression: the fraction of each layer's weights pruned (smallest magnitudes).
     sparsity: float = 0.5
     #: Deep Compression: pruning steps (iterative pruning; the kept weights are retrained after each).
@@ -56,7 +55,7 @@ class DeepCompressionConfig(Config):
     finetune: FineTuneConfig | None = field(default_factory=lambda: FineTuneConfig(epochs=1, quantizer="shared"))
 
     def __post_init__(self) -> None:
-        check_budget_fields(self.budget_bits, self.budget_bytes, min_bits=1e-3)
+        super().__post_init__()
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if self.prune_steps < 1 or self.prune_epochs < 0:
@@ -82,7 +81,7 @@ def quantize_deepcompression(model: nn.Module, config: DeepCompressionConfig, co
                                context.run_dir, context.seed, context.progress)
     layers = dict(pruned.named_modules())
     weights = widest_within(lambda b: {n: shared_weights(layers[n].weight, b, masks[n]) for n in names},
-                            Budget(config.budget_bits, config.budget_bytes), coding,
+                            config.budget(), coding,
                             context.overhead or estimated_overhead(model))
     log = {"prune": log, "codebook_bits": weights[names[0]].bits[0], "coding": coding}
     if ft is None:

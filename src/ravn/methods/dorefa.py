@@ -32,19 +32,16 @@ from ravn.quantizers.layers import quantizable_layers
 from ravn.quantizers.qweight import QuantizedWeight
 from ravn.quantizers.size import LayerCost
 from ravn.quantizers.trainable import TRAINABLE
-from ravn.search.budget import Budget, check_budget_fields, uniform_bits
+from ravn.search.budget import Budget, BudgetFields, uniform_bits
 from ravn.search.problem import estimated_overhead
 from ravn.training.finetune import FineTuneConfig, fine_tune
 from ravn.training.losses import SinReQ
 
 
 @dataclass
-class TrainConfig(Config):
-    #: Size budget as measured average bits per quantized weight (every layer gets the same bits, the most
-    #: that fit) ...
-    budget_bits: float | None = 4.0
-    #: ... or as bytes of the whole .ravn file (give one of the two).
-    budget_bytes: int | None = None
+class TrainConfig(BudgetFields, Config):
+    """DoReFa, WRPN, SinReQ: every layer gets the same bits, the most that fit the budget."""
+
     #: WRPN's widening factor: the model's factory is called with width=W (CIFAR ResNets, or any factory that
     #: multiplies its channels by it), started from the trained model; the wide model's size is budgeted.
     width: int = 1
@@ -61,7 +58,7 @@ class TrainConfig(Config):
     finetune: FineTuneConfig | None = field(default_factory=lambda: FineTuneConfig(quantizer="dorefa"))
 
     def __post_init__(self) -> None:
-        check_budget_fields(self.budget_bits, self.budget_bytes)
+        super().__post_init__()
         if self.width < 1:
             raise ValueError(f"width must be a positive integer, got {self.width}")
         if self.sinreq < 0 or self.sinreq_schedule not in SinReQ.SCHEDULES:
@@ -87,7 +84,7 @@ def homogeneous_start(model: nn.Module, config, context: Context,
     sample = {n: kind.start(m.weight, 1) for n, m in layers.items()}
     costs = {n: q.cost for n, q in sample.items()}
     fixed = 0 if config.budget_bytes is None else (context.overhead or estimated_overhead(model))(sample, of=model)
-    budget = Budget(config.budget_bits, config.budget_bytes, fixed)
+    budget = config.budget(fixed)
     bits = uniform_bits(costs, budget)
     return {n: kind.start(m.weight, bits) for n, m in layers.items()}, costs, budget
 

@@ -28,18 +28,14 @@ from ravn.methods.base import Context, QuantizationResult, register_method, regi
 from ravn.quantizers.swap import with_weights
 from ravn.quantizers.vq import GRIDS, MAX_CLUSTERS, check_outliers
 from ravn.search.agents import SearchConfig
-from ravn.search.budget import check_budget_fields
+from ravn.search.budget import BudgetFields
 from ravn.search.problem import INITS, prepare
 from ravn.search.run import allocate
 from ravn.training.finetune import FineTuneConfig, fine_tune
 
 
 @dataclass
-class RavnConfig(Config):
-    #: Size budget as measured average bits per quantized weight, cluster ids included ...
-    budget_bits: float | None = 4.0
-    #: ... or as bytes of the whole .ravn file (give one of the two).
-    budget_bytes: int | None = None
+class RavnConfig(BudgetFields, Config):
     #: M: k-means clusters per layer. One by default: at 4.0/3.0/2.5 bits the cluster ids cost more
     #: than they save (benchmarks/results/vq_design.md); 2..16 for RAVN's per-cluster bit-widths.
     clusters: int = 1
@@ -75,7 +71,7 @@ class RavnConfig(Config):
     rounds: int = 1
 
     def __post_init__(self) -> None:
-        check_budget_fields(self.budget_bits, self.budget_bytes)
+        super().__post_init__()
         if not 1 <= self.clusters <= MAX_CLUSTERS:
             raise ValueError(f"clusters must be in 1..{MAX_CLUSTERS}, got {self.clusters}")
         check_outliers(self.outliers, self.clusters)

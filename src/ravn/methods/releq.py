@@ -23,7 +23,7 @@ from ravn.config import Config
 from ravn.methods.base import Context, QuantizationResult, register_method
 from ravn.quantizers.swap import with_weights
 from ravn.search.agents import SearchConfig
-from ravn.search.budget import check_budget_fields
+from ravn.search.budget import BudgetFields
 from ravn.search.problem import PerLayerSettings, prepare
 from ravn.search.releq import RetrainedEvaluator
 from ravn.search.run import allocate
@@ -31,11 +31,7 @@ from ravn.training.finetune import FineTuneConfig, fine_tune
 
 
 @dataclass
-class ReleqConfig(PerLayerSettings, Config):
-    #: Size budget as measured average bits per quantized weight, cluster ids included ...
-    budget_bits: float | None = 4.0
-    #: ... or as bytes of the whole .ravn file (give one of the two).
-    budget_bytes: int | None = None
+class ReleqConfig(PerLayerSettings, BudgetFields, Config):
     #: Cluster weights divided by their output channel's largest magnitude (one stored scale each).
     per_channel: bool = field(default=True, metadata={"flag": "--per-channel/--per-layer"})
     #: How codes are chosen once bits are fixed: 'gptq' (against each layer's output error), 'adaquant' or 'nearest'.
@@ -55,7 +51,7 @@ class ReleqConfig(PerLayerSettings, Config):
     # What prepare() reads besides the fields: PerLayerSettings.
 
     def __post_init__(self) -> None:
-        check_budget_fields(self.budget_bits, self.budget_bytes)
+        super().__post_init__()
         if self.calibration_size < 1 or self.retrain_steps < 0:
             raise ValueError("calibration_size must be positive and retrain_steps >= 0")
         self.exclude = tuple(self.exclude)

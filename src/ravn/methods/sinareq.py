@@ -30,17 +30,13 @@ from ravn.methods.dorefa import homogeneous_start
 from ravn.quantizers.qweight import MAX_BITS, MIN_BITS
 from ravn.quantizers.swap import with_weights
 from ravn.quantizers.trainable import TRAINABLE
-from ravn.search.budget import check_budget_fields, fit
+from ravn.search.budget import BudgetFields, fit
 from ravn.training.finetune import FineTuneConfig, fine_tune
 from ravn.training.losses import SinReQ
 
 
 @dataclass
-class SinareqConfig(Config):
-    #: Size budget as measured average bits per quantized weight, cluster ids included ...
-    budget_bits: float | None = 4.0
-    #: ... or as bytes of the whole .ravn file (give one of the two).
-    budget_bytes: int | None = None
+class SinareqConfig(BudgetFields, Config):
     #: Strength of SinReQ's sinusoidal regulariser sin^2(pi w / step) pulling weights to their layer's grid;
     #: 0: none.
     sinreq: float = 0.1
@@ -54,7 +50,7 @@ class SinareqConfig(Config):
     finetune: FineTuneConfig | None = field(default_factory=lambda: FineTuneConfig(quantizer="sinareq"))
 
     def __post_init__(self) -> None:
-        check_budget_fields(self.budget_bits, self.budget_bytes)
+        super().__post_init__()
         if self.sinreq < 0 or self.bit_cost < 0 or self.sinreq_schedule not in SinReQ.SCHEDULES:
             raise ValueError(f"sinreq and bit_cost must be >= 0, sinreq_schedule one of {SinReQ.SCHEDULES}")
         if self.finetune is None or not hasattr(TRAINABLE.get_entry(self.finetune.quantizer), "learned_bits"):

@@ -107,8 +107,9 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def _hwm() -> int:
-    """Peak RSS since the last reset (``VmHWM``), in bytes; the process peak where there is no ``/proc``."""
+def peak_rss_since_reset() -> int:
+    """Peak RSS since the last :func:`reset_peak_rss` (else since the start; ``VmHWM``, at least the RSS now), in
+    bytes; the process peak (:func:`peak_rss`) where there is no ``/proc``."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -146,7 +147,7 @@ def _forward_child(spec: dict) -> dict:
         model = export.load(spec["path"], allow=(spec["ref"]["factory"],), lazy=spec["kind"] == "lazy")
     with torch.no_grad():
         model.eval()(torch.zeros(1, 3, size, size))
-    peak = _hwm()
+    peak = peak_rss_since_reset()
     return {"peak_rss": peak, "start_rss": base,
             "above_start": None if base is None or not reset else peak - base}
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ravn.errors import RavnError
 from ravn.quantizers.qweight import MAX_BITS, MIN_BITS, QuantizedWeight
@@ -53,16 +54,34 @@ class Budget:
         return f"{self.bits} average bits" if self.bits is not None else f"{self.bytes:,} bytes"
 
 
-def check_budget_fields(budget_bits: float | None, budget_bytes: int | None, min_bits: float = 1.0) -> None:
-    """A method config's budget fields: exactly one given, in range (``ValueError`` naming the field).
-    ``min_bits``: below 1 only for methods whose stored size shrinks below a bit per weight (entropy-coded
-    pruned weights)."""
-    if (budget_bits is None) == (budget_bytes is None):
-        raise ValueError("give exactly one of budget_bits and budget_bytes")
-    if budget_bits is not None and not min_bits <= budget_bits <= 8.0:
-        raise ValueError(f"budget_bits must be between {min_bits:g} and 8, got {budget_bits}")
-    if budget_bytes is not None and budget_bytes <= 0:
-        raise ValueError(f"budget_bytes must be positive, got {budget_bytes}")
+@dataclass
+class BudgetFields:
+    """A method config's size budget, mixed in before :class:`~ravn.config.Config` (``class
+    XConfig(BudgetFields, Config)``): its first two fields, exactly one of them given, checked in
+    ``__post_init__`` (a ``ValueError`` naming the field; a subclass's ``__post_init__`` calls this one first).
+    """
+
+    #: Lowest ``budget_bits`` the method takes: below 1 only for methods whose stored size shrinks below a bit
+    #: per weight (entropy-coded pruned weights).
+    MIN_BUDGET_BITS: ClassVar[float] = 1.0
+
+    #: Size budget as measured average bits per quantized weight, cluster ids included ...
+    budget_bits: float | None = 4.0
+    #: ... or as bytes of the whole .ravn file (give one of the two).
+    budget_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.budget_bits is None) == (self.budget_bytes is None):
+            raise ValueError("give exactly one of budget_bits and budget_bytes")
+        if self.budget_bits is not None and not self.MIN_BUDGET_BITS <= self.budget_bits <= 8.0:
+            raise ValueError(f"budget_bits must be between {self.MIN_BUDGET_BITS:g} and 8, got {self.budget_bits}")
+        if self.budget_bytes is not None and self.budget_bytes <= 0:
+            raise ValueError(f"budget_bytes must be positive, got {self.budget_bytes}")
+
+    def budget(self, fixed_bytes: int = 0) -> Budget:
+        """The :class:`Budget` these fields give; ``fixed_bytes``: the file outside the quantized layers, for a
+        ``budget_bytes`` budget."""
+        return Budget(self.budget_bits, self.budget_bytes, fixed_bytes)
 
 
 def avg_bits(costs: dict[str, LayerCost], alloc: Allocation) -> float:

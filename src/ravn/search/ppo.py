@@ -38,11 +38,13 @@ def run_sb3(algorithm: type, policy: str, envs: ProposalEnvs, tracker: Tracker, 
 
     Rollouts of whole rounds of proposals, at least ``episodes_per_update`` episodes, no discount (the
     reward comes at an episode's end), updates on one thread, the first policy the environment's action
-    prior; every finished episode goes to the tracker as ``{"agent": agent}`` plus the result's ``record``
-    keys. ``kwargs`` go to the algorithm; ``batch_size`` defaults to half a rollout.
+    prior, no logger output (no file, no folder); every finished episode goes to the tracker as
+    ``{"agent": agent}`` plus the result's ``record`` keys. ``kwargs`` go to the algorithm; ``batch_size``
+    defaults to half a rollout.
     """
     import torch
     from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.logger import Logger
 
     class SingleThread(algorithm):
         """Updates of the small policy network on one thread: many threads only contend on so little work."""
@@ -69,6 +71,7 @@ def run_sb3(algorithm: type, policy: str, envs: ProposalEnvs, tracker: Tracker, 
     steps = len(env.layers) * rounds  # per environment: a rollout holds rounds x num_envs episodes
     kwargs.setdefault("batch_size", max(2, steps * envs.num_envs // 2))
     model = SingleThread(policy, envs, n_steps=steps, gamma=1.0, seed=seed, device="cpu", verbose=0, **kwargs)
+    model.set_logger(Logger(None, []))  # no output: its default makes a $TMPDIR/SB3-<time> folder every search
     prior = env.sampling_prior()
     if prior is not None:
         # The action head's weights start near 0 (orthogonal, gain 0.01), so its biases are the first policy.

@@ -53,8 +53,8 @@ INITS = ("vq", "random", "same", "ilp")
 class ProblemSettings(Protocol):
     """What :func:`prepare` reads of a method's config."""
 
-    budget_bits: float | None  # measured average bits per quantized weight, cluster ids included, or
-    budget_bytes: int | None  # bytes of the whole file
+    budget_bits: float | None  # the size budget (BudgetFields): measured average bits per quantized weight,
+    budget_bytes: int | None  # or bytes of the whole file
     clusters: int  # k-means clusters per layer
     outliers: float  # with 3 clusters: the share of the two small tail clusters (0: k-means)
     grid: str  # in-cluster table: "kmeans" or "uniform"
@@ -65,6 +65,8 @@ class ProblemSettings(Protocol):
     hessian_iterations: int  # random vectors or power iterations of the Hessian probes
     calibration_size: int
     exclude: tuple[str, ...]
+
+    def budget(self, fixed_bytes: int = 0) -> Budget: ...  # BudgetFields.budget
 
 
 class PerLayerSettings:
@@ -210,12 +212,11 @@ def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None
     clustered = {name: ClusteredWeight(m.weight, settings.clusters, settings.per_channel, settings.grid,
                                        settings.outliers) for name, m in layers.items()}
     costs = layer_costs(clustered, settings.per_channel, coding)
-    if settings.budget_bits is not None:
-        budget = Budget(bits=settings.budget_bits)
-    else:
+    fixed = 0
+    if settings.budget_bytes is not None:
         sample = {n: cw.quantize((4,) * cw.clusters) for n, cw in clustered.items()}
-        budget = Budget(bytes=settings.budget_bytes,
-                        fixed_bytes=(overhead or estimated_overhead(model))(sample, coding))
+        fixed = (overhead or estimated_overhead(model))(sample, coding)
+    budget = settings.budget(fixed)
     check_feasible(costs, budget)
     calib_split = dataset.calibration(settings.calibration_size, seed=0)
     device = device_of(model)  # the fixed batches live where the model runs

@@ -9,7 +9,8 @@ and scheduler state, history; the best epoch's model in ``best.safetensors``) le
 run continue after its last finished epoch and end with the same weights as an uninterrupted one:
 each epoch's data order and augmentation come from a generator seeded by (seed, epoch).
 Checkpoints are safetensors + JSON, never pickle; they carry a stamp of the settings and a
-checkpoint of other settings is refused.
+checkpoint of other settings is refused (compared as run folders compare theirs,
+:func:`ravn.runs.current_form`: one of an older ravn with the same settings resumes).
 
 Callbacks (:class:`Callback`) see each epoch's start, each step and each finished epoch (progress
 bars, batch-norm modes, logging). :class:`Replicas` is the seam for data-parallel training: it
@@ -33,6 +34,7 @@ from torch import nn
 from ravn.data import ImageSplit, iterate_batches, random_crop_flip
 from ravn.errors import RavnError
 from ravn.files import write_atomically
+from ravn.runs import current_form
 from ravn.training.distributed import Replicas
 from ravn.training.distributed import replicas as current_replicas
 
@@ -89,7 +91,7 @@ def train_epochs(model: nn.Module, step: Callable[[torch.Tensor, torch.Tensor], 
 
     replicas = replicas or current_replicas()
     scheduler = schedule.scheduler(optimizer)
-    stamp = json.loads(json.dumps({**(stamp or {}), "schedule": schedule.__dict__}))
+    stamp = current_form({**(stamp or {}), "schedule": schedule.__dict__})
     history: list[dict] = []
     start_epoch = 0
     best = {"epoch": -1, "top1": -1.0, "loss": float("inf")}
@@ -97,7 +99,7 @@ def train_epochs(model: nn.Module, step: Callable[[torch.Tensor, torch.Tensor], 
     best_path = folder / "best.safetensors" if folder else None
     if last_path is not None and last_path.exists():
         state = read_checkpoint(last_path)
-        if state["stamp"] != stamp:
+        if current_form(state["stamp"]) != stamp:
             raise RavnError(f"{last_path} belongs to a fine-tuning with other settings",
                             "pass --fresh or another --run-dir")
         model.load_state_dict(state["model"])
