@@ -2,7 +2,7 @@
 
     python benchmarks/allocation.py [--models resnet20 resnet56] [--ptq 4.0 3.0 2.5] [--qat 3.0 2.0]
         [--epochs 5] [--seeds 0 1 2] [--methods ravn releq hawq adaquant random gptq uniform]
-        [--evaluations 100] [--tables] [--fresh]
+        [--evaluations 100] [--tables] [--fresh] [--restore]
 
 Methods (``ravn quantize --method M``; the searches with equal distinct evaluations, patience equal to
 them so none stops early; rows of the searches once per seed, the others once):
@@ -20,16 +20,15 @@ the same fine-tuning for every method (``FineTuneConfig(epochs=E)``). Every row 
 its size on disk. Each finished row is written at once to benchmarks/runs/allocation/<row>.json (a
 search's episodes and fine-tuning checkpoints to the matching ``.run/`` folder, so an interrupted
 benchmark resumes); the tables are rebuilt after every row, with each row's machine, threads,
-versions and commit.
+versions and commit. ``--restore`` writes the rows of the committed benchmarks/results/allocation.json
+back as row files (for a new checkout).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,11 +36,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from ptq_search import uniform_layer_bits
 from ravn.data import load_dataset
-from ravn.evaluation import evaluate
 from ravn.methods import Context, FineTuneConfig, SearchConfig, UniformConfig, method
-from ravn.models import ModelRef, load_model
 from ravn.pipeline import run
-from ravn.report.results import machine, provenance, save_results, source_commit, versions, write_atomic
+from ravn.report.results import RowFiles, float_models, provenance, save_results, stamp
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "allocation"
@@ -84,12 +81,11 @@ def plan(args) -> list[tuple]:
     return [job for _, job in sorted(jobs)]
 
 
-def measure(job: tuple, ref, model, float_top1: float, dataset, args, out: Path) -> dict:
+def measure(job: tuple, ref, model, float_top1: float, dataset, args, run_dir: Path, out: Path) -> dict:
     name_model, mode, budget, name, seed = job
     config = config_of(name, model, budget, args.evaluations, args.epochs if mode == "qat" else None)
-    run_dir = ROWS / (row_name(*job) + ".run")
     context = Context(dataset=dataset, normalize=ref.normalize, seed=seed, progress=False, run_dir=run_dir)
-    m = machine()
+    row = stamp()
     start = time.perf_counter()
     s = run(model, ref, config, dataset, out, float_top1=float_top1, context=context, progress=False,
             method="ravn" if name == "random" else name)
@@ -99,8 +95,7 @@ def measure(job: tuple, ref, model, float_top1: float, dataset, args, out: Path)
             "test_top1": s["test_top1"], "float_test_top1": s["float_test_top1"], "avg_bits": s["avg_bits"],
             "file_bytes": out.stat().st_size, "evaluations": last.get("evaluations"),
             "kept_initial": last.get("kept_initial"), "wall_s": round(time.perf_counter() - start, 1),
-            "epochs": args.epochs if mode == "qat" else 0, "threads": m["torch_threads"], "machine": m,
-            "versions": versions(), "commit": source_commit(), "allocation": s["allocation"]}
+            "epochs": args.epochs if mode == "qat" else 0, **row, "allocation": s["allocation"]}
 
 
 def summary(rows: list[dict]) -> str:
@@ -129,41 +124,30 @@ def main() -> None:
     parser.add_argument("--evaluations", type=int, default=100)
     parser.add_argument("--data", default=None)
     parser.add_argument("--fresh", action="store_true", help="measure again rows already finished")
+    parser.add_argument("--restore", action="store_true",
+                        help="first write the rows of the committed results back as row files (where missing)")
     parser.add_argument("--tables", action="store_true", help="only rebuild the tables from the finished rows")
     args = parser.parse_args()
-    ROWS.mkdir(parents=True, exist_ok=True)
+    store = RowFiles(ROWS)
+    if args.restore:
+        store.restore(RESULTS, lambda r: row_name(r["model"], r["mode"], r["budget_bits"], r["method"], r["seed"]))
 
     def save() -> None:
-        rows = sorted((json.loads(f.read_text()) for f in ROWS.glob("*.json")),
-                      key=lambda r: (r["model"], r["mode"], -r["budget_bits"], METHODS.index(r["method"]), r["seed"]))
+        rows = store.rows(lambda r: (r["model"], r["mode"], -r["budget_bits"], METHODS.index(r["method"]), r["seed"]))
         save_results(RESULTS, "Sibling bit-allocation methods at the same measured size (CIFAR-10 test)", rows,
                      COLUMNS, notes=__doc__.split("\n\n", 2)[2].strip(),
                      appendix=summary(rows) + "\n\n" + provenance(rows))
 
-    if any(ROWS.glob("*.json")):
+    if store.finished():
         save()
     if args.tables:
         return
     dataset = load_dataset(args.data)
-    jobs = [j for j in plan(args) if args.fresh or not (ROWS / (row_name(*j) + ".json")).exists()]
-    print(f"{len(jobs)} rows to measure", flush=True)
-    loaded: dict = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for job in jobs:
-            if job[0] not in loaded:
-                ref = ModelRef.parse(job[0])
-                model = load_model(ref)
-                loaded = {job[0]: (ref, model, evaluate(model, dataset.test, ref.normalize)["top1"])}
-            ref, model, float_top1 = loaded[job[0]]
-            if args.fresh:
-                import shutil
-
-                shutil.rmtree(ROWS / (row_name(*job) + ".run"), ignore_errors=True)
-            row = measure(job, ref, model, float_top1, dataset, args, Path(tmp) / "q.ravn")
-            print({k: row[k] for k in ("model", "mode", "budget_bits", "method", "seed", "test_top1", "avg_bits",
-                                       "wall_s")}, flush=True)
-            write_atomic(ROWS / (row_name(*job) + ".json"), json.dumps(row))
-            save()
+    models = float_models(dataset)
+    store.measure(plan(args), lambda j: row_name(*j),
+                  lambda job, run_dir, out: measure(job, *models(job[0]), dataset, args, run_dir, out), save,
+                  args.fresh,
+                  shown=("model", "mode", "budget_bits", "method", "seed", "test_top1", "avg_bits", "wall_s"))
 
 
 if __name__ == "__main__":

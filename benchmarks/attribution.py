@@ -28,10 +28,8 @@ benchmarks/results/attribution.json back as row files (for a new checkout).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -40,18 +38,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 from ptq_search import uniform_layer_bits
 from ravn.data import load_dataset
 from ravn.errors import RavnError
-from ravn.evaluation import evaluate
 from ravn.methods import Context, RavnConfig, SearchConfig, UniformConfig
-from ravn.models import ModelRef, load_model
+from ravn.models import ModelRef
 from ravn.pipeline import run
 from ravn.report.results import (
-    machine,
+    RowFiles,
+    against_standard_error,
+    float_models,
     markdown_table,
     provenance,
     save_results,
-    source_commit,
-    versions,
-    write_atomic,
+    stamp,
+    top1_standard_error,
 )
 
 HERE = Path(__file__).parent
@@ -63,7 +61,7 @@ COLUMNS = [("model", "model"), ("budget_bits", "budget bits"), ("variant", "vari
            ("test_top1", "test top-1 %"), ("avg_bits", "measured avg bits"), ("file_bytes", "file bytes"),
            ("evaluations", "evaluations"), ("kept", "kept initial"), ("wall_s", "wall s"),
            ("threads", "torch threads"), ("note", "note")]
-TEST_SE = 0.29  # points: binomial standard error of a top-1 near 91% on 10,000 test images
+TEST_SE = round(top1_standard_error(91.0), 2)  # points: 0.29, a top-1 near 91% on 10,000 test images
 # (part, variant, baseline): test top-1 of variant minus baseline's
 PARTS = [("allocation", "initial-gptq", "uniform-gptq"), ("agent", "ppo", "initial-gptq"),
          ("agent", "ppo", "random"), ("clusters", "ppo-m3", "ppo"), ("rounding", "uniform-gptq", "uniform-rtn")]
@@ -103,13 +101,11 @@ def plan(models, budgets, seeds, variants) -> list[tuple[str, float, str, int]]:
 
 
 def measure(name: str, ref: ModelRef, model, float_top1: float, budget: float, variant: str, seed: int,
-            dataset, evaluations: int, out: Path) -> dict:
+            dataset, evaluations: int, run_dir: Path, out: Path) -> dict:
     cfg = config_of(variant, model, budget, evaluations)
-    run_dir = ROWS / (row_name(name, budget, variant, seed) + ".run") if variant in SEEDED else None
-    context = Context(dataset=dataset, normalize=ref.normalize, seed=seed, progress=False, run_dir=run_dir)
-    row = {"model": name, "budget_bits": budget, "variant": variant, "seed": seed,
-           "machine": machine(), "versions": versions(), "commit": source_commit()}
-    row["threads"] = row["machine"]["torch_threads"]
+    context = Context(dataset=dataset, normalize=ref.normalize, seed=seed, progress=False,
+                      run_dir=run_dir if variant in SEEDED else None)
+    row = {"model": name, "budget_bits": budget, "variant": variant, "seed": seed, **stamp()}
     start = time.perf_counter()
     try:
         s = run(model, ref, cfg, dataset, out, float_top1=float_top1, context=context, progress=False)
@@ -173,10 +169,7 @@ def attribution(rows: list[dict]) -> tuple[list[dict], str]:
             if all(d == 0 for d in diffs):
                 verdict = "nothing: the same test top-1"
             elif spread is None:  # provisional, until a second seed lands
-                verdict = ("seed spread not yet measured; " +
-                           (f"within the test set's standard error ({TEST_SE}): no evidence it adds anything"
-                            if abs(mean) <= TEST_SE else f"{'adds' if mean > 0 else 'costs'} {abs(mean):.2f} "
-                            f"points, beyond the test set's standard error ({TEST_SE})"))
+                verdict = "seed spread not yet measured; " + against_standard_error(mean, TEST_SE)
             elif abs(mean) <= spread:
                 verdict = f"nothing beyond the seed spread ({spread:.2f})"
             else:
@@ -220,16 +213,12 @@ def main() -> None:
                         help="first write the rows of the committed results back as row files (where missing)")
     parser.add_argument("--tables", action="store_true", help="only rebuild the tables from the finished rows")
     args = parser.parse_args()
-    ROWS.mkdir(parents=True, exist_ok=True)
+    store = RowFiles(ROWS)
     if args.restore:
-        for row in json.loads(RESULTS.with_suffix(".json").read_text())["rows"]:
-            path = ROWS / (row_name(row["model"], row["budget_bits"], row["variant"], row["seed"]) + ".json")
-            if not path.exists():
-                write_atomic(path, json.dumps(row))
+        store.restore(RESULTS, lambda r: row_name(r["model"], r["budget_bits"], r["variant"], r["seed"]))
 
     def save() -> None:
-        rows = sorted((json.loads(f.read_text()) for f in ROWS.glob("*.json")),
-                      key=lambda r: (r["model"], -r["budget_bits"], VARIANTS.index(r["variant"]), r["seed"]))
+        rows = store.rows(lambda r: (r["model"], -r["budget_bits"], VARIANTS.index(r["variant"]), r["seed"]))
         table, text = attribution(rows)
         for r in rows:  # for the table only: the row files keep kept_initial as true/false/null
             r["kept"] = {True: "yes", False: "no"}.get(r.get("kept_initial"), "")
@@ -240,32 +229,20 @@ def main() -> None:
                      rows, COLUMNS, notes=__doc__.split("\n\n", 2)[2].strip(), extra={"attribution": table},
                      appendix=text + "\n\n" + provenance(rows))
 
-    if any(ROWS.glob("*.json")):
+    if store.finished():
         save()
     if args.tables:
         return
     dataset = load_dataset(args.data)
-    jobs = [j for j in plan(args.models, args.budgets, args.seeds, args.variants)
-            if args.fresh or not (ROWS / (row_name(*j) + ".json")).exists()]
-    print(f"{len(jobs)} rows to measure", flush=True)
-    models = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "q.ravn"
-        for name, budget, variant, seed in jobs:
-            if name not in models:
-                ref = ModelRef.parse(name)
-                model = load_model(ref)
-                models = {name: (ref, model, evaluate(model, dataset.test, ref.normalize)["top1"])}
-            ref, model, float_top1 = models[name]
-            if args.fresh:
-                import shutil
+    models = float_models(dataset)
 
-                shutil.rmtree(ROWS / (row_name(name, budget, variant, seed) + ".run"), ignore_errors=True)
-            row = measure(name, ref, model, float_top1, budget, variant, seed, dataset, args.evaluations, out)
-            print({k: v for k, v in row.items() if k not in ("allocation", "rerank", "machine", "versions")},
-                  flush=True)
-            write_atomic(ROWS / (row_name(name, budget, variant, seed) + ".json"), json.dumps(row))
-            save()
+    def one(job: tuple, run_dir: Path, out: Path) -> dict:
+        name, budget, variant, seed = job
+        return measure(name, *models(name), budget, variant, seed, dataset, args.evaluations, run_dir, out)
+
+    store.measure(plan(args.models, args.budgets, args.seeds, args.variants), lambda j: row_name(*j), one, save,
+                  args.fresh, shown=("model", "budget_bits", "variant", "seed", "test_top1", "avg_bits", "file_bytes",
+                                     "kept_initial", "wall_s", "note"))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from ravn.report.results import machine, save_results, source_commit, versions, write_atomic
+from ravn.report.results import RowFiles, save_results, stamp
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "readme_rows"
@@ -59,12 +59,10 @@ def measure(row: str) -> dict:
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     (HERE / "artifacts").mkdir(exist_ok=True)
     shutil.copyfile(out, HERE / "artifacts" / artifact)
-    m = machine()
     return {"row": row, "command": command, "test_top1": summary["test_top1"], "avg_bits": summary["avg_bits"],
             "file_bytes": summary["file_bytes"], "kept_initial": kept_initial(summary.get("log") or {}),
-            "wall_s": round(wall, 1),
-            "threads": m["torch_threads"], "machine": m, "versions": versions(), "commit": source_commit(),
-            "artifact": f"benchmarks/artifacts/{artifact}", "allocation": summary["allocation"]}
+            "wall_s": round(wall, 1), **stamp(), "artifact": f"benchmarks/artifacts/{artifact}",
+            "allocation": summary["allocation"]}
 
 
 def main() -> None:
@@ -72,21 +70,17 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", choices=list(COMMANDS), default=list(COMMANDS))
     parser.add_argument("--fresh", action="store_true", help="measure again rows already finished")
     args = parser.parse_args()
-    ROWS.mkdir(parents=True, exist_ok=True)
+    store = RowFiles(ROWS)
     if RESULTS.with_suffix(".json").exists():  # committed rows stay in the table (a fresh checkout has no row files)
-        for done in json.loads(RESULTS.with_suffix(".json").read_text())["rows"]:
-            if not (ROWS / f"{done['row']}.json").exists():
-                write_atomic(ROWS / f"{done['row']}.json", json.dumps(done, indent=1))
-    for row in args.rows:
-        path = ROWS / f"{row}.json"
-        if path.exists() and not args.fresh:
-            continue
-        result = measure(row)
-        write_atomic(path, json.dumps(result, indent=1))
-        print(json.dumps({k: result[k] for k in ("row", "test_top1", "avg_bits", "file_bytes", "wall_s")}),
-              flush=True)
-        finished = [json.loads((ROWS / f"{r}.json").read_text()) for r in COMMANDS if (ROWS / f"{r}.json").exists()]
-        save_results(RESULTS, "The README's headline rows, by the README's commands", finished, COLUMNS, __doc__)
+        store.restore(RESULTS, lambda r: r["row"])
+
+    def save() -> None:
+        save_results(RESULTS, "The README's headline rows, by the README's commands",
+                     store.rows(lambda r: list(COMMANDS).index(r["row"])), COLUMNS, __doc__)
+
+    # an interrupted row resumes from its command's run folder, <row>.ravn.run/ (beside its --out file)
+    store.measure(args.rows, str, lambda row, run_dir, out: measure(row), save, args.fresh,
+                  shown=("row", "test_top1", "avg_bits", "file_bytes", "wall_s"))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,19 @@
-"""Benchmark results: JSON + Markdown written atomically, with the machine, versions and date."""
+"""Benchmark results: JSON + Markdown written atomically, with the machine, versions and date; the row
+files every resumable benchmark keeps (:class:`RowFiles`) and the verdict wording they share."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import platform
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ravn.files import write_atomically
 
@@ -61,6 +67,13 @@ def source_commit() -> str | None:
         return head + ("+dirty-src" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return None
+
+
+def stamp() -> dict:
+    """What every benchmark row carries: the machine, its torch threads, the versions and the source commit
+    (what :func:`provenance` reads)."""
+    m = machine()
+    return {"threads": m["torch_threads"], "machine": m, "versions": versions(), "commit": source_commit()}
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -138,3 +151,90 @@ def provenance(rows: list[dict]) -> str:
                  f"; commits: {', '.join(commits)}. Wall times are on a shared machine (other jobs ran beside "
                  "this one), so they are upper bounds.")
     return "\n".join(lines)
+
+
+
+class RowFiles:
+    """A resumable benchmark's finished rows: one JSON file per row, ``<folder>/<name>.json``, written
+    atomically once the row is finished, beside the row's own run folder ``<name>.run/`` (a search's
+    episodes, fine-tuning checkpoints). An interrupted benchmark run again measures only the rows without a
+    file, and the row that was in progress resumes from its run folder."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, name: str) -> Path:
+        return self.folder / f"{name}.json"
+
+    def run_dir(self, name: str) -> Path:
+        return self.folder / f"{name}.run"
+
+    def finished(self) -> list[str]:
+        """The names of the finished rows."""
+        return sorted(f.stem for f in self.folder.glob("*.json"))
+
+    def rows(self, order: Callable[[dict], Any]) -> list[dict]:
+        """Every finished row, sorted by ``order``."""
+        return sorted((json.loads(f.read_text()) for f in self.folder.glob("*.json")), key=order)
+
+    def write(self, name: str, row: dict) -> None:
+        write_atomic(self.path(name), json.dumps(row))
+
+    def restore(self, stem: Path, name_of: Callable[[dict], str]) -> None:
+        """Write the rows of the committed results ``<stem>.json`` back as row files where none exists (a new
+        checkout has no row files: without them, measuring one row would drop the others from the tables)."""
+        for row in json.loads(stem.with_suffix(".json").read_text())["rows"]:
+            if not self.path(name_of(row)).exists():
+                self.write(name_of(row), row)
+
+    def measure(self, jobs: list, name_of: Callable[[Any], str], measure: Callable[[Any, Path, Path], dict],
+                save: Callable[[], None], fresh: bool = False, shown: tuple[str, ...] = ()) -> None:
+        """Measure every job of ``jobs`` (in order) whose row has no file yet; with ``fresh`` every job, its run
+        folder removed first. ``measure(job, run_dir, out)`` returns the row (``out``: a scratch path for the
+        .ravn file); the row file is written at once, then ``save()`` rebuilds the tables. ``shown``: the
+        row's fields printed as it lands."""
+        todo = [j for j in jobs if fresh or not self.path(name_of(j)).exists()]
+        print(f"{len(todo)} rows to measure", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            for job in todo:
+                name = name_of(job)
+                if fresh:
+                    shutil.rmtree(self.run_dir(name), ignore_errors=True)
+                row = measure(job, self.run_dir(name), Path(tmp) / "q.ravn")
+                print({k: row.get(k) for k in shown}, flush=True)
+                self.write(name, row)
+                save()
+
+
+def float_models(dataset) -> Callable[[str], tuple]:
+    """``name -> (ref, model, float test top-1 on all of dataset's test images)`` for a model name of
+    ``ModelRef.parse``; the last one is kept, so consecutive rows of one model load and measure it once."""
+    from ravn.evaluation import evaluate
+    from ravn.models import ModelRef, load_model
+
+    kept: dict[str, tuple] = {}
+
+    def get(name: str) -> tuple:
+        if name not in kept:
+            ref = ModelRef.parse(name)
+            model = load_model(ref)
+            kept.clear()
+            kept[name] = (ref, model, evaluate(model, dataset.test, ref.normalize)["top1"])
+        return kept[name]
+
+    return get
+
+
+def top1_standard_error(top1: float, images: int = 10_000) -> float:
+    """Binomial standard error, in points, of a top-1 of ``top1`` % measured on ``images`` test images (one
+    image is ``100 / images`` points): near 91% on CIFAR-10's 10,000, 0.29."""
+    p = min(max(top1 / 100, 0.0), 1.0)
+    return 100 * math.sqrt(p * (1 - p) / images)
+
+
+def against_standard_error(diff: float, se: float) -> str:
+    """What a test top-1 difference of ``diff`` points says against the test set's standard error ``se``."""
+    if abs(diff) <= se:
+        return f"within the test set's standard error ({se:.2f}): no evidence it adds anything"
+    return f"{'adds' if diff > 0 else 'costs'} {abs(diff):.2f} points, beyond the test set's standard error ({se:.2f})"
