@@ -269,8 +269,9 @@ COMPARE_OPTIONS = {
     **MODEL_AND_DATA_OPTIONS,
     "methods": Annotated[str | None, typer.Option(help="Comma-separated methods (default: every one).")],
     "peers": Annotated[str | None, typer.Option(
-        help="Comma-separated peer tools, or 'none' (default: every one; optimum-quanto: pip install "
-             "'ravn[peers]'; one not installed is a row saying so).")],
+        help="Comma-separated peer tools (quanto, brevitas), or 'none' (default: every one; pip install "
+             "'ravn[peers]'; one not installed is a row saying so). Under --mode qat brevitas also fine-tunes "
+             "with the fine-tuning options (--epochs ...).")],
     "mode": FIXED_OPTIONS["mode"],
     "seed": FIXED_OPTIONS["seed"],
     "fresh": Annotated[bool, typer.Option(help="Discard an earlier comparison in OUT instead of resuming.")],
