@@ -157,3 +157,12 @@ def test_cli_compare_smoke(tmp_path, capsys, shared_data):
     assert main(["compare", "--methods", "uniform", "--evaluations", "3", "--budget-bits", "4", "--out",
                  str(tmp_path / "d")]) == 2
     assert "applies to none of the methods" in capsys.readouterr().err
+
+
+def test_cli_fine_tuning_options_go_to_peers_only_under_qat(tmp_path, capsys):
+    from ravn.cli import main
+
+    base = ["compare", "--methods", "none", "--budget-bits", "4", "--out", str(tmp_path / "c")]
+    for extra in (["--evaluations", "3"], ["--epochs", "1"], ["--mode", "qat", "--peers", "none", "--epochs", "1"]):
+        assert main(base + extra) == 2  # refused before any data is read
+        assert "applies to none of the methods compared" in capsys.readouterr().err
