@@ -17,7 +17,8 @@ budget; the row then says why.
 - ``brevitas``: Brevitas uniform symmetric per-output-channel integer weights (narrow range, float
   scales frozen from the float weights' largest magnitudes), the widest whole number of bits (8 to 2)
   within the budget, in Brevitas's strongest post-training setting measured in ``../shared/docs/PEERS.md``:
-  Qronos rounding (Brevitas >= 0.12; GPTQ on older versions) on 256 calibration images. Under
+  Qronos rounding (act-order; GPTQ where the installed Brevitas has no Qronos; 0.13.4 has it) on 256
+  calibration images. Under
   ``--mode qat`` that model is then trained with Brevitas's straight-through quantizers (uniform QAT:
   cross-entropy, scales learned) for ``finetune.epochs`` epochs with its learning rate, schedule, batch
   size, batch-norm mode and augmentation, the epoch chosen on the validation split. Its file
