@@ -18,10 +18,10 @@ budget; the row then says why.
   scales frozen from the float weights' largest magnitudes), the widest whole number of bits (8 to 2)
   within the budget, in Brevitas's strongest post-training setting measured in ``../shared/docs/PEERS.md``:
   Qronos rounding (act-order; GPTQ where the installed Brevitas has no Qronos; 0.13.4 has it) on 256
-  calibration images. Under
-  ``--mode qat`` that model is then trained with Brevitas's straight-through quantizers (uniform QAT:
-  cross-entropy, scales learned) for ``finetune.epochs`` epochs with its learning rate, schedule, batch
-  size, batch-norm mode and augmentation, the epoch chosen on the validation split. Its file
+  calibration images. Under ``--mode qat`` that model is then trained with Brevitas's straight-through
+  quantizers (uniform QAT: cross-entropy, scales learned) for ``finetune.epochs`` epochs with its
+  learning rate, schedule, batch size, batch-norm mode and augmentation, the epoch chosen on the
+  validation split. Its file
   (``brevitas-<b>bit.safetensors``) holds the codes bit-packed at ``b`` bits per weight, the scales and
   the float state (biases, batch norm); the row's model is rebuilt from that file. Brevitas pins
   ``setuptools<81`` (it imports ``pkg_resources``): the extra installs setuptools 80 and leaves the
