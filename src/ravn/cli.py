@@ -244,11 +244,12 @@ def _compare(out: Path, model: str, weights: Path | None, data: Path | None, val
     resolve_device(device)
     if fresh and out.exists():
         shutil.rmtree(out)
-    names = [n.strip() for n in methods.split(",") if n.strip()] if methods else None
+    names = [n.strip() for n in methods.split(",") if n.strip() not in ("", "none")] if methods else None
     table = method_flags.flags()
     given = {k for k, v in options.items() if v is not None and k not in ("budget_bits", "budget_bytes")}
-    for k in sorted(given):
-        if not set(table[k].methods) & set(names or METHODS):
+    for k in sorted(given):  # under --mode qat fine-tuning options also go to the peers that train
+        if not set(table[k].methods) & set(METHODS if names is None else names) and not (
+                mode == "qat" and table[k].nested == "finetune" and peers != "none"):
             raise RavnError(f"--{k.replace('_', '-')} applies to none of the methods compared", "drop it")
     dataset = load_dataset(data, image_size, val_size)
     from ravn.models import load_model
@@ -267,10 +268,12 @@ def _compare(out: Path, model: str, weights: Path | None, data: Path | None, val
 COMPARE_OPTIONS = {
     "out": Annotated[Path, typer.Option("--out", help="Folder for the files, rows and plots.")],
     **MODEL_AND_DATA_OPTIONS,
-    "methods": Annotated[str | None, typer.Option(help="Comma-separated methods (default: every one).")],
+    "methods": Annotated[str | None, typer.Option(
+        help="Comma-separated methods, or 'none' (peers only; default: every one).")],
     "peers": Annotated[str | None, typer.Option(
-        help="Comma-separated peer tools, or 'none' (default: every one; optimum-quanto: pip install "
-             "'ravn[peers]'; one not installed is a row saying so).")],
+        help="Comma-separated peer tools (quanto, brevitas), or 'none' (default: every one; pip install "
+             "'ravn[peers]'; one not installed is a row saying so). Under --mode qat brevitas also fine-tunes "
+             "with the fine-tuning options (--epochs ...).")],
     "mode": FIXED_OPTIONS["mode"],
     "seed": FIXED_OPTIONS["seed"],
     "fresh": Annotated[bool, typer.Option(help="Discard an earlier comparison in OUT instead of resuming.")],

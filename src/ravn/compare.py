@@ -10,7 +10,9 @@ other settings in the same folder are refused.
 The budget goes to each method as its own fields: ``budget_bits`` / ``budget_bytes``, or, for a
 method that only takes ``bits`` (uniform grids), the widest whole number of bits within a bits
 budget. A method that cannot take the budget (or the options given) is a row saying why. Peer tools
-(:mod:`ravn.report.peers`) are rows too, measured by their own files' bytes on the same test images.
+(:mod:`ravn.report.peers`) are rows too, measured by their own files' bytes on the same test images;
+they get the same data, seed and device, and under ``--mode qat`` the comparison's fine-tuning options
+(:func:`peer_finetune`).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def compare(model: nn.Module, ref: ModelRef, dataset: Dataset, out: Path | str, 
     :mod:`ravn.report.peers`) on ``model`` under the budget in ``options``; write ``compare.json``,
     ``compare.md`` and ``pareto.png`` into ``out`` after every row. Returns the rows."""
     from ravn.evaluation import evaluate
-    from ravn.methods import METHODS
+    from ravn.methods import METHODS, Context
     from ravn.pipeline import float_file_bytes
     from ravn.report.peers import PEERS
     from ravn.report.plots import pareto_plot
@@ -92,8 +94,9 @@ def compare(model: nn.Module, ref: ModelRef, dataset: Dataset, out: Path | str, 
         rows: list[dict] = []
         jobs = [(n, lambda n=n: _method_row(n, model, ref, dataset, out, options, mode, seed, test_limit, device,
                                             progress, energy, reference)) for n in names]
-        jobs += [(f"{p} (peer)", lambda p=p: _peer_row(p, model, ref, test, out, options, energy, reference))
-                 for p in peers]
+        context = Context(dataset=dataset, normalize=ref.normalize, seed=seed, progress=progress, device=device)
+        jobs += [(f"{p} (peer)", lambda p=p: _peer_row(p, model, ref, test, out, options, mode, context, energy,
+                                                       reference)) for p in peers]
         for name, job in jobs:
             row_path = rows_dir / f"{_safe(name)}.json"
             if row_path.exists():
@@ -139,7 +142,21 @@ def _method_row(name: str, model, ref, dataset, out: Path, options, mode, seed, 
             "file": summary["file"], "report": summary["report"], "config": config.to_dict()}
 
 
-def _peer_row(name: str, model, ref, test, out: Path, options, energy, reference) -> dict:
+def peer_finetune(mode: str | None, options: dict):
+    """The fine-tuning a peer that trains gets: ``None`` unless ``mode`` is ``qat``, else a
+    :class:`~ravn.training.finetune.FineTuneConfig` with the comparison's fine-tuning options (``--epochs``,
+    ``--lr``, ...) that were given, defaults for the rest."""
+    import dataclasses
+
+    from ravn.training.finetune import FineTuneConfig
+
+    if mode != "qat":
+        return None
+    fields = {f.name for f in dataclasses.fields(FineTuneConfig)}
+    return FineTuneConfig(**{k: v for k, v in options.items() if k in fields and v is not None})
+
+
+def _peer_row(name: str, model, ref, test, out: Path, options, mode, context, energy, reference) -> dict:
     """One peer tool (:mod:`ravn.report.peers`): its own file's bytes, top-1 on the same test images."""
     from ravn.evaluation import evaluate
     from ravn.report.measure import EnergyMeter
@@ -149,7 +166,8 @@ def _peer_row(name: str, model, ref, test, out: Path, options, energy, reference
     start = time.perf_counter()
     try:
         with EnergyMeter(energy) as meter:
-            got = PEERS[name](model, options.get("budget_bits"), options.get("budget_bytes"), out)
+            got = PEERS[name](model, options.get("budget_bits"), options.get("budget_bytes"), out, context,
+                              peer_finetune(mode, options))
     except PeerUnavailable as exc:
         return {"method": label, "status": "not run", "note": str(exc)}
     top1 = evaluate(got["model"], test, ref.normalize)["top1"]

@@ -1,10 +1,11 @@
-"""``ravn compare`` on the toy model: rows from real files, the Pareto plot, skipped rows say why, resume."""
+"""``ravn compare`` on the toy model: rows from real files, the Pareto plot, skipped rows say why, resume, peers."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 
 import ravn.pipeline
 from ravn.compare import compare, method_config
@@ -80,15 +81,52 @@ def test_quanto_peer_takes_the_widest_type_within_the_budget(tmp_path):
     assert tight["status"] == "not run" and "cannot honour the budget" in tight["note"]
 
 
-def test_a_peer_that_is_not_installed_is_a_row_saying_so(tmp_path, monkeypatch):
+def test_brevitas_peer_takes_the_widest_bits_within_the_budget(tmp_path):
+    pytest.importorskip("brevitas")
+    from safetensors.torch import load_file
+
+    from ravn.report.peers import load_brevitas_file
+
+    row, = _compare(tmp_path / "c", [], {"budget_bits": 4.5}, peers=["brevitas"])["rows"]
+    assert row["method"] == "brevitas (peer)" and row["status"] == "ok" and row["test_top1"] is not None
+    path = tmp_path / "c" / "brevitas-4bit.safetensors"
+    assert row["file"] == str(path) and row["file_bytes"] == path.stat().st_size
+    assert row["avg_bits"] == 4.0 and row["note"].startswith("4-bit per-channel, Qronos on 72 calibration")
+    # 528 weights at 4 bits in 264 B of codes, one float32 scale per output channel (19), the float state
+    assert 264 + 4 * 19 < row["file_bytes"] < 264 + 4 * 19 + 2000
+    model, bits = load_brevitas_file(toy.tiny(), path)
+    assert bits == 4.0
+    stored = load_file(path)
+    for name in ("conv1", "conv2", "fc"):  # each channel on its own symmetric 4-bit grid: codes x its scale
+        codes = getattr(model, name).weight.detach().flatten(1) / stored[f"{name}.weight.scale"][:, None]
+        assert torch.allclose(codes, codes.round(), atol=1e-4) and codes.abs().max() <= 7 + 1e-4
+    assert not torch.equal(model.conv1.weight, toy.tiny().conv1.weight)
+    exact, = _compare(tmp_path / "d", [], {"budget_bytes": row["file_bytes"]}, peers=["brevitas"])["rows"]
+    assert exact["status"] == "ok" and exact["avg_bits"] == 4.0 and exact["file_bytes"] == row["file_bytes"]
+
+
+def test_brevitas_peer_fine_tunes_under_qat_and_says_when_the_budget_is_too_small(tmp_path):
+    pytest.importorskip("brevitas")
+    row, = _compare(tmp_path / "c", [], {"budget_bits": 2.0, "epochs": 1, "max_steps": 2}, mode="qat",
+                    peers=["brevitas"])["rows"]
+    assert row["status"] == "ok" and row["avg_bits"] == 2.0 and "then 1 QAT epoch(s)" in row["note"]
+    small, = _compare(tmp_path / "d", [], {"budget_bits": 1.5}, peers=["brevitas"])["rows"]
+    assert small["status"] == "not run" and "narrowest grid is 2 bits" in small["note"]
+    tight, = _compare(tmp_path / "e", [], {"budget_bytes": 600}, peers=["brevitas"])["rows"]
+    assert tight["status"] == "not run" and "2 bits: " in tight["note"] and "over the budget" in tight["note"]
+    assert not list((tmp_path / "e").glob("brevitas-*"))
+
+
+@pytest.mark.parametrize(("peer", "package"), [("quanto", "optimum"), ("brevitas", "brevitas")])
+def test_a_peer_that_is_not_installed_is_a_row_saying_so(tmp_path, monkeypatch, peer, package):
     import builtins
 
     real = builtins.__import__
     monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
-                        if name.startswith("optimum") else real(name, *a, **k))
-    row, = _compare(tmp_path / "c", [], peers=["quanto"])["rows"]
+                        if name.startswith(package) else real(name, *a, **k))
+    row, = _compare(tmp_path / "c", [], peers=[peer])["rows"]
     assert row["status"] == "not run" and "not installed" in row["note"] and "ravn[peers]" in row["note"]
-    assert "| quanto (peer) | not run |" in (tmp_path / "c" / "compare.md").read_text()
+    assert f"| {peer} (peer) | not run |" in (tmp_path / "c" / "compare.md").read_text()
 
 
 @pytest.mark.parametrize(("methods", "options", "message"), [
@@ -119,3 +157,12 @@ def test_cli_compare_smoke(tmp_path, capsys, shared_data):
     assert main(["compare", "--methods", "uniform", "--evaluations", "3", "--budget-bits", "4", "--out",
                  str(tmp_path / "d")]) == 2
     assert "applies to none of the methods" in capsys.readouterr().err
+
+
+def test_cli_fine_tuning_options_go_to_peers_only_under_qat(tmp_path, capsys):
+    from ravn.cli import main
+
+    base = ["compare", "--methods", "none", "--budget-bits", "4", "--out", str(tmp_path / "c")]
+    for extra in (["--evaluations", "3"], ["--epochs", "1"], ["--mode", "qat", "--peers", "none", "--epochs", "1"]):
+        assert main(base + extra) == 2  # refused before any data is read
+        assert "applies to none of the methods compared" in capsys.readouterr().err
