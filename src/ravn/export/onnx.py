@@ -34,13 +34,14 @@ files (``ans``/``huffman``) are decoded by :func:`~ravn.export.reader.read` and 
 
 Measured with onnx 1.23 / onnxruntime 1.32 (CPU provider, one thread): ``ravn.Unpack`` gives the
 packed symbols for every width 1..16 (``tests/export/test_onnx.py``). onnxruntime inlines the
-function and, its inputs being initializers, folds the weights when the session is created (ResNet-20,
-4 bits: +0.2 s at session creation; one image 6.2 ms vs 7.0 ms with the former ``UINT4``/``UINT8``
-codes); with graph optimisations disabled the unpacking runs in every forward (+20-26 ms). ONNX's
-packed ``UINT4`` (opset 21) and ``UINT2`` (opset 25) types, which this export used before, hold 4-
-and 2-bit codes in the same bytes; an all-4-bit or all-2-bit ResNet-20 file is 1.8 KB smaller with
-them (no function, no ``shape`` attributes), but they are a second mechanism that needs newer
-opsets and cannot hold other widths: every width is packed exactly, at opset 18.
+function and, its inputs being initializers, folds the weights when the session is created
+(ResNet-20: +0.1-0.2 s), so a forward takes the time it took with the former ``UINT4``/``UINT8``
+codes (the 10,000 test images: 0.99-1.06x, ``docs/DESIGN.md``); with graph optimisations disabled
+the unpacking runs in every forward (+20-26 ms). ONNX's packed ``UINT4`` (opset 21) and ``UINT2``
+(opset 25) types, which this export used before, hold 4- and 2-bit codes in the same bytes; an
+all-4-bit or all-2-bit ResNet-20 file is 1.8 KB smaller with them (no function, no ``shape``
+attributes), but they are a second mechanism that needs newer opsets and cannot hold other widths:
+every width is packed exactly, at opset 18.
 
 How: the float model is exported by torch's TorchScript exporter (``dynamo=False``: the dynamo
 exporter needs ``onnxscript``, which ravn does not install), without constant folding so every
