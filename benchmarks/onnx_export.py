@@ -40,7 +40,7 @@ RESULTS = Path(__file__).parent / "results" / "onnx"
 ROWS = Path(__file__).parent / "runs" / "onnx"
 TOLERANCE = 0.05  # points: issue 18's largest allowed top-1 difference between onnxruntime and ravn eval
 COLUMNS = [("file", "file"), ("ravn_bytes", ".ravn B"), ("fixed_ravn_bytes", "fixed-width .ravn B"),
-           ("onnx_bytes", "ONNX codes B"), ("code_bytes", "ONNX code initializers B"), ("code_types", "code types"),
+           ("onnx_bytes", "ONNX codes B"), ("code_bytes", "ONNX code initializers B"), ("code_bits", "code bits"),
            ("onnx_over_ravn", "ONNX codes / .ravn"), ("opset", "opset"), ("float_onnx_bytes", "ONNX float B"),
            ("torch_top1", "ravn eval top-1"), ("onnx_top1", "onnxruntime top-1"), ("difference", "difference"),
            ("within", f"within {TOLERANCE}"), ("max_logit_diff", "max abs logit diff"),
@@ -80,7 +80,7 @@ def measure(path: Path, split) -> dict:
     return {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
             **{k: kept[k] for k in ("ravn_bytes", "fixed_ravn_bytes", "onnx_bytes", "code_bytes", "opset")},
             "onnx_over_ravn": kept["onnx_bytes"] / kept["ravn_bytes"],
-            "code_types": "/".join(sorted(set(kept["code_types"].values()))),
+            "code_bits": "/".join(str(b) for b in sorted(set(kept["code_bits"].values()))),
             "float_onnx_bytes": plain["onnx_bytes"], "torch_top1": torch_metrics["top1"], "onnx_top1": top1,
             "difference": difference, "within": "yes" if abs(difference) <= TOLERANCE + 1e-9 else "no",
             "max_logit_diff": float(np.abs(logits[:500] - reference).max()), "n": len(split),
@@ -103,7 +103,7 @@ def checks(rows: list[dict]) -> str:
             f"float ONNX file {_span([r['float_onnx_bytes'] / r['ravn_bytes'] for r in rows], '.1f')}x; besides "
             f"the code initializers ({_span([r['code_bytes'] for r in rows], ',')} B) it holds the graph, tables, "
             f"scales, biases and batch-norm state ({_span([r['onnx_bytes'] - r['code_bytes'] for r in rows], ',')}"
-            " B), and codes of 3, 5-7 bits take 4- or 8-bit types.\n\n"
+            " B); the codes are packed at exactly each layer's bit-width, as in the `.ravn` file.\n\n"
             "Row files: `benchmarks/runs/onnx/` (not committed); this table is their union.")
 
 

@@ -320,8 +320,6 @@ def export_cmd(
     file: Annotated[Path, typer.Argument(help="A .ravn file.")],
     onnx: Annotated[Path, typer.Option("--onnx", help="The ONNX file to write.")],
     float_weights: Annotated[bool, typer.Option("--float", help="Store float weights instead of the codes.")] = False,
-    opset: Annotated[int, typer.Option(help="Highest ONNX opset: 25 stores 2-bit codes packed, 21 4-bit, 18 "
-                                            "bytes; lower it for older runtimes.")] = 25,
     input_shape: Annotated[str | None, typer.Option(
         help="Shape of the traced input, e.g. 1,3,32,32 (default: 3 channels at the file's input size).")] = None,
     model: Annotated[str, typer.Option("--model", help="With a .ravn file of a user model: its factory "
@@ -337,7 +335,7 @@ def export_cmd(
             shape = [int(s) for s in input_shape.split(",")]
         except ValueError:
             raise RavnError(f"input shape '{input_shape}' is not a list of integers", "pass e.g. 1,3,32,32") from None
-    out = export_onnx(file, onnx, keep_codes=not float_weights, opset=opset, input_shape=shape,
+    out = export_onnx(file, onnx, keep_codes=not float_weights, input_shape=shape,
                       allow=(model,) if model else ())
     if as_json:
         _print_json(out)
