@@ -5,7 +5,8 @@ Every method runs through :func:`ravn.pipeline.run` into ``OUT/<method>.ravn`` (
 file that was written and read back. A finished method's row is kept in ``OUT/rows/<method>.json``
 (written atomically); running the same command again skips it, and a method interrupted half-way
 resumes from its run folder. ``OUT`` is stamped with the settings (:class:`ravn.runs.RunFolder`):
-other settings in the same folder are refused.
+other settings in the same folder are refused. Every row carries the machine, torch threads, versions and
+source commit it was measured with (:func:`ravn.report.results.stamp`).
 
 The budget goes to each method as its own fields: ``budget_bits`` / ``budget_bytes``, or, for a
 method that only takes ``bits`` (uniform grids), the widest whole number of bits within a bits
@@ -30,6 +31,7 @@ from ravn.errors import RavnError
 from ravn.files import write_atomically
 from ravn.models import ModelRef
 from ravn.report.results import save_results
+from ravn.report.results import stamp as provenance_stamp
 
 COLUMNS = [("method", "method"), ("status", "status"), ("test_top1", "test top-1 %"), ("avg_bits", "avg bits"),
            ("file_bytes", "file bytes"), ("compression", "x smaller"), ("wall_seconds", "wall s"),
@@ -102,7 +104,7 @@ def compare(model: nn.Module, ref: ModelRef, dataset: Dataset, out: Path | str, 
             if row_path.exists():
                 rows.append(json.loads(row_path.read_text()))
                 continue
-            row = job()
+            row = {**job(), **provenance_stamp()}  # each row says where it was measured (a rerun may be elsewhere)
             if row["status"] == "ok":  # a row that says why not is asked again next time
                 write_atomically(row_path, [json.dumps(row, indent=1, default=str).encode()])
             rows.append(row)
