@@ -47,14 +47,9 @@ def test_budget_holds_and_file_is_accounted(first_run):
     assert episodes[0]["agent"] == "init" and all(e["reward"] <= 0 for e in episodes)
 
 
-def test_same_seed_same_allocation_and_file(capsys, first_run, tmp_path):
-    out, summary = first_run
-    again = _run_json(capsys, ["quantize", *SMALL, "--out", str(tmp_path / "b.ravn")])
-    assert again["allocation"] == summary["allocation"]
-    assert _sha(tmp_path / "b.ravn") == _sha(out)
-
-
 def test_killed_run_resumes_to_the_same_result(first_run, tmp_path):
+    """Killed mid-search in another process and run again: the same file, byte for byte, as the uninterrupted
+    first run (so also: the same seed gives the same allocation and file in a new process)."""
     out, _ = first_run
     target = tmp_path / "c.ravn"
     log = tmp_path / "c.run" / "episodes.jsonl"
