@@ -135,3 +135,17 @@ def test_fixed_width_fine_tuned_codes_never_move():
     _tight(problem, planned)
     alloc, weights, log = problem.within_budget_tuned(model, tuned, planned)
     assert log == {} and weights is tuned and alloc == problem.init
+
+
+def test_kept_initial_is_the_re_rank_choice_before_any_step_down():
+    """A step-down changes the stored allocation; whether the re-rank kept the initial one is said before it."""
+    from ravn.methods import Context, SearchConfig
+    from ravn.search.run import allocate
+
+    problem = _problem("ans")
+    n = sum(c.numel for c in problem.costs.values())
+    problem.budget = Budget(bits=(problem.stored_size(problem.realize(problem.init)) - 40) / n)
+    search = SearchConfig(evaluations=1, patience=1, search_val_size=16, rerank=1)
+    alloc, _, log = allocate(problem, search, Context(toy.dataset(), toy.REF.normalize, progress=False), None,
+                             reference=problem.model)
+    assert log["overshoots"] and alloc != problem.init and log["kept_initial"]
