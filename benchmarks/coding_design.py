@@ -2,7 +2,7 @@
 
     python benchmarks/coding_design.py [--model resnet20] [--budgets 3.0 2.0] [--codings fixed ans]
         [--clusters 1 2 3 4] [--outliers 0.02 0.05] [--grids uniform kmeans] [--roundings gptq gptq-rate]
-        [--evaluations 0] [--val-size 5000] [--fresh] [--tables]
+        [--evaluations 0] [--modes ptq qat] [--finetune-steps 60] [--val-size 5000] [--fresh] [--tables]
 
 Issue 14, part 4. With ``--coding ans`` a layer pays for the information in its codes and cluster
 ids (coded jointly, :mod:`ravn.quantizers.entropy`), not for fixed-width slots, so the choices
@@ -20,10 +20,15 @@ projected by the damage model on those sizes (or the search's re-ranked best), t
 checked and stepped down if over (:meth:`SearchProblem.within_budget`), and the weights are measured on
 the validation split (carved from the training data; never the test set): top-1 and cross-entropy (the
 pretrained checkpoint saw these images, so the loss is the finer signal), plus the average grid width
-the budget bought. Post-training only. Defaults are chosen by validation loss. Each finished row is
-written at once to benchmarks/runs/coding_design/<row>.json with the machine, torch threads, versions
-and commit it was measured with, so an interrupted run resumes; the tables (``--out``, default
-``benchmarks/results/coding_design.{json,md}``) are rebuilt from the row files after every row.
+the budget bought. ``--modes qat`` adds rows fine-tuned after the allocation (RAVN's recipe, one short
+epoch of ``--finetune-steps`` steps at the default settings, the epoch chosen on 1,000 validation
+images): fine-tuning moves codes, and the stored-size check after it (re-coding by rate-aware GPTQ, else
+a step-down: :meth:`SearchProblem.within_budget_tuned`) is logged in the row (``overshoot``: bits the
+fine-tuned codes took over the budget; ``re-coded``: layers). Defaults are chosen by validation loss.
+Each finished row is written at once to benchmarks/runs/coding_design/<row>.json with the machine,
+torch threads, versions and commit it was measured with, so an interrupted run resumes; the tables
+(``--out``, default ``benchmarks/results/coding_design.{json,md}``) are rebuilt from the row files
+after every row.
 """
 
 from __future__ import annotations
@@ -33,23 +38,27 @@ import json
 import time
 from pathlib import Path
 
+from ravn import quantize
 from ravn.data import load_dataset
 from ravn.errors import RavnError
 from ravn.evaluation import evaluate
+from ravn.export import size_report
 from ravn.methods import Context, SearchConfig, method
 from ravn.models import ModelRef, load_model
 from ravn.quantizers.swap import with_weights
 from ravn.report.results import machine, provenance, save_results, source_commit, versions, write_atomic
 from ravn.search.problem import prepare
 from ravn.search.run import allocate
+from ravn.training.finetune import FineTuneConfig
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "coding_design"
 ROWS = HERE / "runs" / "coding_design"
-COLUMNS = [("model", "model"), ("budget", "budget bits"), ("coding", "coding"), ("clusters", "M"),
+COLUMNS = [("model", "model"), ("mode", "mode"), ("budget", "budget bits"), ("coding", "coding"), ("clusters", "M"),
            ("layout", "clusters"), ("grid", "grid"), ("rounding", "rounding"), ("evaluations", "search evals"),
            ("avg_bits", "stored avg bits"), ("grid_bits", "avg grid bits"), ("val_top1", "val top-1"),
-           ("val_loss", "val loss"), ("stepped_down", "stepped down"), ("kept_initial", "kept initial"),
+           ("val_loss", "val loss"), ("stepped_down", "stepped down"), ("overshoot", "fine-tuned overshoot"),
+           ("recoded", "re-coded"), ("kept_initial", "kept initial"),
            ("seconds", "wall s"), ("threads", "torch threads"), ("note", "note")]
 
 
@@ -61,26 +70,40 @@ def settings(clusters: list[int], outliers: list[float], grids: list[str]) -> li
 
 def row_name(row: dict, seed: int) -> str:
     layout = "kmeans" if row["layout"] == "k-means" else row["layout"].replace(" ", "")
+    qat = f"-qat{row['finetune_steps']}" if row.get("mode") == "qat" else ""
     return (f"{row['model']}-{row['budget']}-{row['coding']}-M{row['clusters']}-{layout}-{row['grid']}-"
-            f"{row['rounding']}-e{row['evaluations']}-s{seed}")
+            f"{row['rounding']}-e{row['evaluations']}{qat}-s{seed}")
 
 
 def measure(model, ref, dataset, budget: float, coding: str, setting: dict, rounding: str, evaluations: int,
-            calibration_size: int, seed: int) -> dict:
-    """One row: the setting's allocation at ``budget`` (stored with ``coding``), stored weights, validation metrics."""
+            calibration_size: int, seed: int, finetune_steps: int = 0) -> dict:
+    """One row: the setting's allocation at ``budget`` (stored with ``coding``), stored weights, validation metrics;
+    with ``finetune_steps``, RAVN's recipe fine-tunes them that many steps and checks the stored size again."""
     search = SearchConfig(evaluations=evaluations, search_val_size=min(1000, len(dataset.val))) if evaluations else None
-    config = method("ravn").config(budget_bits=budget, rounding=rounding, search=search,
+    finetune = FineTuneConfig(epochs=1, max_steps=finetune_steps, epoch_val_size=1000) if finetune_steps else None
+    config = method("ravn").config(budget_bits=budget, rounding=rounding, search=search, finetune=finetune,
                                    calibration_size=calibration_size, **setting)
     context = Context(dataset, ref.normalize, None, seed, progress=False, coding=coding)
-    problem = prepare(model, config, dataset, ref.normalize, search.lam if search else 1.0,
-                      search.search_val_size if search else 1000, seed, coding=coding)
-    alloc, weights, log = allocate(problem, search, context, None, reference=model)
-    metrics = evaluate(with_weights(model, weights), dataset.val, ref.normalize)
+    row = {}
+    if finetune:
+        result = quantize(model, config, context)
+        (log,) = result.log["rounds"]
+        fit = log.get("budget_fit", {})
+        quantized, weights = result.model, result.weights
+        row = {"overshoot": fit.get("overshoot", 0), "recoded": len(fit.get("recoded", [])),
+               "best_epoch": log["finetune"]["best_epoch"]}
+        log = {**log, "overshoots": log.get("overshoots", []) + fit.get("overshoots", [])}  # before and after
+    else:
+        problem = prepare(model, config, dataset, ref.normalize, search.lam if search else 1.0,
+                          search.search_val_size if search else 1000, seed, coding=coding)
+        _, weights, log = allocate(problem, search, context, None, reference=model)
+        quantized = with_weights(model, weights)
+    metrics = evaluate(quantized, dataset.val, ref.normalize)
     n = sum(q.numel for q in weights.values())
-    return {"avg_bits": problem.stored_size(weights) / n, "val_top1": metrics["top1"], "val_loss": metrics["loss"],
-            "grid_bits": sum(q.code_bits() for q in weights.values()) / n,
+    return {**row, "avg_bits": size_report(weights, coding)["avg_bits"], "val_top1": metrics["top1"],
+            "val_loss": metrics["loss"], "grid_bits": sum(q.code_bits() for q in weights.values()) / n,
             "stepped_down": len(log.get("overshoots", [])), "kept_initial": log.get("kept_initial"),
-            "allocation": {k: list(v) for k, v in alloc.items()}}
+            "allocation": {k: list(q.bits) for k, q in weights.items()}}
 
 
 def save(out: Path, val_size: int | None = None) -> None:
@@ -88,7 +111,9 @@ def save(out: Path, val_size: int | None = None) -> None:
     rows = [json.loads(f.read_text()) for f in sorted(ROWS.glob("*.json"))]
     if not rows:
         return
-    rows.sort(key=lambda r: (r["model"], r["layout"] != "float", -r["budget"], r["evaluations"] or 0,
+    for r in rows:
+        r.setdefault("mode", "ptq" if r["layout"] != "float" else "-")
+    rows.sort(key=lambda r: (r["model"], r["layout"] != "float", r["mode"], -r["budget"], r["evaluations"] or 0,
                              str(r["clusters"]), r["layout"], r["grid"], r["rounding"], r["coding"] != "fixed"))
     table = [{**r, "kept_initial": {True: "yes", False: "no"}.get(r.get("kept_initial"), "")} for r in rows]
     save_results(out, "Design under entropy-coded sizes: coding, clusters, outliers, grids (validation split)", table,
@@ -107,6 +132,8 @@ def main() -> None:
     parser.add_argument("--grids", nargs="+", default=["uniform", "kmeans"])
     parser.add_argument("--roundings", nargs="+", default=["gptq", "gptq-rate"])
     parser.add_argument("--evaluations", type=int, default=0, help="search evaluations (0: the initial allocation)")
+    parser.add_argument("--modes", nargs="+", default=["ptq"], choices=["ptq", "qat"])
+    parser.add_argument("--finetune-steps", type=int, default=60, help="fine-tuning steps of the qat rows")
     parser.add_argument("--val-size", type=int, default=5000)
     parser.add_argument("--calibration-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
@@ -134,8 +161,11 @@ def main() -> None:
                     if rounding == "gptq-rate" and coding == "fixed":
                         continue  # fixed-width codes have no lengths to trade against the error
                     layout = f"outlier {setting['outliers']:g}" if setting["outliers"] else "k-means"
-                    jobs.append({"model": args.model, "budget": budget, "coding": coding, "layout": layout,
-                                 "rounding": rounding, "evaluations": args.evaluations, **setting})
+                    for mode in args.modes:
+                        jobs.append({"model": args.model, "mode": mode, "budget": budget, "coding": coding,
+                                     "layout": layout, "rounding": rounding, "evaluations": args.evaluations,
+                                     **({"finetune_steps": args.finetune_steps} if mode == "qat" else {}),
+                                     **setting})
     for job in jobs:
         path = ROWS / (row_name(job, args.seed) + ".json")
         if path.exists() and not args.fresh:
@@ -149,7 +179,7 @@ def main() -> None:
             setting = {k: job[k] for k in ("clusters", "outliers", "grid")}
             try:
                 row.update(measure(model, ref, dataset, job["budget"], job["coding"], setting, job["rounding"],
-                                   job["evaluations"], args.calibration_size, args.seed))
+                                   job["evaluations"], args.calibration_size, args.seed, job.get("finetune_steps", 0)))
             except RavnError as exc:
                 row["note"] = exc.problem
         row.update(stamp, seconds=time.perf_counter() - start)
