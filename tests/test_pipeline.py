@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ravn.errors import RavnError
 from ravn.methods import Context, SearchConfig, method
@@ -63,3 +65,46 @@ def test_entropy_coded_file_is_smaller_and_rebuilds_the_same_model(tmp_path, cif
 def test_same_bits_everywhere_needs_a_bits_budget_before_any_work():
     with pytest.raises(RavnError, match="init 'same'"):
         method("aq").config(budget_bits=None, budget_bytes=100_000)
+
+
+#: Every method that fine-tunes (``--mode qat``, or always) under a size budget.
+FINE_TUNED = ["ravn", "aq", "rl+aq", "hawq", "releq", "adaquant", "deepcompression", "dcq", "dorefa", "wrpn", "sinreq",
+              "sinareq", "dgms"]
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(FINE_TUNED), coding=st.sampled_from(["ans", "huffman"]),
+       budget=st.one_of(st.floats(1.0, 5.0).map(lambda b: ("bits", round(b, 3))),
+                        st.integers(2400, 6000).map(lambda b: ("bytes", b))),
+       lr=st.sampled_from([1e-4, 0.1]))
+def test_any_budget_is_honoured_on_the_stored_file_after_fine_tuning(name, coding, budget, lr):
+    """Entropy-coded, fine-tuned (at a learning rate that moves codes, too), any budget in bits or bytes: the
+    written file meets it as stored, or the run is a one-line error naming the budget and writes nothing."""
+    import dataclasses
+    import tempfile
+    from pathlib import Path
+
+    from ravn import export
+    from ravn.training.finetune import FineTuneConfig
+    from tests.methods.test_contract import small_config
+
+    base = small_config(name)
+    tune = (base.finetune or FineTuneConfig()).replace(epochs=1, max_steps=3, batch_size=16, epoch_val_size=16, lr=lr)
+    kind, value = budget
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    data = toy.dataset()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "m.ravn"
+        try:
+            config = method(name).config(**{**fields, "budget_bits": value if kind == "bits" else None,
+                                            "budget_bytes": value if kind == "bytes" else None, "finetune": tune})
+            summary = run(toy.bell(1), toy.REF, config, data, out, method=name, progress=False, coding=coding,
+                          context=Context(data, toy.REF.normalize, Path(tmp) / "run", progress=False))
+        except RavnError as exc:
+            assert "budget" in str(exc) and "\n" not in str(exc) and not out.exists()
+            return
+        stored = export.read(out)
+        if kind == "bits":
+            assert export.size_report(stored.weights, stored.codings)["avg_bits"] <= value
+        else:
+            assert out.stat().st_size == summary["file_bytes"] <= value

@@ -23,7 +23,7 @@ from ravn.device import on_device
 from ravn.errors import RavnError
 from ravn.evaluation import evaluate
 from ravn.methods import Context, quantize
-from ravn.methods.base import method_of
+from ravn.methods.base import QuantizationResult, method_of
 from ravn.models import ModelRef
 from ravn.report.run import ReportOptions
 
@@ -61,6 +61,21 @@ def file_overhead(model: nn.Module, ref: ModelRef, method: str, config: Config, 
     return overhead
 
 
+def file_coding(result: QuantizationResult, requested: str | None, ref: ModelRef,
+                metrics: dict | None = None) -> str | dict[str, str]:
+    """How the file of ``result`` stores its codes: in the coding the method sized its budget for
+    (``result.coding``); else ``requested`` (default ``"fixed"``) only where it is smaller. A method that
+    sized its budget fixed-width has each layer entropy-coded only where that takes fewer bits than its
+    fixed-width streams, and the whole file fixed-width unless that makes it smaller (a coded file's header
+    is longer), so its budget, in bits or bytes, holds on the stored file whatever ``--coding`` asks."""
+    if result.coding is not None or requested in (None, "fixed"):
+        return result.coding or requested or "fixed"
+    codings = {name: requested if q.coded_bits(requested) < q.coded_bits() else "fixed"
+               for name, q in result.weights.items()}
+    layout = (result.model, result.weights, ref, result.method, result.config, metrics)
+    return codings if export.file_bytes(*layout, codings) < export.file_bytes(*layout, "fixed") else "fixed"
+
+
 def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: Path | str,
         test_limit: int | None = None, float_top1: float | None = None, context: Context | None = None,
         progress: bool = True, method: str | None = None, coding: str | None = None,
@@ -69,8 +84,9 @@ def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: 
 
     ``coding`` stores the codes fixed-width (random access) or entropy-coded (``ans``: smaller files);
     methods with a budget size it for that coding (``ravn`` and its presets, ``deepcompression``), so an
-    entropy-coded budget buys wider grids; ``None``: the method's choice (``fixed`` unless the method
-    codes entropy-coded by default, as ``deepcompression`` does).
+    entropy-coded budget buys wider grids; the others' files are entropy-coded where that is smaller
+    (:func:`file_coding`); ``None``: the method's choice (``fixed`` unless the method codes entropy-coded
+    by default, as ``deepcompression`` does).
 
     ``float_top1`` skips re-measuring the float model when the caller knows it (on the same subset).
 
@@ -101,7 +117,7 @@ def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: 
     if dataset.num_classes >= 100:
         metrics["test_top5"] = q_metrics["top5"]
     # the exact size is checked before anything is written: no over-budget file ever appears at out
-    coding = result.coding or coding or "fixed"
+    coding = file_coding(result, coding, ref, metrics)
     with tempfile.TemporaryDirectory() as scratch:
         from ravn.training.distributed import replicas
 

@@ -17,6 +17,7 @@ from ravn import cli_flags, export
 from ravn.config import Config
 from ravn.errors import RavnError
 from ravn.methods import METHODS, Context, SearchConfig, method
+from ravn.pipeline import file_coding
 from tests.methods import toy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -49,8 +50,9 @@ def _quantize(name: str, tmp_path, tag: str, seed: int = 0, coding: str | None =
                       coding=coding)
     result = ravn.quantize(toy.tiny(), config, context, name)
     path = tmp_path / f"{tag}.ravn"
-    export.save(path, result.model, result.weights, toy.REF.with_kwargs(**result.ref_kwargs), result.method,
-                result.config, coding=result.coding or coding or "fixed")
+    ref = toy.REF.with_kwargs(**result.ref_kwargs)
+    export.save(path, result.model, result.weights, ref, result.method, result.config,
+                coding=file_coding(result, coding, ref))  # stored as the pipeline stores it
     return config, result, path
 
 
@@ -72,12 +74,14 @@ def test_contract_quantize_save_read_back(name, tmp_path):
 @pytest.mark.parametrize("coding", [None, "ans"])
 @pytest.mark.parametrize("name", list(METHODS))
 def test_contract_budget_holds(name, coding, tmp_path):
-    """As stored, in the coding the method sized its budget for: ``result.coding`` (RAVN's recipe and its
-    presets size it for ``--coding ans``, counting the coded payloads), else fixed-width."""
+    """On the stored file, as it stores its codes: in the coding the method sized its budget for
+    (``result.coding``: RAVN's recipe and its presets size it for ``--coding ans``, counting the coded
+    payloads), else fixed-width, entropy-coded only where smaller (:func:`ravn.pipeline.file_coding`)."""
     config, result, path = _quantize(name, tmp_path, "a", coding=coding)
     if isinstance(config, ravn.RavnConfig):
         assert result.coding == (coding or "fixed")
-    avg = export.size_report(export.read(path).weights, result.coding or "fixed")["avg_bits"]
+    stored = export.read(path)
+    avg = export.size_report(stored.weights, stored.codings)["avg_bits"]
     assert avg <= (getattr(config, "budget_bits", None) or getattr(config, "bits", 8)) + 1e-9
 
 

@@ -1,4 +1,5 @@
-"""RAVN's recipe with entropy-coded budgets: the coding it sized for, and gptq-rate's one-line refusal."""
+"""RAVN's recipe with entropy-coded budgets: the coding it sized for, gptq-rate's one-line refusal, and
+fine-tuned codes kept within the coded budget."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import pytest
 import ravn
 from ravn.errors import RavnError
 from ravn.methods import Context
+from ravn.pipeline import run
+from ravn.report.run import ReportOptions
+from ravn.training.finetune import FineTuneConfig
 from tests.methods import toy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,3 +29,30 @@ def test_gptq_rate_with_ans_meets_the_coded_budget():
     result = ravn.quantize(toy.tiny(), config, context)
     assert result.coding == "ans"
     assert ravn.export.size_report(result.weights, "ans")["avg_bits"] <= 3.0
+
+
+def test_qat_whose_fine_tuning_raises_the_entropy_ends_within_the_coded_budget(tmp_path):
+    """A budget the planned allocation fills to the bit; a learning rate high enough (tables and scales fixed,
+    no weight decay) that the fine-tuned codes take more bits ANS-coded: the file still meets the budget on
+    its measured bytes, and the run log says what was done."""
+    data, ref = toy.dataset(), toy.REF.with_kwargs(width=2)
+    context = Context(data, ref.normalize, None, 0, progress=False, coding="ans")
+    planned = ravn.quantize(toy.bell(), ravn.RavnConfig(budget_bits=3.0, calibration_size=16, search=None), context)
+    size = ravn.export.size_report(planned.weights, "ans")
+    budget = (size["avg_bits"] * size["quantized_weights"] + 0.5) / size["quantized_weights"]
+    tune = FineTuneConfig(epochs=1, max_steps=6, batch_size=16, lr=0.1, learn_quantizers=False, weight_decay=0.0)
+    config = ravn.RavnConfig(budget_bits=budget, calibration_size=16, search=None, finetune=tune)
+    out = tmp_path / "m.ravn"
+    summary = run(toy.bell(), ref, config, data, out, context=Context(data, ref.normalize, tmp_path / "run", 0,
+                                                                       progress=False), progress=False, coding="ans",
+                  report=ReportOptions(measure=False, energy=False))
+    (fine_tuned,) = summary["log"]["rounds"]
+    assert fine_tuned["finetune"]["best_epoch"] == 1  # the trained weights, not the starting ones
+    fit = fine_tuned["budget_fit"]
+    assert fit["overshoot"] > 0 and fit["recoded"]  # fine-tuning did push the coded size over the budget
+    stored = ravn.export.read(out)
+    assert set(stored.codings.values()) == {"ans"}
+    assert ravn.export.size_report(stored.weights, stored.codings)["avg_bits"] <= budget
+    assert summary["avg_bits"] <= budget and summary["allocation"] == planned.allocation  # re-coded, not stepped down
+    assert fine_tuned["finetune"]["val_top1"] == fit["val_top1"]  # the round is compared on the re-coded weights
+    assert "re-coded by rate-aware GPTQ" in (tmp_path / "run" / "report.md").read_text()  # the run report says so

@@ -96,3 +96,16 @@ def test_a_share_no_mu_meets_leaves_plain_gptq_codes():
     layer, _, q, h = _case(bits=3)
     q = q.with_codes(torch.zeros_like(q.codes))
     assert torch.equal(RateGPTQ().codes(layer.weight, q, h), gptq_codes(layer.weight, q, h))
+
+
+def test_weights_on_their_levels_keep_their_codes_or_meet_a_share_given_by_name():
+    """Fine-tuned weights lie on their own levels (no rounding error to scale mu by): plain GPTQ keeps their
+    codes; a smaller share named for the layer moves some of them to cheaper levels until it fits."""
+    _, _, q, h = _case(bits=3)
+    w = q.dequantize()
+    assert error_scale(w, q, h) > 0
+    assert torch.equal(RateGPTQ().codes(w, q, h, "layer"), q.codes)
+    share = 0.95 * coded_bits(q)
+    codes = RateGPTQ(shares={"layer": share}).codes(w, q, h, "layer")
+    assert coded_bits(q, codes) <= share < coded_bits(q)
+    assert torch.equal(RateGPTQ(shares={"other": share}).codes(w, q, h, "layer"), q.codes)  # only its own share

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 
 import ravn
 from ravn.export.layout import size_report
@@ -19,9 +20,9 @@ from tests.methods import toy
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _problem(coding: str, rounding: str = "gptq"):
+def _problem(coding: str, rounding: str = "gptq", model=None):
     config = ravn.RavnConfig(budget_bits=3.0, calibration_size=16, rounding=rounding, search=None)
-    return prepare(toy.tiny(), config, toy.dataset(), toy.REF.normalize, search_val_size=16, coding=coding)
+    return prepare(model or toy.tiny(), config, toy.dataset(), toy.REF.normalize, search_val_size=16, coding=coding)
 
 
 @pytest.mark.parametrize("coding", ["ans", "huffman"])
@@ -76,3 +77,75 @@ def test_an_ans_coded_3_bit_budget_buys_about_4_bit_grids_on_resnet20(resnet20):
         Budget(bits=3.0).cost(coded_costs, coded) / sum(numel.values()), rel=0.01)
     assert dataclasses.replace(Budget(bits=3.0), reserve=5).limit(coded_costs) == Budget(bits=3.0).limit(
         coded_costs) - 5
+
+
+def _fine_tuned(problem, spread: float):
+    """The planned weights, and the same with each weight moved by up to ``spread`` levels at random: codes
+    spread over the grid as fine-tuning at a high learning rate spreads them (their coded size grows)."""
+    from ravn.quantizers.swap import with_weights
+
+    planned = problem.realize(problem.init)
+    g = torch.Generator().manual_seed(0)
+    tuned = {}
+    for name, q in planned.items():
+        step = torch.randint(-spread, spread + 1, q.codes.shape, generator=g)
+        tuned[name] = q.with_codes((q.codes + step).clamp(0, (1 << q.bits[0]) - 1))
+    return planned, tuned, with_weights(problem.model, tuned)
+
+
+def _tight(problem, planned, less: int = 0):
+    """The budget set to the planned weights' stored size, ``less`` bits below it."""
+    n = sum(c.numel for c in problem.costs.values())
+    problem.budget = Budget(bits=(problem.stored_size(planned) - less + 0.5) / n)
+    return problem.budget.limit(problem.costs)
+
+
+def test_fine_tuned_codes_over_the_coded_budget_are_recoded_to_their_planned_size():
+    problem = _problem("ans", model=toy.bell())
+    planned, tuned, model = _fine_tuned(problem, 1)
+    limit = _tight(problem, planned)
+    assert problem.stored_size(tuned) > limit  # the fine-tuned codes outgrew the budget
+    alloc, weights, log = problem.within_budget_tuned(model, tuned, planned)
+    assert log["overshoot"] > 0 and log["recoded"] and "stepped_down" not in log
+    assert alloc == problem.init and problem.stored_size(weights) <= limit
+    for name, q in weights.items():  # bits, tables and scales stay: only codes moved
+        assert q.bits == tuned[name].bits and torch.equal(q.tables, tuned[name].tables)
+        assert name in log["recoded"] or torch.equal(q.codes, tuned[name].codes)
+
+
+def test_what_recoding_cannot_fit_is_stepped_down_from_the_fine_tuned_weights():
+    """A budget below even the planned size: re-coding to the planned sizes is not enough, so layers lose
+    bits (quantized again from their fine-tuned weights); the others keep their re-coded codes."""
+    problem = _problem("ans", model=toy.bell())
+    planned, tuned, model = _fine_tuned(problem, 1)
+    limit = _tight(problem, planned, less=200)
+    alloc, weights, log = problem.within_budget_tuned(model, tuned, planned)
+    assert log["overshoots"] and log["stepped_down"]
+    assert problem.stored_size(weights) <= limit
+    assert all(a <= b for n in alloc for a, b in zip(alloc[n], problem.init[n], strict=True))
+    assert set(log["stepped_down"]) == {n for n in alloc if alloc[n] != problem.init[n]}
+    assert all(weights[n].bits == alloc[n] for n in alloc)
+    kept = [n for n in alloc if n not in log["stepped_down"]]  # their fine-tuned tables, not quantized again
+    assert all(torch.equal(weights[n].tables, tuned[n].tables) for n in kept)
+
+
+def test_fixed_width_fine_tuned_codes_never_move():
+    problem = _problem("fixed", model=toy.bell())
+    planned, tuned, model = _fine_tuned(problem, 2)
+    _tight(problem, planned)
+    alloc, weights, log = problem.within_budget_tuned(model, tuned, planned)
+    assert log == {} and weights is tuned and alloc == problem.init
+
+
+def test_kept_initial_is_the_re_rank_choice_before_any_step_down():
+    """A step-down changes the stored allocation; whether the re-rank kept the initial one is said before it."""
+    from ravn.methods import Context, SearchConfig
+    from ravn.search.run import allocate
+
+    problem = _problem("ans")
+    n = sum(c.numel for c in problem.costs.values())
+    problem.budget = Budget(bits=(problem.stored_size(problem.realize(problem.init)) - 40) / n)
+    search = SearchConfig(evaluations=1, patience=1, search_val_size=16, rerank=1)
+    alloc, _, log = allocate(problem, search, Context(toy.dataset(), toy.REF.normalize, progress=False), None,
+                             reference=problem.model)
+    assert log["overshoots"] and alloc != problem.init and log["kept_initial"]

@@ -223,8 +223,9 @@ class GPTQ(Rounding):
     def __init__(self, damp: float = 0.01):
         self.damp = damp
 
-    def codes(self, weight: torch.Tensor, q: QuantizedWeight, hessians: list[torch.Tensor]) -> torch.Tensor:
-        """The layer's new codes (:func:`gptq_codes`); what a variant of GPTQ changes."""
+    def codes(self, weight: torch.Tensor, q: QuantizedWeight, hessians: list[torch.Tensor],
+              name: str | None = None) -> torch.Tensor:
+        """Layer ``name``'s new codes (:func:`gptq_codes`); what a variant of GPTQ changes."""
         return gptq_codes(weight, q, hessians, self.damp)
 
     def layerwise(self, model: nn.Module, names: list[str], calibration: torch.Tensor):
@@ -237,7 +238,7 @@ class GPTQ(Rounding):
             key = (name, q.bits)
             if key not in cache:
                 h = hessians[name]
-                cache[key] = q if h is None else q.with_codes(self.codes(weights[name], q, h))
+                cache[key] = q if h is None else q.with_codes(self.codes(weights[name], q, h, name))
             return cache[key]
 
         return round_layer
@@ -255,7 +256,7 @@ class GPTQ(Rounding):
             layer, q = modules[name], weights[name]
             hessians = layer_hessians(work, [name], calibration, stop=True)[name]
             # layer kinds without GPTQ keep round-to-nearest codes
-            out[name] = q if hessians is None else q.with_codes(self.codes(layer.weight, q, hessians))
+            out[name] = q if hessians is None else q.with_codes(self.codes(layer.weight, q, hessians, name))
             with torch.no_grad():
                 layer.weight.copy_(out[name].dequantize())
         return out

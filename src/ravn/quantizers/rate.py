@@ -23,6 +23,12 @@ inside GPTQ's error feedback.
   stepped down afterwards. If no ``mu`` in the bracket meets it, the codes are plain GPTQ's and the
   stored-size check steps the allocation down (a larger ``mu`` would cost more error than a bit less
   elsewhere).
+- **Re-coding weights made for another size** (``shares``): fine-tuning (:mod:`ravn.training.finetune`)
+  moves codes after the allocation was sized, so their coded size can outgrow the layer's share. Given
+  each layer's share by name, the codes are re-chosen against the fine-tuned weights themselves (they
+  lie on the layer's levels, so plain GPTQ keeps them exactly and ``mu > 0`` moves weights to cheaper
+  neighbouring levels only where the error they cost is least):
+  :meth:`ravn.search.problem.SearchProblem.within_budget_tuned`.
 
 A rounding entry rather than an option of ``gptq``: it is chosen the same way (``--rounding``), has
 the same layerwise / sequential forms (it is :class:`GPTQ` with another :meth:`GPTQ.codes`), and
@@ -63,10 +69,23 @@ def rate_codes(weight: torch.Tensor, q: QuantizedWeight, hessians: list[torch.Te
     return codes
 
 
+def cell_error(q: QuantizedWeight) -> torch.Tensor:
+    """Each weight's squared rounding error if weights were spread evenly over its cluster's cells:
+    ``(channel scale x mean gap between the cluster's levels)^2 / 12``, shaped ``(out, -1)``."""
+    gaps = torch.stack([(t.max() - t.min()) / max(len(t) - 1, 1)
+                        for t in q.tables.double().split([1 << b for b in q.bits])])
+    ids = q.ids if q.ids is not None else torch.zeros(q.numel, dtype=torch.long)
+    scale = q.scale.double() if q.scale is not None else torch.ones(q.shape[0], dtype=torch.float64)
+    return (gaps[ids].view(q.shape[0], -1) * scale.view(-1, 1)) ** 2 / 12
+
+
 def error_scale(weight: torch.Tensor, q: QuantizedWeight, hessians: list[torch.Tensor]) -> float:
     """The mean round-to-nearest error of a weight, weighted by its column's Hessian diagonal: the scale of
-    GPTQ's error term per weight, where the search for ``mu`` starts."""
+    GPTQ's error term per weight, where the search for ``mu`` starts. Weights already on their levels
+    (fine-tuned ones being re-coded) have none; for them it is :func:`cell_error`'s."""
     err = (weight.detach().double() - q.dequantize().double().to(weight.device)).reshape(q.shape[0], -1) ** 2
+    if not err.any():
+        err = cell_error(q).to(err.device)
     rows = q.shape[0] // len(hessians)
     parts = [err[g * rows:(g + 1) * rows] * torch.diag(h).to(err.device) for g, h in enumerate(hessians)]
     return float(torch.cat(parts).mean())
@@ -74,14 +93,20 @@ def error_scale(weight: torch.Tensor, q: QuantizedWeight, hessians: list[torch.T
 
 @register_rounding("gptq-rate")
 class RateGPTQ(GPTQ):
-    """GPTQ whose codes meet the layer's coded-size share (see the module docstring)."""
+    """GPTQ whose codes meet the layer's coded-size share (see the module docstring). ``shares``: layer
+    name -> share in estimated bits (:func:`coded_bits`), for layers whose codes were not made for it;
+    by default a layer's share is the size of the round-to-nearest codes it arrives with."""
 
-    def __init__(self, damp: float = 0.01, passes: int = 1, iterations: int = 4, growth: float = 4.0):
+    def __init__(self, damp: float = 0.01, passes: int = 1, iterations: int = 4, growth: float = 4.0,
+                 shares: dict[str, float] | None = None):
         super().__init__(damp)
         self.passes, self.iterations, self.growth = passes, iterations, growth
+        self.shares = shares or {}
 
-    def codes(self, weight: torch.Tensor, q: QuantizedWeight, hessians: list[torch.Tensor]) -> torch.Tensor:
-        target = coded_bits(q)  # the allocation's share: q arrives with its round-to-nearest codes
+    def codes(self, weight: torch.Tensor, q: QuantizedWeight, hessians: list[torch.Tensor],
+              name: str | None = None) -> torch.Tensor:
+        # the allocation's share: given, or the size of the round-to-nearest codes q arrives with
+        target = self.shares[name] if name in self.shares else coded_bits(q)
         plain = gptq_codes(weight, q, hessians, self.damp)
         if coded_bits(q, plain) <= target:
             return plain

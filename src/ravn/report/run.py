@@ -127,6 +127,12 @@ def _trainings(node, path: tuple[str, ...] = ()):
                 yield from _trainings(v, (*path, str(i)))
 
 
+def _budget_fits(log: dict) -> list[dict]:
+    """What brought fine-tuned weights back within the budget as stored, per round (RAVN's ``budget_fit``)."""
+    rounds = log.get("rounds", [log]) if isinstance(log, dict) else []
+    return [r["budget_fit"] for r in rounds if isinstance(r, dict) and r.get("budget_fit")]
+
+
 def build(run_dir: Path | str) -> dict:
     """The report's data from the run folder alone (see the module docstring)."""
     run_dir = Path(run_dir)
@@ -138,6 +144,7 @@ def build(run_dir: Path | str) -> dict:
                      "drop": s["float_test_top1"] - s["test_top1"]},
         "size": {"float_file_bytes": s["float_file_bytes"], "file_bytes": s["file_bytes"],
                  "compression": s["float_file_bytes"] / s["file_bytes"], "avg_bits": s["avg_bits"]},
+        "budget_fits": _budget_fits(s.get("log", {})),
         "allocation": s["layers"],
         "search": _searches(run_dir),
         "training": list(_trainings(s.get("log", {}))),
@@ -164,14 +171,20 @@ def _markdown(r: dict) -> str:
                {"": "avg weight bits", "float": 32.0, "quantized": size["avg_bits"]},
            ], [("", ""), ("float", "float"), ("quantized", "quantized")]), "",
            f"{acc['test_n']:,} test images; top-1 drop {acc['drop']:.2f} points; compression "
-           f"x{size['compression']:.2f}; quantized in {r['seconds']['quantize']:.1f} s.", "",
-           "## Allocation", "", "![allocation](allocation.png)", "",
-           markdown_table([{**layer, "bits": " ".join(map(str, layer["bits"])),
-                            "shares": " ".join(f"{100 * s:.1f}" for s in layer["shares"])}
-                           for layer in r["allocation"]],
-                          [("name", "layer"), ("weights", "weights"), ("bits", "bits per cluster"),
-                           ("shares", "shares %"), ("avg_bits", "avg bits"), ("bytes", "bytes")]), "",
-           "## Search", ""]
+           f"x{size['compression']:.2f}; quantized in {r['seconds']['quantize']:.1f} s.", ""]
+    for i, fit in enumerate(r.get("budget_fits", []), 1):
+        how = (f"stepped down ({', '.join(fit['stepped_down'])} lost bits)" if fit.get("stepped_down")
+               else f"re-coded by rate-aware GPTQ ({', '.join(fit['recoded']) or 'no layer'})")
+        out += [f"Fine-tuning {i}: its codes took {fit['overshoot']:,.0f} more than the budget allows as stored "
+                f"(entropy-coded); {how}; validation top-1 {fit['val_top1_fine_tuned']:.2f}% -> "
+                f"{fit['val_top1']:.2f}%.", ""]
+    out += ["## Allocation", "", "![allocation](allocation.png)", "",
+            markdown_table([{**layer, "bits": " ".join(map(str, layer["bits"])),
+                             "shares": " ".join(f"{100 * s:.1f}" for s in layer["shares"])}
+                            for layer in r["allocation"]],
+                           [("name", "layer"), ("weights", "weights"), ("bits", "bits per cluster"),
+                            ("shares", "shares %"), ("avg_bits", "avg bits"), ("bytes", "bytes")]), "",
+            "## Search", ""]
     if r["search"]:
         out += ["![search](search.png)", ""]
         out += [f"- {s['name']}: {len(s['reward'])} evaluations, best reward {s['best'][-1]:.4f}"

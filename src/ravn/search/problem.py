@@ -16,8 +16,9 @@
 
 :meth:`SearchProblem.realize` turns any allocation into the weights that are stored (the rounding's
 sequential form), :meth:`SearchProblem.within_budget` measures them as stored and steps the
-allocation down while they exceed the budget; :meth:`SearchProblem.layer_infos` is what an agent
-observes of each layer.
+allocation down while they exceed the budget, :meth:`SearchProblem.within_budget_tuned` does the same
+for weights fine-tuned after the allocation was sized (re-coding them first);
+:meth:`SearchProblem.layer_infos` is what an agent observes of each layer.
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ class SearchProblem:
     calibration_labels: torch.Tensor | None = None  # the calibration batch's labels
     #: how the file stores the codes: "fixed", or entropy-coded ("ans", "huffman": ``costs`` are estimates)
     coding: str = "fixed"
+    #: how the layers were clustered (:func:`cluster_weight`): fine-tuned weights stepped down are clustered alike
+    settings: ProblemSettings | None = None
 
     def realize(self, alloc: Allocation) -> dict[str, QuantizedWeight]:
         """The weights stored for ``alloc``: quantized, then rounded layer after layer."""
@@ -117,10 +120,12 @@ class SearchProblem:
         return report["stream_bytes"] + report["table_bytes"] + self.budget.fixed_bytes
 
     def within_budget(self, alloc: Allocation, weights: dict[str, QuantizedWeight],
+                      realize: Callable[[Allocation], dict[str, QuantizedWeight]] | None = None,
                       ) -> tuple[Allocation, dict[str, QuantizedWeight], list[float]]:
         """``(alloc, weights)`` measured as stored; while they exceed the budget (an entropy-coded estimate
         was optimistic: rounding moved codes), the projection steps the allocation down by the excess and
-        the weights are made again. Returns the allocation, its weights and each overshoot measured."""
+        the weights are made again (by ``realize``, default :meth:`realize`). Returns the allocation, its
+        weights and each overshoot measured."""
         limit, overshoots = self.budget.limit(self.costs), []
         while (excess := self.stored_size(weights) - limit) > 0:
             overshoots.append(excess)
@@ -128,8 +133,52 @@ class SearchProblem:
             target = math.floor(self.budget.cost(self.costs, alloc) - excess)
             alloc = fit(alloc, self.costs, dataclasses.replace(self.budget, reserve=limit - target), self.damage,
                         fill=False)
-            weights = self.realize(alloc)
+            weights = (realize or self.realize)(alloc)
         return alloc, weights, overshoots
+
+    def within_budget_tuned(self, model: nn.Module, weights: dict[str, QuantizedWeight],
+                            planned: dict[str, QuantizedWeight]) -> tuple[Allocation, dict[str, QuantizedWeight], dict]:
+        """``weights`` trained after the allocation was sized, measured as stored and brought back within the
+        budget: fine-tuning moves codes, so an entropy-coded size can grow past it (fixed-width codes cannot).
+
+        ``model`` holds ``weights`` (dequantized: the fine-tuned network), ``planned`` are the weights the
+        allocation stored before training (within the budget). While over:
+
+        1. each layer whose codes' coded size grew past its planned size is re-coded by rate-aware GPTQ
+           (:class:`ravn.quantizers.rate.RateGPTQ`, that size as its share) against its fine-tuned weights:
+           bits, tables and scales stay, and the weights that move to cheaper levels are those whose
+           output error costs least;
+        2. if that is not enough, :meth:`within_budget` steps the allocation down: the layers that lose
+           bits are quantized again from their fine-tuned weights (clustered as before, the problem's
+           rounding), the others keep their re-coded fine-tuned weights.
+
+        Returns the allocation, its weights and what was done: ``{}`` when the weights fit as they are,
+        else the measured ``overshoot``, the ``recoded`` layers and, after a step-down, ``overshoots``
+        (each measured) and the ``stepped_down`` layers.
+        """
+        from ravn.quantizers.rate import RateGPTQ, coded_bits
+        from ravn.quantizers.swap import with_weights
+
+        alloc = {n: tuple(q.bits) for n, q in weights.items()}
+        excess = self.stored_size(weights) - self.budget.limit(self.costs)
+        if excess <= 0:
+            return alloc, weights, {}
+        shares = {n: coded_bits(q) for n, q in planned.items()}
+        grown = {n: q for n, q in weights.items() if coded_bits(q) > shares[n]}
+        recoded = {**weights, **RateGPTQ(shares=shares).sequential(model, grown, self.calibration)}
+        target = with_weights(model, recoded)
+        modules = dict(target.named_modules())
+
+        def realize(a: Allocation) -> dict[str, QuantizedWeight]:
+            lower = {n: cluster_weight(modules[n].weight, self.settings).quantize(a[n]) for n in a if a[n] != alloc[n]}
+            return {**recoded, **self.rounding.sequential(target, lower, self.calibration)}
+
+        final, out, overshoots = self.within_budget(alloc, recoded, realize)
+        log = {"overshoot": excess,
+               "recoded": [n for n in grown if not torch.equal(recoded[n].codes, weights[n].codes)]}
+        if overshoots:
+            log.update(overshoots=overshoots, stepped_down=[n for n in alloc if final[n] != alloc[n]])
+        return final, out, log
 
     def avg_bits(self, alloc: Allocation) -> float:
         return avg_bits(self.costs, alloc)
@@ -191,6 +240,11 @@ def layer_costs(clustered: dict[str, ClusteredWeight], per_channel: bool,
     return costs
 
 
+def cluster_weight(weight: torch.Tensor, settings: ProblemSettings) -> ClusteredWeight:
+    """A layer's weight clustered as ``settings`` say (Eq. 1): their clusters, outlier layout, grid, scales."""
+    return ClusteredWeight(weight, settings.clusters, settings.per_channel, settings.grid, settings.outliers)
+
+
 def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None, normalize: Normalize,
             lam: float = 1.0, search_val_size: int = 1000, seed: int = 0,
             reference: nn.Module | None = None, overhead: Overhead | None = None,
@@ -209,8 +263,7 @@ def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None
         raise RavnError("this method needs data (calibration and validation images)", "pass a dataset")
     start = time.perf_counter()
     layers = quantizable_layers(model, settings.exclude)
-    clustered = {name: ClusteredWeight(m.weight, settings.clusters, settings.per_channel, settings.grid,
-                                       settings.outliers) for name, m in layers.items()}
+    clustered = {name: cluster_weight(m.weight, settings) for name, m in layers.items()}
     costs = layer_costs(clustered, settings.per_channel, coding)
     fixed = 0
     if settings.budget_bytes is not None:
@@ -242,4 +295,4 @@ def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None
             start_bits = {n: (math.floor(settings.budget_bits),) * cw.clusters for n, cw in clustered.items()}
         init = fit(start_bits, costs, budget, damage, fill=settings.init == "vq")
     return SearchProblem(layers, clustered, costs, budget, damage, sensitivity, evaluator, init, calibration, model,
-                         rounding, time.perf_counter() - start, calib_split.labels.to(device), coding)
+                         rounding, time.perf_counter() - start, calib_split.labels.to(device), coding, settings)

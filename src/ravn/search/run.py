@@ -90,10 +90,10 @@ def allocate(problem: SearchProblem, config: SearchConfig | None, context, folde
     start = time.perf_counter()
     stored = StoredEvaluator(problem, reference, context.dataset.val, context.normalize, config.lam)
     alloc, weights, log["rerank"] = rerank(problem, found, stored, config.rerank)
+    log["kept_initial"] = alloc == problem.init  # the re-rank chose the initial allocation over every searched one
     alloc, weights, over = problem.within_budget(alloc, weights)
     if over:
         log["overshoots"] = over  # the stored size exceeded the estimate's budget: stepped down
     log["select_seconds"] = time.perf_counter() - start
-    log["kept_initial"] = alloc == problem.init  # the re-rank chose the initial allocation over every searched one
     log["planned_avg_bits"] = problem.avg_bits(alloc)
     return alloc, weights, log
