@@ -17,9 +17,11 @@ Contract of a config class (methods, search, fine-tuning, ...):
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import functools
 import inspect
+import json
 import textwrap
 import types
 import typing
@@ -139,3 +141,15 @@ def field_docs(cls: type) -> dict[str, str]:
             if comment:
                 docs[node.target.id] = " ".join(comment)
     return docs
+
+
+def current_form(stamp: Any) -> Any:
+    """A settings stamp as this ravn writes it (JSON data), its ``"config"`` (a :class:`Config`'s
+    dict, perhaps written by an older ravn) migrated by :meth:`Config.from_dict`;
+    so a stamp of an older version with the same settings equals today's. A config this version cannot read
+    is left as stored (it then compares as other settings)."""
+    stamp = json.loads(json.dumps(stamp))
+    if isinstance(stamp, dict) and isinstance(stamp.get("config"), dict):
+        with contextlib.suppress(ValueError, TypeError, KeyError, RavnError):
+            stamp["config"] = json.loads(json.dumps(Config.from_dict(stamp["config"]).to_dict()))
+    return stamp

@@ -6,7 +6,7 @@ Contract:
   write (disk full, no permission) leaves no partial file and is one line of :class:`RavnError`;
 - :class:`RunFolder` holds one run's resumable state. Its ``run.json`` stamps the settings that made
   it: opening a folder of other settings is refused (resuming would mix runs). A stamp stored by an
-  older ravn is compared in today's form (:func:`current_form`: its config migrated), as are the
+  older ravn is compared in today's form (:func:`ravn.config.current_form`: its config migrated), as are the
   fine-tuning checkpoints' (:func:`ravn.training.loop.train_epochs`). While a process holds
   it, a second one is refused (an advisory lock), never let in to corrupt it. Under torchrun, rank 0
   holds it and writes; the other ranks only read it (:mod:`ravn.training.distributed`).
@@ -20,28 +20,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ravn.config import Config
+from ravn.config import current_form
 from ravn.errors import RavnError
 from ravn.files import check_writable, write_atomically
-
-
-def current_form(stamp: Any) -> Any:
-    """A settings stamp as this ravn writes it (JSON data), its ``"config"`` (a :class:`~ravn.config.Config`'s
-    dict, perhaps written by an older ravn) migrated by :meth:`Config.from_dict <ravn.config.Config.from_dict>`;
-    so a stamp of an older version with the same settings equals today's. A config this version cannot read
-    is left as stored (it then compares as other settings)."""
-    stamp = json.loads(json.dumps(stamp))
-    if isinstance(stamp, dict) and isinstance(stamp.get("config"), dict):
-        with contextlib.suppress(ValueError, TypeError, KeyError, RavnError):
-            stamp["config"] = json.loads(json.dumps(Config.from_dict(stamp["config"]).to_dict()))
-    return stamp
 
 
 class RunFolder:
     """One run's folder: settings stamp, lock, JSON state and atomic files (see the module docstring)."""
 
     def __init__(self, path: Path | str, stamp: dict[str, Any]):
-        """``stamp``: the run's settings (JSON-able; a ``"config"`` entry is compared in :func:`current_form`)."""
+        """``stamp``: the run's settings (JSON-able; a ``"config"`` entry is compared in
+        :func:`ravn.config.current_form`)."""
         from ravn.training.distributed import replicas
 
         self.path = Path(path)

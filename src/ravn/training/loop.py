@@ -10,7 +10,7 @@ run continue after its last finished epoch and end with the same weights as an u
 each epoch's data order and augmentation come from a generator seeded by (seed, epoch).
 Checkpoints are safetensors + JSON, never pickle; they carry a stamp of the settings and a
 checkpoint of other settings is refused (compared as run folders compare theirs,
-:func:`ravn.runs.current_form`: one of an older ravn with the same settings resumes).
+:func:`ravn.config.current_form`: one of an older ravn with the same settings resumes).
 
 Callbacks (:class:`Callback`) see each epoch's start, each step and each finished epoch (progress
 bars, batch-norm modes, logging). :class:`Replicas` is the seam for data-parallel training: it
@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ravn.config import current_form
 from ravn.data import ImageSplit, iterate_batches, random_crop_flip
 from ravn.errors import RavnError
 from ravn.files import write_atomically
-from ravn.runs import current_form
 from ravn.training.distributed import Replicas
 from ravn.training.distributed import replicas as current_replicas
 
