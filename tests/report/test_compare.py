@@ -151,7 +151,7 @@ def test_cli_compare_smoke(tmp_path, capsys, shared_data):
     from ravn.cli import main
 
     args = ["compare", "--model", "resnet20", "--methods", "uniform", "--out", str(tmp_path / "c"),
-            "--budget-bits", "4", "--test-limit", "100", "--val-size", "500", "--no-energy"]
+            "--budget-bits", "4", "--test-limit", "100", "--val-size", "500", "--no-energy", "--peers", "none"]
     assert main(args) == 0
     assert "| uniform | ok |" in capsys.readouterr().out
     assert main(["compare", "--methods", "uniform", "--evaluations", "3", "--budget-bits", "4", "--out",
