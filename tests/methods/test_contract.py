@@ -130,3 +130,22 @@ def test_contract_calibration_size_is_the_calibration_read(name, tmp_path, monke
         assert set(own) <= {config.calibration_size}
     else:
         assert own == []
+
+
+BYTES_BUDGET = 4000  # the toy model's float file is ~3.9 KB of weights: 8 bits everywhere does not fit
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS if "budget_bytes" in {f.name for f in method(n).fields()}])
+def test_contract_bytes_budget_holds_on_the_written_file(name, tmp_path):
+    """A bytes budget is met by the whole file ``ravn.pipeline.run`` writes, tables and header included
+    (trained tables are stored as 2^b floats whatever grid they start on: WRPN, DCQ)."""
+    from ravn.pipeline import run
+
+    try:
+        config = dataclasses.replace(small_config(name), budget_bits=None, budget_bytes=BYTES_BUDGET)
+    except ValueError as exc:  # a preset defined by bits (aq: floor(budget_bits) in every cluster)
+        pytest.skip(str(exc))
+    summary = run(toy.tiny(), toy.REF, config, toy.dataset(), tmp_path / "b.ravn", progress=False, method=name,
+                  context=Context(toy.dataset(), toy.REF.normalize, tmp_path / "b.run", 0, progress=False,
+                                  ref=toy.REF))
+    assert summary["file_bytes"] == (tmp_path / "b.ravn").stat().st_size <= BYTES_BUDGET

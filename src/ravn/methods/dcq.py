@@ -151,10 +151,10 @@ def quantize_dcq(model: nn.Module, config: DCQConfig, context: Context) -> Quant
     names = list(quantizable_layers(model, config.exclude))
     sections = divide(model, names, config.sections)
     layers = dict(model.named_modules())
+    settings = (config.finetune or FineTuneConfig()).replace(epochs=config.section_epochs)
     weights = widest_within(
         lambda b: {n: fit_scale(quantize_uniform(layers[n].weight, b), layers[n].weight) for n in names},
-        config.budget(), "fixed", context.overhead or estimated_overhead(model))
-    settings = (config.finetune or FineTuneConfig()).replace(epochs=config.section_epochs)
+        config.budget(), "fixed", context.overhead or estimated_overhead(model), settings.learn_quantizers)
     val = dataset.split("val", limit=settings.epoch_val_size)
     jobs = [(model, s, {n: weights[n] for n in s.layers}, dataset.train, val, context.normalize, settings,
              context.run_dir / f"section{k}" if context.run_dir else None, context.seed,

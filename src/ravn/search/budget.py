@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from ravn.errors import RavnError
@@ -169,11 +169,14 @@ def fit(alloc: Allocation, costs: dict[str, LayerCost], budget: Budget,
 
 
 def widest_within(make: Callable[[int], dict[str, QuantizedWeight]], budget: Budget, coding: str = "fixed",
-                  overhead: Callable[..., int] | None = None) -> dict[str, QuantizedWeight]:
+                  overhead: Callable[..., int] | None = None,
+                  trained_tables: bool = False) -> dict[str, QuantizedWeight]:
     """The weights ``make(b)`` of the largest bit-width ``b`` in 8..1 whose *stored* size meets ``budget``:
     measured average bits of the codes as stored with ``coding`` (entropy-coded: the payload bytes), or
     file bytes (streams + tables + ``overhead(weights, coding)``, the rest of the file). For methods with one
-    width everywhere whose size is known only by coding the weights (pruned, entropy-coded layers)."""
+    width everywhere whose size is known only by coding the weights (pruned, entropy-coded layers).
+    ``trained_tables``: the tables will be trained afterwards, so the file stores each as ``2^b`` floats
+    whatever (implicit) grid it starts on."""
     from ravn.export.layout import size_report
 
     for b in range(MAX_BITS, MIN_BITS - 1, -1):
@@ -181,7 +184,9 @@ def widest_within(make: Callable[[int], dict[str, QuantizedWeight]], budget: Bud
         report = size_report(weights, coding)
         if budget.bits is not None and report["avg_bits"] <= budget.bits:
             return weights
-        if budget.bytes is not None and (report["stream_bytes"] + report["table_bytes"]
+        tables = (sum(replace(q.cost, explicit_tables=True).table_bytes(q.bits) for q in weights.values())
+                  if trained_tables else report["table_bytes"])
+        if budget.bytes is not None and (report["stream_bytes"] + tables
                                          + (overhead(weights, coding) if overhead else 0)) <= budget.bytes:
             return weights
     raise RavnError(f"the budget of {budget.describe()} is impossible: {MIN_BITS} bit everywhere already takes "
