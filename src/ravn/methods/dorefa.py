@@ -19,7 +19,7 @@ fidelity and distillation terms is the float model (the widened one for WRPN: sa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -84,7 +84,7 @@ def homogeneous_start(model: nn.Module, config, context: Context,
     sample = {n: kind.start(m.weight, 1) for n, m in layers.items()}
     costs = {n: q.cost for n, q in sample.items()}
     if config.finetune.learn_quantizers:  # trained tables leave any implicit grid: the file stores 2^b floats each
-        costs = {n: replace(c, explicit_tables=True) for n, c in costs.items()}
+        costs = {n: c.trained() for n, c in costs.items()}
     fixed = 0 if config.budget_bytes is None else (context.overhead or estimated_overhead(model))(sample, of=model)
     budget = config.budget(fixed)
     bits = uniform_bits(costs, budget)

@@ -17,7 +17,7 @@ the file's size report all count through :class:`LayerCost`, so they cannot disa
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -41,6 +41,11 @@ class LayerCost:
     counts: tuple[int, ...]
     channel_floats: int = 0  # per-channel scale (and offset) values stored
     explicit_tables: bool = True  # cluster tables stored as 2^b floats each
+
+    def trained(self) -> LayerCost:
+        """This layer's cost once its tables are trained: stored as 2^b floats each, whatever implicit grid
+        they start on."""
+        return replace(self, explicit_tables=True)
 
     @property
     def numel(self) -> int:

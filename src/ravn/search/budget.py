@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar
 
 from ravn.errors import RavnError
@@ -184,7 +184,7 @@ def widest_within(make: Callable[[int], dict[str, QuantizedWeight]], budget: Bud
         report = size_report(weights, coding)
         if budget.bits is not None and report["avg_bits"] <= budget.bits:
             return weights
-        tables = (sum(replace(q.cost, explicit_tables=True).table_bytes(q.bits) for q in weights.values())
+        tables = (sum(q.cost.trained().table_bytes(q.bits) for q in weights.values())
                   if trained_tables else report["table_bytes"])
         if budget.bytes is not None and (report["stream_bytes"] + tables
                                          + (overhead(weights, coding) if overhead else 0)) <= budget.bytes:
