@@ -4,6 +4,7 @@ fine-tuned codes kept within the coded budget."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 import ravn
 from ravn.errors import RavnError
@@ -29,6 +30,20 @@ def test_gptq_rate_with_ans_meets_the_coded_budget():
     result = ravn.quantize(toy.tiny(), config, context)
     assert result.coding == "ans"
     assert ravn.export.size_report(result.weights, "ans")["avg_bits"] <= 3.0
+
+
+def test_default_rounding_is_rate_aware_when_entropy_coded_and_gptq_when_fixed():
+    """``rounding='auto'``: the default config stores exactly what naming the rounding stores."""
+    from ravn.quantizers.rounding import rounding_for
+
+    assert rounding_for("auto", "fixed") == "gptq" and rounding_for("nearest", "ans") == "nearest"
+    assert rounding_for("auto", "ans") == rounding_for("auto", "huffman") == "gptq-rate"
+    for coding, named in (("ans", "gptq-rate"), ("fixed", "gptq")):
+        context = Context(toy.dataset(), toy.REF.normalize, None, 0, progress=False, coding=coding)
+        auto, explicit = (ravn.quantize(toy.tiny(), ravn.RavnConfig(budget_bits=3.0, calibration_size=16,
+                                                                   rounding=r, search=None), context)
+                          for r in ("auto", named))
+        assert all(torch.equal(auto.weights[n].codes, explicit.weights[n].codes) for n in auto.weights)
 
 
 def test_qat_whose_fine_tuning_raises_the_entropy_ends_within_the_coded_budget(tmp_path):

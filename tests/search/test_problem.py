@@ -149,3 +149,19 @@ def test_kept_initial_is_the_re_rank_choice_before_any_step_down():
     alloc, _, log = allocate(problem, search, Context(toy.dataset(), toy.REF.normalize, progress=False), None,
                              reference=problem.model)
     assert log["overshoots"] and alloc != problem.init and log["kept_initial"]
+
+
+def test_the_re_rank_measures_each_candidate_as_stored():
+    """An allocation whose coded size exceeds the budget once rounded is compared after its step-down: the
+    weights the re-rank measures are the ones the file would hold."""
+    from ravn.search.evaluate import StoredEvaluator
+
+    problem = _problem("ans")
+    n = sum(c.numel for c in problem.costs.values())
+    problem.budget = Budget(bits=(problem.stored_size(problem.realize(problem.init)) - 40) / n)
+    data = toy.dataset()
+    stored = StoredEvaluator(problem, problem.model, data.split("val", limit=16), toy.REF.normalize, 1.0)
+    (result,) = stored.evaluate_many([problem.init])
+    alloc, weights, overshoots = stored.stored(problem.init)
+    assert result["stepped_down"] and overshoots and alloc != problem.init
+    assert problem.stored_size(weights) <= problem.budget.limit(problem.costs)

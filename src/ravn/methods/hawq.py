@@ -12,7 +12,8 @@ HAWQ-V2's allocation, over the registered stages:
    ``Omega`` within the budget, found exactly by a 0-1 integer program (``init='ilp'``,
    :mod:`ravn.search.ilp`, ``scipy.optimize.milp``), with ``||Q_b(W_l) - W_l||^2`` the error the stored
    weights get at ``b`` bits (ravn's one-cluster, per-channel uniform tables);
-3. codes chosen by GPTQ (``rounding='gptq'``) as every ravn method's are; HAWQ-V2 fine-tunes instead
+3. codes chosen by GPTQ (``rounding='auto'``: rate-aware GPTQ when entropy-coded) as every ravn
+   method's are; HAWQ-V2 fine-tunes instead
    (``--mode qat`` adds ravn's fine-tuning).
 
 Why a preset of RAVN's recipe, with the integer program as the initial allocation and no search,

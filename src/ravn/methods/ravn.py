@@ -27,10 +27,10 @@ from torch import nn
 
 from ravn.config import Config
 from ravn.data import ImageSplit, Normalize
-from ravn.errors import RavnError
 from ravn.evaluation import evaluate
 from ravn.methods.base import Context, QuantizationResult, register_method, register_preset
 from ravn.quantizers.qweight import QuantizedWeight
+from ravn.quantizers.rounding import rounding_for
 from ravn.quantizers.swap import with_weights
 from ravn.quantizers.vq import GRIDS, MAX_CLUSTERS, check_outliers
 from ravn.search.agents import SearchConfig
@@ -56,9 +56,10 @@ class RavnConfig(BudgetFields, Config):
     #: Initial bits: 'vq' (8 bits everywhere projected by modelled damage), 'random' (U[2, 8], Sec. 4.2),
     #: 'same' (floor(budget bits) in every cluster) or 'ilp' (least modelled damage, exactly: an integer program).
     init: str = "vq"
-    #: How codes are chosen once bits are fixed: 'gptq' (against each layer's output error), 'nearest', or
-    #: 'gptq-rate' (GPTQ trading error for entropy-coded code length, to the layer's share; with --coding ans).
-    rounding: str = "gptq"
+    #: How codes are chosen once bits are fixed: 'gptq' (against each layer's output error), 'nearest',
+    #: 'gptq-rate' (GPTQ trading error for entropy-coded code length, to the layer's share; with --coding ans)
+    #: or 'auto': 'gptq-rate' when the codes are entropy-coded, else 'gptq'.
+    rounding: str = "auto"
     #: Per-layer sensitivity probe for the damage model (registry of ravn.search.sensitivity): 'fidelity',
     #: 'hessian' (average Hessian trace, HAWQ-V2) or 'eigenvalue' (top Hessian eigenvalue, HAWQ-V1).
     sensitivity: str = "fidelity"
@@ -99,9 +100,7 @@ def quantize_ravn(model: nn.Module, config: RavnConfig, context: Context) -> Qua
     dataset = context.require_data("RAVN (calibration and validation images)")
     search = config.search
     coding = context.coding or "fixed"  # the budget counts the codes as the file will store them
-    if config.rounding == "gptq-rate" and coding == "fixed":
-        raise RavnError("--rounding gptq-rate trades error for entropy-coded code length; fixed-width codes "
-                        "only get the error", "add --coding ans (or use --rounding gptq)")
+    rounding_for(config.rounding, coding)  # a rounding the coding cannot take fails now, before any work
     current, rounds, best = model, [], None
     for r in range(1, (config.rounds if config.finetune else 1) + 1):
         folder = context.run_dir / f"round{r}" if context.run_dir and config.finetune else context.run_dir

@@ -130,15 +130,17 @@ class AllocationEvaluator:
 
 
 class StoredEvaluator:
-    """Eq. 7 for allocations as they are stored (``realize``: sequential rounding) on a whole split.
+    """Eq. 7 for allocations as they are stored on a whole split: realized by sequential rounding and,
+    where the coded size exceeds the budget, stepped down (:meth:`SearchProblem.stored`), so candidates are
+    compared as the file would hold them.
 
     Slower than :class:`AllocationEvaluator` and used on few configurations: the re-rank after a
-    search (:func:`ravn.search.agents.rerank`). :meth:`weights` returns what was measured.
+    search (:func:`ravn.search.run.rerank`). :meth:`stored` returns what was measured.
     """
 
     def __init__(self, problem, reference: nn.Module, split, normalize, lam: float):
         self.problem, self.reference, self.split, self.normalize, self.lam = problem, reference, split, normalize, lam
-        self._weights: dict[tuple, dict] = {}
+        self._stored: dict[tuple, tuple] = {}
 
     @cached_property
     def float_top1(self) -> float:
@@ -146,11 +148,13 @@ class StoredEvaluator:
 
         return evaluate(self.reference, self.split, self.normalize)["top1"]
 
-    def weights(self, alloc: Allocation) -> dict:
+    def stored(self, alloc: Allocation) -> tuple[Allocation, dict, list[float]]:
+        """``alloc``'s stored allocation, its weights and the overshoots its step-down measured (once per
+        allocation)."""
         key = allocation_key(alloc, list(self.problem.clustered))
-        if key not in self._weights:
-            self._weights[key] = self.problem.realize(alloc)
-        return self._weights[key]
+        if key not in self._stored:
+            self._stored[key] = self.problem.stored(alloc)
+        return self._stored[key]
 
     def evaluate_many(self, allocations: list[Allocation]) -> list[dict]:
         from ravn.evaluation import evaluate
@@ -159,8 +163,10 @@ class StoredEvaluator:
         out = []
         for alloc in allocations:
             start = time.perf_counter()
-            quantized = with_weights(self.problem.model, self.weights(alloc))
+            _, weights, overshoots = self.stored(alloc)
+            quantized = with_weights(self.problem.model, weights)
             g = evaluate(quantized, self.split, self.normalize)["top1"]
             fid = self.problem.evaluator.fidelity(quantized)
-            out.append({**eq7(fid, g, self.float_top1, self.lam, start), "cached": False})
+            out.append({**eq7(fid, g, self.float_top1, self.lam, start), "cached": False,
+                        "stepped_down": bool(overshoots)})
         return out

@@ -40,7 +40,7 @@ from ravn.errors import RavnError
 from ravn.export.layout import state_keys
 from ravn.quantizers.layers import quantizable_layers
 from ravn.quantizers.qweight import MAX_BITS, MIN_BITS, QuantizedWeight
-from ravn.quantizers.rounding import Rounding, get_rounding
+from ravn.quantizers.rounding import Rounding, get_rounding, rounding_for
 from ravn.quantizers.size import Allocation, CodedCost, LayerCost
 from ravn.quantizers.vq import ClusteredWeight
 from ravn.search.budget import Budget, avg_bits, check_feasible, fit
@@ -118,6 +118,11 @@ class SearchProblem:
         if self.budget.bits is not None:
             return report["avg_bits"] * report["quantized_weights"]
         return report["stream_bytes"] + report["table_bytes"] + self.budget.fixed_bytes
+
+    def stored(self, alloc: Allocation) -> tuple[Allocation, dict[str, QuantizedWeight], list[float]]:
+        """``alloc`` as the file will store it: realized (:meth:`realize`), then stepped down while the coded
+        size exceeds the budget (:meth:`within_budget`). Returns what :meth:`within_budget` does."""
+        return self.within_budget(alloc, self.realize(alloc))
 
     def within_budget(self, alloc: Allocation, weights: dict[str, QuantizedWeight],
                       realize: Callable[[Allocation], dict[str, QuantizedWeight]] | None = None,
@@ -255,7 +260,8 @@ def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None
     search aims at: the original one, also when ``model`` holds fine-tuned weights (Algorithm 1).
     ``overhead`` sizes the rest of the file for a ``budget_bytes`` (default: an estimate); it does
     not depend on the bit-widths (one digit each in the header), so it is taken at 4 bits.
-    ``rounding`` is a configured rounding (default: ``settings.rounding`` with its default settings).
+    ``rounding`` is a configured rounding (default: ``settings.rounding`` with its default settings,
+    ``"auto"`` resolved for ``coding``: :func:`ravn.quantizers.rounding.rounding_for`).
     ``coding`` is how the file will store the codes: the budget, the projection and the damage model
     count that size.
     """
@@ -276,7 +282,7 @@ def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None
     calibration = normalize(calib_split.images(torch.arange(len(calib_split))).to(device))
     val = dataset.split("val", limit=search_val_size)
     data = SearchData(calibration, normalize(val.images(torch.arange(len(val))).to(device)), val.labels.to(device))
-    rounding = rounding or get_rounding(settings.rounding)
+    rounding = rounding or get_rounding(rounding_for(settings.rounding, coding))
     round_layer = rounding.layerwise(model, list(clustered), calibration)
     evaluator = AllocationEvaluator(model, clustered, data, lam, reference=reference, round_layer=round_layer)
     probe = ProbeData(calibration, calib_split.labels.to(device), evaluator.fidelity, round_layer,

@@ -52,9 +52,9 @@ def search(problem: SearchProblem, config: SearchConfig, folder: Path | None, se
         return agent(ProposalEnvs(env, config.proposals), tracker, seed)
 
 
-def rerank(problem: SearchProblem, found: SearchResult, evaluator, count: int) -> tuple[Allocation, dict, list]:
+def rerank(problem: SearchProblem, found: SearchResult, evaluator, count: int) -> tuple[Allocation, list]:
     """The best ``count`` searched configurations and the initial one, measured by ``evaluator`` (on the
-    whole validation split, as stored); returns ``(allocation, weights, table)`` of the best."""
+    whole validation split, as stored); returns the best and the table (empty: nothing was compared)."""
     ranked = sorted(found.history, key=lambda h: -h["reward"])
     candidates: list[Allocation] = []
     for h in [found.history[0], *ranked]:
@@ -62,24 +62,25 @@ def rerank(problem: SearchProblem, found: SearchResult, evaluator, count: int) -
         if alloc not in candidates and len(candidates) < count + 1:
             candidates.append(alloc)
     if count == 0 or len(candidates) == 1:
-        return found.allocation, problem.realize(found.allocation), []
+        return found.allocation, []
     results = evaluator.evaluate_many(candidates)
     table = [{**r, "initial": i == 0} for i, r in enumerate(results)]
     best = max(range(len(candidates)), key=lambda i: (results[i]["reward"], -i))
-    return candidates[best], evaluator.weights(candidates[best]), table
+    return candidates[best], table
 
 
 def allocate(problem: SearchProblem, config: SearchConfig | None, context, folder: Path | None,
              reference) -> tuple[Allocation, dict, dict]:
     """The allocation a method stores: the initial one without a search (``config`` None), else the
-    search's re-ranked best; measured as stored and stepped down while over the budget
-    (:meth:`SearchProblem.within_budget`). Returns ``(allocation, weights, log)``."""
+    search's re-ranked best, every candidate compared as the file will store it: stepped down while its
+    coded size exceeds the budget (:meth:`SearchProblem.stored`), so an allocation whose estimate was
+    optimistic is judged after the bits it loses. Returns ``(allocation, weights, log)``."""
     import time
 
     from ravn.search.evaluate import StoredEvaluator
 
     if config is None:
-        alloc, weights, over = problem.within_budget(problem.init, problem.realize(problem.init))
+        alloc, weights, over = problem.stored(problem.init)
         return alloc, weights, {**problem.log(alloc), **({"overshoots": over} if over else {})}
     start = time.perf_counter()
     found = search(problem, config, folder, context.seed, context.progress, context.workers, context.ray_address)
@@ -89,9 +90,9 @@ def allocate(problem: SearchProblem, config: SearchConfig | None, context, folde
            "history": [{k: h[k] for k in ("episode", "reward", "val_top1", "fidelity")} for h in found.history]}
     start = time.perf_counter()
     stored = StoredEvaluator(problem, reference, context.dataset.val, context.normalize, config.lam)
-    alloc, weights, log["rerank"] = rerank(problem, found, stored, config.rerank)
-    log["kept_initial"] = alloc == problem.init  # the re-rank chose the initial allocation over every searched one
-    alloc, weights, over = problem.within_budget(alloc, weights)
+    chosen, log["rerank"] = rerank(problem, found, stored, config.rerank)
+    log["kept_initial"] = chosen == problem.init  # the re-rank chose the initial allocation over every searched one
+    alloc, weights, over = stored.stored(chosen)  # as the re-rank measured it
     if over:
         log["overshoots"] = over  # the stored size exceeded the estimate's budget: stepped down
     log["select_seconds"] = time.perf_counter() - start
