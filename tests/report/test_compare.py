@@ -117,6 +117,43 @@ def test_brevitas_peer_fine_tunes_under_qat_and_says_when_the_budget_is_too_smal
     assert not list((tmp_path / "e").glob("brevitas-*"))
 
 
+def test_brevitas_qat_interrupted_after_an_epoch_resumes_after_it(tmp_path, monkeypatch):
+    """A comparison killed after the peer's first epoch was checkpointed trains only the second one when run
+    again, and ends (within float rounding) where an uninterrupted run ends."""
+    pytest.importorskip("brevitas")
+    import ravn.training.loop as loop
+    from ravn.methods import Context
+    from ravn.report.peers import PEERS
+    from ravn.training.finetune import FineTuneConfig
+
+    tune = FineTuneConfig(epochs=2, max_steps=2, batch_size=16, epoch_val_size=16)
+    context = Context(toy.dataset(), toy.REF.normalize, None, 0, progress=False)
+    steps, write = [], loop.write_checkpoint
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, _s=torch.optim.AdamW.step, **k:
+                        (steps.append(1), _s(self, *a, **k))[1])
+
+    def killed_after_epoch_1(path, state):
+        write(path, state)
+        if state.get("epoch") == 1:
+            raise KeyboardInterrupt
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    monkeypatch.setattr(loop, "write_checkpoint", killed_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        PEERS["brevitas"](toy.tiny(), 2.0, None, tmp_path / "a", context, tune)
+    monkeypatch.setattr(loop, "write_checkpoint", write)
+    assert len(steps) == 2 and (tmp_path / "a" / "brevitas-2bit.run" / "last.safetensors").exists()
+    resumed = PEERS["brevitas"](toy.tiny(), 2.0, None, tmp_path / "a", context, tune)
+    assert len(steps) == 4  # the second epoch only
+    whole = PEERS["brevitas"](toy.tiny(), 2.0, None, tmp_path / "b", context, tune)
+    from safetensors.torch import load_file
+
+    # not bit for bit (Brevitas's training steps after a reload differ in the last float bits): the same
+    # codes, scales and biases within 1e-3
+    a, b = load_file(str(resumed["file"])), load_file(str(whole["file"]))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-3) for k in a)
+
+
 @pytest.mark.parametrize(("peer", "package"), [("quanto", "optimum"), ("brevitas", "brevitas")])
 def test_a_peer_that_is_not_installed_is_a_row_saying_so(tmp_path, monkeypatch, peer, package):
     import builtins

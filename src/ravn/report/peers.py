@@ -21,7 +21,10 @@ budget; the row then says why.
   calibration images. Under ``--mode qat`` that model is then trained with Brevitas's straight-through
   quantizers (uniform QAT: cross-entropy, scales learned) for ``finetune.epochs`` epochs with its
   learning rate, schedule, batch size, batch-norm mode and augmentation, the epoch chosen on the
-  validation split. Its file
+  validation split; each epoch is checkpointed in ``brevitas-<b>bit.run/`` (the training loop's
+  ``last.safetensors``), so an interrupted comparison resumes the peer's training after its last
+  finished epoch (calibration is made again, then replaced by the checkpoint; the result equals an
+  uninterrupted run's within float rounding, not bit for bit: ``tests/report/test_compare.py``). Its file
   (``brevitas-<b>bit.safetensors``) holds the codes bit-packed at ``b`` bits per weight, the scales and
   the float state (biases, batch norm); the row's model is rebuilt from that file. Brevitas pins
   ``setuptools<81`` (it imports ``pkg_resources``): the extra installs setuptools 80 and leaves the
@@ -130,7 +133,8 @@ def brevitas(model: nn.Module, budget_bits: float | None, budget_bytes: int | No
 
         result = train_student(q, model, [], [], Loss([("ce", 1.0)]), dataset.train,
                                dataset.split("val", limit=finetune.epoch_val_size), context.normalize, finetune,
-                               seed=context.seed, progress=context.progress, stamp={"peer": "brevitas", "bits": bits})
+                               folder / f"brevitas-{bits}bit.run", seed=context.seed, progress=context.progress,
+                               stamp={"peer": "brevitas", "bits": bits})
         note += f", then {finetune.epochs} QAT epoch(s) (best: epoch {result.best_epoch})"
     if tried:
         note += f" ({'; '.join(tried)})"
