@@ -120,8 +120,7 @@ class SearchProblem:
         return report["stream_bytes"] + report["table_bytes"] + self.budget.fixed_bytes
 
     def stored(self, alloc: Allocation) -> tuple[Allocation, dict[str, QuantizedWeight], list[float]]:
-        """``alloc`` as the file will store it: realized (:meth:`realize`), then stepped down while the coded
-        size exceeds the budget (:meth:`within_budget`). Returns what :meth:`within_budget` does."""
+        """``alloc`` as the file stores it: :meth:`realize`, then :meth:`within_budget` (its return)."""
         return self.within_budget(alloc, self.realize(alloc))
 
     def within_budget(self, alloc: Allocation, weights: dict[str, QuantizedWeight],
@@ -251,19 +250,16 @@ def cluster_weight(weight: torch.Tensor, settings: ProblemSettings) -> Clustered
 
 
 def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None, normalize: Normalize,
-            lam: float = 1.0, search_val_size: int = 1000, seed: int = 0,
-            reference: nn.Module | None = None, overhead: Overhead | None = None,
-            rounding: Rounding | None = None, coding: str = "fixed") -> SearchProblem:
+            lam: float = 1.0, search_val_size: int = 1000, seed: int = 0, reference: nn.Module | None = None,
+            overhead: Overhead | None = None, rounding: Rounding | None = None, coding: str = "fixed") -> SearchProblem:
     """Set up the problem for ``model`` (see the module docstring).
 
     ``reference`` (default ``model``) is the float model whose features and validation top-1 the
     search aims at: the original one, also when ``model`` holds fine-tuned weights (Algorithm 1).
     ``overhead`` sizes the rest of the file for a ``budget_bytes`` (default: an estimate); it does
     not depend on the bit-widths (one digit each in the header), so it is taken at 4 bits.
-    ``rounding`` is a configured rounding (default: ``settings.rounding`` with its default settings,
-    ``"auto"`` resolved for ``coding``: :func:`ravn.quantizers.rounding.rounding_for`).
-    ``coding`` is how the file will store the codes: the budget, the projection and the damage model
-    count that size.
+    ``rounding``: a configured rounding (default: ``settings.rounding``'s, ``"auto"`` by :func:`rounding_for`).
+    ``coding``: how the file stores the codes; the budget, the projection and the damage model count that size.
     """
     if dataset is None:
         raise RavnError("this method needs data (calibration and validation images)", "pass a dataset")
