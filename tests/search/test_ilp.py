@@ -55,6 +55,37 @@ def test_solve_matches_brute_force(problem):
     assert value == pytest.approx(best, rel=1e-9, abs=1e-9)
 
 
+@settings(max_examples=150, deadline=None)
+@given(knapsacks(), st.integers(1, 3))
+def test_among_equal_values_solve_uses_the_most_of_the_limit(problem, levels):
+    """Values with many exact ties (a damage model that cannot tell options apart): the least value, and of
+    the choices with that value, the largest cost within the limit (brute force)."""
+    costs, values, limit = problem
+    values = [[float(round(x)) % (levels + 1) for x in v] for v in values]
+    choices = [ch for ch in itertools.product(*[range(len(c)) for c in costs])
+               if sum(c[o] for c, o in zip(costs, ch, strict=True)) <= limit]
+    if not choices:
+        return
+    best = min(sum(v[o] for v, o in zip(values, ch, strict=True)) for ch in choices)
+    fullest = max(sum(c[o] for c, o in zip(costs, ch, strict=True)) for ch in choices
+                  if sum(v[o] for v, o in zip(values, ch, strict=True)) == best)
+    choice = solve(costs, values, limit)
+    assert sum(v[o] for v, o in zip(values, choice, strict=True)) == best
+    assert sum(c[o] for c, o in zip(costs, choice, strict=True)) == fullest
+
+
+def test_a_layer_without_measured_sensitivity_takes_the_bits_left():
+    """Zero damage at every bit-width (a Hessian trace estimated <= 0): the allocation still fills the budget."""
+    costs = {"a": LayerCost((1000,), explicit_tables=False), "b": LayerCost((1000,), explicit_tables=False)}
+    damage = {"a": [[0.0] * (MAX_BITS + 1)], "b": [[4.0 ** -b for b in range(MAX_BITS + 1)]]}
+    budget = Budget(bits=5.0)
+    alloc = exact_allocation(costs, budget, damage)
+    assert alloc["b"] == (MAX_BITS,)  # the layer whose damage falls with bits gets all it can use
+    assert budget.cost(costs, alloc) <= budget.limit(costs)
+    wider = {**alloc, "a": (alloc["a"][0] + 1,)}
+    assert alloc["a"][0] > MIN_BITS and budget.cost(costs, wider) > budget.limit(costs)  # the rest went to "a"
+
+
 def test_solve_with_large_integer_costs_stays_within_the_limit():
     """Costs of millions of bits (ResNet-56 size): the limit holds exactly, not within a tolerance."""
     rng = np.random.default_rng(0)

@@ -30,14 +30,18 @@ MAX_JOINT = 4096
 
 
 def solve(costs: list[list[float]], values: list[list[float]], limit: float) -> list[int]:
-    """The option per group minimising ``sum values`` with ``sum costs <= limit`` (exactly, up to ties).
+    """The option per group minimising ``sum values`` with ``sum costs <= limit`` (exactly); among choices
+    of equal value, one that uses the most of the limit.
 
     ``costs[g][o]`` and ``values[g][o]``: group ``g``'s option ``o``. Raises :class:`RavnError` when no
     choice fits. Costs are best integers (bits, bytes): the returned choice is checked against ``limit``
-    exactly, and solved again with the limit lowered if the solver's tolerance let it through.
+    exactly, and solved again with the limit lowered if the solver's tolerance let it through. The tie
+    rule matters where a damage model cannot tell options apart (a layer whose estimated sensitivity is
+    0 has the same value at every bit-width): a second program maximises the cost used among choices no
+    worse than the first's, so the budget is not left unused; its answer is kept only if its value is
+    not above the first's.
     """
-    from scipy.optimize import Bounds, LinearConstraint, milp
-    from scipy.sparse import csr_matrix
+    from scipy.optimize import LinearConstraint
 
     if len(costs) != len(values) or any(len(c) != len(v) or not c for c, v in zip(costs, values, strict=True)):
         raise ValueError("every group needs one value per cost and at least one option")
@@ -51,20 +55,36 @@ def solve(costs: list[list[float]], values: list[list[float]], limit: float) -> 
                         "raise the budget")
     c = np.concatenate([np.asarray(c, float) - b for c, b in zip(costs, base_cost, strict=True)])
     v = np.concatenate([np.asarray(v, float) - min(v) for v in values])
-    scale = float(np.abs(v).max()) or 1.0
+    v /= float(np.abs(v).max()) or 1.0
     sizes = [len(g) for g in costs]
+    starts = np.cumsum([0, *sizes[:-1]])
+    least = _program(v, c, sizes, starts, room)
+    value = float(v[starts + least].sum())
+    no_worse = LinearConstraint(v[None, :], -np.inf, value + 1e-9 * max(1.0, abs(value)))
+    try:
+        fuller = _program(-c / (float(c.max()) or 1.0), c, sizes, starts, room, [no_worse])
+    except RavnError:  # the solver's tolerances: the least-value choice stands
+        return least
+    return fuller if float(v[starts + fuller].sum()) <= value + 1e-12 * max(1.0, abs(value)) else least
+
+
+def _program(objective: np.ndarray, c: np.ndarray, sizes: list[int], starts: np.ndarray, room: float,
+             extra: list = ()) -> list[int]:
+    """The 0-1 program: one option per group, ``c`` within ``room``, least ``objective``; the choice per group."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import csr_matrix
+
     rows = np.repeat(np.arange(len(sizes)), sizes)
     one_each = csr_matrix((np.ones(len(rows)), (rows, np.arange(len(rows)))), shape=(len(sizes), len(rows)))
-    starts = np.cumsum([0, *sizes[:-1]])
     for _ in range(4):
-        res = milp(v / scale, integrality=np.ones(len(v)), bounds=Bounds(0, 1),
-                   constraints=[LinearConstraint(one_each, 1, 1), LinearConstraint(c[None, :], -np.inf, room)],
+        res = milp(objective, integrality=np.ones(len(c)), bounds=Bounds(0, 1),
+                   constraints=[LinearConstraint(one_each, 1, 1), LinearConstraint(c[None, :], -np.inf, room), *extra],
                    options={"mip_rel_gap": 0.0})
         if res.x is None:
-            raise RavnError(f"the integer program found no allocation within {limit:,.0f} ({res.message})",
+            raise RavnError(f"the integer program found no allocation within the budget ({res.message})",
                             "raise the budget")
         choice = [int(np.argmax(res.x[s:s + n])) for s, n in zip(starts, sizes, strict=True)]
-        used = sum(c[s + o] for s, o in zip(starts, choice, strict=True))
+        used = float(c[starts + choice].sum())
         if used <= room:
             return choice
         room -= max(used - room, 1e-9)  # the solver's feasibility tolerance let it through: tighten
