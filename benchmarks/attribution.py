@@ -1,7 +1,8 @@
 """Honest attribution: what each part of RAVN's post-training recipe adds (CIFAR-10 test).
 
     python benchmarks/attribution.py [--models resnet20 resnet56] [--budgets 4.0 3.0 2.5 2.0] [--seeds 0 1 2]
-        [--variants uniform-rtn uniform-gptq initial-gptq ppo random ppo-m3] [--evaluations 100] [--restore]
+        [--variants uniform-rtn uniform-gptq initial-gptq ppo random ppo-m3 initial-ans ppo-ans random-ans]
+        [--evaluations 100] [--restore]
 
 Variants, per model and budget (measured average bits, cluster ids included), all post-training:
 - ``uniform-rtn``: uniform per-channel grids at the same measured size (``uniform_layer_bits`` of
@@ -13,7 +14,10 @@ Variants, per model and budget (measured average bits, cluster ids included), al
 - ``ppo`` and ``random``: RAVN with the PPO agent or random search, the same number of distinct
   evaluations (``--evaluations``, default 100, patience equal to it so neither stops early), the
   re-rank of the best 3 and the initial allocation on the whole validation split, GPTQ;
-- ``ppo-m3``: ``ppo`` with RAVN's per-cluster bit-widths: 3 k-means clusters per layer, k-means grids.
+- ``ppo-m3``: ``ppo`` with RAVN's per-cluster bit-widths: 3 k-means clusters per layer, k-means grids;
+- ``initial-ans``, ``ppo-ans``, ``random-ans``: ``initial-gptq``, ``ppo`` and ``random`` with the codes
+  entropy-coded (``--coding ans``): the budget counts their ANS-coded size, frequency tables included,
+  and the rounding (``auto``) is rate-aware GPTQ. ``initial-ans - initial-gptq`` is what the coding adds.
 Deterministic variants run once (seed 0); ``ppo``, ``random`` and ``ppo-m3`` once per seed. Every row is
 a real .ravn file: ``ravn.pipeline.run`` writes it, reads it back and fails unless it rebuilds exactly
 the weights whose test top-1 it measured; ``file_bytes`` is the file's size on disk. ``kept_initial``:
@@ -55,8 +59,9 @@ from ravn.report.results import (
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "attribution"
 ROWS = HERE / "runs" / "attribution"
-VARIANTS = ["uniform-rtn", "uniform-gptq", "initial-gptq", "ppo", "random", "ppo-m3"]
-SEEDED = {"ppo", "random", "ppo-m3"}
+VARIANTS = ["uniform-rtn", "uniform-gptq", "initial-gptq", "ppo", "random", "ppo-m3", "initial-ans", "ppo-ans",
+            "random-ans"]
+SEEDED = {"ppo", "random", "ppo-m3", "ppo-ans", "random-ans"}
 COLUMNS = [("model", "model"), ("budget_bits", "budget bits"), ("variant", "variant"), ("seed", "seed"),
            ("test_top1", "test top-1 %"), ("avg_bits", "measured avg bits"), ("file_bytes", "file bytes"),
            ("evaluations", "evaluations"), ("kept", "kept initial"), ("wall_s", "wall s"),
@@ -64,10 +69,13 @@ COLUMNS = [("model", "model"), ("budget_bits", "budget bits"), ("variant", "vari
 TEST_SE = round(top1_standard_error(91.0), 2)  # points: 0.29, a top-1 near 91% on 10,000 test images
 # (part, variant, baseline): test top-1 of variant minus baseline's
 PARTS = [("allocation", "initial-gptq", "uniform-gptq"), ("agent", "ppo", "initial-gptq"),
-         ("agent", "ppo", "random"), ("clusters", "ppo-m3", "ppo"), ("rounding", "uniform-gptq", "uniform-rtn")]
+         ("agent", "ppo", "random"), ("clusters", "ppo-m3", "ppo"), ("rounding", "uniform-gptq", "uniform-rtn"),
+         ("coding", "initial-ans", "initial-gptq"), ("agent", "ppo-ans", "initial-ans"),
+         ("agent", "ppo-ans", "random-ans")]
 
 
 def config_of(variant: str, model, budget: float, evaluations: int):
+    variant = {"initial-ans": "initial-gptq"}.get(variant, variant.removesuffix("-ans"))  # the same config, coded
     if variant in ("uniform-rtn", "uniform-gptq"):
         return UniformConfig(granularity="channel", symmetric=False, layer_bits=uniform_layer_bits(model, budget),
                              rounding="nearest" if variant == "uniform-rtn" else "gptq")
@@ -104,7 +112,8 @@ def measure(name: str, ref: ModelRef, model, float_top1: float, budget: float, v
             dataset, evaluations: int, run_dir: Path, out: Path) -> dict:
     cfg = config_of(variant, model, budget, evaluations)
     context = Context(dataset=dataset, normalize=ref.normalize, seed=seed, progress=False,
-                      run_dir=run_dir if variant in SEEDED else None)
+                      run_dir=run_dir if variant in SEEDED else None,
+                      coding="ans" if variant.endswith("-ans") else None)
     row = {"model": name, "budget_bits": budget, "variant": variant, "seed": seed, **stamp()}
     start = time.perf_counter()
     try:
