@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from ravn.report.results import RowFiles, save_results, stamp
+from ravn.report.results import RowFiles, provenance, save_results, stamp
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "readme_rows"
@@ -48,7 +48,7 @@ COMMANDS = {
                       "resnet56-ravn-ptq-2bit-ans.ravn"),
 }
 COLUMNS = [("row", "row"), ("command", "command (+ --out F --json)"), ("test_top1", "test top-1 %"),
-           ("avg_bits", "measured avg bits"), ("file_bytes", "file bytes"), ("kept_initial", "kept initial"),
+           ("avg_bits", "measured avg bits"), ("file_bytes", "file bytes"), ("kept", "kept initial"),
            ("wall_s", "wall s"), ("threads", "torch threads"), ("commit", "commit")]
 
 
@@ -82,15 +82,22 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", choices=list(COMMANDS), default=list(COMMANDS),
                         help="default: every row (the fine-tuned ones take 1-2 hours each on 2 cores)")
     parser.add_argument("--fresh", action="store_true", help="measure again rows already finished")
+    parser.add_argument("--tables", action="store_true", help="only rebuild the tables from the finished rows")
     args = parser.parse_args()
     store = RowFiles(ROWS)
     if RESULTS.with_suffix(".json").exists():  # committed rows stay in the table (a fresh checkout has no row files)
         store.restore(RESULTS, lambda r: r["row"])
 
     def save() -> None:
-        save_results(RESULTS, "The README's headline rows, by the README's commands",
-                     store.rows(lambda r: list(COMMANDS).index(r["row"])), COLUMNS, __doc__)
+        rows = store.rows(lambda r: list(COMMANDS).index(r["row"]))
+        for r in rows:  # for the table only: the row files keep kept_initial as true/false/null
+            r["kept"] = {True: "yes", False: "no"}.get(r.get("kept_initial"), "")
+        save_results(RESULTS, "The README's headline rows, by the README's commands", rows, COLUMNS, __doc__,
+                     appendix=provenance(rows))
 
+    if args.tables:
+        save()
+        return
     # an interrupted row resumes from its command's run folder, <row>.ravn.run/ (beside its --out file)
     store.measure(args.rows, str, lambda row, run_dir, out: measure(row), save, args.fresh,
                   shown=("row", "test_top1", "avg_bits", "file_bytes", "wall_s"))
