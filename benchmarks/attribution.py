@@ -54,6 +54,7 @@ from ravn.report.results import (
     save_results,
     stamp,
     top1_standard_error,
+    yes_no,
 )
 
 HERE = Path(__file__).parent
@@ -230,7 +231,7 @@ def main() -> None:
         rows = store.rows(lambda r: (r["model"], -r["budget_bits"], VARIANTS.index(r["variant"]), r["seed"]))
         table, text = attribution(rows)
         for r in rows:  # for the table only: the row files keep kept_initial as true/false/null
-            r["kept"] = {True: "yes", False: "no"}.get(r.get("kept_initial"), "")
+            r["kept"] = yes_no(r.get("kept_initial"))
         floats = ", ".join(f"{m} {t:.2f}" for m, t in {r["model"]: r["float_test_top1"] for r in rows
                                                        if r.get("float_test_top1") is not None}.items())
         text = f"Float test top-1: {floats}.\n\n" + text

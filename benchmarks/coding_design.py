@@ -46,7 +46,15 @@ from ravn.export import size_report
 from ravn.methods import Context, SearchConfig, method
 from ravn.models import ModelRef, load_model
 from ravn.quantizers.swap import with_weights
-from ravn.report.results import machine, provenance, save_results, source_commit, versions, write_atomic
+from ravn.report.results import (
+    machine,
+    provenance,
+    save_results,
+    source_commit,
+    versions,
+    write_atomic,
+    yes_no,
+)
 from ravn.search.problem import prepare
 from ravn.search.run import allocate
 from ravn.training.finetune import FineTuneConfig
@@ -115,7 +123,7 @@ def save(out: Path, val_size: int | None = None) -> None:
         r.setdefault("mode", "ptq" if r["layout"] != "float" else "-")
     rows.sort(key=lambda r: (r["model"], r["layout"] != "float", r["mode"], -r["budget"], r["evaluations"] or 0,
                              str(r["clusters"]), r["layout"], r["grid"], r["rounding"], r["coding"] != "fixed"))
-    table = [{**r, "kept_initial": {True: "yes", False: "no"}.get(r.get("kept_initial"), "")} for r in rows]
+    table = [{**r, "kept_initial": yes_no(r.get("kept_initial"))} for r in rows]
     save_results(out, "Design under entropy-coded sizes: coding, clusters, outliers, grids (validation split)", table,
                  COLUMNS, notes=__doc__.split("\n\n", 2)[2].strip(),
                  extra={"val_size": val_size or rows[0].get("val_size")}, appendix=provenance(rows))

@@ -59,6 +59,7 @@ from ravn.report.results import (
     source_commit,
     versions,
     write_atomic,
+    yes_no,
 )
 from ravn.training.finetune import fine_tune
 
@@ -232,7 +233,7 @@ def save(rows_dir: Path, stem: Path) -> None:
     rows = sorted((json.loads(f.read_text()) for f in rows_dir.glob("*.json")),
                   key=lambda r: order.get(row_name(r["check"], r["variant"]), len(order)))
     for r in rows:  # for the table only: the row files keep kept_initial as true/false
-        r["kept"] = {True: "yes", False: "no"}.get(r.get("kept_initial"), "")
+        r["kept"] = yes_no(r.get("kept_initial"))
     save_results(stem, "DESIGN.md's comparisons re-measured (validation split only)", rows, COLUMNS,
                  notes=__doc__.split("\n\n", 2)[2].strip(), appendix=tables(rows) + "\n\n" + provenance(rows))
 

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from ravn.report.results import RowFiles, provenance, save_results, stamp
+from ravn.report.results import RowFiles, provenance, save_results, stamp, yes_no
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "readme_rows"
@@ -91,7 +91,7 @@ def main() -> None:
     def save() -> None:
         rows = store.rows(lambda r: list(COMMANDS).index(r["row"]))
         for r in rows:  # for the table only: the row files keep kept_initial as true/false/null
-            r["kept"] = {True: "yes", False: "no"}.get(r.get("kept_initial"), "")
+            r["kept"] = yes_no(r.get("kept_initial"))
         save_results(RESULTS, "The README's headline rows, by the README's commands", rows, COLUMNS, __doc__,
                      appendix=provenance(rows))
 

@@ -80,6 +80,11 @@ def write_atomic(path: Path, text: str) -> None:
     write_atomically(path, [text.encode()])
 
 
+def yes_no(flag: bool | None) -> str:
+    """A table cell for a flag: ``"yes"``, ``"no"``, or ``""`` where it does not apply (``None``)."""
+    return {True: "yes", False: "no"}.get(flag, "")
+
+
 def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     """``columns``: (key, header) pairs; floats with two decimals, small ones with four significant digits."""
     def fmt(v):
