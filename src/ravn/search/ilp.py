@@ -58,19 +58,20 @@ def solve(costs: list[list[float]], values: list[list[float]], limit: float) -> 
     v /= float(np.abs(v).max()) or 1.0
     sizes = [len(g) for g in costs]
     starts = np.cumsum([0, *sizes[:-1]])
-    least = _program(v, c, sizes, starts, room)
+    least = _program(v, c, sizes, starts, room, limit)
     value = float(v[starts + least].sum())
     no_worse = LinearConstraint(v[None, :], -np.inf, value + 1e-9 * max(1.0, abs(value)))
     try:
-        fuller = _program(-c / (float(c.max()) or 1.0), c, sizes, starts, room, [no_worse])
+        fuller = _program(-c / (float(c.max()) or 1.0), c, sizes, starts, room, limit, [no_worse])
     except RavnError:  # the solver's tolerances: the least-value choice stands
         return least
     return fuller if float(v[starts + fuller].sum()) <= value + 1e-12 * max(1.0, abs(value)) else least
 
 
-def _program(objective: np.ndarray, c: np.ndarray, sizes: list[int], starts: np.ndarray, room: float,
+def _program(objective: np.ndarray, c: np.ndarray, sizes: list[int], starts: np.ndarray, room: float, limit: float,
              extra: list = ()) -> list[int]:
-    """The 0-1 program: one option per group, ``c`` within ``room``, least ``objective``; the choice per group."""
+    """The 0-1 program: one option per group, ``c`` within ``room`` (``limit`` less the cheapest choice, named
+    in errors), least ``objective``; the choice per group."""
     from scipy.optimize import Bounds, LinearConstraint, milp
     from scipy.sparse import csr_matrix
 
@@ -81,7 +82,7 @@ def _program(objective: np.ndarray, c: np.ndarray, sizes: list[int], starts: np.
                    constraints=[LinearConstraint(one_each, 1, 1), LinearConstraint(c[None, :], -np.inf, room), *extra],
                    options={"mip_rel_gap": 0.0})
         if res.x is None:
-            raise RavnError(f"the integer program found no allocation within the budget ({res.message})",
+            raise RavnError(f"the integer program found no allocation within {limit:,.0f} ({res.message})",
                             "raise the budget")
         choice = [int(np.argmax(res.x[s:s + n])) for s, n in zip(starts, sizes, strict=True)]
         used = float(c[starts + choice].sum())
