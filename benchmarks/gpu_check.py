@@ -21,6 +21,8 @@ Checks, each on the CPU and on the GPU in the same run (times are ratios within 
 - ``ravn-ptq``: ResNet-20, RAVN at 3 bits with 6 evaluations: the file's size and bits, top-1
   agreement, the allocation, wall time;
 - ``uniform-qat``: ResNet-20, 4-bit uniform with 20 fine-tuning steps: wall time and agreement;
+- ``ravn-qat-ans``: ResNet-20, RAVN at 2 bits with entropy-coded codes (rate-aware GPTQ), 6 evaluations
+  and 20 fine-tuning steps: the coded file's size and bits, agreement, wall time;
 - ``resnet50``: the ImageNet-shape ResNet-50 at 224 px, RAVN at 4 bits, 64 calibration images,
   2 evaluations, on the GPU only: the whole run's wall time and the file size.
 Results: ``gpu_check.json`` (rows with machine, versions and device name) in ``--out``.
@@ -87,11 +89,12 @@ def check_gptq(devices: list[str]) -> dict:
     return row
 
 
-def check_run(name: str, model, ref: ModelRef, dataset: Dataset, config, devices: list[str], out: Path) -> dict:
+def check_run(name: str, model, ref: ModelRef, dataset: Dataset, config, devices: list[str], out: Path,
+              coding: str | None = None) -> dict:
     row: dict = {"check": name}
     for device in devices:
         context = Context(dataset=dataset, normalize=ref.normalize, progress=False, device=device,
-                          run_dir=out / f"{name}-{device}.run")
+                          run_dir=out / f"{name}-{device}.run", coding=coding)
         path = out / f"{name}-{device}.ravn"
         result, seconds = timed(lambda c=context, p=path: run(model, ref, config, dataset, p, context=c,
                                                                progress=False))
@@ -127,10 +130,13 @@ def main() -> None:
         model = resnet20().eval()
     data = synthetic(model, ref, 2000, 32, 10)
     search = SearchConfig(evaluations=6, patience=6, search_val_size=200, rerank=1)
+    steps = FineTuneConfig(epochs=1, max_steps=20, batch_size=64)
     for name, config in [("ravn-ptq", RavnConfig(budget_bits=3.0, calibration_size=128, search=search)),
-                         ("uniform-qat", UniformConfig(bits=4, finetune=FineTuneConfig(epochs=1, max_steps=20,
-                                                                                        batch_size=64)))]:
-        rows.append(check_run(name, model, ref, data, config, devices, out))
+                         ("uniform-qat", UniformConfig(bits=4, finetune=steps)),
+                         ("ravn-qat-ans", RavnConfig(budget_bits=2.0, calibration_size=128, search=search,
+                                                     finetune=steps))]:
+        coding = "ans" if name.endswith("-ans") else None
+        rows.append(check_run(name, model, ref, data, config, devices, out, coding))
         print(json.dumps(rows[-1]), flush=True)
 
     if args.cpu_only:  # ResNet-50's check is a GPU one (benchmarks/scale.py measures it on the CPU)

@@ -36,7 +36,9 @@ def machine() -> dict:
         mem_gib = None
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "memory_gib": round(mem_gib, 1) if mem_gib else None, "python": platform.python_version(),
-            "platform": platform.platform()}
+            "platform": platform.platform(),
+            # the accelerator a run's default device ('auto') uses; None: everything ran on the CPU
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 def versions() -> dict:
@@ -138,20 +140,20 @@ def provenance(rows: list[dict]) -> str:
     kinds = {}
     for r in rows:
         m = r["machine"]
-        key = (m["cpu"], m["cores"], m["torch_threads"], m.get("platform"))
+        key = (m["cpu"], m["cores"], m["torch_threads"], m.get("platform"), m.get("gpu"))
         kinds.setdefault(key, []).append(r)
     vs = {json.dumps(r["versions"], sort_keys=True) for r in rows}
     commits = sorted({str(r.get("commit")) for r in rows})
     lines = ["## Provenance\n"]
     if len(kinds) == 1:
-        (cpu, cores, threads, plat), = kinds
+        (cpu, cores, threads, plat, gpu), = kinds
         lines.append(f"All {len(rows)} row(s) were measured on one machine: {cpu}, {cores} cores, torch threads "
-                     f"{threads} ({plat}).")
+                     f"{threads} ({plat}){f', GPU {gpu}' if gpu else ''}.")
     else:
         lines.append(f"**The rows come from {len(kinds)} different machines or thread counts** (wall times are "
                      "comparable only within one):")
-        lines += [f"- {cpu}, {cores} cores, torch threads {threads} ({plat}): {len(rs)} rows"
-                  for (cpu, cores, threads, plat), rs in kinds.items()]
+        lines += [f"- {cpu}, {cores} cores, torch threads {threads} ({plat}){f', GPU {gpu}' if gpu else ''}: "
+                  f"{len(rs)} rows" for (cpu, cores, threads, plat, gpu), rs in kinds.items()]
     lines.append(f"\nVersions: {'one set for all rows' if len(vs) == 1 else f'{len(vs)} different sets (see the JSON)'}"
                  f"; commits: {', '.join(commits)}. Wall times are on a shared machine (other jobs ran beside "
                  "this one), so they are upper bounds.")
