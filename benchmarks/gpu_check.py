@@ -25,7 +25,9 @@ Checks, each on the CPU and on the GPU in the same run (times are ratios within 
   and 20 fine-tuning steps: the coded file's size and bits, agreement, wall time;
 - ``resnet50``: the ImageNet-shape ResNet-50 at 224 px, RAVN at 4 bits, 64 calibration images,
   2 evaluations, on the GPU only: the whole run's wall time and the file size.
-Results: ``gpu_check.json`` (rows with machine, versions and device name) in ``--out``.
+Results: ``gpu_check.{json,md}`` (rows with machine, versions and device name) in ``--out``;
+``--tables F.json [--note TEXT]`` rebuilds the Markdown beside a results file brought back from the
+GPU machine (the committed ones: benchmarks/results/gpu_check.{json,md}).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from ravn.models import ModelRef, load_model
 from ravn.pipeline import run
 from ravn.quantizers import quantize_uniform
 from ravn.quantizers.gptq import gptq_codes, layer_hessians
-from ravn.report.results import machine, versions
+from ravn.report.results import machine, save_results, versions, yes_no
 from ravn.training.finetune import FineTuneConfig
 
 
@@ -106,17 +108,39 @@ def check_run(name: str, model, ref: ModelRef, dataset: Dataset, config, devices
     return row
 
 
+TITLE = "GPU check: the same runs on the CPU and on CUDA"
+COLUMNS = [("check", "check"), ("cpu_s", "CPU s"), ("cuda_s", "CUDA s"), ("cpu_top1", "CPU agreement %"),
+           ("cuda_top1", "CUDA agreement %"), ("cpu_bytes", "CPU file bytes"), ("cuda_bytes", "CUDA file bytes"),
+           ("same", "same allocation"), ("codes_pct", "GPTQ codes agree %")]
+
+
+def save(stem: Path, payload: dict) -> None:
+    """``<stem>.json`` and ``<stem>.md`` from the run's payload (machine, versions, gpu, rows, note)."""
+    rows = [{**r, "same": yes_no(r.get("same_allocation")),
+             **({"codes_pct": 100 * r["codes_agree"]} if "codes_agree" in r else {})} for r in payload["rows"]]
+    note = payload.get("note", "")
+    save_results(stem, TITLE, rows, COLUMNS, __doc__ + (f"\n**This run:** {note}" if note else ""),
+                 extra={"gpu": payload.get("gpu"), **({"note": note} if note else {})},
+                 measured={k: payload[k] for k in ("date", "machine", "versions") if k in payload})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="folder for gpu_check.json and the files")
     parser.add_argument("--cpu-only", action="store_true", help="run the checks on the CPU alone (to test this)")
+    parser.add_argument("--tables", type=Path, default=None, help="only rebuild the Markdown beside this JSON")
+    parser.add_argument("--note", default="", help="a sentence on how this run went (kept in the results)")
     args = parser.parse_args()
+    if args.tables:
+        payload = json.loads(args.tables.read_text())
+        save(args.tables.with_suffix(""), {**payload, **({"note": args.note} if args.note else {})})
+        return
     if not (args.cpu_only or torch.cuda.is_available()):
         raise SystemExit("no CUDA device visible: run this on a GPU machine (or --cpu-only to test the script)")
     devices = ["cpu"] if args.cpu_only else ["cpu", "cuda"]
     out = args.out or Path(tempfile.mkdtemp(prefix="gpu_check."))
     out.mkdir(parents=True, exist_ok=True)
-    stamp = {"machine": machine(), "versions": versions(),
+    stamp = {"machine": machine(), "versions": versions(), "note": args.note,
              "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     rows = [check_gptq(devices)]
     print(json.dumps(rows[-1]), flush=True)
@@ -140,7 +164,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
 
     if args.cpu_only:  # ResNet-50's check is a GPU one (benchmarks/scale.py measures it on the CPU)
-        (out / "gpu_check.json").write_text(json.dumps({**stamp, "rows": rows}, indent=1, default=str))
+        save(out / "gpu_check", {**stamp, "rows": rows})
         return
     big_ref = ModelRef("resnet50-random", "imagenet_resnet:resnet50", {}, ref.mean, ref.std, 224)
     big = resnet50().cuda()
@@ -149,8 +173,8 @@ def main() -> None:
                         search=SearchConfig(evaluations=2, patience=2, search_val_size=64, rerank=1))
     rows.append(check_run("resnet50", big, big_ref, big_data, config, devices[-1:], out))
     print(json.dumps(rows[-1]), flush=True)
-    (out / "gpu_check.json").write_text(json.dumps({**stamp, "rows": rows}, indent=1, default=str))
-    print(f"wrote {out / 'gpu_check.json'}")
+    save(out / "gpu_check", {**stamp, "rows": rows})
+    print(f"wrote {out / 'gpu_check.json'} and .md")
 
 
 if __name__ == "__main__":

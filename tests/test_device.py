@@ -60,7 +60,7 @@ def test_contract_cuda_gives_the_same_kind_of_file(name, tmp_path):
     results = {}
     for device in ("cpu", "cuda"):
         context = Context(toy.dataset(), toy.REF.normalize, tmp_path / f"{device}.run", 0, progress=False,
-                          device=device)
+                          ref=toy.REF, device=device)
         results[device] = ravn.quantize(toy.tiny(), config, context, name)
     cpu, cuda = results["cpu"], results["cuda"]
     assert device_of(cuda.model).type == "cuda"

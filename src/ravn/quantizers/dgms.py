@@ -32,7 +32,7 @@ class DGMSQuantizer(nn.Module):
         """1-D k-means of the layer's weights into ``2^bits`` centroids (the mixture's initial means)."""
         (bits,) = check_bits([bits])
         w = weight.detach().float()
-        codes, table = cluster_table(w.reshape(-1).numpy().astype(np.float64), bits, "kmeans")
+        codes, table = cluster_table(w.reshape(-1).cpu().numpy().astype(np.float64), bits, "kmeans")
         return QuantizedWeight(tuple(w.shape), (bits,), None, torch.from_numpy(codes),
                                torch.from_numpy(table).float())
 

@@ -27,7 +27,7 @@ from ravn.quantizers.trainable import register_trainable
 def even_grid(alpha: torch.Tensor, bits: int, k: torch.Tensor | None = None) -> torch.Tensor:
     """Level ``k`` (default: all ``2^bits``) of ``2^bits`` levels spread evenly over ``[-alpha, alpha]``."""
     n = (1 << bits) - 1
-    k = torch.arange(n + 1, dtype=torch.float32) if k is None else k
+    k = torch.arange(n + 1, dtype=torch.float32, device=alpha.device) if k is None else k
     return alpha * (2 * k / max(n, 1) - 1)
 
 

@@ -37,7 +37,7 @@ def fit_scale(q: QuantizedWeight, weight: torch.Tensor, iterations: int = 20) ->
     codes stop changing (Lloyd's iterations on the scale). On the 1-bit grid ``+-s/2`` this is XNOR-Net's
     ``mean |w|`` level; on the ternary grid (2 bits, 3 levels) a least-squares ternary threshold (TWN).
     """
-    w = weight.detach().float().reshape(q.shape[0], -1)
+    w = weight.detach().float().to(q.tables.device).reshape(q.shape[0], -1)
     table, order = torch.sort(q.tables)
     mids = (table[1:] + table[:-1]) / 2
     scale, codes = q.scale.clone(), None

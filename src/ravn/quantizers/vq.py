@@ -110,8 +110,8 @@ def shared_weights(weight: torch.Tensor, bits: int, keep: torch.Tensor | None = 
     Lloyd's iterations need, exact k-means needs none). Unused entries repeat the last centroid.
     """
     (bits,) = check_bits([bits])
-    w = weight.detach().float().reshape(-1)
-    keep = torch.ones_like(w, dtype=torch.bool) if keep is None else keep.reshape(-1).bool()
+    w = weight.detach().float().cpu().reshape(-1)
+    keep = torch.ones_like(w, dtype=torch.bool) if keep is None else keep.cpu().reshape(-1).bool()
     size, pruned = 1 << bits, int(not bool(keep.all()))
     table = np.zeros(size)
     codes = np.zeros(len(w), dtype=np.int64)

@@ -121,14 +121,16 @@ def summarize(rows: list[dict], keys: tuple[str, ...], values: tuple[str, ...]) 
 
 
 def save_results(stem: Path, title: str, rows: list[dict], columns: list[tuple[str, str]], notes: str = "",
-                 extra: dict | None = None, appendix: str = "") -> None:
-    """Write ``<stem>.json`` and ``<stem>.md``; call after every row so an interrupted run keeps its rows."""
+                 extra: dict | None = None, appendix: str = "", measured: dict | None = None) -> None:
+    """Write ``<stem>.json`` and ``<stem>.md``; call after every row so an interrupted run keeps its rows.
+    ``measured``: the ``date``, ``machine`` and ``versions`` of rows measured elsewhere (default: now, here)."""
     meta = {"title": title, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine(), "versions": versions(), **(extra or {})}
+            "machine": machine(), "versions": versions(), **(measured or {}), **(extra or {})}
     write_atomic(stem.with_suffix(".json"), json.dumps({**meta, "rows": rows}, indent=1, default=str) + "\n")
     m = meta["machine"]
+    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
     header = (f"# {title}\n\nMeasured {meta['date']} on {m['cpu']} ({m['cores']} cores, torch threads "
-              f"{m['torch_threads']}, {m['memory_gib']} GiB); " +
+              f"{m['torch_threads']}, {m['memory_gib']} GiB{gpu}); " +
               ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".\n\n")
     write_atomic(stem.with_suffix(".md"), header + (notes + "\n\n" if notes else "") +
                  markdown_table(rows, columns) + "\n" + ("\n" + appendix + "\n" if appendix else ""))

@@ -112,7 +112,8 @@ def hutchinson_traces(hessian: LossHessian, iterations: int = 32, seed: int = 0)
     gen = torch.Generator().manual_seed(seed)
     sums = [0.0] * len(hessian.params)
     for it in range(iterations):
-        vectors = [torch.randint(0, 2, p.shape, generator=gen).to(p.dtype) * 2 - 1 for p in hessian.params]
+        # drawn on the CPU (the same vectors on any device), used where the parameters are
+        vectors = [(torch.randint(0, 2, p.shape, generator=gen) * 2 - 1).to(p.device, p.dtype) for p in hessian.params]
         products = hessian.products(vectors, chunk=it % hessian.chunks)
         for i, (v, hv) in enumerate(zip(vectors, products, strict=True)):
             sums[i] += float((v * hv).sum())
@@ -127,7 +128,7 @@ def top_eigenvalues(hessian: LossHessian, iterations: int = 32, seed: int = 0, t
     gen = torch.Generator().manual_seed(seed)
     out = []
     for i, p in enumerate(hessian.params):
-        v = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+        v = torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device)
         v /= v.norm()
         value = 0.0
         for _ in range(iterations):
