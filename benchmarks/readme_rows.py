@@ -92,8 +92,9 @@ def main() -> None:
         rows = store.rows(lambda r: list(COMMANDS).index(r["row"]))
         for r in rows:  # for the table only: the row files keep kept_initial as true/false/null
             r["kept"] = yes_no(r.get("kept_initial"))
+        notes = [f"- {r['row']}: {r['note']}" for r in rows if r.get("note")]  # e.g. a run resumed elsewhere
         save_results(RESULTS, "The README's headline rows, by the README's commands", rows, COLUMNS, __doc__,
-                     appendix=provenance(rows))
+                     appendix=provenance(rows) + ("\n\n## Notes\n\n" + "\n".join(notes) if notes else ""))
 
     if args.tables:
         save()
