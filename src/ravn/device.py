@@ -9,26 +9,29 @@ files, checkpoints) lives on the CPU. On the CPU nothing moves and results are u
 from __future__ import annotations
 
 import copy
+import os
 
 import torch
 from torch import nn
 
 from ravn.errors import RavnError
 
-#: ``auto``: the first CUDA device when there is one, else the CPU.
+#: ``auto``: CUDA when there is a device, else the CPU. ``cuda`` under torchrun: the process's ``LOCAL_RANK`` GPU.
 DEVICES = ("cpu", "cuda", "auto")
 
 
 def resolve_device(name: str) -> torch.device:
     """``cpu``, ``cuda`` (or ``cuda:N``) or ``auto`` as a ``torch.device``; a one-line error if unusable."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise RavnError(f"--device {name}: this torch sees no CUDA device", "use --device cpu or --device auto")
         device = torch.device(name)
+        if device.index is None and "LOCAL_RANK" in os.environ:  # under torchrun: this process's own GPU
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise RavnError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible",
                             "name one of cuda:0 .. cuda:N-1")
@@ -54,4 +57,4 @@ def on_device(module: nn.Module, name: str | None) -> nn.Module:
 
 def to_model(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``x`` on ``module``'s device (no copy when it is there already)."""
-    return x.to(device_of(module), non_blocking=True)
+    return x.to(device_of(module), non_blocking=x.device.type == "cpu")  # a copy to the host must wait

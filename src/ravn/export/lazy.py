@@ -69,7 +69,7 @@ class PackedWeight(nn.Module):
         return f"shape={list(self.shape)}, width={self.width}"
 
     def forward(self, packed: torch.Tensor) -> torch.Tensor:
-        stream, table, width = packed.numpy(), self.table.numpy(), self.width
+        stream, table, width = packed.cpu().numpy(), self.table.cpu().numpy(), self.width
         n = int(np.prod(self.shape))
         out = np.empty(n, dtype=np.float32)
         for start in range(0, n, CHUNK):
@@ -79,10 +79,10 @@ class PackedWeight(nn.Module):
             np.take(table, codes, out=out[start : start + count])
         rows = out.reshape(self.shape[0], -1)
         if self.scale is not None:
-            rows *= self.scale.numpy()[:, None]
+            rows *= self.scale.cpu().numpy()[:, None]
         if self.offset is not None:
-            rows += self.offset.numpy()[:, None]
-        return torch.from_numpy(out).view(self.shape)
+            rows += self.offset.cpu().numpy()[:, None]
+        return torch.from_numpy(out).view(self.shape).to(packed.device)  # decoded on the CPU, used where the codes are
 
 
 def can_build_on_meta(skeleton: nn.Module) -> bool:

@@ -139,7 +139,8 @@ def train_section(teacher: nn.Module, section: Section, weights: dict[str, Quant
         student.eval()
         log = {"boundary": section.boundary, "history": result.history, "best_epoch": result.best_epoch,
                "val_top1": result.best_top1}
-        return frozen_weights(student, quantizers), detach(student, section.layers).state_dict(), log
+        state = {k: v.cpu() for k, v in detach(student, section.layers).state_dict().items()}  # outlives a worker
+        return frozen_weights(student, quantizers), state, log
     finally:
         torch.set_num_threads(threads)
 

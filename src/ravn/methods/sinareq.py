@@ -70,7 +70,7 @@ def quantize_sinareq(model: nn.Module, config: SinareqConfig, context: Context) 
     ft = fine_tune(model, weights, dataset, context.normalize, config.finetune, context.run_dir, context.seed,
                    context.progress, terms=[term])
     modules = dict(ft.latent.named_modules())
-    latent = {n: modules[n].weight.detach() for n in weights}
+    latent = {n: modules[n].weight.detach().cpu() for n in weights}  # beside the stored forms (CPU)
     rounded = {n: {b: q.at_bits(latent[n], b) for b in range(MIN_BITS, MAX_BITS + 1)}
                for n, q in ft.quantizers.items()}
     damage = {n: [[float((levels[max(b, MIN_BITS)].dequantize() - latent[n]).pow(2).sum())

@@ -67,7 +67,7 @@ class SinareqQuantizer(nn.Module):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if self.training:
             return w
-        return self.at_bits(w, round(self.learned_bits())).dequantize().view(w.shape)
+        return self.at_bits(w, round(self.learned_bits())).dequantize().to(w.device).view(w.shape)
 
     @torch.no_grad()
     def at_bits(self, w: torch.Tensor, bits: int) -> QuantizedWeight:

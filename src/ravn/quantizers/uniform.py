@@ -24,7 +24,7 @@ def quantize_uniform(weight: torch.Tensor, bits: int, per_channel: bool = True,
     scale, lo = choose_qparams_affine(flat, bits, symmetric, dim=dim)
     codes = quantize_affine(flat, scale, lo, levels, dim=dim).reshape(-1)
     if not per_channel:
-        table = dequantize_affine(torch.arange(2**bits), scale, lo)
+        table = dequantize_affine(torch.arange(2**bits, device=w.device), scale, lo)
         return QuantizedWeight(tuple(w.shape), (bits,), None, codes, table)
     if symmetric:  # levels (k - (levels - 1) / 2) * scale: centred on zero, no offset stored
         return QuantizedWeight(tuple(w.shape), (bits,), None, codes, implicit_table("sym", bits, levels), scale)

@@ -69,6 +69,11 @@ class RayWorkers:
         # an evaluator on a GPU (--device cuda): the actors share the GPUs Ray sees (untested here: CPU only)
         on_gpu = next(evaluator.work.parameters()).device.type == "cuda"
         gpus = ray.cluster_resources().get("GPU", 0) if on_gpu else 0
+        if on_gpu and not gpus:
+            if self._started:
+                ray.shutdown()
+            raise RavnError(f"--workers {workers} with --device cuda: this Ray cluster has no GPU",
+                            "start Ray with its GPUs (ray start --num-gpus N) or use --device cpu")
         actor = ray.remote(num_cpus=1, num_gpus=min(1.0, gpus / workers))(_Worker)
         self.actors = [actor.remote(shared, threads) for _ in range(workers)]
         self.pool = ActorPool(self.actors)
