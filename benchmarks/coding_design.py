@@ -46,15 +46,7 @@ from ravn.export import size_report
 from ravn.methods import Context, SearchConfig, method
 from ravn.models import ModelRef, load_model
 from ravn.quantizers.swap import with_weights
-from ravn.report.results import (
-    machine,
-    provenance,
-    save_results,
-    source_commit,
-    versions,
-    write_atomic,
-    yes_no,
-)
+from ravn.report.results import provenance, save_results, stamp, write_atomic, yes_no
 from ravn.search.problem import prepare
 from ravn.search.run import allocate
 from ravn.training.finetune import FineTuneConfig
@@ -157,9 +149,7 @@ def main() -> None:
     dataset = load_dataset(args.data, val_size=args.val_size)
     ref = ModelRef.parse(args.model)
     model = load_model(ref)
-    stamp = {"machine": machine(), "versions": versions(), "commit": source_commit(), "val_size": len(dataset.val),
-             "seed": args.seed, "calibration_size": args.calibration_size}
-    stamp["threads"] = stamp["machine"]["torch_threads"]
+    common = {**stamp(), "val_size": len(dataset.val), "seed": args.seed, "calibration_size": args.calibration_size}
     jobs = [{"model": args.model, "budget": 32.0, "coding": "-", "clusters": "-", "layout": "float", "grid": "-",
              "rounding": "-", "evaluations": 0}]
     for budget in args.budgets:
@@ -190,7 +180,7 @@ def main() -> None:
                                    job["evaluations"], args.calibration_size, args.seed, job.get("finetune_steps", 0)))
             except RavnError as exc:
                 row["note"] = exc.problem
-        row.update(stamp, seconds=time.perf_counter() - start)
+        row.update(common, seconds=time.perf_counter() - start)
         write_atomic(path, json.dumps(row))
         print({k: v for k, v in row.items() if k not in ("allocation", "machine", "versions")}, flush=True)
         save(args.out, len(dataset.val))

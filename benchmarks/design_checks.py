@@ -51,16 +51,7 @@ from ravn.data import Dataset, load_dataset
 from ravn.evaluation import evaluate
 from ravn.methods import Context, FineTuneConfig, RavnConfig, SearchConfig, UniformConfig, quantize
 from ravn.models import ModelRef, load_model
-from ravn.report.results import (
-    machine,
-    markdown_table,
-    provenance,
-    save_results,
-    source_commit,
-    versions,
-    write_atomic,
-    yes_no,
-)
+from ravn.report.results import markdown_table, provenance, save_results, stamp, write_atomic, yes_no
 from ravn.training.finetune import fine_tune
 
 HERE = Path(__file__).parent
@@ -133,8 +124,7 @@ class Measure:
 
     def row(self, check: str, variant: str, what: dict) -> dict:
         row = {"check": check, "variant": variant, **what, "settings": dataclasses.asdict(self.settings),
-               "machine": machine(), "versions": versions(), "commit": source_commit()}
-        row["threads"] = row["machine"]["torch_threads"]
+               **stamp()}
         start = time.perf_counter()
         how = {"float": self.float_model, "gptq": self.uniform, "lr": self.lr, "distill": self.loss,
                "lambda": lambda lam: self.lam(lam, self.rows / (row_name(check, variant) + ".run"))}[check]
@@ -196,8 +186,7 @@ class Measure:
 def tables(rows: list[dict]) -> str:
     """The per-check details the main table leaves out."""
     out = []
-    yes_no = {True: "yes", False: "no"}
-    lam = [{**r, "best_is_initial": yes_no[r["search_best_is_initial"]],
+    lam = [{**r, "best_is_initial": yes_no(r["search_best_is_initial"]),
             **{f"subset_{k}": r["search_best"][k] for k in ("val_top1", "fidelity")}}
            for r in rows if r["check"] == "lambda"]
     if lam:

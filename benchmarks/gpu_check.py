@@ -51,7 +51,7 @@ from ravn.models import ModelRef, load_model
 from ravn.pipeline import run
 from ravn.quantizers import quantize_uniform
 from ravn.quantizers.gptq import gptq_codes, layer_hessians
-from ravn.report.results import machine, save_results, versions, yes_no
+from ravn.report.results import save_results, stamp, yes_no
 from ravn.training.finetune import FineTuneConfig
 
 
@@ -120,7 +120,7 @@ def save(stem: Path, payload: dict) -> None:
              **({"codes_pct": 100 * r["codes_agree"]} if "codes_agree" in r else {})} for r in payload["rows"]]
     note = payload.get("note", "")
     save_results(stem, TITLE, rows, COLUMNS, __doc__ + (f"\n**This run:** {note}" if note else ""),
-                 extra={"gpu": payload.get("gpu"), **({"note": note} if note else {})},
+                 extra={"gpu": payload["machine"].get("gpu"), **({"note": note} if note else {})},
                  measured={k: payload[k] for k in ("date", "machine", "versions") if k in payload})
 
 
@@ -140,8 +140,7 @@ def main() -> None:
     devices = ["cpu"] if args.cpu_only else ["cpu", "cuda"]
     out = args.out or Path(tempfile.mkdtemp(prefix="gpu_check."))
     out.mkdir(parents=True, exist_ok=True)
-    stamp = {"machine": machine(), "versions": versions(), "note": args.note,
-             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    common = {**stamp(), "note": args.note}
     rows = [check_gptq(devices)]
     print(json.dumps(rows[-1]), flush=True)
 
@@ -164,7 +163,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
 
     if args.cpu_only:  # ResNet-50's check is a GPU one (benchmarks/scale.py measures it on the CPU)
-        save(out / "gpu_check", {**stamp, "rows": rows})
+        save(out / "gpu_check", {**common, "rows": rows})
         return
     big_ref = ModelRef("resnet50-random", "imagenet_resnet:resnet50", {}, ref.mean, ref.std, 224)
     big = resnet50().cuda()
@@ -173,7 +172,7 @@ def main() -> None:
                         search=SearchConfig(evaluations=2, patience=2, search_val_size=64, rerank=1))
     rows.append(check_run("resnet50", big, big_ref, big_data, config, devices[-1:], out))
     print(json.dumps(rows[-1]), flush=True)
-    save(out / "gpu_check", {**stamp, "rows": rows})
+    save(out / "gpu_check", {**common, "rows": rows})
     print(f"wrote {out / 'gpu_check.json'} and .md")
 
 

@@ -31,12 +31,17 @@ def resolve_device(name: str) -> torch.device:
             raise RavnError(f"--device {name}: this torch sees no CUDA device", "use --device cpu or --device auto")
         device = torch.device(name)
         if device.index is None and "LOCAL_RANK" in os.environ:  # under torchrun: this process's own GPU
-            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+            device = torch.device("cuda", local_gpu())
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise RavnError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible",
                             "name one of cuda:0 .. cuda:N-1")
         return device
     raise RavnError(f"unknown device '{name}'", f"use one of {', '.join(DEVICES)} (or cuda:N)")
+
+
+def local_gpu(default: int = 0) -> int:
+    """This process's CUDA device index: torchrun's ``LOCAL_RANK`` (else ``default``) modulo the visible GPUs."""
+    return int(os.environ.get("LOCAL_RANK", default)) % torch.cuda.device_count()
 
 
 def device_of(module: nn.Module) -> torch.device:

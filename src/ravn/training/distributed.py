@@ -30,6 +30,8 @@ import os
 import torch
 from torch import nn
 
+from ravn.device import local_gpu
+
 
 class Replicas:
     """One training process (the seam for data-parallel training; :mod:`ravn.training.distributed`)."""
@@ -63,7 +65,7 @@ class DistributedReplicas(Replicas):
         if not dist.is_initialized():
             backend = "gloo"
             if torch.cuda.is_available():
-                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+                torch.cuda.set_device(local_gpu(default=rank))
                 backend = "cpu:gloo,cuda:nccl"
             dist.init_process_group(backend, rank=rank, world_size=world)
             atexit.register(dist.destroy_process_group)
