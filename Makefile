@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-OUT ?= runs/resnet20-ravn-ptq-4bit.ravn
+OUT ?= runs/resnet20-ravn-ptq-3bit.ravn
 
 .PHONY: demo test test-long lint bench-baseline install install-dev clean
 
@@ -25,7 +25,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: install
-	$(BIN)/ravn quantize --model resnet20 --method ravn --mode ptq --budget-bits 4 --out $(OUT)
+	$(BIN)/ravn quantize --model resnet20 --method ravn --mode ptq --budget-bits 3 --out $(OUT)
 	$(BIN)/ravn inspect $(OUT)
 
 lint: install-dev

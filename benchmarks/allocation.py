@@ -14,9 +14,11 @@ them so none stops early; rows of the searches once per seed, the others once):
 - ``gptq`` / ``uniform``: uniform per-channel grids at the same measured size (floor(budget) bits, the
   smallest layers at ceil(budget) while the average allows; ``ptq_search.uniform_layer_bits``), GPTQ /
   round-to-nearest codes.
-Post-training at the ``--ptq`` budgets; fine-tuned at the ``--qat`` budgets with ``--epochs`` epochs of
-the same fine-tuning for every method (``FineTuneConfig(epochs=E)``). Every row is a real .ravn file
-(``ravn.pipeline.run`` re-reads it and fails unless it rebuilds the measured weights); ``file_bytes`` is
+Every method's budget is met fixed-width (``--coding fixed``; RAVN's default sizes it entropy-coded, which
+the others do not), so the rows differ in the allocation and rounding only. Post-training at the
+``--ptq`` budgets; fine-tuned at the ``--qat`` budgets with ``--epochs`` epochs of the same fine-tuning
+for every method (``FineTuneConfig(epochs=E)``). Every row is a real .ravn file (``ravn.pipeline.run``
+re-reads it and fails unless it rebuilds the measured weights); ``file_bytes`` is
 its size on disk. Each finished row is written at once to benchmarks/runs/allocation/<row>.json (a
 search's episodes and fine-tuning checkpoints to the matching ``.run/`` folder, so an interrupted
 benchmark resumes); the tables are rebuilt after every row, with each row's machine, threads,
@@ -84,7 +86,8 @@ def plan(args) -> list[tuple]:
 def measure(job: tuple, ref, model, float_top1: float, dataset, args, run_dir: Path, out: Path) -> dict:
     name_model, mode, budget, name, seed = job
     config = config_of(name, model, budget, args.evaluations, args.epochs if mode == "qat" else None)
-    context = Context(dataset=dataset, normalize=ref.normalize, seed=seed, progress=False, run_dir=run_dir)
+    context = Context(dataset=dataset, normalize=ref.normalize, seed=seed, progress=False, run_dir=run_dir,
+                      coding="fixed")
     row = stamp()
     start = time.perf_counter()
     s = run(model, ref, config, dataset, out, float_top1=float_top1, context=context, progress=False,

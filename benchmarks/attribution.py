@@ -114,7 +114,7 @@ def measure(name: str, ref: ModelRef, model, float_top1: float, budget: float, v
     cfg = config_of(variant, model, budget, evaluations)
     context = Context(dataset=dataset, normalize=ref.normalize, seed=seed, progress=False,
                       run_dir=run_dir if variant in SEEDED else None,
-                      coding="ans" if variant.endswith("-ans") else None)
+                      coding="ans" if variant.endswith("-ans") else "fixed")
     row = {"model": name, "budget_bits": budget, "variant": variant, "seed": seed, **stamp()}
     start = time.perf_counter()
     try:

@@ -7,11 +7,11 @@
 Issue 14, part 4. With ``--coding ans`` a layer pays for the information in its codes and cluster
 ids (coded jointly, :mod:`ravn.quantizers.entropy`), not for fixed-width slots, so the choices
 ``benchmarks/vq_design.py`` settled on fixed-width sizes are measured again: the coding itself
-(``--codings``: ``fixed`` is today's default, the baseline), clusters per layer ``M`` = 1 vs 2-4
-(k-means, balanced), ``M = 3`` with a small outlier layout (``--outliers``: the largest and smallest
-values as two tail clusters), uniform cells vs k-means sub-codebooks, and, with ``--evaluations N``,
-the search over per-cluster bits (PPO, ``N`` distinct evaluations, the best 3 and the initial
-allocation re-ranked on the whole validation split). Rounding: ``gptq`` and ``gptq-rate``
+(``--codings``: ``fixed``, the default before these rows chose ``ans``, is the baseline), clusters per
+layer ``M`` = 1 vs 2-4 (k-means, balanced), ``M = 3`` with a small outlier layout (``--outliers``: the
+largest and smallest values as two tail clusters), uniform cells vs k-means sub-codebooks, and, with
+``--evaluations N``, the search over per-cluster bits (PPO, ``N`` distinct evaluations, the best 3 and
+the initial allocation re-ranked on the whole validation split). Rounding: ``gptq`` and ``gptq-rate``
 (``--roundings``; ``gptq-rate`` only entropy-coded: fixed-width codes have no code lengths to trade).
 
 For each setting and budget (average bits as stored, frequency tables and ids included) the problem is

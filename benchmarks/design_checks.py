@@ -116,7 +116,8 @@ class Measure:
         self._ptq = None
 
     def context(self, run_dir: Path | None = None) -> Context:
-        return Context(dataset=self.dataset, normalize=self.ref.normalize, seed=0, progress=False, run_dir=run_dir)
+        return Context(dataset=self.dataset, normalize=self.ref.normalize, seed=0, progress=False, run_dir=run_dir,
+                       coding="fixed")
 
     def val(self, model) -> dict:
         m = evaluate(model, self.dataset.val, self.ref.normalize)

@@ -92,7 +92,7 @@ def check_gptq(devices: list[str]) -> dict:
 
 
 def check_run(name: str, model, ref: ModelRef, dataset: Dataset, config, devices: list[str], out: Path,
-              coding: str | None = None) -> dict:
+              coding: str = "fixed") -> dict:
     row: dict = {"check": name}
     for device in devices:
         context = Context(dataset=dataset, normalize=ref.normalize, progress=False, device=device,
@@ -158,7 +158,7 @@ def main() -> None:
                          ("uniform-qat", UniformConfig(bits=4, finetune=steps)),
                          ("ravn-qat-ans", RavnConfig(budget_bits=2.0, calibration_size=128, search=search,
                                                      finetune=steps))]:
-        coding = "ans" if name.endswith("-ans") else None
+        coding = "ans" if name.endswith("-ans") else "fixed"
         rows.append(check_run(name, model, ref, data, config, devices, out, coding))
         print(json.dumps(rows[-1]), flush=True)
 

@@ -13,8 +13,9 @@ Per model and budget (measured average bits, cluster ids included):
   reconstruction; both start from the VQ initialisation (episode 0), and random search draws its
   actions from the PPO agent's first policy (the action prior: 16 layers changed per episode in
   expectation, which on ResNet-20's 20 layers is a uniform choice).
-Every row is a real .ravn file measured from disk; the ResNet-20 4.0-bit PPO file of seed 0 is
-kept as benchmarks/artifacts/resnet20-ravn-ptq-4bit.ravn. Each finished row is written at once to
+Every file stores its codes fixed-width (``--coding fixed``; entropy-coded budgets are attribution.py's
+``-ans`` rows). Every row is a real .ravn file measured from disk; the ResNet-20 4.0-bit PPO file of seed 0 is
+kept as benchmarks/artifacts/resnet20-ravn-ptq-4bit-fixed.ravn. Each finished row is written at once to
 benchmarks/runs/ptq_search/<model>-<budget>-<method>-<seed>.json, so an interrupted benchmark resumes
 where it stopped and several processes can share the work (e.g. one per budget); the tables are
 rebuilt from all finished rows at the start and after each one. The rows are also kept in
@@ -46,7 +47,7 @@ from ravn.report.results import markdown_table, save_results, summarize, write_a
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "ptq_search"
 ROWS = HERE / "runs" / "ptq_search"
-ARTIFACT = HERE / "artifacts" / "resnet20-ravn-ptq-4bit.ravn"
+ARTIFACT = HERE / "artifacts" / "resnet20-ravn-ptq-4bit-fixed.ravn"
 COLUMNS = [("model", "model"), ("budget", "budget bits"), ("method", "method"), ("clusters", "M"), ("seed", "seed"),
            ("test_top1", "test top-1 %"), ("avg_bits", "measured avg bits"), ("file_bytes", "file bytes"),
            ("payload_ratio", "file / (codes+tables+state)"), ("evaluations", "evaluations"), ("episodes", "episodes"),
@@ -169,7 +170,8 @@ def main() -> None:
                     row_file = ROWS / row_name(name, budget, method, seed)
                     if row_file.exists() and not args.fresh:
                         continue
-                    context = Context(dataset=dataset, normalize=ref.normalize, seed=seed, progress=False)
+                    context = Context(dataset=dataset, normalize=ref.normalize, seed=seed, progress=False,
+                                      coding="fixed")
                     start = time.perf_counter()
                     while True:
                         try:

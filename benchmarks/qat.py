@@ -6,10 +6,10 @@
 
 Each run quantizes the pretrained model with one configuration, fine-tunes on the first 45,000
 training images (validation: the last 5,000; the test set only for the final number), writes the
-real .ravn file and re-measures it from disk: test top-1 (all 10,000 images), measured average
-bits (cluster ids included), file bytes, wall time. Runs resume from benchmarks/runs/<name>/ when
-interrupted. Headline files are kept under benchmarks/artifacts/. Rows are merged by run name into
-benchmarks/results/qat.{json,md}.
+real .ravn file (codes fixed-width, ``--coding fixed``) and re-measures it from disk: test top-1
+(all 10,000 images), measured average bits (cluster ids included), file bytes, wall time. Runs resume
+from benchmarks/runs/<name>/ when interrupted. Headline files are kept under benchmarks/artifacts/.
+Rows are merged by run name into benchmarks/results/qat.{json,md}.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ def runs(epochs: int) -> dict[str, dict]:
         "uniform-4bit-qat": {"table": "1", "config": UniformConfig(bits=4, finetune=ft)},
         "ravn-4.5bit-qat": {"table": "1", "config": RavnConfig(budget_bits=4.5, finetune=ft)},
         "ravn-3bit-qat": {"table": "1", "config": RavnConfig(budget_bits=3.0, finetune=ft),
-                          "artifact": "resnet20-ravn-qat-3bit.ravn"},
+                          "artifact": "resnet20-ravn-qat-3bit-fixed.ravn"},
         "ravn-2bit-qat": {"table": "1", "config": RavnConfig(budget_bits=2.0, finetune=ft),
-                          "artifact": "resnet20-ravn-qat-2bit.ravn"},
+                          "artifact": "resnet20-ravn-qat-2bit-fixed.ravn"},
         "ablation-vq": {"table": "6", "method": "vq", "config": method("vq").config(budget_bits=3.0)},
         "ablation-aq": {"table": "6", "method": "aq", "config": method("aq").config(budget_bits=3.0, finetune=ft)},
         "ablation-rl+aq": {"table": "6", "method": "rl+aq",
@@ -133,7 +133,8 @@ def main() -> None:
         key = f"{args.model}/{name}"
         run_dir = HERE / "runs" / key.replace("/", "-")
         out = run_dir / "model.ravn"
-        context = Context(dataset=dataset, normalize=ref.normalize, run_dir=run_dir, seed=args.seed, progress=True)
+        context = Context(dataset=dataset, normalize=ref.normalize, run_dir=run_dir, seed=args.seed, progress=True,
+                          coding="fixed")
         if float_top1 is None:
             float_top1 = evaluate(model, dataset.test, ref.normalize)["top1"]
         # an interrupted run resumes from its folder: its wall time adds to the time already recorded

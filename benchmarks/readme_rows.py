@@ -28,24 +28,24 @@ RESULTS = HERE / "results" / "readme_rows"
 ROWS = HERE / "runs" / "readme_rows"
 #: row -> (the README's command without --out, the artifact it is kept as)
 COMMANDS = {
-    "ptq-4": ("ravn quantize --model resnet20 --method ravn --mode ptq --budget-bits 4",
-              "resnet20-ravn-ptq-4bit.ravn"),
-    "qat-3": ("ravn quantize --model resnet20 --method ravn --mode qat --budget-bits 3 --epochs 10",
-              "resnet20-ravn-qat-3bit.ravn"),
-    "qat-2": ("ravn quantize --model resnet20 --method ravn --mode qat --budget-bits 2 --epochs 20",
-              "resnet20-ravn-qat-2bit.ravn"),
-    # issue 14's goals: the same recipe with entropy-coded codes (--coding ans; rounding 'auto' is then
-    # rate-aware GPTQ), sizes as stored, frequency tables included
+    "ptq-4": ("ravn quantize --model resnet20 --method ravn --mode ptq --budget-bits 4 --coding fixed",
+              "resnet20-ravn-ptq-4bit-fixed.ravn"),
+    "qat-3": ("ravn quantize --model resnet20 --method ravn --mode qat --budget-bits 3 --epochs 10 --coding fixed",
+              "resnet20-ravn-qat-3bit-fixed.ravn"),
+    "qat-2": ("ravn quantize --model resnet20 --method ravn --mode qat --budget-bits 2 --epochs 20 --coding fixed",
+              "resnet20-ravn-qat-2bit-fixed.ravn"),
+    # issue 14's goals: the same recipe with entropy-coded codes (--coding ans, RAVN's default since they were
+    # measured; rounding 'auto' is then rate-aware GPTQ), sizes as stored, frequency tables included
     "ans-ptq-3": ("ravn quantize --model resnet20 --method ravn --mode ptq --budget-bits 3 --coding ans",
-                  "resnet20-ravn-ptq-3bit-ans.ravn"),
+                  "resnet20-ravn-ptq-3bit.ravn"),
     "ans-ptq-2": ("ravn quantize --model resnet20 --method ravn --mode ptq --budget-bits 2 --coding ans",
-                  "resnet20-ravn-ptq-2bit-ans.ravn"),
+                  "resnet20-ravn-ptq-2bit.ravn"),
     "ans-qat-2": ("ravn quantize --model resnet20 --method ravn --mode qat --budget-bits 2 --epochs 20 --coding ans",
-                  "resnet20-ravn-qat-2bit-ans.ravn"),
+                  "resnet20-ravn-qat-2bit.ravn"),
     "ans-qat-1.5": ("ravn quantize --model resnet20 --method ravn --mode qat --budget-bits 1.5 --epochs 20 "
-                    "--coding ans", "resnet20-ravn-qat-1.5bit-ans.ravn"),
+                    "--coding ans", "resnet20-ravn-qat-1.5bit.ravn"),
     "r56-ans-ptq-2": ("ravn quantize --model resnet56 --method ravn --mode ptq --budget-bits 2 --coding ans",
-                      "resnet56-ravn-ptq-2bit-ans.ravn"),
+                      "resnet56-ravn-ptq-2bit.ravn"),
 }
 COLUMNS = [("row", "row"), ("command", "command (+ --out F --json)"), ("test_top1", "test top-1 %"),
            ("avg_bits", "measured avg bits"), ("file_bytes", "file bytes"), ("kept", "kept initial"),

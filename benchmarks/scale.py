@@ -7,7 +7,9 @@ Models: ``resnet20/32/44/56`` (the pretrained CIFAR checkpoints on CIFAR-10 from
 default 256 calibration images unless ``--calibration``) and ``resnet50`` (the ImageNet-shape ResNet-50 of
 ``benchmarks/imagenet_resnet.py``: random weights, synthetic 224 px images, 64 calibration images);
 ``--synthetic`` gives every model random images (the tests' tiny settings). RAVN's defaults otherwise
-(one cluster per layer, uniform cells, per-channel scales, GPTQ rounding, the ``fidelity`` probe).
+(one cluster per layer, uniform cells, per-channel scales, the ``fidelity`` probe), stored fixed-width
+(``--coding fixed``: GPTQ rounding; the default ``ans`` also entropy-codes each candidate's codes and
+rounds them rate-aware, which these rows do not time).
 
 Stages, in the order ``ravn quantize --method ravn --mode ptq`` runs them (``ravn.search.problem.prepare``,
 then the search's evaluations, then the stored weights):

@@ -7,7 +7,9 @@
 Methods, each exactly the config of ``ravn quantize --method M --budget-bits B --epochs E`` (the row's
 ``command``, built by the CLI's own flag handling), every one trained for ``--epochs`` passes over the
 training images (default 10, the epochs of the README's fine-tuned 3-bit RAVN row; its 2-bit row used 20):
-- ``ravn``: ``--method ravn --mode qat``: RAVN's default search, then ``E`` epochs of fine-tuning;
+- ``ravn``: ``--method ravn --mode qat --coding fixed``: RAVN's default search, then ``E`` epochs of
+  fine-tuning, its budget met fixed-width like the trained siblings' (RAVN's default, ``ans``, buys wider
+  grids from the same budget; Deep Compression's Huffman/ANS stage is part of that method);
 - ``dorefa``, ``sinreq``, ``sinareq``, ``dgms``, ``wrpn``: the training recipe for ``E`` epochs (the bits
   the budget allows in every layer; SINAREQ learns per-layer bits, projected into the budget);
 - ``dcq``: each section's student ``E // 2`` epochs (``--section-epochs``), the stitched network the rest
@@ -100,11 +102,16 @@ def config_of(name: str, budget: float, epochs: int, max_steps: int | None = Non
     return cli_flags.config(method(spec), mode, options)
 
 
+def coding_of(spec: str) -> str | None:
+    """The ``--coding`` a method runs with here: RAVN fixed-width, as its siblings; the others their own."""
+    return "fixed" if spec == "ravn" else None
+
+
 def command_of(job: tuple, workers: int = 1) -> str:
     """The ``ravn quantize`` command line (without ``--out``) that makes ``job``'s file."""
     model, budget, name, seed, epochs, max_steps = job
     spec, mode, options = flags_of(name, budget, epochs, max_steps)
-    flags = {"model": model, "method": spec, "mode": mode, **options, "seed": seed,
+    flags = {"model": model, "method": spec, "mode": mode, **options, "coding": coding_of(spec), "seed": seed,
              "workers": workers if spec == "dcq" and workers > 1 else None}
     return "ravn quantize " + " ".join(f"--{k.replace('_', '-')} {v:g}" if isinstance(v, float) else
                                        f"--{k.replace('_', '-')} {v}" for k, v in flags.items() if v is not None)
@@ -134,13 +141,14 @@ def measure(job: tuple, config, ref, model, float_top1: float, dataset, run_dir:
     """One row: ``job``'s method with ``config`` on ``model``, its real file at ``out``, measured."""
     name_model, budget, name, seed, epochs, max_steps = job
     resumed = run_dir is not None and run_dir.exists() and any(run_dir.iterdir())
+    spec = flags_of(name, budget, epochs, max_steps)[0]
     context = Context(dataset=dataset, normalize=ref.normalize, seed=seed, progress=False, run_dir=run_dir,
-                      workers=workers)
+                      workers=workers, coding=coding_of(spec))
     row = {"model": name_model, "budget_bits": budget, "method": name, "seed": seed, "epochs": epochs,
            "max_steps": max_steps, **stamp(), "workers": workers, "command": command_of(job, workers)}
     start = time.perf_counter()
     s = run(model, ref, config, dataset, out, float_top1=float_top1, context=context, progress=False,
-            method=flags_of(name, budget, epochs, max_steps)[0])
+            method=spec)
     last = (s["log"].get("rounds") or [s["log"]])[-1]
     return {**row, "test_top1": s["test_top1"], "float_test_top1": s["float_test_top1"], "test_n": s["test_n"],
             "val_top1": (last.get("finetune") or {}).get("val_top1"), "avg_bits": s["avg_bits"],

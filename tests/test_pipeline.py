@@ -14,15 +14,16 @@ from tests.methods import toy
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize("budget", [2600, 3100, 4000])
-def test_byte_budget_is_met_by_the_written_file(tmp_path, budget):
+@pytest.mark.parametrize(("budget", "coding"), [(2600, "fixed"), (3100, "fixed"), (4000, "fixed"), (3100, None)])
+def test_byte_budget_is_met_by_the_written_file(tmp_path, budget, coding):
     config = method("ravn").config(budget_bits=None, budget_bytes=budget, calibration_size=16,
                                    search=SearchConfig(evaluations=3, patience=3, search_val_size=16, rerank=1))
     data = toy.dataset()
-    context = Context(data, toy.REF.normalize, tmp_path / "run", progress=False)
+    context = Context(data, toy.REF.normalize, tmp_path / "run", progress=False, coding=coding)
     summary = run(toy.tiny(), toy.REF, config, data, tmp_path / "m.ravn", context=context, progress=False)
     assert summary["file_bytes"] == (tmp_path / "m.ravn").stat().st_size <= budget
-    assert summary["file_bytes"] >= budget - 200  # the projection spends what the budget allows
+    if coding == "fixed":  # the projection spends what the budget allows (coded sizes move in coarser steps:
+        assert summary["file_bytes"] >= budget - 200  # a layer's next bit adds its table and codes' entropy)
 
 
 def test_impossible_byte_budget_is_refused_before_any_file(tmp_path):

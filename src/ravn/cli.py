@@ -193,7 +193,7 @@ FIXED_OPTIONS = {
     "coding": Annotated[str | None, typer.Option(
         help="How the file stores the codes: 'fixed' width (random access) or entropy-coded 'ans' (smaller) or "
              "'huffman'; budgets are met on the coded size, so an entropy-coded budget buys wider grids; "
-             "default: the method's ('fixed', deepcompression 'ans').")],
+             "default: the method's ('ans' for ravn, its presets and deepcompression, else 'fixed').")],
     "seed": Annotated[int, typer.Option(help="Seed of every random choice.")],
     "run_dir": Annotated[Path | None, typer.Option(
         help="Folder for logs and resumable state (default OUT with suffix .run).")],

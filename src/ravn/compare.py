@@ -34,7 +34,7 @@ from ravn.report.results import save_results
 from ravn.report.results import stamp as provenance_stamp
 
 COLUMNS = [("method", "method"), ("status", "status"), ("test_top1", "test top-1 %"), ("avg_bits", "avg bits"),
-           ("file_bytes", "file bytes"), ("compression", "x smaller"), ("wall_seconds", "wall s"),
+           ("coding", "coding"), ("file_bytes", "file bytes"), ("compression", "x smaller"), ("wall_seconds", "wall s"),
            ("energy_wh", "energy Wh (estimate)"), ("co2_g", "CO2 g (estimate)"), ("note", "note")]
 
 
@@ -52,6 +52,11 @@ def method_config(name: str, mode: str | None, options: dict) -> Config:
     if options.get("budget_bits") is not None and "budget_bits" not in fields and "bits" in fields:
         given.setdefault("bits", math.floor(options["budget_bits"]))
     return cli_flags.config(spec, mode if "finetune" in fields else None, given)
+
+
+def _coding(coding: str | dict[str, str]) -> str:
+    """A table cell for how a file stores its codes: the coding, or ``per layer`` where layers differ."""
+    return coding if isinstance(coding, str) else "per layer"
 
 
 def _safe(name: str) -> str:
@@ -138,7 +143,8 @@ def _method_row(name: str, model, ref, dataset, out: Path, options, mode, seed, 
     except RavnError as exc:
         return {"method": name, "status": "skipped", "note": str(exc)}
     return {"method": name, "status": "ok", "test_top1": summary["test_top1"], "avg_bits": summary["avg_bits"],
-            "file_bytes": summary["file_bytes"], "compression": reference["file_bytes"] / summary["file_bytes"],
+            "coding": _coding(summary["size"]["coding"]), "file_bytes": summary["file_bytes"],
+            "compression": reference["file_bytes"] / summary["file_bytes"],
             "wall_seconds": time.perf_counter() - start, "quantize_seconds": summary["quantize_seconds"],
             **_energy_columns(summary["energy"]), "note": summary["energy"].get("error", ""),
             "file": summary["file"], "report": summary["report"], "config": config.to_dict()}

@@ -85,8 +85,8 @@ def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: 
     ``coding`` stores the codes fixed-width (random access) or entropy-coded (``ans``: smaller files);
     methods with a budget size it for that coding (``ravn`` and its presets, ``deepcompression``), so an
     entropy-coded budget buys wider grids; the others' files are entropy-coded where that is smaller
-    (:func:`file_coding`); ``None``: the method's choice (``fixed`` unless the method codes entropy-coded
-    by default, as ``deepcompression`` does).
+    (:func:`file_coding`); ``None``: the method's choice (``ans`` for ``ravn``, its presets and
+    ``deepcompression``, which size their budgets entropy-coded by default; ``fixed`` for the others).
 
     ``float_top1`` skips re-measuring the float model when the caller knows it (on the same subset).
 

@@ -17,6 +17,7 @@ from ravn import cli_flags, export
 from ravn.config import Config
 from ravn.errors import RavnError
 from ravn.methods import METHODS, Context, SearchConfig, method
+from ravn.methods.ravn import DEFAULT_CODING
 from ravn.pipeline import file_coding
 from tests.methods import toy
 
@@ -79,7 +80,7 @@ def test_contract_budget_holds(name, coding, tmp_path):
     payloads), else fixed-width, entropy-coded only where smaller (:func:`ravn.pipeline.file_coding`)."""
     config, result, path = _quantize(name, tmp_path, "a", coding=coding)
     if isinstance(config, ravn.RavnConfig):
-        assert result.coding == (coding or "fixed")
+        assert result.coding == (coding or DEFAULT_CODING)
     stored = export.read(path)
     avg = export.size_report(stored.weights, stored.codings)["avg_bits"]
     assert avg <= (getattr(config, "budget_bits", None) or getattr(config, "bits", 8)) + 1e-9

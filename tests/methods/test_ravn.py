@@ -20,8 +20,20 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_gptq_rate_without_entropy_coding_is_a_one_line_error(tmp_path):
     config = ravn.RavnConfig(budget_bits=3.0, calibration_size=16, rounding="gptq-rate", search=None)
     with pytest.raises(RavnError) as exc:
-        ravn.quantize(toy.tiny(), config, Context(toy.dataset(), toy.REF.normalize, None, 0, progress=False))
+        ravn.quantize(toy.tiny(), config, Context(toy.dataset(), toy.REF.normalize, None, 0, progress=False,
+                                                  coding="fixed"))
     assert "--coding ans" in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize(("asked", "sized"), [(None, "ans"), ("fixed", "fixed"), ("huffman", "huffman")])
+def test_ravn_sizes_its_budget_entropy_coded_unless_asked_otherwise(asked, sized):
+    """The default coding is ``ans`` (chosen on validation: benchmarks/results/coding_design.md); ``--coding
+    fixed`` sizes fixed-width slots, and the rounding follows (``auto``)."""
+    config = ravn.RavnConfig(budget_bits=2.5, calibration_size=16, search=None)
+    context = Context(toy.dataset(), toy.REF.normalize, None, 0, progress=False, coding=asked)
+    result = ravn.quantize(toy.tiny(), config, context)
+    assert result.coding == sized
+    assert ravn.export.size_report(result.weights, sized)["avg_bits"] <= 2.5
 
 
 def test_gptq_rate_with_ans_meets_the_coded_budget():

@@ -39,6 +39,12 @@ from ravn.search.problem import INITS, SearchProblem, prepare
 from ravn.search.run import allocate
 from ravn.training.finetune import FineTuneConfig, FineTuneResult, fine_tune
 
+#: The coding RAVN sizes its budget for when none is asked (``--coding``): entropy-coded, since at the same
+#: stored size it buys grids 0.5-0.7 bits wider and a validation loss 2-2.6x lower than fixed-width
+#: (``benchmarks/results/coding_design.md``; docs/DESIGN.md, "Should ``ans`` be the default coding?").
+#: ``--coding fixed`` keeps fixed-width slots for targets that need random access to the codes.
+DEFAULT_CODING = "ans"
+
 
 @dataclass
 class RavnConfig(BudgetFields, Config):
@@ -99,7 +105,7 @@ def quantize_ravn(model: nn.Module, config: RavnConfig, context: Context) -> Qua
     torch.manual_seed(context.seed)
     dataset = context.require_data("RAVN (calibration and validation images)")
     search = config.search
-    coding = context.coding or "fixed"  # the budget counts the codes as the file will store them
+    coding = context.coding or DEFAULT_CODING  # the budget counts the codes as the file will store them
     rounding_for(config.rounding, coding)  # a rounding the coding cannot take fails now, before any work
     current, rounds, best = model, [], None
     for r in range(1, (config.rounds if config.finetune else 1) + 1):
