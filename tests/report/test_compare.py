@@ -33,6 +33,7 @@ def test_rows_are_measured_files_and_the_plot_exists(tmp_path):
         assert r["compression"] == pytest.approx(result["float"]["file_bytes"] / r["file_bytes"])
         assert (tmp_path / "c" / f"{name}.run" / "report.md").exists()
     assert rows["uniform"]["config"]["bits"] == 3  # the widest whole bits within the budget
+    assert rows["uniform"]["coding"] == "fixed" and rows["ravn"]["coding"] == "ans"  # each method's default
     stored = json.loads((tmp_path / "c" / "compare.json").read_text())
     assert [r["method"] for r in stored["rows"]] == ["float (reference)", "uniform", "gptq", "ravn"]
     table = (tmp_path / "c" / "compare.md").read_text()
