@@ -49,6 +49,7 @@ COMMANDS = {
 }
 COLUMNS = [("row", "row"), ("command", "command (+ --out F --json)"), ("test_top1", "test top-1 %"),
            ("avg_bits", "measured avg bits"), ("file_bytes", "file bytes"), ("kept", "kept initial"),
+           ("fit", "fine-tuned codes back within the budget"),
            ("wall_s", "wall s"), ("threads", "torch threads"), ("commit", "commit")]
 
 
@@ -56,6 +57,19 @@ def kept_initial(log: dict) -> bool | None:
     """Did the re-rank (the last round's, with fine-tuning) keep the initial allocation."""
     last = (log.get("rounds") or [log])[-1]
     return last.get("kept_initial")
+
+
+def budget_fit(log: dict) -> dict | None:
+    """What brought the last round's fine-tuned codes back within the budget as stored (entropy-coded)."""
+    return (log.get("rounds") or [log])[-1].get("budget_fit")
+
+
+def fit_cell(fit: dict | None) -> str:
+    """The table cell of :func:`budget_fit`: bits over, what was done, validation top-1 before -> after."""
+    if not fit:
+        return ""
+    how = f"{len(fit['stepped_down'])} stepped down" if fit.get("stepped_down") else f"{len(fit['recoded'])} re-coded"
+    return f"+{fit['overshoot']:,.0f} bits; {how}; val {fit['val_top1_fine_tuned']:.2f} -> {fit['val_top1']:.2f}"
 
 
 def measure(row: str) -> dict:
@@ -73,6 +87,7 @@ def measure(row: str) -> dict:
     shutil.copyfile(out, HERE / "artifacts" / artifact)
     return {"row": row, "command": command, "test_top1": summary["test_top1"], "avg_bits": summary["avg_bits"],
             "file_bytes": summary["file_bytes"], "kept_initial": kept_initial(summary.get("log") or {}),
+            "budget_fit": budget_fit(summary.get("log") or {}),
             "wall_s": round(wall, 1), **stamp(), "artifact": f"benchmarks/artifacts/{artifact}",
             "allocation": summary["allocation"]}
 
@@ -91,7 +106,7 @@ def main() -> None:
     def save() -> None:
         rows = store.rows(lambda r: list(COMMANDS).index(r["row"]))
         for r in rows:  # for the table only: the row files keep kept_initial as true/false/null
-            r["kept"] = yes_no(r.get("kept_initial"))
+            r["kept"], r["fit"] = yes_no(r.get("kept_initial")), fit_cell(r.get("budget_fit"))
         notes = [f"- {r['row']}: {r['note']}" for r in rows if r.get("note")]  # e.g. a run resumed elsewhere
         save_results(RESULTS, "The README's headline rows, by the README's commands", rows, COLUMNS, __doc__,
                      appendix=provenance(rows) + ("\n\n## Notes\n\n" + "\n".join(notes) if notes else ""))

@@ -175,7 +175,7 @@ def _markdown(r: dict) -> str:
     for i, fit in enumerate(r.get("budget_fits", []), 1):
         how = (f"stepped down ({', '.join(fit['stepped_down'])} lost bits)" if fit.get("stepped_down")
                else f"re-coded by rate-aware GPTQ ({', '.join(fit['recoded']) or 'no layer'})")
-        out += [f"Fine-tuning {i}: its codes took {fit['overshoot']:,.0f} more than the budget allows as stored "
+        out += [f"Fine-tuning {i}: its codes took {fit['overshoot']:,.0f} bits more than the budget allows as stored "
                 f"(entropy-coded); {how}; validation top-1 {fit['val_top1_fine_tuned']:.2f}% -> "
                 f"{fit['val_top1']:.2f}%.", ""]
     out += ["## Allocation", "", "![allocation](allocation.png)", "",
