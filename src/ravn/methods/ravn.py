@@ -49,13 +49,15 @@ DEFAULT_CODING = "ans"
 @dataclass
 class RavnConfig(BudgetFields, Config):
     #: M: k-means clusters per layer. One by default: at 4.0/3.0/2.5 bits the cluster ids cost more
-    #: than they save (benchmarks/results/vq_design.md); 2..16 for RAVN's per-cluster bit-widths.
+    #: than they save (benchmarks/results/vq_design.md), entropy-coded too (coding_design.md); 2..16 for
+    #: RAVN's per-cluster bit-widths.
     clusters: int = 1
     #: With 3 clusters: this fraction of the weights, the largest and smallest values, forms two small tail
-    #: clusters instead of k-means' (0: k-means clusters). Cheap ids when entropy-coded (--coding ans).
+    #: clusters instead of k-means' (0: k-means clusters). Cheap ids when entropy-coded (--coding ans): 0.02
+    #: measured better than one cluster at 4.0 and 2.0 bits, even at 3.0, far worse at 1.5 (coding_design.md).
     outliers: float = 0.0
     #: In-cluster table: 'uniform' cells over the cluster's range, or a 'kmeans' sub-codebook.
-    #: Uniform cells beat k-means sub-codebooks after GPTQ (same benchmark).
+    #: Uniform cells beat k-means sub-codebooks after GPTQ (same benchmark; coded sizes: coding_design.md).
     grid: str = "uniform"
     #: Cluster weights divided by their output channel's largest magnitude (one stored scale each).
     per_channel: bool = field(default=True, metadata={"flag": "--per-channel/--per-layer"})
