@@ -52,7 +52,7 @@ def test_solve_matches_brute_force(problem):
     choice = solve(costs, values, limit)
     assert sum(c[o] for c, o in zip(costs, choice, strict=True)) <= limit
     value = sum(v[o] for v, o in zip(values, choice, strict=True))
-    assert value == pytest.approx(best, rel=1e-9, abs=1e-9)
+    assert value == pytest.approx(best, rel=1e-9, abs=1e-6)  # HiGHS's absolute MIP gap (see solve)
 
 
 @settings(max_examples=150, deadline=None)

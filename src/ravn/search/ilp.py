@@ -30,8 +30,9 @@ MAX_JOINT = 4096
 
 
 def solve(costs: list[list[float]], values: list[list[float]], limit: float) -> list[int]:
-    """The option per group minimising ``sum values`` with ``sum costs <= limit`` (exactly); among choices
-    of equal value, one that uses the most of the limit.
+    """The option per group minimising ``sum values`` (to HiGHS's absolute optimality gap, 1e-6: values
+    closer than that are ties) with ``sum costs <= limit`` (exactly); among choices of equal value, one
+    that uses the most of the limit.
 
     ``costs[g][o]`` and ``values[g][o]``: group ``g``'s option ``o``. Raises :class:`RavnError` when no
     choice fits. Costs are best integers (bits, bytes): the returned choice is checked against ``limit``
