@@ -16,7 +16,8 @@ from ravn.cli import main
 
 SMALL = ["--model", "resnet20", "--method", "ravn", "--mode", "ptq", "--budget-bits", "3.5", "--evaluations", "8",
          "--patience", "8", "--search-val-size", "200", "--calibration-size", "64", "--test-limit", "300",
-         "--val-size", "1000", "--no-measure"]  # the re-rank measures on the whole (here smaller) validation split
+         "--val-size", "1000", "--no-measure", "--coding", "fixed"]  # the re-rank measures on the whole (here
+# smaller) validation split; fixed-width keeps this real-model search short (the ans path: tests/methods/test_ravn.py)
 
 
 def _run_json(capsys, args) -> dict:
