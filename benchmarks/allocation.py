@@ -40,7 +40,7 @@ from ptq_search import uniform_layer_bits
 from ravn.data import load_dataset
 from ravn.methods import Context, FineTuneConfig, SearchConfig, UniformConfig, method
 from ravn.pipeline import run
-from ravn.report.results import RowFiles, float_models, provenance, save_results, stamp
+from ravn.report.results import RowFiles, float_models, last_round, provenance, save_results, stamp
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "allocation"
@@ -93,7 +93,7 @@ def measure(job: tuple, ref, model, float_top1: float, dataset, args, run_dir: P
     s = run(model, ref, config, dataset, out, float_top1=float_top1, context=context, progress=False,
             method="ravn" if name == "random" else name)
     log = s["log"]
-    last = (log.get("rounds") or [log])[-1]
+    last = last_round(log)
     return {"model": name_model, "mode": mode, "budget_bits": budget, "method": name, "seed": seed,
             "test_top1": s["test_top1"], "float_test_top1": s["float_test_top1"], "avg_bits": s["avg_bits"],
             "file_bytes": out.stat().st_size, "evaluations": last.get("evaluations"),

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from ravn.report.results import RowFiles, provenance, save_results, stamp, yes_no
+from ravn.report.results import RowFiles, last_round, provenance, save_results, stamp, yes_no
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "readme_rows"
@@ -53,19 +53,9 @@ COLUMNS = [("row", "row"), ("command", "command (+ --out F --json)"), ("test_top
            ("wall_s", "wall s"), ("threads", "torch threads"), ("commit", "commit")]
 
 
-def kept_initial(log: dict) -> bool | None:
-    """Did the re-rank (the last round's, with fine-tuning) keep the initial allocation."""
-    last = (log.get("rounds") or [log])[-1]
-    return last.get("kept_initial")
-
-
-def budget_fit(log: dict) -> dict | None:
-    """What brought the last round's fine-tuned codes back within the budget as stored (entropy-coded)."""
-    return (log.get("rounds") or [log])[-1].get("budget_fit")
-
-
 def fit_cell(fit: dict | None) -> str:
-    """The table cell of :func:`budget_fit`: bits over, what was done, validation top-1 before -> after."""
+    """The table cell of the last round's ``budget_fit`` (entropy-coded fine-tuned codes): bits over, what
+    was done, validation top-1 before -> after."""
     if not fit:
         return ""
     how = f"{len(fit['stepped_down'])} stepped down" if fit.get("stepped_down") else f"{len(fit['recoded'])} re-coded"
@@ -83,11 +73,12 @@ def measure(row: str) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"{command} failed:\n{done.stderr[-2000:]}")
     summary = json.loads(done.stdout.strip().splitlines()[-1])
+    last = last_round(summary.get("log") or {})  # did its re-rank keep the initial allocation; the budget fit
     (HERE / "artifacts").mkdir(exist_ok=True)
     shutil.copyfile(out, HERE / "artifacts" / artifact)
     return {"row": row, "command": command, "test_top1": summary["test_top1"], "avg_bits": summary["avg_bits"],
-            "file_bytes": summary["file_bytes"], "kept_initial": kept_initial(summary.get("log") or {}),
-            "budget_fit": budget_fit(summary.get("log") or {}),
+            "file_bytes": summary["file_bytes"], "kept_initial": last.get("kept_initial"),
+            "budget_fit": last.get("budget_fit"),
             "wall_s": round(wall, 1), **stamp(), "artifact": f"benchmarks/artifacts/{artifact}",
             "allocation": summary["allocation"]}
 

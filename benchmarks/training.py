@@ -49,6 +49,7 @@ from ravn.report.results import (
     RowFiles,
     against_standard_error,
     float_models,
+    last_round,
     markdown_table,
     provenance,
     save_results,
@@ -149,7 +150,7 @@ def measure(job: tuple, config, ref, model, float_top1: float, dataset, run_dir:
     start = time.perf_counter()
     s = run(model, ref, config, dataset, out, float_top1=float_top1, context=context, progress=False,
             method=spec)
-    last = (s["log"].get("rounds") or [s["log"]])[-1]
+    last = last_round(s["log"])
     return {**row, "test_top1": s["test_top1"], "float_test_top1": s["float_test_top1"], "test_n": s["test_n"],
             "val_top1": (last.get("finetune") or {}).get("val_top1"), "avg_bits": s["avg_bits"],
             "file_bytes": out.stat().st_size, "quantized_weights": s["size"]["quantized_weights"],

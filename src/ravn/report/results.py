@@ -82,6 +82,11 @@ def write_atomic(path: Path, text: str) -> None:
     write_atomically(path, [text.encode()])
 
 
+def last_round(log: dict) -> dict:
+    """A method's log of its last round (RAVN with fine-tuning logs ``rounds``; other methods one log)."""
+    return (log.get("rounds") or [log])[-1]
+
+
 def yes_no(flag: bool | None) -> str:
     """A table cell for a flag: ``"yes"``, ``"no"``, or ``""`` where it does not apply (``None``)."""
     return {True: "yes", False: "no"}.get(flag, "")
