@@ -4,6 +4,10 @@
   open; outputs keep their autograd graph unless ``detach`` (fine-tuning needs the graph).
 - :func:`stream`: named modules' outputs (or inputs) handed to a function chunk by chunk and not kept
   (the fidelity loss and the roundings' Hessians: memory bounded by one chunk of one layer).
+- :func:`stream_cuts`: like :func:`stream`, for one change at a time: the float forward pass is walked
+  node by node (``torch.fx``) and, at each named module, the rest of the pass can be run from there
+  on with that module changed (what each layer's sensitivity probe needs: the features before the
+  layer are the float ones, so only the rest of the network runs).
 - :func:`input_of`: the input one module receives; the forward pass stops right there.
 Hooks are always removed, also when the forward pass raises.
 """
@@ -11,6 +15,7 @@ Hooks are always removed, also when the forward pass raises.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 
 import torch
@@ -91,6 +96,72 @@ def stream(model: nn.Module, names: list[str], x: torch.Tensor, fn: Callable[[st
     finally:
         for h in handles:
             h.remove()
+
+
+@torch.no_grad()
+def stream_cuts(model: nn.Module, names: list[str], x: torch.Tensor, fn: Callable[[str, torch.Tensor, int], None],
+                visit: Callable[[str, Callable[[], None]], None]) -> bool:
+    """Walk ``model``'s forward pass on ``x`` once per chunk (the chunks of :func:`stream`), node by node
+    of its ``torch.fx`` graph, and before each named module runs call ``visit(name, rest)``. ``rest()``
+    runs the pass from that module to the end on a copy of the values live there (so whatever ``visit``
+    changes in the module, e.g. its weight, is seen by it and by what follows, and the walk itself stays
+    float), calling ``fn(name, output, chunk)`` with each named module's output, as :func:`stream` does;
+    the walk itself calls ``fn`` with nothing. Values no later node reads are freed as the walk and each
+    rest proceed, so memory is that of one forward pass of a chunk (plus the copied cut).
+
+    Returns False, having run nothing, for a model this cannot walk: one ``torch.fx`` cannot trace (data-
+    dependent control flow), with other than one input, or calling a named module more than once (a
+    change would then reach the pass before the cut); the caller then runs the whole pass per change."""
+    import torch.fx
+
+    wanted = set(names)
+    try:
+        graph = torch.fx.symbolic_trace(model)
+    except Exception:  # whatever fx cannot trace is run whole by the caller
+        return False
+    nodes = list(graph.graph.nodes)
+    calls = [n.target for n in nodes if n.op == "call_module" and n.target in wanted]
+    if len(calls) != len(set(calls)) or [n.op for n in nodes].count("placeholder") != 1 or nodes[0].op != "placeholder":
+        return False
+    last_use = {}
+    for i, node in enumerate(nodes):
+        for used in node.all_input_nodes:
+            last_use[used] = i
+    interpreter = torch.fx.Interpreter(graph)
+    state = {"chunk": 0, "rest": False}
+    modules = dict(model.named_modules())
+    handles = [modules[n].register_forward_hook(
+        lambda _m, _i, out, n=n: fn(n, out.detach(), state["chunk"]) if state["rest"] else None) for n in names]
+    end = next(i for i, node in enumerate(nodes) if node.op == "output")
+
+    def step(env: dict, i: int) -> None:
+        interpreter.env = env
+        env[nodes[i]] = interpreter.run_node(nodes[i])
+        for used in nodes[i].all_input_nodes:
+            if last_use[used] == i:
+                del env[used]
+
+    def rest(env: dict, start: int) -> None:
+        copy = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in env.items()}
+        state["rest"] = True
+        try:
+            for i in range(start, end):
+                step(copy, i)
+        finally:
+            state["rest"] = False
+
+    rows = images_per_batch(x.shape[1:]) if x.dim() > 1 else len(x)
+    try:
+        for state["chunk"], first in enumerate(range(0, len(x), rows)):
+            env = {nodes[0]: to_model(model, x[first : first + rows])}
+            for i in range(1, end):
+                if nodes[i].op == "call_module" and nodes[i].target in wanted:
+                    visit(nodes[i].target, functools.partial(rest, env, i))
+                step(env, i)
+    finally:
+        for h in handles:
+            h.remove()
+    return True
 
 
 @torch.no_grad()

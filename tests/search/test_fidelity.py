@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ravn.data import splits
+from ravn.hooks import stream_cuts
 from ravn.search import fidelity
 from ravn.search.fidelity import FidelityLoss
 
@@ -57,3 +58,52 @@ def test_large_references_are_kept_in_float16(monkeypatch):
     half = FidelityLoss(net, ["0", "2", "4"], x)
     assert half.dtype == torch.float16 and half.nbytes * 2 == exact.nbytes == per_image * len(x)
     assert half.per_layer(q) == pytest.approx(exact.per_layer(q), rel=1e-2, abs=1e-6)
+
+
+class _Residual(nn.Module):
+    """Residual blocks with in-place ReLUs (values live across a cut) and a data-dependent variant fx cannot
+    trace, or one that calls a layer twice: both walked whole."""
+
+    def __init__(self, branch: bool = False, twice: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.c = (nn.Conv2d(4, 4, 3, padding=1) for _ in range(3))
+        self.head = nn.Linear(4, 3)
+        self.branch, self.twice = branch, twice
+
+    def forward(self, x):
+        y = torch.relu_(self.a(x))
+        y = nn.functional.relu(self.b(y) + x, inplace=True)
+        if self.branch and float(y.sum()) > 0:
+            y = y * 2
+        z = self.c(y) + y
+        if self.twice:
+            z = self.c(z)
+        return self.head(z.mean((2, 3)))
+
+
+@pytest.mark.parametrize("model", ["walked", "branch"])
+def test_one_layer_at_a_time_equals_a_whole_pass_per_layer(monkeypatch, model):
+    """Probing each layer from its cut gives exactly what a whole pass with that layer changed gives,
+    over several chunks (in-place ops after a layer included); a model fx cannot trace takes the whole
+    pass and agrees too."""
+    monkeypatch.setattr(splits, "BATCH_PIXELS", 3 * 25)  # 3 images of 5x5 per chunk
+    net = _Residual(branch=model == "branch").eval()
+    names, x = ["a", "b", "c", "head"], torch.randn(8, 4, 5, 5)
+    loss = FidelityLoss(net, names, x)
+    weights = {n: dict(net.named_modules())[n].weight.detach() * 1.3 for n in ["a", "c", "head"]}
+    expected = {}
+    for name, w in weights.items():
+        changed = copy.deepcopy(net)
+        dict(changed.named_modules())[name].weight.data.copy_(w)
+        expected[name] = loss(changed)
+    assert loss.one_at_a_time(net, weights) == expected
+    assert stream_cuts(net, names, x, lambda *_: None, lambda *_: None) == (model == "walked")
+    assert loss.per_layer(net) == [0.0] * 4  # the float weights are back
+
+
+def test_a_layer_called_twice_is_not_walked():
+    """Changing it would reach the pass before the cut too."""
+    net, x = _Residual(twice=True).eval(), torch.randn(2, 4, 5, 5)
+    assert not stream_cuts(net, ["a", "c"], x, lambda *_: None, lambda *_: None)
+    assert stream_cuts(net, ["a", "b"], x, lambda *_: None, lambda *_: None)

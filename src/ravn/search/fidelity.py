@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ravn.hooks import stream
+from ravn.hooks import stream, stream_cuts
 
 #: Float features kept in float32 up to this size (all layers, the whole calibration batch), else float16.
 FLOAT32_REFERENCE_BYTES = 1 << 30
@@ -37,7 +37,8 @@ class FidelityLoss:
         self.norms: dict[str, torch.Tensor] = {}
 
         def keep(name: str, f: torch.Tensor, _chunk: int) -> None:
-            self.reference[name].append(f.to(self.dtype))
+            # a copy: an in-place op after the layer (conv -> ReLU(inplace=True)) must not change it
+            self.reference[name].append(f.to(self.dtype, copy=True))
             norm = f.pow(2).sum()
             self.norms[name] = norm if name not in self.norms else self.norms[name] + norm
 
@@ -48,20 +49,64 @@ class FidelityLoss:
         """Bytes of the kept float features."""
         return sum(t.numel() * t.element_size() for parts in self.reference.values() for t in parts)
 
-    def per_layer(self, model: nn.Module) -> list[float]:
-        """``d(F_i, F_i^q)`` of Eq. 5 for each layer of ``model`` (the quantized one)."""
-        sums: dict[str, torch.Tensor] = {}
+    def _distances(self, sums: dict[str, torch.Tensor]):
+        """A :func:`~ravn.hooks.stream` consumer adding each chunk's squared distance to ``sums``."""
 
         def distance(name: str, q: torch.Tensor, chunk: int) -> None:
             d = (self.reference[name][chunk].float() - q).pow(2).sum()
             sums[name] = d if name not in sums else sums[name] + d
 
-        stream(model.eval(), self.names, self.calibration, distance)
+        return distance
+
+    def _mean(self, sums: dict[str, torch.Tensor]) -> float:
+        """Eq. 6 from the layers' summed squared distances (a layer without any: its float features)."""
+        d = [float(sums[n] / self.norms[n].clamp_min(1e-12)) if n in sums else 0.0 for n in self.names]
+        return sum(d) / len(d)
+
+    def per_layer(self, model: nn.Module) -> list[float]:
+        """``d(F_i, F_i^q)`` of Eq. 5 for each layer of ``model`` (the quantized one)."""
+        sums: dict[str, torch.Tensor] = {}
+        stream(model.eval(), self.names, self.calibration, self._distances(sums))
         return [float(sums[n] / self.norms[n].clamp_min(1e-12)) for n in self.names]
 
     def __call__(self, model: nn.Module) -> float:
         d = self.per_layer(model)
         return sum(d) / len(d)
+
+    @torch.no_grad()
+    def one_at_a_time(self, model: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, float]:
+        """``L_fidelity`` of ``model`` (the float one) with one layer at a time given its weight in
+        ``weights``, for each of them: what each layer's sensitivity probe measures.
+
+        The features before a changed layer are the float ones (distance 0), so each probe runs only the
+        rest of the network: one float pass walked layer by layer (:func:`ravn.hooks.stream_cuts`), each
+        layer's probe from its cut on; the same values as a whole pass per layer (tested), for about half
+        its cost. A model ``torch.fx`` cannot walk gets the whole pass per layer."""
+        model = model.eval()
+        modules = dict(model.named_modules())
+        sums: dict[str, dict[str, torch.Tensor]] = {n: {} for n in weights}
+        current: dict[str, torch.Tensor] = {}
+
+        def distance(name: str, q: torch.Tensor, chunk: int) -> None:
+            self._distances(current)(name, q, chunk)
+
+        def probe(name: str, rest) -> None:
+            if name not in weights:
+                return
+            original = modules[name].weight.detach().clone()
+            modules[name].weight.copy_(weights[name])
+            current.clear()
+            try:
+                rest()
+            finally:
+                modules[name].weight.copy_(original)
+            for layer, d in current.items():
+                sums[name][layer] = d if layer not in sums[name] else sums[name][layer] + d
+
+        if not stream_cuts(model, self.names, self.calibration, distance, probe):
+            for name in weights:
+                probe(name, lambda: stream(model, self.names, self.calibration, distance))
+        return {name: self._mean(sums[name]) for name in weights}
 
 
 def _sizes(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, int]:

@@ -75,19 +75,14 @@ def layer_sensitivity(model: nn.Module, clustered: dict[str, ClusteredWeight], d
                       probe_bits: int = 2) -> dict[str, float]:
     """Fidelity loss per unit of weight error when each layer alone is quantized at ``probe_bits``
     (its codes re-chosen by ``data.round_layer`` first, when given: the search sees such weights)."""
-    fidelity, round_layer = data.fidelity, data.round_layer
-    work = copy.deepcopy(model).eval()
-    modules = dict(work.named_modules())
-    out = {}
+    round_layer, weights, errors = data.round_layer, {}, {}
     for name, cw in clustered.items():
-        original = modules[name].weight.detach().clone()
         bits = (probe_bits,) * cw.clusters
         q = cw.quantize(bits)
-        modules[name].weight.copy_((round_layer(name, q) if round_layer else q).dequantize())
-        err = cw.error(bits)
-        out[name] = fidelity(work) / max(err, 1e-12)
-        modules[name].weight.copy_(original)
-    return out
+        weights[name] = (round_layer(name, q) if round_layer else q).dequantize()
+        errors[name] = cw.error(bits)
+    losses = data.fidelity.one_at_a_time(copy.deepcopy(model), weights)
+    return {name: losses[name] / max(errors[name], 1e-12) for name in clustered}
 
 
 def squared_scales(cw: ClusteredWeight) -> float:
