@@ -17,8 +17,9 @@ then the search's evaluations, then the stored weights):
 - ``clustering``: every layer's k-means clusters (Eq. 1-2); no forward pass;
 - ``references``: GPTQ's per-layer Hessians (one streamed pass over the calibration batch), the float
   features of the fidelity loss (one pass) and the float top-1 on the search's validation subset;
-- ``sensitivity``: the ``fidelity`` probe, each layer alone at 2 bits with GPTQ codes: one calibration pass
-  per layer;
+- ``sensitivity``: the ``fidelity`` probe, each layer alone at 2 bits with GPTQ codes: one float pass
+  walked layer by layer and, per layer, the rest of the pass from that layer on (``ravn.hooks.stream_cuts``;
+  the floor given is the whole pass per layer, an upper bound);
 - ``evaluation (new bits)``: Eq. 7 for 4 bits everywhere, GPTQ codes of every layer at 4 bits included;
   ``evaluation``: the next one, one layer changed (what a search step costs once roundings are cached):
   one calibration pass and one pass over the validation subset;
