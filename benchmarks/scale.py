@@ -106,8 +106,8 @@ def setting(name: str, calibration: int | None, val_images: int, synthetic: bool
         split, part = dataset.calibration(calibration, seed=0), dataset.split("val", limit=val_images)
         calib, calib_labels = split.images(torch.arange(len(split))), split.labels
         val, val_labels = part.images(torch.arange(len(part))), part.labels
-    return model, ref, ref.normalize(calib), calib_labels, SearchData(ref.normalize(calib), ref.normalize(val),
-                                                                      val_labels)
+    return model, ref, ref.normalize(calib), calib_labels, SearchData(ref.normalize(calib), val, val_labels,
+                                                                      ref.normalize)
 
 
 def forward_seconds(model: torch.nn.Module, x: torch.Tensor, repeats: int = 2) -> float:
@@ -135,7 +135,7 @@ class Run:
         self.file = Path(args.runs) / f"{name}.ravn"
         self.state: dict = {}
         self.calib_s = forward_seconds(self.model, self.calib)
-        self.val_s = forward_seconds(self.model, self.data.val_images, repeats=1)
+        self.val_s = forward_seconds(self.model, self.data.normalize(self.data.val_pixels), repeats=1)
         layers = len(self.names)
         self.floors = {"clustering": (0.0, "none"), "references": (2 * self.calib_s + self.val_s, "2 calib + 1 val"),
                        "sensitivity": (layers * self.calib_s, f"{layers} calib"),

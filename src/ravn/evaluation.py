@@ -12,12 +12,16 @@ from ravn.device import to_model
 
 
 @torch.no_grad()
-def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int | None = None) -> float:
-    """Top-1 accuracy in percent of ``model`` on already normalised ``images`` (batches: see :func:`evaluate`)."""
+def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int | None = None,
+         normalize: Normalize | None = None) -> float:
+    """Top-1 accuracy in percent of ``model`` on ``images``: already normalised, or uint8 pixels that
+    ``normalize`` normalises batch by batch (the same values; a float copy of one batch at a time).
+    Batches: see :func:`evaluate`."""
     batch_size = batch_size or images_per_batch(images.shape[1:], DEFAULT_BATCH)
     correct = 0
     for i in range(0, len(labels), batch_size):
-        logits = model(to_model(model, images[i : i + batch_size]))
+        batch = to_model(model, images[i : i + batch_size])
+        logits = model(normalize(batch) if normalize is not None else batch)
         correct += (logits.argmax(1) == labels[i : i + batch_size].to(logits.device)).sum().item()
     return 100.0 * correct / len(labels)
 

@@ -107,3 +107,4 @@ def test_a_layer_called_twice_is_not_walked():
     net, x = _Residual(twice=True).eval(), torch.randn(2, 4, 5, 5)
     assert not stream_cuts(net, ["a", "c"], x, lambda *_: None, lambda *_: None)
     assert stream_cuts(net, ["a", "b"], x, lambda *_: None, lambda *_: None)
+

@@ -29,6 +29,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from ravn.data import Normalize
 from ravn.evaluation import top1
 from ravn.quantizers.rounding import RoundLayer
 from ravn.quantizers.size import Allocation
@@ -38,11 +39,18 @@ from ravn.search.fidelity import FidelityLoss
 
 @dataclass
 class SearchData:
-    """The fixed inputs of every evaluation: normalised calibration images and a validation subset."""
+    """The fixed inputs of every evaluation: normalised calibration images and a validation subset, kept
+    as uint8 pixels and normalised batch by batch (a quarter of the memory: 150 MB instead of 602 MB for
+    1,000 images at 224 px, in every worker too)."""
 
     calibration: torch.Tensor
-    val_images: torch.Tensor
+    val_pixels: torch.Tensor
     val_labels: torch.Tensor
+    normalize: Normalize
+
+    def val_top1(self, model: nn.Module) -> float:
+        """Top-1 of ``model`` on the validation subset, in percent."""
+        return top1(model, self.val_pixels, self.val_labels, normalize=self.normalize)
 
 
 def eq7(fidelity: float, top1: float, target: float, lam: float, started: float) -> dict:
@@ -77,7 +85,7 @@ class AllocationEvaluator:
         self.work = copy.deepcopy(model).eval()
         self.modules = dict(self.work.named_modules())
         self.fidelity = FidelityLoss(reference, self.names, data.calibration)
-        self.float_top1 = top1(reference.eval(), data.val_images, data.val_labels)
+        self.float_top1 = data.val_top1(reference.eval())
         self.target = self.float_top1 if target_top1 is None else target_top1
         self.cache: dict[tuple, dict] = {}
         self._weights: dict[tuple, torch.Tensor] = {}
@@ -109,7 +117,7 @@ class AllocationEvaluator:
         start = time.perf_counter()
         model = self.load(alloc)
         fid = self.fidelity(model)
-        g = top1(model, self.data.val_images, self.data.val_labels)
+        g = self.data.val_top1(model)
         return eq7(fid, g, self.target, self.lam, start)
 
     def __call__(self, alloc: Allocation) -> dict:

@@ -277,7 +277,7 @@ def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None
     device = device_of(model)  # the fixed batches live where the model runs
     calibration = normalize(calib_split.images(torch.arange(len(calib_split))).to(device))
     val = dataset.split("val", limit=search_val_size)
-    data = SearchData(calibration, normalize(val.images(torch.arange(len(val))).to(device)), val.labels.to(device))
+    data = SearchData(calibration, val.images(torch.arange(len(val))).to(device), val.labels.to(device), normalize)
     rounding = rounding or get_rounding(rounding_for(settings.rounding, coding))
     round_layer = rounding.layerwise(model, list(clustered), calibration)
     evaluator = AllocationEvaluator(model, clustered, data, lam, reference=reference, round_layer=round_layer)
