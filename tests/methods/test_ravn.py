@@ -58,16 +58,16 @@ def test_default_rounding_is_rate_aware_when_entropy_coded_and_gptq_when_fixed()
         assert all(torch.equal(auto.weights[n].codes, explicit.weights[n].codes) for n in auto.weights)
 
 
-def _qat_filling_the_coded_budget(tmp_path, rate_interval: int):
+def test_qat_whose_fine_tuning_raises_the_entropy_ends_within_the_coded_budget(tmp_path):
     """A budget the planned allocation fills to the bit; a learning rate high enough (tables and scales fixed,
-    no weight decay) that fine-tuning left alone takes the codes to more bits ANS-coded."""
+    no weight decay) that the fine-tuned codes take more bits ANS-coded: the file still meets the budget on
+    its measured bytes, and the run log says what was done."""
     data, ref = toy.dataset(), toy.REF.with_kwargs(width=2)
     context = Context(data, ref.normalize, None, 0, progress=False, coding="ans")
     planned = ravn.quantize(toy.bell(), ravn.RavnConfig(budget_bits=3.0, calibration_size=16, search=None), context)
     size = ravn.export.size_report(planned.weights, "ans")
     budget = (size["avg_bits"] * size["quantized_weights"] + 0.5) / size["quantized_weights"]
-    tune = FineTuneConfig(epochs=1, max_steps=6, batch_size=16, lr=0.1, learn_quantizers=False, weight_decay=0.0,
-                          rate_interval=rate_interval)
+    tune = FineTuneConfig(epochs=1, max_steps=6, batch_size=16, lr=0.1, learn_quantizers=False, weight_decay=0.0)
     config = ravn.RavnConfig(budget_bits=budget, calibration_size=16, search=None, finetune=tune)
     out = tmp_path / "m.ravn"
     summary = run(toy.bell(), ref, config, data, out, context=Context(data, ref.normalize, tmp_path / "run", 0,
@@ -75,24 +75,11 @@ def _qat_filling_the_coded_budget(tmp_path, rate_interval: int):
                   report=ReportOptions(measure=False, energy=False))
     (fine_tuned,) = summary["log"]["rounds"]
     assert fine_tuned["finetune"]["best_epoch"] == 1  # the trained weights, not the starting ones
+    fit = fine_tuned["budget_fit"]
+    assert fit["overshoot"] > 0 and fit["recoded"]  # fine-tuning did push the coded size over the budget
     stored = ravn.export.read(out)
     assert set(stored.codings.values()) == {"ans"}
     assert ravn.export.size_report(stored.weights, stored.codings)["avg_bits"] <= budget
-    assert summary["avg_bits"] <= budget and summary["allocation"] == planned.allocation
-    return fine_tuned
-
-
-def test_rate_aware_fine_tuning_trains_within_the_coded_budget(tmp_path):
-    """Rate control (the default): each layer trains within its planned coded size, so nothing is re-coded."""
-    fine_tuned = _qat_filling_the_coded_budget(tmp_path, rate_interval=2)
-    assert "budget_fit" not in fine_tuned and max(fine_tuned["finetune"]["rate_mu"].values()) > 0
-
-
-def test_qat_whose_fine_tuning_raises_the_entropy_ends_within_the_coded_budget(tmp_path):
-    """Without rate control the fine-tuned codes overshoot: the file still meets the budget on its measured
-    bytes (re-coded, not stepped down), and the run log says what was done."""
-    fine_tuned = _qat_filling_the_coded_budget(tmp_path, rate_interval=0)
-    fit = fine_tuned["budget_fit"]
-    assert fit["overshoot"] > 0 and fit["recoded"]  # fine-tuning did push the coded size over the budget
+    assert summary["avg_bits"] <= budget and summary["allocation"] == planned.allocation  # re-coded, not stepped down
     assert fine_tuned["finetune"]["val_top1"] == fit["val_top1"]  # the round is compared on the re-coded weights
     assert "re-coded by rate-aware GPTQ" in (tmp_path / "run" / "report.md").read_text()  # the run report says so

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 from torch import nn
@@ -9,9 +7,8 @@ from torch import nn
 from ravn.data import Dataset, Normalize, TensorSplit
 from ravn.errors import RavnError
 from ravn.quantizers import QuantizedWeight, quantize_uniform
-from ravn.quantizers.rate import coded_bits
 from ravn.quantizers.swap import attach, frozen_weights
-from ravn.quantizers.trainable import TableQuantizer, rate_nearest
+from ravn.quantizers.trainable import TableQuantizer
 from ravn.quantizers.vq import ClusteredWeight
 from ravn.training.finetune import FineTuneConfig, fine_tune
 
@@ -32,32 +29,6 @@ def test_straight_through_gradients_match_hand_computation():
     assert torch.allclose(quantizer.tables[0].grad, torch.tensor([0.5 * 2.0, 2.0 * 4.0, 0.5 * 1.0, 2.0 * 3.0]))
     # dL/ds_c = sum over the channel of T[code] * upstream
     assert torch.allclose(quantizer.scale.grad, torch.tensor([1.0 * 1.0 + -1.0 * 2.0, 2.0 * 3.0 + 0.0 * 4.0]))
-
-
-def test_rate_aware_codes_trade_error_for_code_length():
-    # table [-1, 0, 1, 2], scale 1; entry 1.0 costs 8 bits, the others 1 bit.
-    q = QuantizedWeight((1, 3), (2,), None, torch.zeros(3, dtype=torch.long), torch.tensor([-1.0, 0.0, 1.0, 2.0]),
-                        torch.tensor([1.0]))
-    quantizer = TableQuantizer(q)
-    w = torch.tensor([[0.8, 1.45, 1.2]])
-    assert torch.equal(quantizer(w), torch.tensor([[1.0, 1.0, 1.0]]))  # mu = 0: the nearest entry
-    quantizer.lengths.copy_(torch.tensor([1.0, 1.0, 8.0, 1.0]))
-    quantizer.mu.fill_(0.1)
-    # 0.8:  1 -> 0.04 + 0.8 = 0.84, 0 -> 0.64 + 0.1 = 0.74: 0.  1.45: 1 -> 1.0025, 2 -> 0.4025: 2.
-    # 1.2:  1 -> 0.84, 2 -> 0.74, 0 -> 1.54: 2.
-    assert torch.equal(quantizer(w), torch.tensor([[0.0, 2.0, 2.0]]))
-    frozen = quantizer.freeze(w)
-    assert torch.equal(frozen.dequantize(), quantizer(w).detach())
-    assert torch.equal(quantizer.entry_counts(w), torch.tensor([0, 1, 0, 2]))
-
-
-def test_rate_nearest_is_the_least_cost_level_in_any_chunking():
-    g = torch.Generator().manual_seed(0)
-    u, levels, cost = torch.randn(1000, generator=g), torch.randn(7, generator=g), torch.rand(7, generator=g)
-    brute = ((u[:, None] - levels[None, :]) ** 2 + cost[None, :]).argmin(1)
-    for chunk in (7, 100, 1 << 22):
-        assert torch.equal(rate_nearest(u, levels, cost, chunk), brute)
-    assert rate_nearest(u[:0], levels, cost).numel() == 0
 
 
 def test_attach_starts_from_the_quantized_weights_and_freezes_them():
@@ -134,31 +105,10 @@ def test_without_fidelity_and_distillation_the_teacher_does_not_run():
     assert calls  # the default loss does use it
 
 
-def test_rate_control_keeps_every_layer_within_its_planned_coded_size():
-    model, weights = _setup(2)
-    shares = {n: coded_bits(q) for n, q in weights.items()}
-    drifted = fine_tune(model, weights, _toy_dataset(), NORM, FineTuneConfig(epochs=4, lr=3e-2, batch_size=16,
-                                                                             rate_interval=0),
-                        progress=False, shares=shares)
-    assert drifted.rate_mu is None and coded_bits(drifted.weights["conv"]) > shares["conv"]  # left alone: over
-    cfg = FineTuneConfig(epochs=4, lr=3e-2, batch_size=16, rate_interval=2)
-    held = fine_tune(model, weights, _toy_dataset(), NORM, cfg, progress=False, shares=shares)
-    assert held.rate_mu["conv"] > 0 and "rate_mu" in held.log()
-    for name, q in held.weights.items():
-        assert coded_bits(q) <= shares[name] and q.bits == weights[name].bits
-    modules = dict(held.model.named_modules())
-    for name, q in held.weights.items():  # the stored codes are what the trained network computes
-        assert torch.equal(modules[name].weight, q.dequantize())
-
-
-@pytest.mark.parametrize("rate", [False, True])
-def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch, rate):
+def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch):
     model, weights = _setup()
-    cfg = FineTuneConfig(epochs=4, lr=5e-3, batch_size=16, rate_interval=2)
-    shares = {n: 0.97 * coded_bits(q) for n, q in weights.items()} if rate else None
-    tune = functools.partial(fine_tune, shares=shares)
-    whole = tune(model, weights, _toy_dataset(), NORM, cfg, run_dir=tmp_path / "a", seed=3, progress=False)
-    assert (whole.rate_mu is not None) == rate
+    cfg = FineTuneConfig(epochs=4, lr=5e-3, batch_size=16)
+    whole = fine_tune(model, weights, _toy_dataset(), NORM, cfg, run_dir=tmp_path / "a", seed=3, progress=False)
 
     import ravn.training.finetune as qat
 
@@ -173,9 +123,9 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch,
 
     monkeypatch.setattr(qat, "evaluate", interrupt_after_two_epochs)
     with pytest.raises(KeyboardInterrupt):
-        tune(model, weights, _toy_dataset(), NORM, cfg, run_dir=tmp_path / "b", seed=3, progress=False)
+        fine_tune(model, weights, _toy_dataset(), NORM, cfg, run_dir=tmp_path / "b", seed=3, progress=False)
     monkeypatch.setattr(qat, "evaluate", real)
-    resumed = tune(model, weights, _toy_dataset(), NORM, cfg, run_dir=tmp_path / "b", seed=3, progress=False)
+    resumed = fine_tune(model, weights, _toy_dataset(), NORM, cfg, run_dir=tmp_path / "b", seed=3, progress=False)
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3, 4]
     for name in weights:
         assert torch.equal(resumed.weights[name].dequantize(), whole.weights[name].dequantize())

@@ -54,20 +54,10 @@ def coded_bits(q: QuantizedWeight, codes: torch.Tensor | None = None) -> float:
                                               minlength=q.tables.numel()))
 
 
-def lengths_of(counts: torch.Tensor) -> torch.Tensor:
-    """``-log2 p`` of every symbol under the frequency model of ``counts`` (+ 1/2: an unused one is finite)."""
-    smoothed = counts + 0.5
-    return -torch.log2(smoothed / smoothed.sum())
-
-
 def code_lengths(q: QuantizedWeight, codes: torch.Tensor) -> torch.Tensor:
-    """``-log2 p`` of every table entry under the frequency model of ``codes``."""
-    return lengths_of(torch.from_numpy(np.bincount(q.with_codes(codes).symbols(), minlength=q.tables.numel())))
-
-
-def mean_gap(table: torch.Tensor) -> torch.Tensor:
-    """The mean gap between a table's adjacent levels."""
-    return (table.max() - table.min()) / max(len(table) - 1, 1)
+    """``-log2 p`` of every table entry under the frequency model of ``codes`` (counts + 1/2)."""
+    counts = np.bincount(q.with_codes(codes).symbols(), minlength=q.tables.numel()) + 0.5
+    return torch.from_numpy(-np.log2(counts / counts.sum()))
 
 
 def rate_codes(weight: torch.Tensor, q: QuantizedWeight, hessians: list[torch.Tensor], mu: float,
@@ -82,7 +72,8 @@ def rate_codes(weight: torch.Tensor, q: QuantizedWeight, hessians: list[torch.Te
 def cell_error(q: QuantizedWeight) -> torch.Tensor:
     """Each weight's squared rounding error if weights were spread evenly over its cluster's cells:
     ``(channel scale x mean gap between the cluster's levels)^2 / 12``, shaped ``(out, -1)``."""
-    gaps = torch.stack([mean_gap(t) for t in q.tables.double().split([1 << b for b in q.bits])])
+    gaps = torch.stack([(t.max() - t.min()) / max(len(t) - 1, 1)
+                        for t in q.tables.double().split([1 << b for b in q.bits])])
     ids = q.ids if q.ids is not None else torch.zeros(q.numel, dtype=torch.long)
     scale = q.scale.double() if q.scale is not None else torch.ones(q.shape[0], dtype=torch.float64)
     return (gaps[ids].view(q.shape[0], -1) * scale.view(-1, 1)) ** 2 / 12

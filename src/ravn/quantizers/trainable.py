@@ -25,11 +25,7 @@ end), ``dorefa`` (:mod:`.dorefa`), ``sinareq`` (:mod:`.sinareq`), ``dgms`` (:mod
 :class:`TableQuantizer` works with any module with a ``weight`` (Conv1d/2d/3d, Linear) without
 swapping classes. Forward: each weight, divided by its channel scale, is coded
 by the nearest entry of its own cluster's table (cluster membership is fixed, so the cluster-id
-cost and the budget do not move); the quantized weight is ``scale * table[code]``. For entropy-coded
-codes the nearest entry can give way to a cheaper one: with ``mu > 0`` (a buffer, set by
-:class:`ravn.training.finetune.RateControl`) the code is ``argmin_k (u - T[k])^2 + mu * length[k]``,
-``u`` the weight over its channel scale and ``length`` each entry's code length in bits (entropy-
-constrained scalar quantization, Choi et al., ICLR 2017, Sec. 4); ``mu = 0`` is the nearest entry. Backward: the
+cost and the budget do not move); the quantized weight is ``scale * table[code]``. Backward: the
 straight-through estimator passes the gradient to the latent weight unchanged, and the same
 gradient trains the table entries (sum over the weights coded by each) and the channel scales::
 
@@ -82,35 +78,20 @@ class TableQuantizer(nn.Module):
         self.per_channel = q.scale is not None
         self.scale = nn.Parameter(scale.clone().float(), requires_grad=learn_scale and self.per_channel)
         self.offset = None if q.offset is None else nn.Parameter(q.offset.clone().float(), requires_grad=learn_scale)
-        # rate-aware codes (entropy-coded weights): the layer's mu, each entry's code length in bits
-        self.register_buffer("mu", torch.zeros(()))
-        self.register_buffer("lengths", torch.zeros(sum(1 << b for b in self.bits)))
 
-    def _codes_and_levels(self, w: torch.Tensor, entries: bool = False):
-        """Per cluster: sorted table, and the code of each member (no gradient): the nearest entry, or with
-        ``mu > 0`` the least ``(u - T[k])^2 + mu * length[k]``. ``entries``: the codes as indices of the
-        unsorted table (the parameter's order, that of ``lengths``) instead."""
+    def _codes_and_levels(self, w: torch.Tensor):
+        """Per cluster: sorted table, and the code of each member (nearest entry; no gradient)."""
         u = w.detach().reshape(self.shape[0], -1)
         if self.offset is not None:
             u = u - self.offset.detach().view(-1, 1)
         u = (u / self.scale.detach().view(-1, 1)).reshape(-1)
         parts = u[self.order].split(self.sizes)
-        lengths = self.lengths.split([1 << b for b in self.bits])
-        mu, out = float(self.mu), []
-        for table, part, length in zip(self.tables, parts, lengths, strict=True):
-            sorted_table, perm = torch.sort(table.detach())
-            if mu > 0:
-                codes = rate_nearest(part, sorted_table, mu * length[perm])
-            else:
-                codes = torch.searchsorted((sorted_table[1:] + sorted_table[:-1]) / 2, part.contiguous())
-            out.append((table[perm], perm[codes] if entries else codes))
+        out = []
+        for table, part in zip(self.tables, parts, strict=True):
+            sorted_table, _ = torch.sort(table)
+            mids = (sorted_table[1:] + sorted_table[:-1]) / 2
+            out.append((sorted_table, torch.searchsorted(mids.detach(), part.contiguous())))
         return out
-
-    @torch.no_grad()
-    def entry_counts(self, w: torch.Tensor) -> torch.Tensor:
-        """How many weights each table entry codes now (entries in the order of ``lengths``)."""
-        return torch.cat([torch.bincount(codes, minlength=len(table))
-                          for table, codes in self._codes_and_levels(w, entries=True)])
 
     def grid_units(self, w: torch.Tensor) -> torch.Tensor:
         """``w`` in steps of the (one-cluster, uniform) table from its lowest entry: levels at integers."""
@@ -140,14 +121,6 @@ class TableQuantizer(nn.Module):
         ids = self.ids.clone() if len(self.bits) > 1 else None
         offset = None if self.offset is None else self.offset.detach().clone()
         return QuantizedWeight(self.shape, self.bits, ids, codes, tables, scale, offset)
-
-
-def rate_nearest(u: torch.Tensor, levels: torch.Tensor, cost: torch.Tensor, chunk: int = 1 << 22) -> torch.Tensor:
-    """For each ``u``, the index of the least ``(u - levels[k])^2 + cost[k]``; ``chunk`` bounds the
-    ``len(u) x len(levels)`` matrix each step builds."""
-    rows = max(1, chunk // max(len(levels), 1))
-    return torch.cat([((part[:, None] - levels[None, :]) ** 2 + cost[None, :]).argmin(1)
-                      for part in u.split(rows)]) if len(u) else torch.zeros(0, dtype=torch.long)
 
 
 @register_trainable("shared")
