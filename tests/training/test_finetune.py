@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 from torch import nn
@@ -9,7 +7,6 @@ from torch import nn
 from ravn.data import Dataset, Normalize, TensorSplit
 from ravn.errors import RavnError
 from ravn.quantizers import QuantizedWeight, quantize_uniform
-from ravn.quantizers.rate import coded_bits
 from ravn.quantizers.swap import attach, frozen_weights
 from ravn.quantizers.trainable import TableQuantizer
 from ravn.quantizers.vq import ClusteredWeight
@@ -32,25 +29,6 @@ def test_straight_through_gradients_match_hand_computation():
     assert torch.allclose(quantizer.tables[0].grad, torch.tensor([0.5 * 2.0, 2.0 * 4.0, 0.5 * 1.0, 2.0 * 3.0]))
     # dL/ds_c = sum over the channel of T[code] * upstream
     assert torch.allclose(quantizer.scale.grad, torch.tensor([1.0 * 1.0 + -1.0 * 2.0, 2.0 * 3.0 + 0.0 * 4.0]))
-
-
-def test_soft_code_length_is_the_code_length_away_from_boundaries_and_pulls_to_the_cheaper_entry():
-    # table [-1, 0, 1, 2], scale 1; entry 1.0 costs 8 bits, the others 1 bit.
-    q = QuantizedWeight((1, 4), (2,), None, torch.zeros(4, dtype=torch.long), torch.tensor([-1.0, 0.0, 1.0, 2.0]),
-                        torch.tensor([1.0]))
-    quantizer = TableQuantizer(q)
-    quantizer.lengths.copy_(torch.tensor([1.0, 1.0, 8.0, 1.0]))
-    far = torch.tensor([[-1.0, 0.0, 1.0, 2.0]])  # on the entries: their own lengths
-    assert quantizer.soft_bits(far).item() == pytest.approx(1 + 1 + 8 + 1, abs=1e-3)
-    w = torch.tensor([[0.5, 1.45, 1.55, 3.0]], requires_grad=True)  # 0.5 and 1.5: boundaries; 3.0: beyond the table
-    bits = quantizer.soft_bits(w)
-    # 0.5: on the boundary of 1 and 8 bits, the mean 4.5; 1.45 and 1.55: 8 - 7 sigmoid(-/+0.5), 9 together;
-    # 3.0: past the last entry, its length 1
-    assert bits.item() == pytest.approx(4.5 + 9.0 + 1.0, abs=1e-3)
-    bits.backward()
-    assert w.grad[0, 0] > 0 and w.grad[0, 1] < 0 and w.grad[0, 2] < 0  # descent moves them away from entry 1.0
-    assert abs(w.grad[0, 3]) < 1e-4
-    assert torch.equal(quantizer.entry_counts(torch.tensor([[0.4, 0.6, 0.9, 2.7]])), torch.tensor([0, 1, 2, 1]))
 
 
 def test_attach_starts_from_the_quantized_weights_and_freezes_them():
@@ -127,32 +105,10 @@ def test_without_fidelity_and_distillation_the_teacher_does_not_run():
     assert calls  # the default loss does use it
 
 
-def test_rate_control_raises_the_weight_of_code_length_while_a_layer_is_over_its_share():
-    model, weights = _setup(2)
-    shares = {n: coded_bits(q) for n, q in weights.items()}
-    cfg = FineTuneConfig(epochs=4, lr=3e-2, batch_size=16, rate_interval=0)
-    drifted = fine_tune(model, weights, _toy_dataset(), NORM, cfg, progress=False, shares=shares)
-    assert drifted.rate_mu is None and coded_bits(drifted.weights["conv"]) > shares["conv"]  # left alone: over
-    held = fine_tune(model, weights, _toy_dataset(), NORM, cfg.replace(rate_interval=1), progress=False,
-                     shares=shares)
-    assert held.rate_mu["conv"] > 0 and "rate_mu" in held.log() and "train_rate" in held.history[-1]
-    modules = dict(held.model.named_modules())
-    for name, q in held.weights.items():  # the stored codes are what the trained network computes
-        assert torch.equal(modules[name].weight, q.dequantize()) and q.bits == weights[name].bits
-
-
-def test_a_fine_tuning_stamped_before_rate_control_reads_as_without_it():
-    old = {k: v for k, v in FineTuneConfig().to_dict().items() if k != "rate_interval"} | {"version": 1}
-    assert FineTuneConfig.from_dict(old).rate_interval == 0 and FineTuneConfig().rate_interval > 0
-
-
-@pytest.mark.parametrize("rate", [False, True])
-def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch, rate):
+def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch):
     model, weights = _setup()
-    cfg = FineTuneConfig(epochs=4, lr=5e-3, batch_size=16, rate_interval=1)
-    tune = functools.partial(fine_tune, shares={n: 0.97 * coded_bits(q) for n, q in weights.items()} if rate else None)
-    whole = tune(model, weights, _toy_dataset(), NORM, cfg, run_dir=tmp_path / "a", seed=3, progress=False)
-    assert (whole.rate_mu is not None) == rate
+    cfg = FineTuneConfig(epochs=4, lr=5e-3, batch_size=16)
+    whole = fine_tune(model, weights, _toy_dataset(), NORM, cfg, run_dir=tmp_path / "a", seed=3, progress=False)
 
     import ravn.training.finetune as qat
 
@@ -167,9 +123,9 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch,
 
     monkeypatch.setattr(qat, "evaluate", interrupt_after_two_epochs)
     with pytest.raises(KeyboardInterrupt):
-        tune(model, weights, _toy_dataset(), NORM, cfg, run_dir=tmp_path / "b", seed=3, progress=False)
+        fine_tune(model, weights, _toy_dataset(), NORM, cfg, run_dir=tmp_path / "b", seed=3, progress=False)
     monkeypatch.setattr(qat, "evaluate", real)
-    resumed = tune(model, weights, _toy_dataset(), NORM, cfg, run_dir=tmp_path / "b", seed=3, progress=False)
+    resumed = fine_tune(model, weights, _toy_dataset(), NORM, cfg, run_dir=tmp_path / "b", seed=3, progress=False)
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3, 4]
     for name in weights:
         assert torch.equal(resumed.weights[name].dequantize(), whole.weights[name].dequantize())

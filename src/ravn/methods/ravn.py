@@ -10,10 +10,8 @@ Algorithm 1 as METHOD.md reads it, over the registered stages:
 3. adaptive quantization: codes re-chosen against each layer's output error (``rounding``, GPTQ),
    and with ``finetune``, quantization-aware fine-tuning (:mod:`ravn.training.finetune`); rounds of
    search -> fine-tune repeat while validation top-1 rises (``rounds``). Fine-tuning moves codes after
-   the budget was met: entropy-coded, the loss pays for each layer's code length with a weight that holds
-   it to the size the allocation planned (:class:`ravn.training.finetune.RateControl`), and each round's
-   fine-tuned weights are measured as stored and, over the budget, re-coded or stepped down
-   (:func:`tuned_within_budget`) before rounds are compared.
+   the budget was met, so each round's fine-tuned weights are measured as stored and, entropy-coded and
+   over the budget, re-coded or stepped down (:func:`tuned_within_budget`) before rounds are compared.
 
 Table 6's rows are presets of the same recipe: ``vq`` (no search, round-to-nearest), ``aq`` (the
 same bits everywhere, fine-tuned), ``rl+aq`` (per-layer bits by the agent, fine-tuned).
@@ -32,7 +30,6 @@ from ravn.data import ImageSplit, Normalize
 from ravn.evaluation import evaluate
 from ravn.methods.base import Context, QuantizationResult, register_method, register_preset
 from ravn.quantizers.qweight import QuantizedWeight
-from ravn.quantizers.rate import coded_bits
 from ravn.quantizers.rounding import rounding_for
 from ravn.quantizers.swap import with_weights
 from ravn.quantizers.vq import GRIDS, MAX_CLUSTERS, check_outliers
@@ -121,9 +118,8 @@ def quantize_ravn(model: nn.Module, config: RavnConfig, context: Context) -> Qua
         _, weights, log = allocate(problem, search, context, folder, reference=model)
         if config.finetune is None:
             return QuantizationResult(with_weights(current, weights), weights, log, coding=coding)
-        shares = {n: coded_bits(q) for n, q in weights.items()} if coding != "fixed" else None
         ft = fine_tune(current, weights, dataset, context.normalize, config.finetune, folder, context.seed,
-                       context.progress, teacher=model, shares=shares)
+                       context.progress, teacher=model)
         val = dataset.split("val", limit=config.finetune.epoch_val_size)
         ft, fitted = tuned_within_budget(problem, ft, weights, val, context.normalize, context.progress)
         rounds.append({**log, "finetune": ft.log(), **({"budget_fit": fitted} if fitted else {})})

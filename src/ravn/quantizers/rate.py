@@ -54,15 +54,10 @@ def coded_bits(q: QuantizedWeight, codes: torch.Tensor | None = None) -> float:
                                               minlength=q.tables.numel()))
 
 
-def lengths_of(counts: torch.Tensor) -> torch.Tensor:
-    """``-log2 p`` of every symbol under the frequency model of ``counts`` (+ 1/2: an unused one is finite)."""
-    smoothed = counts + 0.5
-    return -torch.log2(smoothed / smoothed.sum())
-
-
 def code_lengths(q: QuantizedWeight, codes: torch.Tensor) -> torch.Tensor:
-    """``-log2 p`` of every table entry under the frequency model of ``codes``."""
-    return lengths_of(torch.from_numpy(np.bincount(q.with_codes(codes).symbols(), minlength=q.tables.numel())))
+    """``-log2 p`` of every table entry under the frequency model of ``codes`` (counts + 1/2)."""
+    counts = np.bincount(q.with_codes(codes).symbols(), minlength=q.tables.numel()) + 0.5
+    return torch.from_numpy(-np.log2(counts / counts.sum()))
 
 
 def rate_codes(weight: torch.Tensor, q: QuantizedWeight, hessians: list[torch.Tensor], mu: float,

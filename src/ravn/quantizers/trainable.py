@@ -78,65 +78,20 @@ class TableQuantizer(nn.Module):
         self.per_channel = q.scale is not None
         self.scale = nn.Parameter(scale.clone().float(), requires_grad=learn_scale and self.per_channel)
         self.offset = None if q.offset is None else nn.Parameter(q.offset.clone().float(), requires_grad=learn_scale)
-        # entropy-coded codes (ravn.training.finetune.RateControl): the weight of the layer's code length in
-        # the loss, and each table entry's code length in bits (the parameters' order)
-        self.register_buffer("mu", torch.zeros(()))
-        self.register_buffer("lengths", torch.zeros(sum(1 << b for b in self.bits)))
-
-    def _units(self, w: torch.Tensor) -> torch.Tensor:
-        """``w`` over its channel scales (minus offsets), flat, in cluster order: the tables' units."""
-        u = w.reshape(self.shape[0], -1)
-        if self.offset is not None:
-            u = u - self.offset.detach().view(-1, 1)
-        return (u / self.scale.detach().view(-1, 1)).reshape(-1)[self.order]
 
     def _codes_and_levels(self, w: torch.Tensor):
         """Per cluster: sorted table, and the code of each member (nearest entry; no gradient)."""
-        parts = self._units(w.detach()).split(self.sizes)
+        u = w.detach().reshape(self.shape[0], -1)
+        if self.offset is not None:
+            u = u - self.offset.detach().view(-1, 1)
+        u = (u / self.scale.detach().view(-1, 1)).reshape(-1)
+        parts = u[self.order].split(self.sizes)
         out = []
         for table, part in zip(self.tables, parts, strict=True):
             sorted_table, _ = torch.sort(table)
             mids = (sorted_table[1:] + sorted_table[:-1]) / 2
             out.append((sorted_table, torch.searchsorted(mids.detach(), part.contiguous())))
         return out
-
-    @torch.no_grad()
-    def entry_counts(self, w: torch.Tensor) -> torch.Tensor:
-        """How many weights each table entry codes now (entries in the order of ``lengths``)."""
-        counts = []
-        for table, part in zip(self.tables, self._units(w.detach()).split(self.sizes), strict=True):
-            sorted_table, perm = torch.sort(table.detach())
-            codes = torch.searchsorted((sorted_table[1:] + sorted_table[:-1]) / 2, part.contiguous())
-            counts.append(torch.bincount(perm[codes], minlength=len(table)))
-        return torch.cat(counts)
-
-    def soft_bits(self, w: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
-        """The layer's code length in bits under ``lengths``, differentiable in the latent weight ``w``.
-
-        A weight between entries ``a < b`` of its cluster's sorted table costs
-        ``l_a + (l_b - l_a) * sigmoid((u - (a + b) / 2) / (temperature * (b - a)))``: its code's length
-        away from the decision boundary, the mean of the two on it. The gradient, nonzero only within a
-        few ``temperature`` gaps of a boundary, moves the weights about to change code towards the
-        cheaper entry (tables and scales get none)::
-
-            length
-             l_b |            ______
-                 |          /
-             l_a |______ /
-                 +----a----|----b----  u        (| : the boundary (a + b) / 2)
-        """
-        lengths = self.lengths.split([1 << b for b in self.bits])
-        total = w.new_zeros(())
-        for table, part, length in zip(self.tables, self._units(w).split(self.sizes), lengths, strict=True):
-            if len(table) < 2 or not len(part):
-                continue
-            levels, perm = torch.sort(table.detach())
-            ordered = length[perm].to(part.dtype)
-            k = (torch.searchsorted(levels, part.detach().contiguous()) - 1).clamp(0, len(levels) - 2)
-            lo, hi = levels[k], levels[k + 1]
-            side = torch.sigmoid((part - (lo + hi) / 2) / (temperature * (hi - lo).clamp_min(1e-12)))
-            total = total + (ordered[k] + (ordered[k + 1] - ordered[k]) * side).sum()
-        return total
 
     def grid_units(self, w: torch.Tensor) -> torch.Tensor:
         """``w`` in steps of the (one-cluster, uniform) table from its lowest entry: levels at integers."""

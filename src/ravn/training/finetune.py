@@ -20,7 +20,6 @@ import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 from torch import nn
@@ -31,9 +30,7 @@ from ravn.data.splits import images_per_batch
 from ravn.device import to_model
 from ravn.evaluation import evaluate
 from ravn.hooks import Capture
-from ravn.quantizers import entropy
 from ravn.quantizers.qweight import QuantizedWeight
-from ravn.quantizers.rate import lengths_of
 from ravn.quantizers.swap import attach, detach, frozen_weights, latent_weight, with_weights
 from ravn.training.loop import Callback, LoopResult, Schedule, train_epochs
 from ravn.training.losses import Loss, Step
@@ -41,8 +38,6 @@ from ravn.training.losses import Loss, Step
 
 @dataclass
 class FineTuneConfig(Config):
-    VERSION: ClassVar[int] = 2  # 2: rate_interval (version 1 left entropy-coded codes to drift: rate_interval 0)
-
     #: Fine-tuning epochs (passes over the training part), per round.
     epochs: int = 10
     #: AdamW learning rate (paper: 1e-3). Re-measured, 150 steps from a reconstructed 3-bit ResNet-20
@@ -73,20 +68,12 @@ class FineTuneConfig(Config):
     max_steps: int | None = None
     #: Validation images used to select the epoch; default: the whole validation split.
     epoch_val_size: int | None = None
-    #: RAVN with entropy-coded codes (--coding ans): every this many steps each layer's frequency model is
-    #: re-estimated and the weight of its code length in the loss moved, so that its coded size stays
-    #: within what the allocation planned (RateControl); 0: codes drift and are re-coded afterwards.
-    rate_interval: int = 10
 
     def __post_init__(self) -> None:
-        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or self.rate_interval < 0:
-            raise ValueError("epochs must be >= 0, batch_size >= 1, lr > 0 and rate_interval >= 0")
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs must be >= 0, batch_size >= 1 and lr > 0")
         if self.bn not in ("frozen", "train"):
             raise ValueError(f"bn must be 'frozen' or 'train', got {self.bn!r}")
-
-    @classmethod
-    def migrate(cls, data: dict, version: int) -> dict:
-        return {"rate_interval": 0, **data} if version < 2 else data
 
     def loss(self, terms: list[tuple] = ()) -> Loss:
         """Cross-entropy, fidelity and distillation, then a method's ``terms`` (``(name, weight, options)``)."""
@@ -103,11 +90,10 @@ class FineTuneResult:
     val_top1: float
     bn_recalibrated: bool
     quantizers: dict[str, nn.Module]  # the trained quantizers (best epoch): what they learned (SINAREQ's bits)
-    rate_mu: dict[str, float] | None = None  # with rate control: each layer's mu at the end
 
     def log(self) -> dict:
         return {"history": self.history, "best_epoch": self.best_epoch, "val_top1": self.val_top1,
-                "bn_recalibrated": self.bn_recalibrated, **({"rate_mu": self.rate_mu} if self.rate_mu else {})}
+                "bn_recalibrated": self.bn_recalibrated}
 
 
 class BatchNormMode(Callback):
@@ -134,58 +120,7 @@ class LossSchedule(Callback):
         self.loss.start_epoch(epoch, self.epochs)
 
 
-class RateControl(Callback):
-    """Rate-aware fine-tuning of entropy-coded codes: each layer's coded size held within its share.
-
-    Fine-tuning moves weights between levels, and under a per-layer frequency model the codes' coded
-    size follows: left alone, 20 epochs took ResNet-20's codes 2.4% and 3.1% over the 2.0- and 1.5-bit
-    budgets, and re-coding them afterwards cost validation top-1 (``budget_fit`` in
-    benchmarks/results/readme_rows.md). Instead the loss pays for code length (the ``rate`` term,
-    :class:`ravn.training.losses.Rate`: ``mu_l`` times each layer's differentiable code length), and
-    every ``interval`` steps, per layer:
-
-    - the frequency model is re-estimated from the layer's current codes (``length = -log2 p``,
-      :func:`ravn.quantizers.rate.lengths_of`) and their coded size measured as the budget measures it
-      (:func:`ravn.quantizers.entropy.estimated_bits`);
-    - over its ``share``, ``mu`` is multiplied by ``growth`` (from 0 it starts at ``mu0``); under
-      ``(1 - margin) x share`` it is divided by ``growth`` (below ``mu0`` it returns to 0); in between
-      it stays: a multiplicative step on the Lagrange multiplier of the layer's size constraint.
-
-    The codes stay the nearest entries, so the network sees what will be stored; only the weights near
-    a decision boundary feel the term, pulled to the cheaper side. (Rounding to a cheaper entry in the
-    forward pass instead, with the same control, was tried: the latent weights get no pull, so they push
-    back across the shifted boundaries, ``mu`` escalates and accuracy collapsed: docs/DESIGN.md.) What
-    is left over at the end is re-coded as before (:func:`ravn.methods.ravn.tuned_within_budget`).
-    ``mu`` and the lengths are the quantizers' buffers, checkpointed with the model: resume is exact.
-    """
-
-    def __init__(self, layers: dict[str, tuple[torch.Tensor, nn.Module]], shares: dict[str, float],
-                 interval: int = 10, growth: float = 1.5, margin: float = 0.005, mu0: float = 1e-2):
-        self.layers = {n: layers[n] for n in shares}
-        self.shares, self.interval, self.growth, self.margin, self.mu0 = shares, interval, growth, margin, mu0
-
-    def coded_bits(self, name: str) -> float:
-        """The layer's frequency model re-estimated from its codes, and their coded size."""
-        w, q = self.layers[name]
-        counts = q.entry_counts(w)
-        q.lengths.copy_(lengths_of(counts))
-        return entropy.estimated_bits(counts.cpu().numpy())
-
-    def on_step(self, step: int, seen: int, sums: dict[str, float]) -> None:
-        if step % self.interval:
-            return
-        for name, share in self.shares.items():
-            bits, mu = self.coded_bits(name), float(self.layers[name][1].mu)
-            if bits > share:
-                mu = max(mu * self.growth, self.mu0)
-            elif bits < (1 - self.margin) * share:
-                mu = mu / self.growth if mu / self.growth >= self.mu0 else 0.0
-            self.layers[name][1].mu.fill_(mu)
-
-    def mus(self) -> dict[str, float]:
-        return {n: float(q.mu) for n, (_, q) in self.layers.items()}
-
-
+@torch.no_grad()
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, images: ImageSplit, normalize: Normalize, most: int = 250) -> None:
     """Re-estimate batch-norm running statistics as exact averages over ``images``, read and normalised
@@ -207,15 +142,13 @@ def recalibrate_bn(model: nn.Module, images: ImageSplit, normalize: Normalize, m
 def train_student(student: nn.Module, teacher: nn.Module, latent: list[str], captured: list[str], loss: Loss,
                   train: ImageSplit, val: ImageSplit, normalize: Normalize, config: FineTuneConfig,
                   run_dir: Path | None = None, seed: int = 0, progress: bool = True,
-                  stamp: dict | None = None, layers: dict | None = None,
-                  callbacks: list[Callback] = ()) -> LoopResult:
+                  stamp: dict | None = None, layers: dict | None = None) -> LoopResult:
     """Train ``student`` (its weight parametrizations already attached) with ``loss`` in the epoch loop.
 
     ``latent``: the layers whose latent weights (:func:`~ravn.quantizers.swap.latent_weight`) get weight
     decay; every other parameter that requires a gradient trains without it. ``captured``: the modules
     whose outputs are the step's features (teacher's and student's, for the loss terms that read them).
     ``layers``: name -> (latent weight, trainable quantizer), what regularisers read (``Step.layers``).
-    ``callbacks``: more of the epoch loop's callbacks (after batch-norm mode and the loss schedule).
     Validation top-1 of ``student`` on ``val`` selects the epoch; ``student`` ends in the best epoch's state.
     Under torchrun the ranks train it data-parallel (:mod:`ravn.training.distributed`).
     """
@@ -244,7 +177,7 @@ def train_student(student: nn.Module, teacher: nn.Module, latent: list[str], cap
         total, values = loss(out)
         return {"loss": total, **values}
 
-    callbacks = [BatchNormMode(student, config.bn), LossSchedule(loss, config.epochs), *callbacks]
+    callbacks: list[Callback] = [BatchNormMode(student, config.bn), LossSchedule(loss, config.epochs)]
     if progress:
         from ravn.progress import EpochProgress
 
@@ -259,15 +192,13 @@ def train_student(student: nn.Module, teacher: nn.Module, latent: list[str], cap
 def fine_tune(float_model: nn.Module, weights: dict[str, QuantizedWeight], dataset: Dataset, normalize: Normalize,
               config: FineTuneConfig, run_dir: Path | None = None, seed: int = 0, progress: bool = True,
               teacher: nn.Module | None = None, terms: list[tuple] = (),
-              quantizer_options: dict | None = None, shares: dict[str, float] | None = None) -> FineTuneResult:
+              quantizer_options: dict | None = None) -> FineTuneResult:
     """Fine-tune ``float_model`` quantized as ``weights``; returns the best epoch's quantized weights.
 
     ``teacher`` defaults to ``float_model``. ``terms`` are a method's extra loss terms
     (``(name, weight, options)``, :mod:`ravn.training.losses`), ``quantizer_options`` its trainable
-    quantizer's settings. ``shares``: for entropy-coded codes, each layer's planned coded size in bits
-    (:func:`ravn.quantizers.rate.coded_bits`), held by :class:`RateControl` every ``rate_interval`` steps
-    (layers whose quantizer has no ``soft_bits`` are left to the re-coding after training). With
-    ``run_dir``, training resumes after the last finished epoch (:func:`ravn.training.loop.train_epochs`).
+    quantizer's settings. With ``run_dir``, training resumes after the last finished epoch
+    (:func:`ravn.training.loop.train_epochs`).
     """
     teacher = (teacher or float_model).eval()
     student = copy.deepcopy(float_model)
@@ -275,15 +206,13 @@ def fine_tune(float_model: nn.Module, weights: dict[str, QuantizedWeight], datas
                         learn_scale=config.learn_quantizers, options=quantizer_options)
     names = list(weights)
     val = dataset.split("val", limit=config.epoch_val_size)
+    loss = config.loss(list(terms))
     layers = {n: (latent_weight(student, n), quantizers[n]) for n in names}
-    rated = {n: v for n, v in (shares or {}).items() if hasattr(quantizers[n], "soft_bits")}
-    control = RateControl(layers, rated, config.rate_interval) if rated and config.rate_interval else None
-    loss = config.loss([*terms, *([("rate", 1.0)] if control else [])])
     stamp = {"layers": {n: list(q.bits) for n, q in weights.items()},
              **({"terms": [list(t) for t in terms]} if terms else {}),
              **({"quantizer_options": quantizer_options} if quantizer_options else {})}
     result = train_student(student, teacher, names, names, loss, dataset.train, val, normalize, config,
-                           run_dir, seed, progress, stamp, layers, [control] if control else [])
+                           run_dir, seed, progress, stamp, layers)
     student.eval()
     # Batch-norm statistics for the quantized weights: keep them only if validation agrees.
     calib = dataset.calibration(2000, seed=1)
@@ -296,5 +225,4 @@ def fine_tune(float_model: nn.Module, weights: dict[str, QuantizedWeight], datas
     final = frozen_weights(student, quantizers)
     latent = detach(student, names)
     return FineTuneResult(final, with_weights(latent, final), latent.eval(), result.history, result.best_epoch,
-                          m["top1"] if recalibrated else result.best_top1, recalibrated, quantizers,
-                          control.mus() if control else None)
+                          m["top1"] if recalibrated else result.best_top1, recalibrated, quantizers)

@@ -15,9 +15,9 @@ Contract of a loss term (register a subclass of :class:`LossTerm` with :func:`re
 
 A fine-tuning's loss is ``sum(weight * scale * term)`` over :class:`Loss`'s (name, weight[, options])
 entries with a non-zero weight, in order. Registered: ``ce``, ``fidelity`` (Eq. 6), ``distill``,
-``section`` (DCQ's student-section loss at a section boundary), the sinusoidal regularisers
-``sinreq`` (SinReQ) and ``sinareq`` (SINAREQ), and ``rate`` (entropy-coded code length), which read
-the quantized layers' latent weights and trainable quantizers (``Step.layers``).
+``section`` (DCQ's student-section loss at a section boundary), and the sinusoidal regularisers
+``sinreq`` (SinReQ) and ``sinareq`` (SINAREQ), which read the quantized layers' latent weights and
+trainable quantizers (``Step.layers``).
 """
 
 from __future__ import annotations
@@ -153,21 +153,6 @@ class Sinareq(SinReQ):
         sizes = torch.tensor([float(w.numel()) for w, _ in step.layers.values()], device=beta.device)
         mean_bits = (beta * sizes).sum() / sizes.sum()
         return super().__call__(step) + self.bit_cost * torch.relu(mean_bits - self.target)
-
-
-@register_loss("rate")
-class Rate(LossTerm):
-    """The code length of entropy-coded weights (RAVN with ``--coding ans``): the sum over the quantized
-    layers of ``mu_l`` times the layer's differentiable code length in bits per weight (``soft_bits`` of
-    its trainable quantizer, under its frequency model, over its weights). ``mu_l`` and the
-    frequency models are the quantizers' buffers, moved by :class:`ravn.training.finetune.RateControl` so
-    that each layer's coded size stays within what the allocation planned; layers whose quantizer has
-    no ``soft_bits`` count nothing."""
-
-    def __call__(self, step: Step) -> torch.Tensor:
-        total = sum(float(q.mu) * q.soft_bits(w) / w.numel() for w, q in step.layers.values()
-                    if hasattr(q, "soft_bits") and float(q.mu) > 0)
-        return total if torch.is_tensor(total) else step.logits.new_zeros(())
 
 
 class Loss:
