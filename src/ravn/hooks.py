@@ -64,6 +64,14 @@ class _Stop(Exception):
     pass
 
 
+def _chunks(x: torch.Tensor):
+    """``(number, rows)`` of each chunk of ``x`` a streamed pass runs: :func:`~ravn.data.splits.images_per_batch`
+    images each (a tensor without spatial axes: one chunk)."""
+    rows = images_per_batch(x.shape[1:]) if x.dim() > 1 else len(x)
+    for chunk, start in enumerate(range(0, len(x), rows)):
+        yield chunk, x[start : start + rows]
+
+
 @torch.no_grad()
 def stream(model: nn.Module, names: list[str], x: torch.Tensor, fn: Callable[[str, torch.Tensor, int], None],
            inputs: bool = False, stop: bool = False) -> None:
@@ -74,7 +82,6 @@ def stream(model: nn.Module, names: list[str], x: torch.Tensor, fn: Callable[[st
     named module has been seen (inputs of early layers only). ``x`` of one chunk is one forward pass.
     """
     modules = dict(model.named_modules())
-    rows = images_per_batch(x.shape[1:]) if x.dim() > 1 else len(x)
     seen: set[str] = set()
     state = {"chunk": 0}
 
@@ -89,10 +96,10 @@ def stream(model: nn.Module, names: list[str], x: torch.Tensor, fn: Callable[[st
     else:
         handles = [modules[n].register_forward_hook(lambda _m, _i, out, n=n: hook(n, out)) for n in names]
     try:
-        for state["chunk"], start in enumerate(range(0, len(x), rows)):
+        for state["chunk"], part in _chunks(x):
             seen.clear()
             with contextlib.suppress(_Stop):
-                model(to_model(model, x[start : start + rows]))
+                model(to_model(model, part))
     finally:
         for h in handles:
             h.remove()
@@ -150,10 +157,9 @@ def stream_cuts(model: nn.Module, names: list[str], x: torch.Tensor, fn: Callabl
         finally:
             state["rest"] = False
 
-    rows = images_per_batch(x.shape[1:]) if x.dim() > 1 else len(x)
     try:
-        for state["chunk"], first in enumerate(range(0, len(x), rows)):
-            env = {nodes[0]: to_model(model, x[first : first + rows])}
+        for state["chunk"], part in _chunks(x):
+            env = {nodes[0]: to_model(model, part)}
             for i in range(1, end):
                 if nodes[i].op == "call_module" and nodes[i].target in wanted:
                     visit(nodes[i].target, functools.partial(rest, env, i))

@@ -58,20 +58,26 @@ class FidelityLoss:
 
         return distance
 
-    def _mean(self, sums: dict[str, torch.Tensor]) -> float:
-        """Eq. 6 from the layers' summed squared distances (a layer without any: its float features)."""
-        d = [float(sums[n] / self.norms[n].clamp_min(1e-12)) if n in sums else 0.0 for n in self.names]
+    def _ratios(self, sums: dict[str, torch.Tensor]) -> list[float]:
+        """``d(F_i, F_i^q)`` of each layer from its summed squared distance (none summed: its float features)."""
+        return [float(sums[n] / self.norms[n].clamp_min(1e-12)) if n in sums else 0.0 for n in self.names]
+
+    def _loss(self, sums: dict[str, torch.Tensor]) -> float:
+        """Eq. 6: the mean of the layers' distances."""
+        d = self._ratios(sums)
         return sum(d) / len(d)
+
+    def _sums(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        sums: dict[str, torch.Tensor] = {}
+        stream(model.eval(), self.names, self.calibration, self._distances(sums))
+        return sums
 
     def per_layer(self, model: nn.Module) -> list[float]:
         """``d(F_i, F_i^q)`` of Eq. 5 for each layer of ``model`` (the quantized one)."""
-        sums: dict[str, torch.Tensor] = {}
-        stream(model.eval(), self.names, self.calibration, self._distances(sums))
-        return [float(sums[n] / self.norms[n].clamp_min(1e-12)) for n in self.names]
+        return self._ratios(self._sums(model))
 
     def __call__(self, model: nn.Module) -> float:
-        d = self.per_layer(model)
-        return sum(d) / len(d)
+        return self._loss(self._sums(model))
 
     @torch.no_grad()
     def one_at_a_time(self, model: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -85,10 +91,8 @@ class FidelityLoss:
         model = model.eval()
         modules = dict(model.named_modules())
         sums: dict[str, dict[str, torch.Tensor]] = {n: {} for n in weights}
-        current: dict[str, torch.Tensor] = {}
-
-        def distance(name: str, q: torch.Tensor, chunk: int) -> None:
-            self._distances(current)(name, q, chunk)
+        current: dict[str, torch.Tensor] = {}  # the probe running now, one chunk's sums
+        distance = self._distances(current)
 
         def probe(name: str, rest) -> None:
             if name not in weights:
@@ -106,7 +110,7 @@ class FidelityLoss:
         if not stream_cuts(model, self.names, self.calibration, distance, probe):
             for name in weights:
                 probe(name, lambda: stream(model, self.names, self.calibration, distance))
-        return {name: self._mean(sums[name]) for name in weights}
+        return {name: self._loss(sums[name]) for name in weights}
 
 
 def _sizes(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, int]:
