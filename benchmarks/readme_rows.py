@@ -59,7 +59,9 @@ def fit_cell(fit: dict | None) -> str:
     if not fit:
         return ""
     how = f"{len(fit['stepped_down'])} stepped down" if fit.get("stepped_down") else f"{len(fit['recoded'])} re-coded"
-    return f"+{fit['overshoot']:,.0f} bits; {how}; val {fit['val_top1_fine_tuned']:.2f} -> {fit['val_top1']:.2f}"
+    rec = fit.get("recovery")
+    after = f" -> {rec['val_top1']:.2f} codes fixed ({'kept' if rec['kept'] else 'not kept'})" if rec else ""
+    return f"+{fit['overshoot']:,.0f} bits; {how}; val {fit['val_top1_fine_tuned']:.2f} -> {fit['val_top1']:.2f}{after}"
 
 
 def measure(row: str) -> dict:

@@ -81,5 +81,37 @@ def test_qat_whose_fine_tuning_raises_the_entropy_ends_within_the_coded_budget(t
     assert set(stored.codings.values()) == {"ans"}
     assert ravn.export.size_report(stored.weights, stored.codings)["avg_bits"] <= budget
     assert summary["avg_bits"] <= budget and summary["allocation"] == planned.allocation  # re-coded, not stepped down
-    assert fine_tuned["finetune"]["val_top1"] == fit["val_top1"]  # the round is compared on the re-coded weights
+    rec = fit["recovery"]  # then the tables trained with the codes fixed, kept only if validation rose
+    assert fine_tuned["finetune"]["val_top1"] == (rec["val_top1"] if rec["kept"] else fit["val_top1"])
     assert "re-coded by rate-aware GPTQ" in (tmp_path / "run" / "report.md").read_text()  # the run report says so
+
+
+def test_recovery_after_recoding_keeps_every_code_and_the_size(tmp_path):
+    """The recovery epochs train tables, scales and batch norm only: the re-coded codes, hence the coded
+    size, are those of the same run without them (``recovery_epochs=0``, which logs no recovery)."""
+    data, ref = toy.dataset(), toy.REF.with_kwargs(width=2)
+    context = Context(data, ref.normalize, None, 0, progress=False, coding="ans")
+    planned = ravn.quantize(toy.bell(), ravn.RavnConfig(budget_bits=3.0, calibration_size=16, search=None), context)
+    size = ravn.export.size_report(planned.weights, "ans")
+    budget = (size["avg_bits"] * size["quantized_weights"] + 0.5) / size["quantized_weights"]
+    tune = FineTuneConfig(epochs=1, max_steps=6, batch_size=16, lr=0.1, learn_quantizers=False, weight_decay=0.0)
+    results = {}
+    for epochs in (0, 1):
+        config = ravn.RavnConfig(budget_bits=budget, calibration_size=16, search=None, finetune=tune,
+                                 recovery_epochs=epochs)
+        results[epochs] = ravn.quantize(toy.bell(), config, Context(data, ref.normalize, tmp_path / str(epochs), 0,
+                                                                     progress=False, coding="ans"))
+    (without,), (with_,) = (results[e].log["rounds"] for e in (0, 1))
+    assert "recovery" not in without["budget_fit"] and "recovery" in with_["budget_fit"]
+    assert all(torch.equal(results[0].weights[n].codes, results[1].weights[n].codes) for n in results[0].weights)
+    sizes = [ravn.export.size_report(results[e].weights, "ans")["avg_bits"] for e in (0, 1)]
+    assert sizes[0] == sizes[1] <= budget
+
+
+def test_a_version_1_config_reads_back_without_recovery():
+    """Files and run folders written before the recovery epochs existed describe runs that had none."""
+    old = ravn.RavnConfig(budget_bits=2.0).to_dict()
+    old.pop("recovery_epochs")
+    old["version"] = 1
+    assert ravn.RavnConfig.from_dict(old).recovery_epochs == 0
+    assert ravn.RavnConfig.from_dict(ravn.RavnConfig(budget_bits=2.0).to_dict()).recovery_epochs == 1

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from ravn.config import Config
-from ravn.data import ImageSplit, Normalize
+from ravn.data import Dataset, ImageSplit, Normalize
 from ravn.evaluation import evaluate
 from ravn.methods.base import Context, QuantizationResult, register_method, register_preset
 from ravn.quantizers.qweight import QuantizedWeight
@@ -48,6 +50,8 @@ DEFAULT_CODING = "ans"
 
 @dataclass
 class RavnConfig(BudgetFields, Config):
+    VERSION: ClassVar[int] = 2  # 2: recovery_epochs (version 1 kept the re-coded fine-tuned weights as they were)
+
     #: M: k-means clusters per layer. One by default: at 4.0/3.0/2.5 bits the cluster ids cost more
     #: than they save (benchmarks/results/vq_design.md), entropy-coded too (coding_design.md); 2..16 for
     #: RAVN's per-cluster bit-widths.
@@ -84,6 +88,11 @@ class RavnConfig(BudgetFields, Config):
     finetune: FineTuneConfig | None = None
     #: With fine-tuning: most rounds of search -> fine-tune; stops early when validation top-1 stops rising.
     rounds: int = 1
+    #: With fine-tuning and entropy-coded codes that grew past the budget and were re-coded into it: epochs
+    #: that then train the tables, channel scales and batch-norm affine with every code fixed (Deep
+    #: Compression's trained quantization: the coded size cannot move), kept if validation top-1 rises.
+    #: 0: none.
+    recovery_epochs: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -98,7 +107,13 @@ class RavnConfig(BudgetFields, Config):
             raise ValueError("init 'same' puts floor(budget_bits) in every cluster: give budget_bits")
         if self.calibration_size < 1 or self.rounds < 1 or self.hessian_iterations < 1:
             raise ValueError("calibration_size, rounds and hessian_iterations must be positive")
+        if self.recovery_epochs < 0:
+            raise ValueError(f"recovery_epochs must be >= 0, got {self.recovery_epochs}")
         self.exclude = tuple(self.exclude)
+
+    @classmethod
+    def migrate(cls, data: dict, version: int) -> dict:
+        return {"recovery_epochs": 0, **data} if version < 2 else data
 
 
 @register_method("ravn", RavnConfig, "RAVN: per-cluster bit-widths by PPO under a size budget, GPTQ, "
@@ -122,6 +137,9 @@ def quantize_ravn(model: nn.Module, config: RavnConfig, context: Context) -> Qua
                        context.progress, teacher=model)
         val = dataset.split("val", limit=config.finetune.epoch_val_size)
         ft, fitted = tuned_within_budget(problem, ft, weights, val, context.normalize, context.progress)
+        if fitted.get("recoded") and config.recovery_epochs:
+            ft, fitted = recover(ft, fitted, dataset, context, dataclasses.replace(
+                config.finetune, quantizer="shared", epochs=config.recovery_epochs), folder, model)
         rounds.append({**log, "finetune": ft.log(), **({"budget_fit": fitted} if fitted else {})})
         if best is not None and ft.val_top1 <= best.val_top1:
             break  # Algorithm 1 has converged: another round did not help on validation
@@ -151,6 +169,21 @@ def tuned_within_budget(problem: SearchProblem, ft: FineTuneResult, planned: dic
         rprint(f"fine-tuned codes took {log['overshoot']:,.0f} {unit} over the {problem.budget.describe()} budget "
                f"as stored: {how}; val top-1 {ft.val_top1:.2f}% -> {top1:.2f}%")
     return dataclasses.replace(ft, weights=weights, model=tuned, val_top1=top1), log
+
+
+def recover(ft: FineTuneResult, fitted: dict, dataset: Dataset, context: Context, tune: FineTuneConfig,
+            folder: Path | None, teacher: nn.Module) -> tuple[FineTuneResult, dict]:
+    """Train what re-coding left free: ``ft``'s tables, channel scales and batch-norm affine, every code
+    fixed (``tune``: the ``shared`` trainable quantizer, Deep Compression's trained quantization, Sec. 3.1 of
+    Han et al.), so the coded size, within the budget after :func:`tuned_within_budget`, cannot move.
+    Kept if its validation top-1 (the same split) beats the re-coded weights'; ``fitted`` logs it."""
+    rec = fine_tune(ft.model, ft.weights, dataset, context.normalize, tune, folder / "recovery" if folder else None,
+                    context.seed, context.progress, teacher=teacher)
+    kept = rec.val_top1 > ft.val_top1
+    fitted = {**fitted, "recovery": {"val_top1": rec.val_top1, "kept": kept, **rec.log()}}
+    if not kept:
+        return ft, fitted
+    return dataclasses.replace(rec, history=ft.history, best_epoch=ft.best_epoch), fitted
 
 
 _TABLE6 = "Table 6: "

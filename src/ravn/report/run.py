@@ -127,6 +127,14 @@ def _trainings(node, path: tuple[str, ...] = ()):
                 yield from _trainings(v, (*path, str(i)))
 
 
+def _recovery(rec: dict | None) -> str:
+    """The report's words for RAVN's recovery epochs after a re-coding (``budget_fit["recovery"]``)."""
+    if not rec:
+        return ""
+    return (f"; tables, scales and batch norm then trained with the codes fixed: {rec['val_top1']:.2f}% "
+            f"({'kept' if rec['kept'] else 'not kept'})")
+
+
 def _budget_fits(log: dict) -> list[dict]:
     """What brought fine-tuned weights back within the budget as stored, per round (RAVN's ``budget_fit``)."""
     rounds = log.get("rounds", [log]) if isinstance(log, dict) else []
@@ -177,7 +185,7 @@ def _markdown(r: dict) -> str:
                else f"re-coded by rate-aware GPTQ ({', '.join(fit['recoded']) or 'no layer'})")
         out += [f"Fine-tuning {i}: its codes took {fit['overshoot']:,.0f} bits more than the budget allows as stored "
                 f"(entropy-coded); {how}; validation top-1 {fit['val_top1_fine_tuned']:.2f}% -> "
-                f"{fit['val_top1']:.2f}%.", ""]
+                f"{fit['val_top1']:.2f}%" + _recovery(fit.get("recovery")) + ".", ""]
     out += ["## Allocation", "", "![allocation](allocation.png)", "",
             markdown_table([{**layer, "bits": " ".join(map(str, layer["bits"])),
                              "shares": " ".join(f"{100 * s:.1f}" for s in layer["shares"])}
