@@ -97,6 +97,11 @@ def test_rows_resume_and_tables(tmp_path, capsys):
     restored = RowFiles(tmp_path / "checkout")  # --restore: the committed rows back as row files
     restored.restore(stem, lambda r: training.row_name(*training.job_of(r)))
     assert restored.finished() == store.finished()
+    # a row measured again (--fresh) and interrupted: its run folder exists, so it is not restored as finished
+    again = RowFiles(tmp_path / "again")
+    again.run_dir(lost).mkdir(parents=True)
+    again.restore(stem, lambda r: training.row_name(*training.job_of(r)))
+    assert lost not in again.finished() and len(again.finished()) == len(store.finished()) - 1
 
 
 def test_claim_verdicts():

@@ -197,23 +197,26 @@ class RowFiles:
 
     def restore(self, stem: Path, name_of: Callable[[dict], str]) -> None:
         """Write the rows of the committed results ``<stem>.json`` back as row files where none exists (a new
-        checkout has no row files: without them, measuring one row would drop the others from the tables)."""
+        checkout has no row files: without them, measuring one row would drop the others from the tables),
+        except a row whose run folder exists: it is being measured again, and resumes there."""
         for row in json.loads(stem.with_suffix(".json").read_text())["rows"]:
-            if not self.path(name_of(row)).exists():
+            if not self.path(name_of(row)).exists() and not self.run_dir(name_of(row)).exists():
                 self.write(name_of(row), row)
 
     def measure(self, jobs: list, name_of: Callable[[Any], str], measure: Callable[[Any, Path, Path], dict],
                 save: Callable[[], None], fresh: bool = False, shown: tuple[str, ...] = ()) -> None:
-        """Measure every job of ``jobs`` (in order) whose row has no file yet; with ``fresh`` every job, its run
-        folder removed first. ``measure(job, run_dir, out)`` returns the row (``out``: a scratch path for the
-        .ravn file); the row file is written at once, then ``save()`` rebuilds the tables. ``shown``: the
-        row's fields printed as it lands."""
+        """Measure every job of ``jobs`` (in order) whose row has no file yet; with ``fresh`` every job, its row
+        file and run folder removed first (interrupted, it then resumes without ``fresh``).
+        ``measure(job, run_dir, out)`` returns the row (``out``: a scratch path for the .ravn file); the row
+        file is written at once, then ``save()`` rebuilds the tables. ``shown``: the row's fields printed as
+        it lands."""
         todo = [j for j in jobs if fresh or not self.path(name_of(j)).exists()]
         print(f"{len(todo)} rows to measure", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             for job in todo:
                 name = name_of(job)
                 if fresh:
+                    self.path(name).unlink(missing_ok=True)
                     shutil.rmtree(self.run_dir(name), ignore_errors=True)
                 row = measure(job, self.run_dir(name), Path(tmp) / "q.ravn")
                 print({k: row.get(k) for k in shown}, flush=True)
