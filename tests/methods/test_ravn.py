@@ -58,16 +58,23 @@ def test_default_rounding_is_rate_aware_when_entropy_coded_and_gptq_when_fixed()
         assert all(torch.equal(auto.weights[n].codes, explicit.weights[n].codes) for n in auto.weights)
 
 
-def test_qat_whose_fine_tuning_raises_the_entropy_ends_within_the_coded_budget(tmp_path):
-    """A budget the planned allocation fills to the bit; a learning rate high enough (tables and scales fixed,
-    no weight decay) that the fine-tuned codes take more bits ANS-coded: the file still meets the budget on
-    its measured bytes, and the run log says what was done."""
+def _drifting_fine_tune():
+    """The toy data, its model reference, the planned weights, a budget they fill to the bit and a fine-tuning
+    (learning rate 0.1, tables and scales fixed, no weight decay) whose codes take more bits ANS-coded."""
     data, ref = toy.dataset(), toy.REF.with_kwargs(width=2)
     context = Context(data, ref.normalize, None, 0, progress=False, coding="ans")
     planned = ravn.quantize(toy.bell(), ravn.RavnConfig(budget_bits=3.0, calibration_size=16, search=None), context)
     size = ravn.export.size_report(planned.weights, "ans")
     budget = (size["avg_bits"] * size["quantized_weights"] + 0.5) / size["quantized_weights"]
     tune = FineTuneConfig(epochs=1, max_steps=6, batch_size=16, lr=0.1, learn_quantizers=False, weight_decay=0.0)
+    return data, ref, planned, budget, tune
+
+
+def test_qat_whose_fine_tuning_raises_the_entropy_ends_within_the_coded_budget(tmp_path):
+    """A budget the planned allocation fills to the bit; a learning rate high enough (tables and scales fixed,
+    no weight decay) that the fine-tuned codes take more bits ANS-coded: the file still meets the budget on
+    its measured bytes, and the run log says what was done."""
+    data, ref, planned, budget, tune = _drifting_fine_tune()
     config = ravn.RavnConfig(budget_bits=budget, calibration_size=16, search=None, finetune=tune)
     out = tmp_path / "m.ravn"
     summary = run(toy.bell(), ref, config, data, out, context=Context(data, ref.normalize, tmp_path / "run", 0,
@@ -89,12 +96,7 @@ def test_qat_whose_fine_tuning_raises_the_entropy_ends_within_the_coded_budget(t
 def test_recovery_after_recoding_keeps_every_code_and_the_size(tmp_path):
     """The recovery epochs train tables, scales and batch norm only: the re-coded codes, hence the coded
     size, are those of the same run without them (``recovery_epochs=0``, which logs no recovery)."""
-    data, ref = toy.dataset(), toy.REF.with_kwargs(width=2)
-    context = Context(data, ref.normalize, None, 0, progress=False, coding="ans")
-    planned = ravn.quantize(toy.bell(), ravn.RavnConfig(budget_bits=3.0, calibration_size=16, search=None), context)
-    size = ravn.export.size_report(planned.weights, "ans")
-    budget = (size["avg_bits"] * size["quantized_weights"] + 0.5) / size["quantized_weights"]
-    tune = FineTuneConfig(epochs=1, max_steps=6, batch_size=16, lr=0.1, learn_quantizers=False, weight_decay=0.0)
+    data, ref, _, budget, tune = _drifting_fine_tune()
     results = {}
     for epochs in (0, 1):
         config = ravn.RavnConfig(budget_bits=budget, calibration_size=16, search=None, finetune=tune,
