@@ -24,7 +24,8 @@ then the search's evaluations, then the stored weights):
   ``evaluation``: the next one, one layer changed (what a search step costs once roundings are cached):
   one calibration pass and one pass over the validation subset;
 - ``reconstruction``: sequential GPTQ of every layer at 4 bits (the stored weights): one pass per layer,
-  each stopping at its layer (the floor given is the whole pass per layer, an upper bound);
+  each stopping at its layer (the floor given is the whole pass per layer, an upper bound); first the
+  search's evaluator is released, as after a search (its Hessians, cached weights and working model);
 - ``export``: the ``.ravn`` file written; ``load``: read back as an ``nn.Module``; no forward pass.
 
 Each row: wall seconds, the process's peak resident memory during the stage (``VmHWM`` reset before it,
@@ -168,6 +169,9 @@ class Run:
             alloc = {n: (5,) if i == 0 else (4,) for i, n in enumerate(self.names)}
             return f"loss {s['evaluator'](alloc)['loss']:.4g}"
         if stage == "reconstruction":
+            if "evaluator" in s:  # as after a search (ravn.search.run.allocate): its Hessians and caches freed
+                s["evaluator"].release()
+                del s["round_layer"]
             weights = {n: s["clustered"][n].quantize((4,)) for n in self.names}
             s["weights"] = GPTQ().sequential(self.model, weights, self.calib)
             return "4 bits everywhere"

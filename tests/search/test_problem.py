@@ -165,3 +165,21 @@ def test_the_re_rank_measures_each_candidate_as_stored():
     alloc, weights, overshoots = stored.stored(problem.init)
     assert result["stepped_down"] and overshoots and alloc != problem.init
     assert problem.stored_size(weights) <= problem.budget.limit(problem.costs)
+
+
+def test_after_the_search_its_evaluator_is_released():
+    """The search's cached weights, layerwise rounding (Hessians) and working model are freed before the
+    re-rank; its cached results still answer, a new allocation is refused instead of rounded otherwise."""
+    from ravn.methods import Context, SearchConfig
+    from ravn.search.run import allocate
+
+    problem = _problem("fixed")
+    search = SearchConfig(evaluations=3, patience=3, search_val_size=16, rerank=1)
+    allocate(problem, search, Context(toy.dataset(), toy.REF.normalize, progress=False), None,
+             reference=problem.model)
+    evaluator = problem.evaluator
+    assert evaluator.round_layer is None and evaluator.work is None and not evaluator._weights
+    assert evaluator(problem.init)["cached"]
+    other = {n: tuple(b - 1 for b in bits) for n, bits in problem.init.items()}
+    with pytest.raises(RuntimeError, match="released"):
+        evaluator(other)

@@ -84,6 +84,7 @@ def allocate(problem: SearchProblem, config: SearchConfig | None, context, folde
         return alloc, weights, {**problem.log(alloc), **({"overshoots": over} if over else {})}
     start = time.perf_counter()
     found = search(problem, config, folder, context.seed, context.progress, context.workers, context.ray_address)
+    problem.evaluator.release()  # the re-rank and the stored weights hold their own; peak memory is theirs
     log = {**problem.log(found.allocation), "search_seconds": time.perf_counter() - start,
            "episodes": found.episodes, "evaluations": found.evaluations,
            "best": {k: found.result[k] for k in ("reward", "fidelity", "val_top1", "loss")},
