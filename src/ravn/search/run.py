@@ -80,6 +80,7 @@ def allocate(problem: SearchProblem, config: SearchConfig | None, context, folde
     from ravn.search.evaluate import StoredEvaluator
 
     if config is None:
+        problem.evaluator.release()  # no search: the stored weights are all that follows
         alloc, weights, over = problem.stored(problem.init)
         return alloc, weights, {**problem.log(alloc), **({"overshoots": over} if over else {})}
     start = time.perf_counter()
