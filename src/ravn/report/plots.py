@@ -112,13 +112,13 @@ def pareto_plot(rows: list[dict], reference: dict, path: Path) -> Path:
         if y > best:
             front.append((x, y))
             best = y
-    from matplotlib.ticker import StrMethodFormatter
-
     ranked = sorted((y for _, y in points), reverse=True)
     cut = ranked[(len(ranked) - 1) // 2] if ranked else 0.0
     near = {p: names for p, names in points.items() if p[1] >= cut}
     fig = _figure(11.0, 4.5)
     whole, close = fig.subplots(1, 2)
+    from matplotlib.ticker import StrMethodFormatter  # after _figure: a missing matplotlib is its one-line error
+
     for ax, shown, labelled in ((whole, points, set(points) - set(near)), (close, near, set(near))):
         for (x, y), names in shown.items():
             ax.plot(x, y, "o", color="tab:blue")
