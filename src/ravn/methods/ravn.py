@@ -138,8 +138,7 @@ def quantize_ravn(model: nn.Module, config: RavnConfig, context: Context) -> Qua
         val = dataset.split("val", limit=config.finetune.epoch_val_size)
         ft, fitted = tuned_within_budget(problem, ft, weights, val, context.normalize, context.progress)
         if fitted.get("recoded") and config.recovery_epochs:
-            ft, fitted = recover(ft, fitted, dataset, context, dataclasses.replace(
-                config.finetune, quantizer="shared", epochs=config.recovery_epochs), folder, model)
+            ft, fitted = recover(ft, fitted, dataset, context, config, folder, model)
         rounds.append({**log, "finetune": ft.log(), **({"budget_fit": fitted} if fitted else {})})
         if best is not None and ft.val_top1 <= best.val_top1:
             break  # Algorithm 1 has converged: another round did not help on validation
@@ -171,12 +170,14 @@ def tuned_within_budget(problem: SearchProblem, ft: FineTuneResult, planned: dic
     return dataclasses.replace(ft, weights=weights, model=tuned, val_top1=top1), log
 
 
-def recover(ft: FineTuneResult, fitted: dict, dataset: Dataset, context: Context, tune: FineTuneConfig,
+def recover(ft: FineTuneResult, fitted: dict, dataset: Dataset, context: Context, config: RavnConfig,
             folder: Path | None, teacher: nn.Module) -> tuple[FineTuneResult, dict]:
     """Train what re-coding left free: ``ft``'s tables, channel scales and batch-norm affine, every code
-    fixed (``tune``: the ``shared`` trainable quantizer, Deep Compression's trained quantization, Sec. 3.1 of
-    Han et al.), so the coded size, within the budget after :func:`tuned_within_budget`, cannot move.
-    Kept if its validation top-1 (the same split) beats the re-coded weights'; ``fitted`` logs it."""
+    fixed (``config.recovery_epochs`` of ``config.finetune`` with the ``shared`` trainable quantizer, Deep
+    Compression's trained quantization, Sec. 3.1 of Han et al.), so the coded size, within the budget after
+    :func:`tuned_within_budget`, cannot move. Kept if its validation top-1 (the same split) beats the
+    re-coded weights'; ``fitted`` logs it."""
+    tune = dataclasses.replace(config.finetune, quantizer="shared", epochs=config.recovery_epochs)
     rec = fine_tune(ft.model, ft.weights, dataset, context.normalize, tune, folder / "recovery" if folder else None,
                     context.seed, context.progress, teacher=teacher)
     kept = rec.val_top1 > ft.val_top1
