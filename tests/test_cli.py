@@ -107,10 +107,10 @@ def test_normalisation_flags(capsys, shared_data):
         assert err.startswith("error:") and message in err and "\n" not in err
 
 
-def test_user_model_on_an_image_folder(capsys, tmp_path, monkeypatch):
+@pytest.fixture
+def tiny_folder(tmp_path, monkeypatch) -> Path:
+    """A user model ``tinymodel:tiny`` importable from ``tmp_path`` and a two-class image folder there."""
     from PIL import Image
-
-    from ravn import export
 
     (tmp_path / "tinymodel.py").write_text(
         "from torch import nn\n\n\ndef tiny(num_classes=2):\n"
@@ -121,14 +121,50 @@ def test_user_model_on_an_image_folder(capsys, tmp_path, monkeypatch):
             (tmp_path / "imgs" / split / f"c{k}").mkdir(parents=True)
             for i in range(4):
                 Image.new("RGB", (9, 7), color).save(tmp_path / "imgs" / split / f"c{k}" / f"{i}.png")
+    yield tmp_path / "imgs"
+    sys.modules.pop("tinymodel", None)
+
+
+def test_user_model_on_an_image_folder(capsys, tmp_path, tiny_folder):
+    from ravn import export
+
     out = tmp_path / "t.ravn"
-    q = run_json(capsys, "quantize", "--model", "tinymodel:tiny", "--data", str(tmp_path / "imgs"), "--image-size", "4",
+    q = run_json(capsys, "quantize", "--model", "tinymodel:tiny", "--data", str(tiny_folder), "--image-size", "4",
                  "--val-size", "2", "--std", "0.5,0.5,0.5", "--method", "uniform", "--bits", "4", "--no-measure",
                  "--out", str(out))
     assert q["avg_bits"] == 4.0
     ref = export.read(out).ref
     assert ref.input_size == 4 and ref.std == (0.5, 0.5, 0.5)
-    e = run_json(capsys, "eval", str(out), "--model", "tinymodel:tiny", "--data", str(tmp_path / "imgs"),
+    e = run_json(capsys, "eval", str(out), "--model", "tinymodel:tiny", "--data", str(tiny_folder),
                  "--image-size", "4", "--val-size", "2")
     assert e["top1"] == q["test_top1"] and e["n"] == 8
-    sys.modules.pop("tinymodel", None)
+
+
+def test_recover_keeps_every_code_so_the_streams_and_bits(capsys, tmp_path, tiny_folder):
+    """``ravn recover`` trains tables, scales and batch norm only: the file it writes stores the same codes
+    (the same streams and average bits) and records the recovery; that file is not recovered again, and no
+    file is written over its source."""
+    import torch
+
+    from ravn import export
+
+    data = ["--model", "tinymodel:tiny", "--data", str(tiny_folder), "--image-size", "4", "--val-size", "2"]
+    source, out = tmp_path / "t.ravn", tmp_path / "r.ravn"
+    q = run_json(capsys, "quantize", *data, "--method", "uniform", "--bits", "2", "--coding", "ans", "--no-measure",
+                 "--out", str(source))
+    r = run_json(capsys, "recover", str(source), *data, "--epochs", "2", "--lr", "0.05", "--out", str(out))
+    a, b = export.read(source), export.read(out)
+    assert r["avg_bits"] == q["avg_bits"] and b.codings == a.codings and r["file_bytes"] == b.file_bytes
+    assert all(torch.equal(b.weights[n].codes, w.codes) for n, w in a.weights.items())
+    assert b.file_bytes - a.file_bytes < 300  # the recovery's record in the header
+    rec = b.meta["config"]["recovery"]
+    assert rec["from"]["file"] == "t.ravn" and rec["epochs"] == 2
+    assert len(r["recovery"]["history"]) == 3  # epoch 0 (the source) and the two epochs
+    assert rec["kept"] == (rec["val_top1"] > rec["val_top1_before"])
+    e = run_json(capsys, "eval", str(out), *data)
+    assert e["top1"] == r["test_top1"]
+    for args, message in [([str(out), "--out", str(tmp_path / "x.ravn")], "already recovered"),
+                          ([str(source), "--out", str(source)], "is the file being recovered")]:
+        assert main(["recover", *args, *data]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and message in err and "\n" not in err

@@ -45,6 +45,12 @@ def same_weights(a: nn.Module, b: nn.Module) -> bool:
                                           for k in sa if sa[k].is_floating_point())
 
 
+def same_codes(a, b) -> bool:
+    """Do two quantized weights store the same bits, cluster ids and codes (hence the same streams)."""
+    return (a.bits == b.bits and torch.equal(a.codes, b.codes) and (a.ids is None) == (b.ids is None)
+            and (a.ids is None or torch.equal(a.ids, b.ids)))
+
+
 def file_overhead(model: nn.Module, ref: ModelRef, method: str, config: Config, top5: bool):
     """Bytes the file :func:`run` writes takes besides the weights' streams and tables: the exact layout
     (stored with ``coding``), with each metric at a length no float reaches (the metrics are measured
@@ -163,3 +169,55 @@ def _report(summary: dict, float_model: nn.Module, quantized: nn.Module, ref: Mo
     run_report.store(Path(context.run_dir), stored, measured)
     run_report.write(context.run_dir, tensorboard=options.tensorboard)
     return Path(context.run_dir) / "report.md"
+
+
+def recover_file(stored: export.RavnFile, out: Path | str, dataset: Dataset, teacher: nn.Module, epochs: int = 1,
+                 lr: float = 1e-4, allow: tuple[str, ...] = (), run_dir: Path | None = None, seed: int = 0,
+                 test_limit: int | None = None, progress: bool = True, device: str | None = None) -> dict:
+    """Fine-tune the file ``stored`` (:func:`ravn.export.read`) with every code fixed, and write ``out``: its
+    size cannot move.
+
+    ``epochs`` of fine-tuning at learning rate ``lr`` (:class:`~ravn.training.finetune.FineTuneConfig`'s other
+    defaults) train only what the codes leave free, the tables, channel scales and batch-norm affine (the
+    ``shared`` trainable quantizer: Deep Compression's trained quantization, Sec. 3.1 of Han et al.),
+    distilled from the float ``teacher``; the same step as
+    RAVN's recovery epochs (:func:`ravn.methods.ravn.recover`), for any ``.ravn`` file, e.g. one whose
+    codes were re-coded into its budget after fine-tuning. The result is kept only if its validation top-1
+    beats the file's (else ``out`` holds the file's own weights again); ``out`` is stored as ``stored`` was
+    (same coding per layer: the same streams, so the same average bits; same method and config, the recovery
+    recorded in ~200 bytes under ``config["recovery"]``) and must rebuild exactly the weights measured, as
+    :func:`run`'s files. The test split is read only at the
+    end, for the report. With ``run_dir`` an interrupted run resumes after its last finished epoch;
+    ``device``: where it trains (``None``: the CPU, where the file is read).
+    """
+    from ravn.training.finetune import FineTuneConfig, fine_tune
+
+    tune = FineTuneConfig(epochs=epochs, lr=lr, quantizer="shared")
+    start = time.perf_counter()
+    ref, meta = stored.ref, stored.meta
+    if "recovery" in meta["config"]:
+        raise RavnError(f"{stored.path} was already recovered from {meta['config']['recovery']['from']}",
+                        "recover the file it came from, with more --epochs")
+    model, teacher = on_device(stored.build(allow), device), on_device(teacher, device)
+    tuned = fine_tune(model, stored.weights, dataset, ref.normalize, tune, run_dir, seed, progress, teacher=teacher)
+    before = tuned.history[0]["val_top1"]  # epoch 0: the stored weights
+    kept = tuned.val_top1 > before
+    if not all(same_codes(tuned.weights[n], q) for n, q in stored.weights.items()):
+        raise RuntimeError("recovery moved a code")  # a bug in the 'shared' quantizer: the size would move
+    model, weights = (tuned.model, tuned.weights) if kept else (model, stored.weights)
+    seconds = time.perf_counter() - start
+    test = dataset.split("test", limit=test_limit)
+    top1 = evaluate(model, test, ref.normalize, progress="test (recovered)" if progress else None)["top1"]
+    metrics = {**meta["metrics"], "test_top1": top1, "test_n": len(test)}
+    recovery = {"from": {"file": stored.path.name, "bytes": stored.file_bytes,
+                         "test_top1": meta["metrics"].get("test_top1")},
+                "epochs": epochs, "lr": lr, "seed": seed, "val_top1_before": before, "val_top1": tuned.val_top1,
+                "kept": kept}
+    sizes = export.save(out, model, weights, ref, meta["method"], {**meta["config"], "recovery": recovery},
+                        metrics, stored.codings)
+    if not same_weights(model, export.load(out, allow=(ref.factory,))):
+        raise RavnError(f"{out} does not rebuild the weights that were measured", "report this: it is a bug")
+    return {"file": str(out), "source": str(stored.path), "method": meta["method"], "model": ref.name, **metrics,
+            "avg_bits": sizes["avg_bits"], "file_bytes": sizes["file_bytes"], "size": sizes,
+            "recover_seconds": seconds,
+            "recovery": {**recovery, "history": tuned.history, "best_epoch": tuned.best_epoch}}
