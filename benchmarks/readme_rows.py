@@ -2,7 +2,7 @@
 
     python benchmarks/readme_rows.py [--rows ptq-4 qat-3 qat-2 ans-ptq-3 ...]
 
-Each row runs ``ravn quantize ... --json`` in a subprocess (the command in the row's ``command``
+Each row runs ``ravn quantize ... --json`` (or ``ravn recover``) in a subprocess (the command in the row's ``command``
 column, plus ``--out``), so the README's figures are what a user gets from that command: test top-1
 on all 10,000 CIFAR-10 test images of the file as re-read from disk (the pipeline fails otherwise),
 measured average bits, file bytes, wall time of the whole command, and whether the re-rank kept the
@@ -44,6 +44,12 @@ COMMANDS = {
                   "resnet20-ravn-qat-2bit.ravn"),
     "ans-qat-1.5": ("ravn quantize --model resnet20 --method ravn --mode qat --budget-bits 1.5 --epochs 20 "
                     "--coding ans", "resnet20-ravn-qat-1.5bit.ravn"),
+    # what `ravn recover` (every code fixed: the same bits) adds to the fine-tuned entropy-coded files above, as
+    # committed: their codes were re-coded into the budget after fine-tuning, which cost validation top-1
+    "recover-ans-qat-2": ("ravn recover benchmarks/artifacts/resnet20-ravn-qat-2bit.ravn --epochs 2",
+                          "resnet20-ravn-qat-2bit-recovered.ravn"),
+    "recover-ans-qat-1.5": ("ravn recover benchmarks/artifacts/resnet20-ravn-qat-1.5bit.ravn --epochs 2",
+                            "resnet20-ravn-qat-1.5bit-recovered.ravn"),
     "r56-ans-ptq-2": ("ravn quantize --model resnet56 --method ravn --mode ptq --budget-bits 2 --coding ans",
                       "resnet56-ravn-ptq-2bit.ravn"),
 }
@@ -53,9 +59,12 @@ COLUMNS = [("row", "row"), ("command", "command (+ --out F --json)"), ("test_top
            ("wall_s", "wall s"), ("threads", "torch threads"), ("commit", "commit")]
 
 
-def fit_cell(fit: dict | None) -> str:
+def fit_cell(fit: dict | None, recovery: dict | None = None) -> str:
     """The table cell of the last round's ``budget_fit`` (entropy-coded fine-tuned codes): bits over, what
-    was done, validation top-1 before -> after."""
+    was done, validation top-1 before -> after; of a ``ravn recover`` row, its validation top-1 before -> after."""
+    if recovery:
+        return (f"codes of the source fixed: val {recovery['val_top1_before']:.2f} -> {recovery['val_top1']:.2f} "
+                f"({'kept' if recovery['kept'] else 'not kept'})")
     if not fit:
         return ""
     how = f"{len(fit['stepped_down'])} stepped down" if fit.get("stepped_down") else f"{len(fit['recoded'])} re-coded"
@@ -80,9 +89,9 @@ def measure(row: str) -> dict:
     shutil.copyfile(out, HERE / "artifacts" / artifact)
     return {"row": row, "command": command, "test_top1": summary["test_top1"], "avg_bits": summary["avg_bits"],
             "file_bytes": summary["file_bytes"], "kept_initial": last.get("kept_initial"),
-            "budget_fit": last.get("budget_fit"),
+            "budget_fit": last.get("budget_fit"), "recovery": summary.get("recovery"),
             "wall_s": round(wall, 1), **stamp(), "artifact": f"benchmarks/artifacts/{artifact}",
-            "allocation": summary["allocation"]}
+            "allocation": summary.get("allocation")}
 
 
 def main() -> None:
@@ -99,7 +108,7 @@ def main() -> None:
     def save() -> None:
         rows = store.rows(lambda r: list(COMMANDS).index(r["row"]))
         for r in rows:  # for the table only: the row files keep kept_initial as true/false/null
-            r["kept"], r["fit"] = yes_no(r.get("kept_initial")), fit_cell(r.get("budget_fit"))
+            r["kept"], r["fit"] = yes_no(r.get("kept_initial")), fit_cell(r.get("budget_fit"), r.get("recovery"))
         notes = [f"- {r['row']}: {r['note']}" for r in rows if r.get("note")]  # e.g. a run resumed elsewhere
         save_results(RESULTS, "The README's headline rows, by the README's commands", rows, COLUMNS, __doc__,
                      appendix=provenance(rows) + ("\n\n## Notes\n\n" + "\n".join(notes) if notes else ""))

@@ -313,7 +313,7 @@ def recover_cmd(
     """Fine-tune a .ravn file with every code fixed (tables, channel scales, batch norm): accuracy back, same size.
 
     For files whose codes were moved after training, e.g. fine-tuned codes re-coded into their budget. Kept
-    only if validation top-1 rises; the test split is measured once, at the end.
+    only if validation improves (top-1, then loss); the test split is measured once, at the end.
     """
     import shutil
 

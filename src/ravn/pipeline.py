@@ -180,28 +180,28 @@ def recover_file(stored: export.RavnFile, out: Path | str, dataset: Dataset, tea
     ``epochs`` of fine-tuning at learning rate ``lr`` (:class:`~ravn.training.finetune.FineTuneConfig`'s other
     defaults) train only what the codes leave free, the tables, channel scales and batch-norm affine (the
     ``shared`` trainable quantizer: Deep Compression's trained quantization, Sec. 3.1 of Han et al.),
-    distilled from the float ``teacher``; the same step as
-    RAVN's recovery epochs (:func:`ravn.methods.ravn.recover`), for any ``.ravn`` file, e.g. one whose
-    codes were re-coded into its budget after fine-tuning. The result is kept only if its validation top-1
-    beats the file's (else ``out`` holds the file's own weights again); ``out`` is stored as ``stored`` was
-    (same coding per layer: the same streams, so the same average bits; same method and config, the recovery
-    recorded in ~200 bytes under ``config["recovery"]``) and must rebuild exactly the weights measured, as
-    :func:`run`'s files. The test split is read only at the
-    end, for the report. With ``run_dir`` an interrupted run resumes after its last finished epoch;
-    ``device``: where it trains (``None``: the CPU, where the file is read).
+    distilled from the float ``teacher``: RAVN's recovery epochs (:func:`ravn.methods.ravn.recover`) for any
+    ``.ravn`` file, e.g. one whose codes were re-coded into its budget after fine-tuning. The result is kept
+    only if it beats the file on validation (top-1, then loss: :func:`~ravn.training.loop.better`); else
+    ``out`` holds the file's own weights again. ``out`` is stored as ``stored`` was (same coding per layer:
+    the same streams, so the same average bits; same method and config, the recovery recorded in ~300 bytes
+    under ``config["recovery"]``) and must rebuild exactly the weights measured, as :func:`run`'s files.
+    The test split is read only at the end, for the report. With ``run_dir`` an interrupted run resumes
+    after its last finished epoch; ``device``: where it trains (``None``: the CPU, where the file is read).
     """
     from ravn.training.finetune import FineTuneConfig, fine_tune
+    from ravn.training.loop import better
 
     tune = FineTuneConfig(epochs=epochs, lr=lr, quantizer="shared")
     start = time.perf_counter()
     ref, meta = stored.ref, stored.meta
     if "recovery" in meta["config"]:
-        raise RavnError(f"{stored.path} was already recovered from {meta['config']['recovery']['from']}",
+        raise RavnError(f"{stored.path} was already recovered from {meta['config']['recovery']['from']['file']}",
                         "recover the file it came from, with more --epochs")
     model, teacher = on_device(stored.build(allow), device), on_device(teacher, device)
     tuned = fine_tune(model, stored.weights, dataset, ref.normalize, tune, run_dir, seed, progress, teacher=teacher)
-    before = tuned.history[0]["val_top1"]  # epoch 0: the stored weights
-    kept = tuned.val_top1 > before
+    before = tuned.history[0]  # epoch 0: the stored weights
+    kept = better(tuned.val_top1, tuned.val_loss, before["val_top1"], before["val_loss"])
     if not all(same_codes(tuned.weights[n], q) for n, q in stored.weights.items()):
         raise RuntimeError("recovery moved a code")  # a bug in the 'shared' quantizer: the size would move
     model, weights = (tuned.model, tuned.weights) if kept else (model, stored.weights)
@@ -211,7 +211,8 @@ def recover_file(stored: export.RavnFile, out: Path | str, dataset: Dataset, tea
     metrics = {**meta["metrics"], "test_top1": top1, "test_n": len(test)}
     recovery = {"from": {"file": stored.path.name, "bytes": stored.file_bytes,
                          "test_top1": meta["metrics"].get("test_top1")},
-                "epochs": epochs, "lr": lr, "seed": seed, "val_top1_before": before, "val_top1": tuned.val_top1,
+                "epochs": epochs, "lr": lr, "seed": seed, "val_top1_before": before["val_top1"],
+                "val_top1": tuned.val_top1, "val_loss_before": before["val_loss"], "val_loss": tuned.val_loss,
                 "kept": kept}
     sizes = export.save(out, model, weights, ref, meta["method"], {**meta["config"], "recovery": recovery},
                         metrics, stored.codings)

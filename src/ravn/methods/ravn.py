@@ -40,6 +40,7 @@ from ravn.search.budget import BudgetFields
 from ravn.search.problem import INITS, SearchProblem, prepare
 from ravn.search.run import allocate
 from ravn.training.finetune import FineTuneConfig, FineTuneResult, fine_tune
+from ravn.training.loop import better
 
 #: The coding RAVN sizes its budget for when none is asked (``--coding``): entropy-coded, since at the same
 #: stored size it buys grids 0.5-0.7 bits wider and a validation loss 2-2.6x lower than fixed-width
@@ -90,7 +91,8 @@ class RavnConfig(BudgetFields, Config):
     rounds: int = 1
     #: With fine-tuning and entropy-coded codes that grew past the budget and were re-coded into it: epochs
     #: that then train the tables, channel scales and batch-norm affine with every code fixed (Deep
-    #: Compression's trained quantization: the coded size cannot move), kept if validation top-1 rises.
+    #: Compression's trained quantization: the coded size cannot move), kept if validation improves (top-1,
+    #: then loss).
     #: 0: none.
     recovery_epochs: int = 1
 
@@ -157,7 +159,8 @@ def tuned_within_budget(problem: SearchProblem, ft: FineTuneResult, planned: dic
     if not log:
         return ft, {}
     tuned = with_weights(ft.model, weights)
-    top1 = evaluate(tuned, val, normalize)["top1"]
+    m = evaluate(tuned, val, normalize)
+    top1 = m["top1"]
     log.update(val_top1_fine_tuned=ft.val_top1, val_top1=top1)
     if progress:
         from rich import print as rprint
@@ -167,7 +170,7 @@ def tuned_within_budget(problem: SearchProblem, ft: FineTuneResult, planned: dic
         unit = "bits" if problem.budget.bits is not None else "bytes"
         rprint(f"fine-tuned codes took {log['overshoot']:,.0f} {unit} over the {problem.budget.describe()} budget "
                f"as stored: {how}; val top-1 {ft.val_top1:.2f}% -> {top1:.2f}%")
-    return dataclasses.replace(ft, weights=weights, model=tuned, val_top1=top1), log
+    return dataclasses.replace(ft, weights=weights, model=tuned, val_top1=top1, val_loss=m["loss"]), log
 
 
 def recover(ft: FineTuneResult, fitted: dict, dataset: Dataset, context: Context, config: RavnConfig,
@@ -175,12 +178,12 @@ def recover(ft: FineTuneResult, fitted: dict, dataset: Dataset, context: Context
     """Train what re-coding left free: ``ft``'s tables, channel scales and batch-norm affine, every code
     fixed (``config.recovery_epochs`` of ``config.finetune`` with the ``shared`` trainable quantizer, Deep
     Compression's trained quantization, Sec. 3.1 of Han et al.), so the coded size, within the budget after
-    :func:`tuned_within_budget`, cannot move. Kept if its validation top-1 (the same split) beats the
-    re-coded weights'; ``fitted`` logs it."""
+    :func:`tuned_within_budget`, cannot move. Kept if it beats the re-coded weights on validation (the same
+    split; top-1, then loss: :func:`~ravn.training.loop.better`); ``fitted`` logs it."""
     tune = dataclasses.replace(config.finetune, quantizer="shared", epochs=config.recovery_epochs)
     rec = fine_tune(ft.model, ft.weights, dataset, context.normalize, tune, folder / "recovery" if folder else None,
                     context.seed, context.progress, teacher=teacher)
-    kept = rec.val_top1 > ft.val_top1
+    kept = better(rec.val_top1, rec.val_loss, ft.val_top1, ft.val_loss)
     fitted = {**fitted, "recovery": {"val_top1": rec.val_top1, "kept": kept, **rec.log()}}
     if not kept:
         return ft, fitted

@@ -32,7 +32,7 @@ from ravn.evaluation import evaluate
 from ravn.hooks import Capture
 from ravn.quantizers.qweight import QuantizedWeight
 from ravn.quantizers.swap import attach, detach, frozen_weights, latent_weight, with_weights
-from ravn.training.loop import Callback, LoopResult, Schedule, train_epochs
+from ravn.training.loop import Callback, LoopResult, Schedule, better, train_epochs
 from ravn.training.losses import Loss, Step
 
 
@@ -88,12 +88,13 @@ class FineTuneResult:
     history: list[dict]
     best_epoch: int
     val_top1: float
+    val_loss: float  # of the same weights, on the same split: what breaks ties in top-1 (loop.better)
     bn_recalibrated: bool
     quantizers: dict[str, nn.Module]  # the trained quantizers (best epoch): what they learned (SINAREQ's bits)
 
     def log(self) -> dict:
         return {"history": self.history, "best_epoch": self.best_epoch, "val_top1": self.val_top1,
-                "bn_recalibrated": self.bn_recalibrated}
+                "val_loss": self.val_loss, "bn_recalibrated": self.bn_recalibrated}
 
 
 class BatchNormMode(Callback):
@@ -219,10 +220,11 @@ def fine_tune(float_model: nn.Module, weights: dict[str, QuantizedWeight], datas
     candidate = copy.deepcopy(student)
     recalibrate_bn(candidate, calib, normalize)
     m = evaluate(candidate.eval(), val, normalize)
-    recalibrated = (m["top1"], -m["loss"]) > (result.best_top1, -result.best_loss)
+    recalibrated = better(m["top1"], m["loss"], result.best_top1, result.best_loss)
     if recalibrated:
         student = candidate
     final = frozen_weights(student, quantizers)
     latent = detach(student, names)
     return FineTuneResult(final, with_weights(latent, final), latent.eval(), result.history, result.best_epoch,
-                          m["top1"] if recalibrated else result.best_top1, recalibrated, quantizers)
+                          *((m["top1"], m["loss"]) if recalibrated else (result.best_top1, result.best_loss)),
+                          recalibrated, quantizers)

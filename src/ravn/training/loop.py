@@ -39,6 +39,12 @@ from ravn.training.distributed import Replicas
 from ravn.training.distributed import replicas as current_replicas
 
 
+def better(top1: float, loss: float, than_top1: float, than_loss: float) -> bool:
+    """The order validation selects by, everywhere: higher top-1, then lower loss (top-1 often ties on a
+    validation split the float model was trained on: a pretrained ResNet-20 gets 99% of it right)."""
+    return (top1, -loss) > (than_top1, -than_loss)
+
+
 class Callback:
     """Hooks into :func:`train_epochs`; every method is optional."""
 
@@ -147,7 +153,7 @@ def train_epochs(model: nn.Module, step: Callable[[torch.Tensor, torch.Tensor], 
                "step_seconds": seconds / max(1, min(schedule.steps_per_epoch, index + 1)),
                "lr": scheduler.get_last_lr()[0]}
         history.append(row)
-        if (m["top1"], -m["loss"]) > (best["top1"], -best["loss"]):
+        if better(m["top1"], m["loss"], best["top1"], best["loss"]):
             best = {"epoch": epoch, "top1": m["top1"], "loss": m["loss"]}
             best_state = copy.deepcopy(model.state_dict())
             if best_path is not None and replicas.is_writer:
