@@ -9,7 +9,7 @@ from torch import nn
 
 import ravn
 from ravn.cli import main
-from ravn.device import device_of, on_device, resolve_device, to_model
+from ravn.device import CHANNELS_LAST_SIDE, device_of, on_device, resolve_device, to_model
 from ravn.errors import RavnError
 from ravn.methods import METHODS, Context
 from ravn.quantizers import quantize_uniform
@@ -27,6 +27,21 @@ def test_cpu_and_auto_resolve_without_moving_anything():
     x = torch.randn(4, 3)
     assert to_model(model, x) is x
     assert device_of(nn.ReLU()) == torch.device("cpu")
+
+
+def test_large_images_run_channels_last_on_the_cpu():
+    """From CHANNELS_LAST_SIDE px a side, a channels-last copy (the same outputs up to float rounding); below
+    it, the model itself: CIFAR-size models keep the default layout."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 2)).eval()
+    assert on_device(model, "cpu", CHANNELS_LAST_SIDE - 1) is model and on_device(model, None, 32) is model
+    fast = on_device(model, None, CHANNELS_LAST_SIDE)
+    assert fast is not model and model[0].weight.is_contiguous()
+    assert fast[0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, CHANNELS_LAST_SIDE, CHANNELS_LAST_SIDE)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x))
+    assert on_device(fast, "cpu", 224) is fast  # already channels-last: nothing to copy
 
 
 @pytest.mark.parametrize("name", ["tpu", "cuda0", ""])

@@ -99,7 +99,7 @@ def eval_cmd(
         ref = _ref(model, dataset, mean, std)
         net = load_model(ref, weights)
     part = dataset.split(split, limit=limit)
-    net = on_device(net, device)
+    net = on_device(net, device, ref.input_size)
     metrics = evaluate(net, part, ref.normalize, batch_size, progress=None if as_json else f"eval {split}")
     out = {"top1": metrics["top1"], "n": metrics["n"], "split": split, "model": ref.name, "loss": metrics["loss"]}
     if dataset.num_classes >= 100:

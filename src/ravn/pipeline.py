@@ -107,7 +107,7 @@ def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: 
     # a copy: the caller's context may serve other configs
     context = dataclasses.replace(context, coding=coding, ref=context.ref or ref, overhead=context.overhead or
                                   file_overhead(model, ref, method, config, dataset.num_classes >= 100))
-    model = on_device(model, context.device)  # the float model is measured where the method runs
+    model = on_device(model, context.device, ref.input_size)  # measured where and as the method runs it
     from ravn.report.measure import EnergyMeter, peak_of_quantizing
 
     start = time.perf_counter()
@@ -198,7 +198,7 @@ def recover_file(stored: export.RavnFile, out: Path | str, dataset: Dataset, tea
     if "recovery" in meta["config"]:
         raise RavnError(f"{stored.path} was already recovered from {meta['config']['recovery']['from']['file']}",
                         "recover the file it came from, with more --epochs")
-    model, teacher = on_device(stored.build(allow), device), on_device(teacher, device)
+    model, teacher = (on_device(m, device, ref.input_size) for m in (stored.build(allow), teacher))
     tuned = fine_tune(model, stored.weights, dataset, ref.normalize, tune, run_dir, seed, progress, teacher=teacher)
     before = tuned.history[0]  # epoch 0: the stored weights
     kept = better(tuned.val_top1, tuned.val_loss, before["val_top1"], before["val_loss"])

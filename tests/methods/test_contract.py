@@ -46,6 +46,7 @@ def small_config(name: str) -> Config:
 
 
 def _quantize(name: str, tmp_path, tag: str, seed: int = 0, coding: str | None = None):
+    """``name`` on the toy model and data, stored as the pipeline stores it."""
     config = small_config(name)
     context = Context(toy.dataset(), toy.REF.normalize, tmp_path / f"{tag}.run", seed, progress=False, ref=toy.REF,
                       coding=coding)
@@ -70,6 +71,23 @@ def test_contract_quantize_save_read_back(name, tmp_path):
     assert all(torch.equal(rebuilt[k], memory[k]) for k in memory if memory[k].is_floating_point())
     assert type(config).from_dict(stored.meta["config"]) == config  # the file rebuilds its config
     assert result.allocation == {n: q.bits for n, q in result.weights.items()}
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_contract_channels_last(name, tmp_path, monkeypatch):
+    """Where images are large enough, the model runs channels-last (:func:`ravn.device.on_device`): every
+    method then writes a file that rebuilds exactly the weights it returned, with the bits of the default
+    layout (a search's choice could differ only where two rewards tie to float rounding)."""
+    import ravn.device
+
+    _, plain, _ = _quantize(name, tmp_path, "plain")
+    monkeypatch.setattr(ravn.device, "CHANNELS_LAST_SIDE", 8)  # the toy's 8 px images
+    _, fast, path = _quantize(name, tmp_path, "fast")
+    assert fast.ref_kwargs or any(p.dim() == 4 and p.shape[-1] > 1 and p.is_contiguous(
+        memory_format=torch.channels_last) for p in fast.model.parameters())  # WRPN builds a wider model anew
+    rebuilt, memory = export.read(path).build().state_dict(), fast.model.state_dict()
+    assert all(torch.equal(rebuilt[k], memory[k]) for k in memory if memory[k].is_floating_point())
+    assert fast.allocation == plain.allocation
 
 
 @pytest.mark.parametrize("coding", [None, "ans"])

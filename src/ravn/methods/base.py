@@ -48,7 +48,8 @@ class Context:
     #: Where the model and the data run (``cpu``, ``cuda``, ``cuda:N``, ``auto``); ``None``: where the
     #: model already is. Stored weights and files stay on the CPU (:mod:`ravn.device`).
     device: str | None = None
-    #: How to rebuild the model (its factory): for methods that build another architecture (WRPN's width).
+    #: How to rebuild the model (its factory): for methods that build another architecture (WRPN's width);
+    #: its input size places the model (large images: channels-last on the CPU, :func:`ravn.device.on_device`).
     ref: ModelRef | None = None
     #: ``overhead(weights, coding="fixed", of=model)``: the bytes a file of these weights (stored with a
     #: coding; holding the float state of ``of``, default the model being quantized) takes besides their
@@ -155,7 +156,7 @@ def quantize(model: nn.Module, config: Config, context: Context | None = None,
 
     # before the long set-up, not after it; only a search's evaluations run on Ray
     check_workers(context.workers, context.ray_address, ray=getattr(config, "search", None) is not None)
-    model = on_device(model, context.device)
+    model = on_device(model, context.device, context.ref.input_size if context.ref else None)
     with run_folder(context.run_dir, {"config": config.to_dict(), "seed": context.seed}):
         result = spec.recipe(model, config, context)
     result.method, result.config = spec.name, config.to_dict()

@@ -21,12 +21,13 @@ from ravn.quantizers.trainable import TRAINABLE
 
 
 def with_weights(model: nn.Module, weights: dict[str, QuantizedWeight]) -> nn.Module:
-    """A copy of ``model`` whose quantized layers hold the dequantized weights (eval mode)."""
+    """A copy of ``model`` whose quantized layers hold the dequantized weights (eval mode), each on its layer's
+    device, in its dtype and memory layout (channels-last stays so: :func:`ravn.device.on_device`)."""
     out = copy.deepcopy(model)
     modules = dict(out.named_modules())
     for name, q in weights.items():
         weight = modules[name].weight
-        weight.data = q.dequantize().to(device=weight.device, dtype=weight.dtype)
+        weight.data = torch.empty_like(weight).copy_(q.dequantize())
     return out.eval()
 
 
