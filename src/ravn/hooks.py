@@ -8,6 +8,9 @@
   node by node (``torch.fx``) and, at each named module, the rest of the pass can be run from there
   on with that module changed (what each layer's sensitivity probe needs: the features before the
   layer are the float ones, so only the rest of the network runs).
+- :func:`walk_inputs`: one pass, and before each named module runs, its input in every chunk, with the
+  module changed from then on (sequential reconstruction: each layer rounded against the inputs the
+  layers before it, already rounded, give it).
 - :func:`input_of`: the input one module receives; the forward pass stops right there.
 Hooks are always removed, also when the forward pass raises.
 """
@@ -105,6 +108,59 @@ def stream(model: nn.Module, names: list[str], x: torch.Tensor, fn: Callable[[st
             h.remove()
 
 
+class _Walk:
+    """A model's ``torch.fx`` graph, stepped node by node on an environment of live values (freed after
+    their last use), for models this can walk: see :meth:`of`."""
+
+    def __init__(self, graph, model: nn.Module):
+        import torch.fx
+
+        self.model = model
+        self.nodes = list(graph.graph.nodes)
+        self.last_use: dict = {}
+        for i, node in enumerate(self.nodes):
+            for used in node.all_input_nodes:
+                self.last_use[used] = i
+        self.interpreter = torch.fx.Interpreter(graph)
+        self.end = next(i for i, node in enumerate(self.nodes) if node.op == "output")
+
+    @classmethod
+    def of(cls, model: nn.Module, names: list[str]) -> _Walk | None:
+        """The walk of ``model``, or None for one ``torch.fx`` cannot trace (data-dependent control flow),
+        with other than one input, or calling a named module more than once or on other than a value of
+        the pass (a change to it would then reach the pass elsewhere than from that node on)."""
+        import torch.fx
+
+        wanted = set(names)
+        try:
+            graph = torch.fx.symbolic_trace(model)
+        except Exception:  # whatever fx cannot trace is run whole by the caller
+            return None
+        nodes = list(graph.graph.nodes)
+        calls = [n for n in nodes if n.op == "call_module" and n.target in wanted]
+        if (len(calls) != len({n.target for n in calls}) or [n.op for n in nodes].count("placeholder") != 1
+                or nodes[0].op != "placeholder" or not all(n.args and isinstance(n.args[0], torch.fx.Node)
+                                                           for n in calls)):
+            return None
+        return cls(graph, model)
+
+    def start(self, x: torch.Tensor) -> dict:
+        return {self.nodes[0]: to_model(self.model, x)}
+
+    def step(self, env: dict, i: int) -> None:
+        """Run node ``i`` on ``env``; values no later node reads are freed."""
+        self.interpreter.env = env
+        env[self.nodes[i]] = self.interpreter.run_node(self.nodes[i])
+        for used in self.nodes[i].all_input_nodes:
+            if self.last_use[used] == i:
+                del env[used]
+
+    def named(self, i: int, names: set[str]) -> str | None:
+        """The name of node ``i``'s module when it is one of ``names``."""
+        node = self.nodes[i]
+        return node.target if node.op == "call_module" and node.target in names else None
+
+
 @torch.no_grad()
 def stream_cuts(model: nn.Module, names: list[str], x: torch.Tensor, fn: Callable[[str, torch.Tensor, int], None],
                 visit: Callable[[str, Callable[[], None]], None]) -> bool:
@@ -116,57 +172,63 @@ def stream_cuts(model: nn.Module, names: list[str], x: torch.Tensor, fn: Callabl
     the walk itself calls ``fn`` with nothing. Values no later node reads are freed as the walk and each
     rest proceed, so memory is that of one forward pass of a chunk (plus the copied cut).
 
-    Returns False, having run nothing, for a model this cannot walk: one ``torch.fx`` cannot trace (data-
-    dependent control flow), with other than one input, or calling a named module more than once (a
-    change would then reach the pass before the cut); the caller then runs the whole pass per change."""
-    import torch.fx
-
+    Returns False, having run nothing, for a model this cannot walk (:meth:`_Walk.of`); the caller then
+    runs the whole pass per change."""
+    walk = _Walk.of(model, names)
+    if walk is None:
+        return False
     wanted = set(names)
-    try:
-        graph = torch.fx.symbolic_trace(model)
-    except Exception:  # whatever fx cannot trace is run whole by the caller
-        return False
-    nodes = list(graph.graph.nodes)
-    calls = [n.target for n in nodes if n.op == "call_module" and n.target in wanted]
-    if len(calls) != len(set(calls)) or [n.op for n in nodes].count("placeholder") != 1 or nodes[0].op != "placeholder":
-        return False
-    last_use = {}
-    for i, node in enumerate(nodes):
-        for used in node.all_input_nodes:
-            last_use[used] = i
-    interpreter = torch.fx.Interpreter(graph)
     state = {"chunk": 0, "rest": False}
     modules = dict(model.named_modules())
     handles = [modules[n].register_forward_hook(
         lambda _m, _i, out, n=n: fn(n, out.detach(), state["chunk"]) if state["rest"] else None) for n in names]
-    end = next(i for i, node in enumerate(nodes) if node.op == "output")
-
-    def step(env: dict, i: int) -> None:
-        interpreter.env = env
-        env[nodes[i]] = interpreter.run_node(nodes[i])
-        for used in nodes[i].all_input_nodes:
-            if last_use[used] == i:
-                del env[used]
 
     def rest(env: dict, start: int) -> None:
         copy = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in env.items()}
         state["rest"] = True
         try:
-            for i in range(start, end):
-                step(copy, i)
+            for i in range(start, walk.end):
+                walk.step(copy, i)
         finally:
             state["rest"] = False
 
     try:
         for state["chunk"], part in _chunks(x):
-            env = {nodes[0]: to_model(model, part)}
-            for i in range(1, end):
-                if nodes[i].op == "call_module" and nodes[i].target in wanted:
-                    visit(nodes[i].target, functools.partial(rest, env, i))
-                step(env, i)
+            env = walk.start(part)
+            for i in range(1, walk.end):
+                if (name := walk.named(i, wanted)) is not None:
+                    visit(name, functools.partial(rest, env, i))
+                walk.step(env, i)
     finally:
         for h in handles:
             h.remove()
+    return True
+
+
+@torch.no_grad()
+def walk_inputs(model: nn.Module, names: list[str], x: torch.Tensor,
+                visit: Callable[[str, list[torch.Tensor]], None]) -> bool:
+    """Run ``model`` on ``x`` once, the chunks of :func:`stream` stepped together node by node of its
+    ``torch.fx`` graph, and before each named module runs call ``visit(name, inputs)`` with that module's
+    input in every chunk, in chunk order. What ``visit`` changes in the module (its weight) is what the
+    module and everything after it compute with: sequential reconstruction in one pass instead of one
+    pass per layer up to it, each chunk's values exactly those of a pass that stops at the module. The
+    pass ends at the last named module. Memory: the values live at one node, of every chunk.
+
+    Returns False, having run nothing, for a model this cannot walk (:meth:`_Walk.of`)."""
+    walk = _Walk.of(model, names)
+    if walk is None:
+        return False
+    left = set(names)
+    envs = [walk.start(part) for _, part in _chunks(x)]
+    for i in range(1, walk.end):
+        if not left:
+            break
+        if (name := walk.named(i, left)) is not None:
+            visit(name, [env[walk.nodes[i].args[0]] for env in envs])
+            left.discard(name)
+        for env in envs:
+            walk.step(env, i)
     return True
 
 

@@ -63,6 +63,28 @@ def test_sequential_gptq_keeps_format_and_helps_the_model():
     assert errors[0] < errors[1]
 
 
+@pytest.mark.parametrize("rounding", ["gptq", "gptq-rate"])
+def test_sequential_gptq_in_one_pass_equals_one_pass_per_layer(monkeypatch, rounding):
+    """Walked once (:func:`ravn.hooks.walk_inputs`), over several chunks, with in-place ops after layers:
+    exactly the codes of a pass up to each layer (the fallback for models fx cannot walk)."""
+    from tests.search.test_fidelity import _Residual
+
+    from ravn import hooks
+    from ravn.data import splits
+
+    monkeypatch.setattr(splits, "BATCH_PIXELS", 3 * 25)  # 3 images of 5x5 per chunk
+    net, x = _Residual().eval(), torch.randn(8, 4, 5, 5)
+    modules = dict(net.named_modules())
+    weights = {n: ClusteredWeight(modules[n].weight, 1, True, "uniform").quantize((2,))
+               for n in ["a", "b", "c", "head"]}
+    assert hooks.walk_inputs(net, list(weights), x, lambda *_: None)  # this model is walked
+    walked = get_rounding(rounding).sequential(net, weights, x)
+    monkeypatch.setattr(hooks, "_Walk", type("NoWalk", (), {"of": staticmethod(lambda *_: None)}))
+    per_layer = get_rounding(rounding).sequential(net, weights, x)
+    assert all(torch.equal(walked[n].codes, per_layer[n].codes) for n in weights)
+    assert any(not torch.equal(walked[n].codes, weights[n].codes) for n in weights)  # GPTQ moved codes
+
+
 def test_layerwise_gptq_caches_per_layer_and_bits():
     torch.manual_seed(2)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4)).eval()

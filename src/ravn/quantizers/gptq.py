@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ravn.hooks import stream
+from ravn.hooks import stream, walk_inputs
 from ravn.quantizers.qweight import QuantizedWeight
 from ravn.quantizers.rounding import Rounding, register_rounding
 
@@ -44,6 +44,28 @@ def input_rows(layer: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return [rows[:, g * per_group : (g + 1) * per_group] for g in range(layer.groups)]
 
 
+def input_grams(layer: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], int] | None:
+    """``X^T X`` per group (float64) of ``layer``'s inputs ``x`` (:func:`input_rows`) and the rows of ``X``;
+    ``None`` for a layer kind without input rows."""
+    try:
+        parts = input_rows(layer, x)
+    except TypeError:
+        return None
+    return [(part.T @ part).double() for part in parts], len(parts[0])
+
+
+def mean_grams(chunks: Iterable[torch.Tensor], layer: nn.Module) -> list[torch.Tensor] | None:
+    """``X^T X / rows`` per group of ``layer``'s inputs given chunk by chunk (summed in their order)."""
+    sums, rows = None, 0
+    for x in chunks:
+        grams = input_grams(layer, x)
+        if grams is None:
+            return None
+        sums = grams[0] if sums is None else [a + b for a, b in zip(sums, grams[0], strict=True)]
+        rows += grams[1]
+    return [s / rows for s in sums]
+
+
 def layer_hessians(model: nn.Module, names: list[str], calibration: torch.Tensor,
                    stop: bool = False) -> dict[str, list[torch.Tensor] | None]:
     """``X^T X / rows`` per group (float64) of each named layer of ``model`` on ``calibration``, ``X`` the
@@ -59,14 +81,12 @@ def layer_hessians(model: nn.Module, names: list[str], calibration: torch.Tensor
     def add(name: str, x: torch.Tensor, _chunk: int) -> None:
         if name in sums and sums[name] is None:
             return
-        try:
-            parts = input_rows(modules[name], x)
-        except TypeError:
+        grams = input_grams(modules[name], x)
+        if grams is None:
             sums[name] = None
             return
-        grams = [(part.T @ part).double() for part in parts]
-        sums[name] = grams if name not in sums else [s + g for s, g in zip(sums[name], grams, strict=True)]
-        rows[name] += len(parts[0])
+        sums[name] = grams[0] if name not in sums else [s + g for s, g in zip(sums[name], grams[0], strict=True)]
+        rows[name] += grams[1]
 
     stream(model.eval(), names, calibration, add, inputs=True, stop=stop)
     return {n: None if sums[n] is None else [s / rows[n] for s in sums[n]] for n in names}
@@ -245,18 +265,28 @@ class GPTQ(Rounding):
 
     def sequential(self, model: nn.Module, weights: dict[str, QuantizedWeight], calibration: torch.Tensor,
                    progress: Iterable | None = None) -> dict[str, QuantizedWeight]:
-        """GPTQ for every layer of ``weights`` in forward order; ``model`` (float) is left unchanged."""
+        """GPTQ for every layer of ``weights`` in forward order, each against the inputs the layers before it,
+        already rounded, give it; ``model`` (float) is left unchanged. One forward pass in all
+        (:func:`ravn.hooks.walk_inputs`) where the model can be walked, else one pass up to each layer: the
+        same codes either way (the same chunks, the same sums in the same order)."""
         import copy
 
         work = copy.deepcopy(model).eval()
         modules = dict(work.named_modules())
         out: dict[str, QuantizedWeight] = {}
         names = [n for n, _ in work.named_modules() if n in weights]  # forward (registration) order
-        for name in progress(names) if progress else names:
+        ticks = iter(progress(names)) if progress else None
+
+        def round_layer(name: str, hessians: list[torch.Tensor] | None) -> None:
             layer, q = modules[name], weights[name]
-            hessians = layer_hessians(work, [name], calibration, stop=True)[name]
             # layer kinds without GPTQ keep round-to-nearest codes
             out[name] = q if hessians is None else q.with_codes(self.codes(layer.weight, q, hessians, name))
             with torch.no_grad():
                 layer.weight.copy_(out[name].dequantize())
+            if ticks is not None:
+                next(ticks, None)
+
+        if not walk_inputs(work, names, calibration, lambda n, inputs: round_layer(n, mean_grams(inputs, modules[n]))):
+            for name in names:
+                round_layer(name, layer_hessians(work, [name], calibration, stop=True)[name])
         return out
