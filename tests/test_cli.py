@@ -163,8 +163,10 @@ def test_recover_keeps_every_code_so_the_streams_and_bits(capsys, tmp_path, tiny
     assert rec["kept"] == ((rec["val_top1"], -rec["val_loss"]) > (rec["val_top1_before"], -rec["val_loss_before"]))
     e = run_json(capsys, "eval", str(out), *data)
     assert e["top1"] == r["test_top1"]
-    for args, message in [([str(out), "--out", str(tmp_path / "x.ravn")], "already recovered"),
-                          ([str(source), "--out", str(source)], "is the file being recovered")]:
-        assert main(["recover", *args, *data]) == 2
+    unallowed = [a for a in data if a not in ("--model", "tinymodel:tiny")]  # the file's factory not named
+    for args, message in [([str(out), "--out", str(tmp_path / "x.ravn"), *data], "already recovered"),
+                          ([str(source), "--out", str(source), *data], "is the file being recovered"),
+                          ([str(source), "--out", str(tmp_path / "y.ravn"), *unallowed], "does not bundle")]:
+        assert main(["recover", *args]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and message in err and "\n" not in err

@@ -335,10 +335,10 @@ def recover_cmd(
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     check_writable(run_dir / "run.json")
-    dataset = load_dataset(data, image_size, val_size)
-    ref = stored.ref
-    teacher = load_model(ref, weights)
     allow = (model,) if model else ()
+    ref = stored.check_factory(allow)  # before the teacher is built from the file's factory
+    dataset = load_dataset(data, image_size, val_size)
+    teacher = load_model(ref, weights)
     summary = recover_file(stored, out, dataset, teacher, epochs, lr, allow, run_dir, seed, test_limit,
                            progress=not as_json, device=device)
     if as_json:
@@ -348,7 +348,8 @@ def recover_cmd(
     typer.echo(f"wrote {out}: {summary['file_bytes']:,} bytes ({summary['avg_bits']:.2f} avg bits, codes as in "
                f"{file.name}); val top-1 {rec['val_top1_before']:.2f}% -> {rec['val_top1']:.2f}% "
                f"({'kept' if rec['kept'] else 'not kept: the file keeps its own weights'}); "
-               f"test top-1 {summary['test_top1']:.2f}% (was {rec['from']['test_top1']:.2f}%)")
+               f"test top-1 {summary['test_top1']:.2f}%" + (f" (was {was:.2f}%)" if (was := rec["from"]["test_top1"])
+                                                             is not None else ""))
 
 
 @app.command("report")

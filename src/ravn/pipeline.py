@@ -26,6 +26,7 @@ from ravn.methods import Context, quantize
 from ravn.methods.base import QuantizationResult, method_of
 from ravn.models import ModelRef
 from ravn.report.run import ReportOptions
+from ravn.runs import run_folder
 
 
 def float_file_bytes(model: nn.Module) -> int:
@@ -199,7 +200,11 @@ def recover_file(stored: export.RavnFile, out: Path | str, dataset: Dataset, tea
         raise RavnError(f"{stored.path} was already recovered from {meta['config']['recovery']['from']['file']}",
                         "recover the file it came from, with more --epochs")
     model, teacher = (on_device(m, device, ref.input_size) for m in (stored.build(allow), teacher))
-    tuned = fine_tune(model, stored.weights, dataset, ref.normalize, tune, run_dir, seed, progress, teacher=teacher)
+    # the folder's stamp: the same source file and settings resume, others are refused
+    with run_folder(run_dir, {"config": tune.to_dict(), "seed": seed, "source": stored.path.name,
+                              "source_bytes": stored.file_bytes}):
+        tuned = fine_tune(model, stored.weights, dataset, ref.normalize, tune, run_dir, seed, progress,
+                          teacher=teacher)
     before = tuned.history[0]  # epoch 0: the stored weights
     kept = better(tuned.val_top1, tuned.val_loss, before["val_top1"], before["val_loss"])
     if not all(same_codes(tuned.weights[n], q) for n, q in stored.weights.items()):

@@ -81,6 +81,15 @@ class RavnFile:
     def ref(self) -> ModelRef:
         return ModelRef.from_dict(self.meta["model"])
 
+    def check_factory(self, allow: Collection[str] | None = None) -> ModelRef:
+        """The file's model reference, once its factory is allowed to run: bundled, in ``allow``, or any
+        (``allow`` None); else a one-line :class:`RavnError` (building it would run code the file names)."""
+        ref = self.ref
+        if allow is not None and ref.factory not in BUNDLED_FACTORIES | set(allow):
+            raise RavnError(f"{self.path} names the model factory '{ref.factory}', which ravn does not bundle",
+                            "building it runs that code; if you trust the file, name the factory (ravn eval --model)")
+        return ref
+
     def build(self, allow: Collection[str] | None = None) -> nn.Module:
         """An ordinary ``nn.Module`` (eval mode) holding the dequantized weights.
 
@@ -96,10 +105,7 @@ class RavnFile:
         A lazy file's model is that skeleton itself when every tensor it holds is stored
         (:func:`~ravn.export.lazy.can_build_on_meta`): no float weight is ever allocated.
         """
-        ref = self.ref
-        if allow is not None and ref.factory not in BUNDLED_FACTORIES | set(allow):
-            raise RavnError(f"{self.path} names the model factory '{ref.factory}', which ravn does not bundle",
-                            "building it runs that code; if you trust the file, name the factory (ravn eval --model)")
+        ref = self.check_factory(allow)
         with contextlib.suppress(Exception):  # import outside the meta device; ref.build reports failures
             importlib.import_module(ref.factory.partition(":")[0])
         try:
