@@ -44,10 +44,8 @@ COMMANDS = {
                   "resnet20-ravn-qat-2bit.ravn"),
     "ans-qat-1.5": ("ravn quantize --model resnet20 --method ravn --mode qat --budget-bits 1.5 --epochs 20 "
                     "--coding ans", "resnet20-ravn-qat-1.5bit.ravn"),
-    # what `ravn recover` (every code fixed: the same bits) adds to the fine-tuned entropy-coded files above, as
-    # committed: their codes were re-coded into the budget after fine-tuning, which cost validation top-1
-    "recover-ans-qat-2": ("ravn recover benchmarks/artifacts/resnet20-ravn-qat-2bit.ravn --epochs 2",
-                          "resnet20-ravn-qat-2bit-recovered.ravn"),
+    # what `ravn recover` (every code fixed: the same bits) adds to the fine-tuned entropy-coded file above, made
+    # before the recovery epochs existed: its codes were re-coded into the budget after fine-tuning
     "recover-ans-qat-1.5": ("ravn recover benchmarks/artifacts/resnet20-ravn-qat-1.5bit.ravn --epochs 2",
                             "resnet20-ravn-qat-1.5bit-recovered.ravn"),
     "r56-ans-ptq-2": ("ravn quantize --model resnet56 --method ravn --mode ptq --budget-bits 2 --coding ans",
