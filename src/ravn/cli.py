@@ -113,6 +113,23 @@ def eval_cmd(
     typer.echo(f"{line} ({out['n']} images)")
 
 
+def _run_folder(out: Path, run_dir: Path | None, fresh: bool) -> Path:
+    """The run folder of a command that writes ``out`` (``run_dir``, default OUT with suffix .run), emptied
+    first with ``fresh`` (by the writing rank under torchrun); both checked writable before any work."""
+    import shutil
+
+    from ravn.files import check_writable
+    from ravn.training.distributed import replicas
+
+    check_writable(out)
+    run_dir = run_dir or out.with_suffix(".run")
+    if fresh and run_dir.exists() and replicas().is_writer:
+        shutil.rmtree(run_dir)
+    replicas().barrier()
+    check_writable(run_dir / "run.json")
+    return run_dir
+
+
 def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, val_size: int,
               image_size: int | None, mean: str | None, std: str | None, method: str, mode: str | None,
               coding: str | None, seed: int, run_dir: Path | None, fresh: bool, test_limit: int | None,
@@ -124,11 +141,8 @@ def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, va
     interruption and it resumes. The run report (report.md, report.json, plots) is written there
     too. Method options are listed with the methods they apply to.
     """
-    import shutil
-
     from ravn.data import load_dataset
     from ravn.device import resolve_device
-    from ravn.files import check_writable
     from ravn.methods import Context
     from ravn.methods import method as method_spec
     from ravn.models import load_model
@@ -152,12 +166,7 @@ def _quantize(out: Path, model: str, weights: Path | None, data: Path | None, va
         raise RavnError(f"unknown coding '{coding}'", f"use one of {', '.join(CODINGS)}")
     writer = replicas().is_writer  # under torchrun, rank 0 writes and reports (ravn.training.distributed)
     as_json = as_json or not writer  # other ranks print nothing: no bars, and their summary is dropped
-    check_writable(out)
-    run_dir = run_dir or out.with_suffix(".run")
-    if fresh and run_dir.exists() and writer:
-        shutil.rmtree(run_dir)
-    replicas().barrier()
-    check_writable(run_dir / "run.json")
+    run_dir = _run_folder(out, run_dir, fresh)
     dataset = load_dataset(data, image_size, val_size)
     ref = _ref(model, dataset, mean, std)
     net = load_model(ref, weights)
@@ -315,12 +324,9 @@ def recover_cmd(
     For files whose codes were moved after training, e.g. fine-tuned codes re-coded into their budget. Kept
     only if validation improves (top-1, then loss); the test split is measured once, at the end.
     """
-    import shutil
-
     from ravn import export
     from ravn.data import load_dataset
     from ravn.device import resolve_device
-    from ravn.files import check_writable
     from ravn.models import load_model
     from ravn.pipeline import recover_file
 
@@ -330,11 +336,7 @@ def recover_cmd(
     if out.resolve() == file.resolve():
         raise RavnError(f"--out {out} is the file being recovered", "write the recovered file to another path")
     stored = export.read(file)
-    check_writable(out)
-    run_dir = run_dir or out.with_suffix(".run")
-    if fresh and run_dir.exists():
-        shutil.rmtree(run_dir)
-    check_writable(run_dir / "run.json")
+    run_dir = _run_folder(out, run_dir, fresh)
     allow = (model,) if model else ()
     ref = stored.check_factory(allow)  # before the teacher is built from the file's factory
     dataset = load_dataset(data, image_size, val_size)
