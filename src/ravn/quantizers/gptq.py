@@ -44,52 +44,42 @@ def input_rows(layer: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return [rows[:, g * per_group : (g + 1) * per_group] for g in range(layer.groups)]
 
 
-def input_grams(layer: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], int] | None:
-    """``X^T X`` per group (float64) of ``layer``'s inputs ``x`` (:func:`input_rows`) and the rows of ``X``;
-    ``None`` for a layer kind without input rows."""
-    try:
-        parts = input_rows(layer, x)
-    except TypeError:
-        return None
-    return [(part.T @ part).double() for part in parts], len(parts[0])
+class GramSum:
+    """``X^T X`` per group (float64) of one layer's inputs ``X`` as rows of its weight's columns
+    (:func:`input_rows`), summed chunk by chunk in the order they are added, and the rows of ``X``."""
 
+    def __init__(self, layer: nn.Module):
+        self.layer, self.sums, self.rows, self.rowless = layer, None, 0, False
 
-def mean_grams(chunks: Iterable[torch.Tensor], layer: nn.Module) -> list[torch.Tensor] | None:
-    """``X^T X / rows`` per group of ``layer``'s inputs given chunk by chunk (summed in their order)."""
-    sums, rows = None, 0
-    for x in chunks:
-        grams = input_grams(layer, x)
-        if grams is None:
-            return None
-        sums = grams[0] if sums is None else [a + b for a, b in zip(sums, grams[0], strict=True)]
-        rows += grams[1]
-    return [s / rows for s in sums]
+    def add(self, x: torch.Tensor) -> None:
+        if self.rowless:
+            return
+        try:
+            parts = input_rows(self.layer, x)
+        except TypeError:
+            self.rowless = True
+            return
+        grams = [(part.T @ part).double() for part in parts]
+        self.sums = grams if self.sums is None else [s + g for s, g in zip(self.sums, grams, strict=True)]
+        self.rows += len(parts[0])
+
+    def mean(self) -> list[torch.Tensor] | None:
+        """``X^T X / rows`` per group; ``None`` for a layer kind without input rows."""
+        return None if self.rowless else [s / self.rows for s in self.sums]
 
 
 def layer_hessians(model: nn.Module, names: list[str], calibration: torch.Tensor,
                    stop: bool = False) -> dict[str, list[torch.Tensor] | None]:
     """``X^T X / rows`` per group (float64) of each named layer of ``model`` on ``calibration``, ``X`` the
     layer's inputs as rows of its weight's columns (:func:`input_rows`), in one streamed pass: ``X^T X`` is
-    summed chunk by chunk (:func:`ravn.hooks.stream`) and no layer's inputs are kept, so the memory is the
-    Hessians plus one chunk's activations (one chunk: the same numbers as from the whole batch).
+    summed chunk by chunk (:func:`ravn.hooks.stream`, :class:`GramSum`) and no layer's inputs are kept, so the
+    memory is the Hessians plus one chunk's activations (one chunk: the same numbers as from the whole batch).
     ``None`` for a layer kind without input rows. ``stop``: the pass ends at the last named layer.
     A layer's Hessians from its inputs ``x``: ``layer_hessians(layer, [""], x)[""]``."""
     modules = dict(model.named_modules())
-    sums: dict[str, list[torch.Tensor] | None] = {}
-    rows: dict[str, int] = dict.fromkeys(names, 0)
-
-    def add(name: str, x: torch.Tensor, _chunk: int) -> None:
-        if name in sums and sums[name] is None:
-            return
-        grams = input_grams(modules[name], x)
-        if grams is None:
-            sums[name] = None
-            return
-        sums[name] = grams[0] if name not in sums else [s + g for s, g in zip(sums[name], grams[0], strict=True)]
-        rows[name] += grams[1]
-
-    stream(model.eval(), names, calibration, add, inputs=True, stop=stop)
-    return {n: None if sums[n] is None else [s / rows[n] for s in sums[n]] for n in names}
+    sums = {n: GramSum(modules[n]) for n in names}
+    stream(model.eval(), names, calibration, lambda name, x, _chunk: sums[name].add(x), inputs=True, stop=stop)
+    return {n: sums[n].mean() for n in names}
 
 
 def patches(x: torch.Tensor, kernel, dilation, padding, stride) -> torch.Tensor:
@@ -286,7 +276,13 @@ class GPTQ(Rounding):
             if ticks is not None:
                 next(ticks, None)
 
-        if not walk_inputs(work, names, calibration, lambda n, inputs: round_layer(n, mean_grams(inputs, modules[n]))):
+        def walked(name: str, inputs: list[torch.Tensor]) -> None:
+            grams = GramSum(modules[name])
+            for x in inputs:
+                grams.add(x)
+            round_layer(name, grams.mean())
+
+        if not walk_inputs(work, names, calibration, walked):
             for name in names:
                 round_layer(name, layer_hessians(work, [name], calibration, stop=True)[name])
         return out
