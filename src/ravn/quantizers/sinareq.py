@@ -71,8 +71,9 @@ class SinareqQuantizer(nn.Module):
 
     @torch.no_grad()
     def at_bits(self, w: torch.Tensor, bits: int) -> QuantizedWeight:
-        """``w`` rounded to ``2^bits`` even levels over the learned ``[-alpha, alpha]``."""
-        return _round(w.detach().float(), self.log_alpha.detach().exp(), bits)
+        """``w`` rounded to ``2^bits`` even levels over the learned ``[-alpha, alpha]`` (a stored form: on the
+        CPU whatever device ``w`` and the quantizer are on)."""
+        return _round(w.detach().float().cpu(), self.log_alpha.detach().exp().cpu(), bits)
 
     def freeze(self, w: torch.Tensor) -> QuantizedWeight:
         return self.at_bits(w, self.bits[0])
