@@ -26,13 +26,16 @@ Checks, each on the CPU and on the GPU in the same run (times are ratios within 
 - ``resnet50``: the ImageNet-shape ResNet-50 at 224 px, RAVN at 4 bits, 64 calibration images,
   2 evaluations, on the GPU only: the whole run's wall time and the file size.
 Results: ``gpu_check.{json,md}`` (rows with machine, versions and device name) in ``--out``;
-``--tables F.json [--note TEXT]`` rebuilds the Markdown beside a results file brought back from the
-GPU machine (the committed ones: benchmarks/results/gpu_check.{json,md}).
+``--profile CHECK`` runs one ResNet-20 check on CUDA alone under cProfile (``profile-CHECK.txt`` in
+``--out``; the committed one: benchmarks/results/gpu_profile.txt); ``--tables F.json [--note TEXT]``
+rebuilds the Markdown beside a results file brought back from the GPU machine (the committed ones:
+benchmarks/results/gpu_check.{json,md}).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -91,9 +94,10 @@ def check_gptq(devices: list[str]) -> dict:
     return row
 
 
-def check_run(name: str, model, ref: ModelRef, dataset: Dataset, config, devices: list[str], out: Path,
-              coding: str = "fixed") -> dict:
+def check_run(name: str, model, ref: ModelRef, dataset: Dataset, config, devices: list[str], out: Path) -> dict:
+    """``config`` run on each device; a check whose name ends in ``-ans`` stores entropy-coded codes."""
     row: dict = {"check": name}
+    coding = "ans" if name.endswith("-ans") else "fixed"
     for device in devices:
         context = Context(dataset=dataset, normalize=ref.normalize, progress=False, device=device,
                           run_dir=out / f"{name}-{device}.run", coding=coding)
@@ -106,6 +110,48 @@ def check_run(name: str, model, ref: ModelRef, dataset: Dataset, config, devices
     if len(devices) == 2:
         row["same_allocation"] = row["cpu_allocation"] == row["cuda_allocation"]
     return row
+
+
+@functools.cache
+def resnet20_data() -> tuple:
+    """The pretrained ResNet-20 (random weights without ``$RAVN_DATA``: a cost check), its reference and
+    2,000 synthetic images it labels."""
+    ref = ModelRef.parse("resnet20")
+    try:
+        model = load_model(ref)
+    except Exception:  # no pretrained checkpoint on this machine: random weights do for a cost check
+        from ravn.models.resnet_cifar import resnet20
+
+        model = resnet20().eval()
+    return model, ref, synthetic(model, ref, 2000, 32, 10)
+
+
+def resnet20_checks() -> dict:
+    """The ResNet-20 runs, by check name (a name ending in ``-ans`` stores entropy-coded codes)."""
+    search = SearchConfig(evaluations=6, patience=6, search_val_size=200, rerank=1)
+    steps = FineTuneConfig(epochs=1, max_steps=20, batch_size=64)
+    return {"ravn-ptq": RavnConfig(budget_bits=3.0, calibration_size=128, search=search),
+            "uniform-qat": UniformConfig(bits=4, finetune=steps),
+            "ravn-qat-ans": RavnConfig(budget_bits=2.0, calibration_size=128, search=search, finetune=steps)}
+
+
+def profile(name: str, out: Path) -> None:
+    """Check ``name`` on CUDA alone under cProfile: ``profile-<name>.txt`` in ``out`` (by cumulative, then
+    own time)."""
+    import cProfile
+    import pstats
+
+    model, ref, data = resnet20_data()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    row = check_run(name, model, ref, data, resnet20_checks()[name], ["cuda"], out)
+    profiler.disable()
+    with open(out / f"profile-{name}.txt", "w") as f:
+        f.write(json.dumps({k: v for k, v in row.items() if "allocation" not in k}) + "\n")
+        stats = pstats.Stats(profiler, stream=f)
+        stats.sort_stats("cumulative").print_stats(45)
+        stats.sort_stats("tottime").print_stats(30)
+    print(f"wrote {out / f'profile-{name}.txt'}")
 
 
 TITLE = "GPU check: the same runs on the CPU and on CUDA"
@@ -130,6 +176,8 @@ def main() -> None:
     parser.add_argument("--cpu-only", action="store_true", help="run the checks on the CPU alone (to test this)")
     parser.add_argument("--tables", type=Path, default=None, help="only rebuild the Markdown beside this JSON")
     parser.add_argument("--note", default="", help="a sentence on how this run went (kept in the results)")
+    parser.add_argument("--profile", choices=list(resnet20_checks()), default=None,
+                        help="only this check, on CUDA, under cProfile: profile-CHECK.txt in --out")
     args = parser.parse_args()
     if args.tables:
         payload = json.loads(args.tables.read_text())
@@ -141,30 +189,20 @@ def main() -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="gpu_check."))
     out.mkdir(parents=True, exist_ok=True)
     common = {**stamp(), "note": args.note}
+    if args.profile:
+        profile(args.profile, out)
+        return
     rows = [check_gptq(devices)]
     print(json.dumps(rows[-1]), flush=True)
 
-    ref = ModelRef.parse("resnet20")
-    try:
-        model = load_model(ref)
-    except Exception:  # no pretrained checkpoint on this machine: random weights do for a cost check
-        from ravn.models.resnet_cifar import resnet20
-
-        model = resnet20().eval()
-    data = synthetic(model, ref, 2000, 32, 10)
-    search = SearchConfig(evaluations=6, patience=6, search_val_size=200, rerank=1)
-    steps = FineTuneConfig(epochs=1, max_steps=20, batch_size=64)
-    for name, config in [("ravn-ptq", RavnConfig(budget_bits=3.0, calibration_size=128, search=search)),
-                         ("uniform-qat", UniformConfig(bits=4, finetune=steps)),
-                         ("ravn-qat-ans", RavnConfig(budget_bits=2.0, calibration_size=128, search=search,
-                                                     finetune=steps))]:
-        coding = "ans" if name.endswith("-ans") else "fixed"
-        rows.append(check_run(name, model, ref, data, config, devices, out, coding))
+    for name, config in resnet20_checks().items():
+        rows.append(check_run(name, *resnet20_data(), config, devices, out))
         print(json.dumps(rows[-1]), flush=True)
 
     if args.cpu_only:  # ResNet-50's check is a GPU one (benchmarks/scale.py measures it on the CPU)
         save(out / "gpu_check", {**common, "rows": rows})
         return
+    ref = resnet20_data()[1]
     big_ref = ModelRef("resnet50-random", "imagenet_resnet:resnet50", {}, ref.mean, ref.std, 224)
     big = resnet50().cuda()
     big_data = synthetic(big, big_ref, 320, 224, 1000)
