@@ -46,12 +46,6 @@ def same_weights(a: nn.Module, b: nn.Module) -> bool:
                                           for k in sa if sa[k].is_floating_point())
 
 
-def same_codes(a, b) -> bool:
-    """Do two quantized weights store the same bits, cluster ids and codes (hence the same streams)."""
-    return (a.bits == b.bits and torch.equal(a.codes, b.codes) and (a.ids is None) == (b.ids is None)
-            and (a.ids is None or torch.equal(a.ids, b.ids)))
-
-
 def file_overhead(model: nn.Module, ref: ModelRef, method: str, config: Config, top5: bool):
     """Bytes the file :func:`run` writes takes besides the weights' streams and tables: the exact layout
     (stored with ``coding``), with each metric at a length no float reaches (the metrics are measured
@@ -190,8 +184,7 @@ def recover_file(stored: export.RavnFile, out: Path | str, dataset: Dataset, tea
     The test split is read only at the end, for the report. With ``run_dir`` an interrupted run resumes
     after its last finished epoch; ``device``: where it trains (``None``: the CPU, where the file is read).
     """
-    from ravn.training.finetune import FineTuneConfig, fine_tune
-    from ravn.training.loop import better
+    from ravn.training.finetune import FineTuneConfig, fine_tune_codes_fixed
 
     tune = FineTuneConfig(epochs=epochs, lr=lr, quantizer="shared")
     start = time.perf_counter()
@@ -203,12 +196,9 @@ def recover_file(stored: export.RavnFile, out: Path | str, dataset: Dataset, tea
     # the folder's stamp: the same source file and settings resume, others are refused
     with run_folder(run_dir, {"config": tune.to_dict(), "seed": seed, "source": stored.path.name,
                               "source_bytes": stored.file_bytes}):
-        tuned = fine_tune(model, stored.weights, dataset, ref.normalize, tune, run_dir, seed, progress,
-                          teacher=teacher)
+        tuned, kept = fine_tune_codes_fixed(model, stored.weights, dataset, ref.normalize, tune, run_dir, seed,
+                                            progress, teacher)
     before = tuned.history[0]  # epoch 0: the stored weights
-    kept = better(tuned.val_top1, tuned.val_loss, before["val_top1"], before["val_loss"])
-    if not all(same_codes(tuned.weights[n], q) for n, q in stored.weights.items()):
-        raise RuntimeError("recovery moved a code")  # a bug in the 'shared' quantizer: the size would move
     model, weights = (tuned.model, tuned.weights) if kept else (model, stored.weights)
     seconds = time.perf_counter() - start
     test = dataset.split("test", limit=test_limit)

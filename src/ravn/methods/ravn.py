@@ -39,8 +39,7 @@ from ravn.search.agents import SearchConfig
 from ravn.search.budget import BudgetFields
 from ravn.search.problem import INITS, SearchProblem, prepare
 from ravn.search.run import allocate
-from ravn.training.finetune import FineTuneConfig, FineTuneResult, fine_tune
-from ravn.training.loop import better
+from ravn.training.finetune import FineTuneConfig, FineTuneResult, fine_tune, fine_tune_codes_fixed
 
 #: The coding RAVN sizes its budget for when none is asked (``--coding``): entropy-coded, since at the same
 #: stored size it buys grids 0.5-0.7 bits wider and a validation loss 2-2.6x lower than fixed-width
@@ -176,14 +175,13 @@ def tuned_within_budget(problem: SearchProblem, ft: FineTuneResult, planned: dic
 def recover(ft: FineTuneResult, fitted: dict, dataset: Dataset, context: Context, config: RavnConfig,
             folder: Path | None, teacher: nn.Module) -> tuple[FineTuneResult, dict]:
     """Train what re-coding left free: ``ft``'s tables, channel scales and batch-norm affine, every code
-    fixed (``config.recovery_epochs`` of ``config.finetune`` with the ``shared`` trainable quantizer, Deep
-    Compression's trained quantization, Sec. 3.1 of Han et al.), so the coded size, within the budget after
-    :func:`tuned_within_budget`, cannot move. Kept if it beats the re-coded weights on validation (the same
-    split; top-1, then loss: :func:`~ravn.training.loop.better`); ``fitted`` logs it."""
-    tune = dataclasses.replace(config.finetune, quantizer="shared", epochs=config.recovery_epochs)
-    rec = fine_tune(ft.model, ft.weights, dataset, context.normalize, tune, folder / "recovery" if folder else None,
-                    context.seed, context.progress, teacher=teacher)
-    kept = better(rec.val_top1, rec.val_loss, ft.val_top1, ft.val_loss)
+    fixed (``config.recovery_epochs`` of ``config.finetune``: :func:`~ravn.training.finetune.fine_tune_codes_fixed`),
+    so the coded size, within the budget after :func:`tuned_within_budget`, cannot move. Kept if it beats the
+    re-coded weights' measured validation (the same split; top-1, then loss); ``fitted`` logs it."""
+    tune = dataclasses.replace(config.finetune, epochs=config.recovery_epochs)
+    rec, kept = fine_tune_codes_fixed(ft.model, ft.weights, dataset, context.normalize, tune,
+                                      folder / "recovery" if folder else None, context.seed, context.progress,
+                                      teacher, before=(ft.val_top1, ft.val_loss))
     fitted = {**fitted, "recovery": {"val_top1": rec.val_top1, "kept": kept, **rec.log()}}
     if not kept:
         return ft, fitted

@@ -17,6 +17,7 @@ After training, statistics re-estimated on training images are kept only if vali
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,3 +229,28 @@ def fine_tune(float_model: nn.Module, weights: dict[str, QuantizedWeight], datas
     return FineTuneResult(final, with_weights(latent, final), latent.eval(), result.history, result.best_epoch,
                           *((m["top1"], m["loss"]) if recalibrated else (result.best_top1, result.best_loss)),
                           recalibrated, quantizers)
+
+
+def same_codes(a: QuantizedWeight, b: QuantizedWeight) -> bool:
+    """Do two quantized weights store the same bits, cluster ids and codes (hence the same streams)."""
+    return (a.bits == b.bits and torch.equal(a.codes, b.codes) and (a.ids is None) == (b.ids is None)
+            and (a.ids is None or torch.equal(a.ids, b.ids)))
+
+
+def fine_tune_codes_fixed(model: nn.Module, weights: dict[str, QuantizedWeight], dataset: Dataset,
+                          normalize: Normalize, config: FineTuneConfig, run_dir: Path | None, seed: int,
+                          progress: bool, teacher: nn.Module,
+                          before: tuple[float, float] | None = None) -> tuple[FineTuneResult, bool]:
+    """:func:`fine_tune` of what the codes leave free, every code fixed: ``config`` with the ``shared``
+    trainable quantizer trains the tables, channel scales and batch-norm affine (Deep Compression's trained
+    quantization, Sec. 3.1 of Han et al.), so the streams, hence the coded size, cannot move (checked).
+
+    Returns the result and whether it beats ``before``, the validation (top-1, loss) of ``weights`` as the
+    caller measured them (default: the run's epoch 0, the same weights), by :func:`~ravn.training.loop.better`.
+    """
+    tuned = fine_tune(model, weights, dataset, normalize, dataclasses.replace(config, quantizer="shared"), run_dir,
+                      seed, progress, teacher=teacher)
+    if not all(same_codes(tuned.weights[n], q) for n, q in weights.items()):
+        raise RuntimeError("a fine-tuning with every code fixed moved a code")  # a bug in 'shared': sizes move
+    top1, loss = before or (tuned.history[0]["val_top1"], tuned.history[0]["val_loss"])
+    return tuned, better(tuned.val_top1, tuned.val_loss, top1, loss)
