@@ -14,6 +14,7 @@ ways in the same process, interleaved, best of ``--repeats``, fixed-width (GPTQ)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 
@@ -32,28 +33,16 @@ COLUMNS = [("model", "model"), ("coding", "coding (rounding)"), ("layers", "laye
            ("same", "same codes"), ("threads", "torch threads")]
 
 
-class _NoWalk:
-    """What ``hooks._Walk`` is replaced by to time the pass-per-layer fallback."""
-
-    @staticmethod
-    def of(*_):
-        return None
-
-
 def measure(name: str, coding: str, dataset, repeats: int) -> dict:
     ref = ModelRef.parse(name)
     problem = prepare(load_model(ref), RavnConfig(budget_bits=4.0), dataset, ref.normalize, coding=coding)
     best, codes = {"walk": float("inf"), "per_layer": float("inf")}, {}
-    walk = hooks._Walk
-    try:
-        for _ in range(repeats):
-            for kind in best:
-                hooks._Walk = walk if kind == "walk" else _NoWalk
+    for _ in range(repeats):
+        for kind in best:
+            with contextlib.nullcontext() if kind == "walk" else hooks.no_walks():
                 start = time.perf_counter()
                 codes[kind] = problem.realize(problem.init)
                 best[kind] = min(best[kind], time.perf_counter() - start)
-    finally:
-        hooks._Walk = walk
     same = all(torch.equal(codes["walk"][n].codes, codes["per_layer"][n].codes) for n in codes["walk"])
     return {"model": name, "coding": f"{coding} ({'gptq' if coding == 'fixed' else 'gptq-rate'})",
             "layers": len(codes["walk"]), "per_layer_s": best["per_layer"], "one_pass_s": best["walk"],

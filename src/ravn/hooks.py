@@ -108,6 +108,21 @@ def stream(model: nn.Module, names: list[str], x: torch.Tensor, fn: Callable[[st
             h.remove()
 
 
+_walks = [True]  # False within no_walks()
+
+
+@contextlib.contextmanager
+def no_walks():
+    """Within it every model counts as one ``torch.fx`` cannot walk, so :func:`stream_cuts` and
+    :func:`walk_inputs` return False and their callers take the fallback (a pass per cut or per layer): to
+    time both ways, or to test the fallback on a model that walks."""
+    _walks.append(False)
+    try:
+        yield
+    finally:
+        _walks.pop()
+
+
 class _Walk:
     """A model's ``torch.fx`` graph, stepped node by node on an environment of live values (freed after
     their last use), for models this can walk: see :meth:`of`."""
@@ -131,6 +146,8 @@ class _Walk:
         the pass (a change to it would then reach the pass elsewhere than from that node on)."""
         import torch.fx
 
+        if not _walks[-1]:
+            return None
         wanted = set(names)
         try:
             graph = torch.fx.symbolic_trace(model)

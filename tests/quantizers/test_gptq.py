@@ -79,8 +79,9 @@ def test_sequential_gptq_in_one_pass_equals_one_pass_per_layer(monkeypatch, roun
                for n in ["a", "b", "c", "head"]}
     assert hooks.walk_inputs(net, list(weights), x, lambda *_: None)  # this model is walked
     walked = get_rounding(rounding).sequential(net, weights, x)
-    monkeypatch.setattr(hooks, "_Walk", type("NoWalk", (), {"of": staticmethod(lambda *_: None)}))
-    per_layer = get_rounding(rounding).sequential(net, weights, x)
+    with hooks.no_walks():
+        assert not hooks.walk_inputs(net, list(weights), x, lambda *_: None)
+        per_layer = get_rounding(rounding).sequential(net, weights, x)
     assert all(torch.equal(walked[n].codes, per_layer[n].codes) for n in weights)
     assert any(not torch.equal(walked[n].codes, weights[n].codes) for n in weights)  # GPTQ moved codes
 
