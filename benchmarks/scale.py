@@ -28,7 +28,6 @@ then the search's evaluations, then the stored weights):
   search's evaluator is released, as after a search (its Hessians, cached weights and working model);
 - ``export``: the ``.ravn`` file written; ``load``: read back as an ``nn.Module``; no forward pass.
 
-Freed host memory goes back to the system as in ``ravn quantize`` (:func:`ravn.device.bound_host_heap`).
 The model is placed as ``ravn quantize`` places it (:func:`ravn.device.on_device`): on the CPU, ResNet-50's
 224 px images make it channels-last (its forward passes, floors included, 1.29x faster than the default
 layout: ``layout.md``); the CIFAR ResNets keep the default layout.
@@ -57,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from ravn import export
 from ravn.data.splits import images_per_batch
-from ravn.device import bound_host_heap, on_device
+from ravn.device import on_device
 from ravn.methods import RavnConfig
 from ravn.models import ModelRef, load_model
 from ravn.quantizers.gptq import GPTQ
@@ -204,7 +203,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", default=str(RUNS), help="folder for the exported files")
     parser.add_argument("--fresh", action="store_true", help="discard earlier rows")
     args = parser.parse_args(argv)
-    bound_host_heap()  # as ravn.quantize does before its stages
     stem = Path(args.out)
     settings = {"calibration": args.calibration, "val_images": args.val_images, "synthetic": args.synthetic}
     rows: list[dict] = []

@@ -86,28 +86,22 @@ def to_model(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.to(device_of(module), non_blocking=x.device.type == "cpu")  # a copy to the host must wait
 
 
-#: Host blocks of at least this many bytes are mapped on their own and returned to the system when freed
-#: (:func:`bound_host_heap`).
-HEAP_MMAP_THRESHOLD = 1 << 20
-_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 
-
-def bound_host_heap() -> bool:
-    """Return freed tensor memory to the system instead of keeping it in the process (glibc; elsewhere a no-op).
+def release_freed_memory() -> bool:
+    """Hand the host memory freed so far back to the system (glibc's ``malloc_trim``; elsewhere a no-op).
 
     glibc's malloc raises its mmap threshold each time a mapped block is freed (up to 32 MiB), so once the
     first large tensors go, blocks up to that size come from its arenas and stay there when freed. A stage
-    that allocates and frees many such blocks then holds memory it no longer uses: on ResNet-50 at 224 px
-    the per-layer sensitivity stage peaked at 12.4 GB where it needs less than 5
-    (``benchmarks/results/scale.md``). This pins the threshold at :data:`HEAP_MMAP_THRESHOLD`, so every
-    block of 1 MiB or more is mapped on its own and unmapped when freed. Only where memory comes from
-    changes, never a number. Process-wide and idempotent; :func:`ravn.quantize` calls it. Returns whether
-    the threshold was set.
-    """
+    that allocates and frees many such blocks then holds memory it no longer uses: ResNet-50's per-layer
+    sensitivity probes at 224 px peaked at 12.4 GB (``benchmarks/results/scale.md`` at cc0a320). Called
+    between a stage's steps (:func:`ravn.search.fidelity.Fidelity.one_at_a_time`, after each layer's probe),
+    it returns the arenas' free pages; unlike a low mmap threshold (every large block mapped afresh: forward
+    passes 2.3x slower here) it costs nothing inside a step. Never changes a number. Returns whether memory
+    was released."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
-        mallopt = ctypes.CDLL(None).mallopt
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD))
+    return bool(trim(0))

@@ -27,7 +27,7 @@ from torch import nn
 
 from ravn.config import Config
 from ravn.data import Dataset, Normalize
-from ravn.device import bound_host_heap, on_device
+from ravn.device import on_device
 from ravn.errors import RavnError
 from ravn.models import ModelRef
 from ravn.quantizers.qweight import QuantizedWeight
@@ -156,7 +156,6 @@ def quantize(model: nn.Module, config: Config, context: Context | None = None,
 
     # before the long set-up, not after it; only a search's evaluations run on Ray
     check_workers(context.workers, context.ray_address, ray=getattr(config, "search", None) is not None)
-    bound_host_heap()
     model = on_device(model, context.device, context.ref.input_size if context.ref else None)
     with run_folder(context.run_dir, {"config": config.to_dict(), "seed": context.seed}):
         result = spec.recipe(model, config, context)

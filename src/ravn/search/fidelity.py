@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ravn.device import release_freed_memory
 from ravn.hooks import stream, stream_cuts
 
 #: Float features kept in float32 up to this size (all layers, the whole calibration batch), else float16.
@@ -106,6 +107,7 @@ class FidelityLoss:
                 modules[name].weight.copy_(original)
             for layer, d in current.items():
                 sums[name][layer] = d if layer not in sums[name] else sums[name][layer] + d
+            release_freed_memory()  # the probe's activations, before the next one
 
         if not stream_cuts(model, self.names, self.calibration, distance, probe):
             for name in weights:
