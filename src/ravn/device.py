@@ -96,8 +96,8 @@ def release_freed_memory() -> bool:
     sensitivity probes at 224 px peaked at 12.4 GB (``benchmarks/results/scale.md`` at cc0a320). Called
     between a stage's steps (:func:`ravn.search.fidelity.Fidelity.one_at_a_time`, after each layer's probe),
     it returns the arenas' free pages; unlike a low mmap threshold (every large block mapped afresh: forward
-    passes 2.3x slower here) it costs nothing inside a step. Never changes a number. Returns whether memory
-    was released."""
+    passes 2.5x slower, ``benchmarks/results/mmap_threshold.md``) it costs nothing inside a step. Never
+    changes a number. Returns whether memory was released."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
