@@ -48,7 +48,7 @@ COMMANDS = {
     # epoch followed re-coding: two more epochs with the codes fixed, kept only if validation improves
     "recover-ans-qat-1.5": ("ravn recover benchmarks/artifacts/resnet20-ravn-qat-1.5bit.ravn --epochs 2",
                             "resnet20-ravn-qat-1.5bit-recovered.ravn"),
-    # the same on the file of the row above as first made (at 4224136, before the recovery epochs existed, its
+    # the same on the ans-qat-1.5 file as first made (at 4224136, before the recovery epochs existed, its
     # search and first epochs on an H100: 90.48%), kept under its commit's name
     "recover-ans-qat-1.5-4224136": ("ravn recover benchmarks/artifacts/resnet20-ravn-qat-1.5bit-4224136.ravn "
                                     "--epochs 2", "resnet20-ravn-qat-1.5bit-4224136-recovered.ravn"),

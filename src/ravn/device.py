@@ -86,7 +86,6 @@ def to_model(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.to(device_of(module), non_blocking=x.device.type == "cpu")  # a copy to the host must wait
 
 
-
 def release_freed_memory() -> bool:
     """Hand the host memory freed so far back to the system (glibc's ``malloc_trim``; elsewhere a no-op).
 
@@ -94,7 +93,7 @@ def release_freed_memory() -> bool:
     first large tensors go, blocks up to that size come from its arenas and stay there when freed. A stage
     that allocates and frees many such blocks then holds memory it no longer uses: ResNet-50's per-layer
     sensitivity probes at 224 px peaked at 12.4 GB (``benchmarks/results/scale.md`` at cc0a320). Called
-    between a stage's steps (:func:`ravn.search.fidelity.Fidelity.one_at_a_time`, after each layer's probe),
+    between a stage's steps (:meth:`ravn.search.fidelity.FidelityLoss.one_at_a_time`, after each layer's probe),
     it returns the arenas' free pages; unlike a low mmap threshold (every large block mapped afresh: forward
     passes 2.5x slower, ``benchmarks/results/mmap_threshold.md``) it costs nothing inside a step. Never
     changes a number. Returns whether memory was released."""
