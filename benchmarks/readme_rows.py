@@ -44,7 +44,11 @@ COMMANDS = {
                   "resnet20-ravn-qat-2bit.ravn"),
     "ans-qat-1.5": ("ravn quantize --model resnet20 --method ravn --mode qat --budget-bits 1.5 --epochs 20 "
                     "--coding ans", "resnet20-ravn-qat-1.5bit.ravn"),
-    # what `ravn recover` (every code fixed: the same bits) adds to the file of the row above, whose one recovery
+    # the same with fine-tuning's codes kept within each layer's planned coded size (rate-constrained nearest
+    # entry, ravn.quantizers.rate.RateTableQuantizer) instead of re-coded after it
+    "ans-qat-1.5-rate": ("ravn quantize --model resnet20 --method ravn --mode qat --budget-bits 1.5 --epochs 20 "
+                         "--coding ans --quantizer table-rate", "resnet20-ravn-qat-1.5bit-rate.ravn"),
+    # what `ravn recover` (every code fixed: the same bits) adds to the file of the ans-qat-1.5 row, whose one recovery
     # epoch followed re-coding: two more epochs with the codes fixed, kept only if validation improves
     "recover-ans-qat-1.5": ("ravn recover benchmarks/artifacts/resnet20-ravn-qat-1.5bit.ravn --epochs 2",
                             "resnet20-ravn-qat-1.5bit-recovered.ravn"),

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ravn.quantizers import QuantizedWeight
-from ravn.quantizers.trainable import SharedCentroids
+from ravn.quantizers.trainable import SharedCentroids, TableQuantizer
 
 
 def test_shared_centroid_gradients_are_summed_per_entry_and_zero_stays_zero():
@@ -29,3 +30,67 @@ def test_shared_centroid_gradients_are_summed_per_entry_and_zero_stays_zero():
     assert torch.equal(frozen.codes, codes) and frozen.tables[0] == 0
     assert torch.equal(frozen.dequantize(), shared(latent).detach())
     assert torch.equal(frozen.dequantize() == 0, codes.view(2, 3) == 0)
+
+
+def _drifted(bits=3, shape=(8, 72), seed=0):
+    """A layer quantized on a symmetric per-channel grid (peaked codes, as trained weights give), and latent
+    weights moved off it as fine-tuning moves them."""
+    from ravn.quantizers.uniform import quantize_uniform
+
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=g) ** 3
+    q = quantize_uniform(w, bits, per_channel=True, symmetric=True)
+    latent = q.dequantize() + 0.3 * q.scale.view(-1, 1) * torch.randn(shape, generator=g)
+    return q, latent
+
+
+def _ideal_bits(q):
+    counts = torch.bincount(torch.from_numpy(q.symbols())).double()
+    counts = counts[counts > 0]
+    return float(-(counts * torch.log2(counts / counts.sum())).sum())
+
+
+def test_rate_table_keeps_the_start_codes_ideal_size_where_nearest_outgrows_it():
+    from ravn.quantizers.rate import RateTableQuantizer
+
+    q, latent = _drifted()
+    nearest = TableQuantizer(q).freeze(latent)
+    assert _ideal_bits(nearest) > _ideal_bits(q) * 1.05  # the drift: plain nearest codes cost more
+    rate = RateTableQuantizer(q)
+    frozen = rate.freeze(latent)
+    assert float(rate.mu) > 0 and _ideal_bits(frozen) <= rate.share
+    assert rate.share <= _ideal_bits(q) + 1.5 * q.tables.numel()  # the smoothing's bits, no more
+    # what eval forward computes is what is stored; the codes differ from nearest only where the rate pays
+    rate.eval()
+    assert torch.equal(frozen.dequantize(), rate(latent).detach())
+    assert 0 < int((frozen.codes != nearest.codes).sum()) < q.numel // 2
+
+
+def test_rate_table_codes_minimise_error_plus_mu_times_length():
+    # brute-force oracle over every level of every weight at the quantizer's own mu
+    from ravn.quantizers.rate import RateTableQuantizer, code_lengths
+
+    q, latent = _drifted(bits=2, shape=(4, 9), seed=3)
+    rate = RateTableQuantizer(q)
+    frozen = rate.freeze(latent)
+    mu = float(rate.mu)
+    lengths = code_lengths(q, q.codes)
+    s = q.scale.view(-1, 1, 1)
+    cost = (latent.view(4, 9, 1) - s * q.tables.view(1, 1, -1)) ** 2 + mu * lengths.view(1, 1, -1).float()
+    best = cost.gather(2, frozen.codes.view(4, 9, 1))
+    assert torch.all(best <= cost.min(dim=2, keepdim=True).values + 1e-6)
+
+
+def test_rate_table_is_nearest_when_the_codes_fit_and_trains_like_table():
+    from ravn.quantizers.rate import RateTableQuantizer
+
+    q, _ = _drifted()
+    latent = q.dequantize().clone().requires_grad_(True)  # on the levels: nearest gives the start codes
+    rate, table = RateTableQuantizer(q), TableQuantizer(q)
+    assert torch.equal(rate.freeze(latent).codes, q.codes) and float(rate.mu) == 0
+    upstream = torch.randn(q.shape)
+    (rate(latent) * upstream).sum().backward()
+    grads = [latent.grad.clone(), rate.tables[0].grad.clone(), rate.scale.grad.clone()]
+    latent.grad = None
+    (table(latent) * upstream).sum().backward()
+    assert all(torch.allclose(a, b) for a, b in zip(grads, [latent.grad, table.tables[0].grad, table.scale.grad]))

@@ -46,6 +46,7 @@ from ravn.quantizers import entropy
 from ravn.quantizers.gptq import GPTQ, gptq_codes
 from ravn.quantizers.qweight import QuantizedWeight
 from ravn.quantizers.rounding import register_rounding
+from ravn.quantizers.trainable import TableQuantizer, register_trainable
 
 
 def coded_bits(q: QuantizedWeight, codes: torch.Tensor | None = None) -> float:
@@ -129,3 +130,106 @@ class RateGPTQ(GPTQ):
             else:
                 lo = mid
         return best
+
+
+@register_trainable("table-rate")
+class RateTableQuantizer(TableQuantizer):
+    """:class:`~ravn.quantizers.trainable.TableQuantizer` whose codes keep the layer's entropy-coded size
+    through fine-tuning (``--quantizer table-rate``, with ``--coding ans``): entropy-constrained scalar
+    quantization (Choi et al., ICLR 2017, Sec. 4) inside the straight-through forward.
+
+    Plain nearest-entry codes drift while the latent weights train: weights leave the most frequent
+    levels, the codes' entropy grows and the stored file outgrows the budget, so after fine-tuning the
+    codes are re-chosen (:meth:`ravn.search.problem.SearchProblem.within_budget_tuned`) against weights
+    the network was not trained with. Here every forward (training and eval) codes weight ``j`` of
+    channel ``c`` by the entry::
+
+        code_j = argmin_k  s_c^2 (w_j / s_c - T[k])^2 + mu * len[k]      len[k] = -log2 p0[k]
+
+    where ``p0`` is the frequency model of the codes the layer started from (counts + 1/2,
+    :func:`code_lengths`) and ``mu >= 0`` is the least value (bisection on ``log mu``, warm-started at
+    the previous forward's) for which ``sum_j len[code_j] <= share``, the same sum over the start codes.
+    A sequence's empirical entropy is at most its cross-entropy under any model, so ``n H(codes) <=
+    sum_j len[code_j] <= share``, and ``share`` exceeds the start codes' own ``n H`` only by the
+    smoothing (under 1.5 bits per table entry): the ideal stream of the trained codes, re-modelled as
+    the file stores them, stays within the one the allocation planned, up to that and the frequency
+    table's own bits (what is left over, :meth:`~ravn.search.problem.SearchProblem.within_budget_tuned`
+    re-codes). ``mu = 0`` (codes within the share, as the start codes are) is exactly ``table``'s
+    nearest entry. The gradients are ``table``'s (straight-through; tables and scales learn
+    from the weights each entry codes).
+    """
+
+    def __init__(self, q: QuantizedWeight, learn_tables: bool = True, learn_scale: bool = True,
+                 iterations: int = 6):
+        super().__init__(q, learn_tables, learn_scale)
+        self.iterations = iterations
+        lengths = code_lengths(q, q.codes).float()
+        self.share = float(lengths.double()[torch.from_numpy(q.symbols())].sum())  # the start codes' bits
+        starts = q.table_starts.tolist()
+        self.register_buffer("lengths", lengths)  # per table entry, the clusters' tables concatenated
+        self.starts = starts
+        cols = q.numel // q.shape[0]
+        self.register_buffer("rows", self.order // cols)  # each weight's channel, in cluster order
+        self.register_buffer("mu", torch.zeros((), dtype=torch.float64))
+
+    def _codes_and_levels(self, w: torch.Tensor):
+        nearest = super()._codes_and_levels(w)
+        tables = [sorted_table for sorted_table, _ in nearest]
+        sort = [torch.sort(table.detach(), stable=True) for table in self.tables]
+        lengths = [self.lengths[s : s + len(t)][order].to(t.device) for s, t, (_, order) in
+                   zip(self.starts, self.tables, sort, strict=True)]
+        if self._bits([c for _, c in nearest], lengths) <= self.share:
+            self.mu.zero_()
+            return nearest
+        u = w.detach().reshape(self.shape[0], -1)
+        if self.offset is not None:
+            u = u - self.offset.detach().view(-1, 1)
+        scale = self.scale.detach().view(-1, 1)
+        parts = (u / scale).reshape(-1)[self.order].split(self.sizes)
+        weights = (self.scale.detach()[self.rows] ** 2).split(self.sizes)
+
+        def codes(mu: float) -> list[torch.Tensor]:
+            return [rate_assign(part, table.detach(), weight, length, mu)
+                    for part, table, weight, length in zip(parts, tables, weights, lengths, strict=True)]
+
+        def fits(mu: float) -> list[torch.Tensor] | None:
+            c = codes(mu)
+            return c if self._bits(c, lengths) <= self.share else None
+
+        # start from the last forward's mu (the weights move little between steps), else from the scale of
+        # the squared rounding error per weight
+        base = float(self.mu) or float(torch.cat([w.mean().view(1) for w in weights]).mean()) / 64
+        hi, lo = base, 0.0
+        while (best := fits(hi)) is None:
+            if hi > base * 4.0 ** 30:  # cannot be met (a one-entry table cannot go cheaper): nearest
+                return nearest
+            lo, hi = hi, hi * 4
+        while not lo:  # hi fits: walk down to a mu that does not (mu = 0, nearest, does not)
+            if hi < base * 4.0 ** -30:
+                lo = hi / 4
+            elif (cheaper := fits(hi / 4)) is not None:
+                hi, best = hi / 4, cheaper
+            else:
+                lo = hi / 4
+        for _ in range(self.iterations):  # bisection on log mu: lo does not fit, hi does
+            mid = math.sqrt(lo * hi)
+            if (c := fits(mid)) is not None:
+                hi, best = mid, c
+            else:
+                lo = mid
+        self.mu.fill_(hi)
+        return list(zip(tables, best, strict=True))
+
+    @staticmethod
+    def _bits(codes: list[torch.Tensor], lengths: list[torch.Tensor]) -> float:
+        return float(sum(length[c].double().sum() for c, length in zip(codes, lengths, strict=True)))
+
+
+def rate_assign(u: torch.Tensor, levels: torch.Tensor, weight: torch.Tensor, lengths: torch.Tensor, mu: float,
+                chunk: int = 1 << 22) -> torch.Tensor:
+    """Each ``u[j]``'s index into ``levels`` minimising ``weight[j] (u[j] - levels[k])^2 + mu lengths[k]``
+    (ties: the lower index), in chunks of about ``chunk`` (weight, level) pairs."""
+    rows = max(chunk // max(len(levels), 1), 1)
+    out = [torch.argmin(wt.unsqueeze(1) * (x.unsqueeze(1) - levels) ** 2 + mu * lengths, dim=1)
+           for x, wt in zip(u.split(rows), weight.split(rows), strict=True)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=u.device)

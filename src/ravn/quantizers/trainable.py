@@ -88,7 +88,7 @@ class TableQuantizer(nn.Module):
         parts = u[self.order].split(self.sizes)
         out = []
         for table, part in zip(self.tables, parts, strict=True):
-            sorted_table, _ = torch.sort(table)
+            sorted_table, _ = torch.sort(table, stable=True)
             mids = (sorted_table[1:] + sorted_table[:-1]) / 2
             out.append((sorted_table, torch.searchsorted(mids.detach(), part.contiguous())))
         return out
