@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from ravn.quantizers import QuantizedWeight
@@ -93,4 +92,5 @@ def test_rate_table_is_nearest_when_the_codes_fit_and_trains_like_table():
     grads = [latent.grad.clone(), rate.tables[0].grad.clone(), rate.scale.grad.clone()]
     latent.grad = None
     (table(latent) * upstream).sum().backward()
-    assert all(torch.allclose(a, b) for a, b in zip(grads, [latent.grad, table.tables[0].grad, table.scale.grad]))
+    again = [latent.grad, table.tables[0].grad, table.scale.grad]
+    assert all(torch.allclose(a, b) for a, b in zip(grads, again, strict=True))
