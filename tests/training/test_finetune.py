@@ -105,9 +105,26 @@ def test_without_fidelity_and_distillation_the_teacher_does_not_run():
     assert calls  # the default loss does use it
 
 
-def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch):
+def test_rate_constrained_codes_keep_each_layers_planned_size():
+    # fine-tuning moves nearest codes to costlier ones; 'table-rate' keeps sum of -log2 p0(code) at its start
+    from ravn.quantizers.rate import code_lengths
+
+    model, weights = _setup(bits=3)
+    sizes = {}
+    for quantizer in ("table", "table-rate"):
+        cfg = FineTuneConfig(epochs=4, lr=3e-2, batch_size=16, quantizer=quantizer, learn_quantizers=False)
+        result = fine_tune(model, weights, _toy_dataset(), NORM, cfg, progress=False)
+        sizes[quantizer] = {n: float(code_lengths(weights[n], weights[n].codes)[q.symbols()].sum())
+                            for n, q in result.weights.items()}
+    planned = {n: float(code_lengths(q, q.codes)[q.symbols()].sum()) for n, q in weights.items()}
+    assert any(sizes["table"][n] > planned[n] for n in planned)  # the drift this quantizer is for
+    assert all(sizes["table-rate"][n] <= planned[n] + 1e-6 for n in planned)
+
+
+@pytest.mark.parametrize("quantizer", ["table", "table-rate"])
+def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch, quantizer):
     model, weights = _setup()
-    cfg = FineTuneConfig(epochs=4, lr=5e-3, batch_size=16)
+    cfg = FineTuneConfig(epochs=4, lr=5e-3, batch_size=16, quantizer=quantizer)
     whole = fine_tune(model, weights, _toy_dataset(), NORM, cfg, run_dir=tmp_path / "a", seed=3, progress=False)
 
     import ravn.training.finetune as qat
