@@ -147,8 +147,10 @@ class RateTableQuantizer(TableQuantizer):
         code_j = argmin_k  s_c^2 (w_j / s_c - T[k])^2 + mu * len[k]      len[k] = -log2 p0[k]
 
     where ``p0`` is the frequency model of the codes the layer started from (counts + 1/2,
-    :func:`code_lengths`) and ``mu >= 0`` is the least value (bisection on ``log mu``, warm-started at
-    the previous forward's) for which ``sum_j len[code_j] <= share``, the same sum over the start codes.
+    :func:`code_lengths`) and ``mu >= 0`` is the least value for which ``sum_j len[code_j] <= share``, the
+    same sum over the start codes: in eval mode and when frozen, by bisection on ``log mu`` from a bracket
+    set by the channel scales (so the stored codes are a function of the weights); in training, tracked
+    from the previous step's (a factor ``track`` down when that still fits, else up until it does).
     A sequence's empirical entropy is at most its cross-entropy under any model, so ``n H(codes) <=
     sum_j len[code_j] <= share``, and ``share`` exceeds the start codes' own ``n H`` only by the
     smoothing (under 1.5 bits per table entry): the ideal stream of the trained codes, re-modelled as
@@ -160,9 +162,9 @@ class RateTableQuantizer(TableQuantizer):
     """
 
     def __init__(self, q: QuantizedWeight, learn_tables: bool = True, learn_scale: bool = True,
-                 iterations: int = 6):
+                 iterations: int = 6, track: float = 1.25):
         super().__init__(q, learn_tables, learn_scale)
-        self.iterations = iterations
+        self.iterations, self.track = iterations, track
         lengths = code_lengths(q, q.codes).float()
         self.share = float(lengths.double()[torch.from_numpy(q.symbols())].sum())  # the start codes' bits
         starts = q.table_starts.tolist()
@@ -196,16 +198,24 @@ class RateTableQuantizer(TableQuantizer):
             c = codes(mu)
             return c if self._bits(c, lengths) <= self.share else None
 
-        # start from the last forward's mu (the weights move little between steps), else from the scale of
-        # the squared rounding error per weight
-        base = float(self.mu) or float(torch.cat([w.mean().view(1) for w in weights]).mean()) / 64
+        base = float(torch.cat(weights).mean()) / 64  # about the squared rounding error of a weight
+        found = self._track(fits, base) if self.training and float(self.mu) > 0 else self._least(fits, base)
+        if found is None:  # cannot be met (a one-entry table cannot go cheaper): nearest
+            return nearest
+        mu, best = found
+        self.mu.fill_(mu)
+        return list(zip(tables, best, strict=True))
+
+    def _least(self, fits, base: float) -> tuple[float, list[torch.Tensor]] | None:
+        """The least ``mu`` that fits (to a factor ``4^(1/2^iterations)``), from a bracket that depends on the
+        weights alone (``base``): eval mode and :meth:`freeze` give the codes a function of the weights."""
         hi, lo = base, 0.0
         while (best := fits(hi)) is None:
-            if hi > base * 4.0 ** 30:  # cannot be met (a one-entry table cannot go cheaper): nearest
-                return nearest
+            if hi > base * 4.0**30:
+                return None
             lo, hi = hi, hi * 4
         while not lo:  # hi fits: walk down to a mu that does not (mu = 0, nearest, does not)
-            if hi < base * 4.0 ** -30:
+            if hi < base * 4.0**-30:
                 lo = hi / 4
             elif (cheaper := fits(hi / 4)) is not None:
                 hi, best = hi / 4, cheaper
@@ -217,8 +227,20 @@ class RateTableQuantizer(TableQuantizer):
                 hi, best = mid, c
             else:
                 lo = mid
-        self.mu.fill_(hi)
-        return list(zip(tables, best, strict=True))
+        return hi, best
+
+    def _track(self, fits, base: float) -> tuple[float, list[torch.Tensor]] | None:
+        """Training steps: the previous step's ``mu`` (the weights move little between steps) a factor
+        ``track`` lower if that fits, else raised by that factor until it does: one or two assignments a
+        step instead of a bisection's eight."""
+        mu = float(self.mu)
+        if (best := fits(mu / self.track)) is not None:
+            return mu / self.track, best
+        while (best := fits(mu)) is None:
+            if mu > base * 4.0**30:
+                return None
+            mu *= self.track
+        return mu, best
 
     @staticmethod
     def _bits(codes: list[torch.Tensor], lengths: list[torch.Tensor]) -> float:
