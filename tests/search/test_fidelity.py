@@ -108,3 +108,21 @@ def test_a_layer_called_twice_is_not_walked():
     assert not stream_cuts(net, ["a", "c"], x, lambda *_: None, lambda *_: None)
     assert stream_cuts(net, ["a", "b"], x, lambda *_: None, lambda *_: None)
 
+
+
+def test_the_loss_does_not_depend_on_the_number_of_threads():
+    # features of 64k values per image: a float32 sum of them splits by thread count and changes its last bits;
+    # Ray workers of one thread then scored a search's allocations other than a process of two did
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 64, 3, padding=1)).eval()
+    x = torch.randn(8, 3, 32, 32)
+    q = _scaled(_scaled(net, 0, 1.01), 2, 0.97)
+    threads, values = torch.get_num_threads(), []
+    try:
+        for t in (1, 2, 4):
+            torch.set_num_threads(t)
+            loss = FidelityLoss(net, ["0", "2"], x)
+            values.append((loss(q), loss.per_layer(q)))
+    finally:
+        torch.set_num_threads(threads)
+    assert values[0][0] > 0 and values[1] == values[0] and values[2] == values[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -56,8 +57,12 @@ def versions() -> dict:
     return out
 
 
+@functools.cache
 def source_commit() -> str | None:
-    """The git commit of the ravn source that measures (``+dirty-src`` when src/ has uncommitted changes)."""
+    """The git commit of the ravn source that measures (``+dirty-src`` when src/ has uncommitted changes), read
+    once per process, the first time it is asked (:class:`RowFiles` asks when a benchmark starts): a long
+    benchmark whose rows finish after a later commit names the code it loaded, not the one checked out
+    when each row ended."""
     import subprocess
 
     here = Path(__file__).resolve().parent
@@ -177,6 +182,7 @@ class RowFiles:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        source_commit()  # the code this process loaded: what every row it finishes is stamped with
 
     def path(self, name: str) -> Path:
         return self.folder / f"{name}.json"

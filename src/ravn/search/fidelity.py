@@ -9,8 +9,9 @@ with); the quantized model's features are streamed (:func:`ravn.hooks.stream`): 
 layer is reduced to its squared distance as soon as it is computed, so an evaluation holds no second
 copy. The kept features are float32 up to :data:`FLOAT32_REFERENCE_BYTES` (ResNet-20/56 with the
 default 256 calibration images: 0.2 / 0.5 GB, unchanged results), float16 beyond (an ImageNet ResNet-50
-holds 11.1M layer outputs per image: 64 calibration images take 1.4 GB instead of 2.8 GB); distances are
-always computed in float32.
+holds 11.1M layer outputs per image: 64 calibration images take 1.4 GB instead of 2.8 GB); differences are
+computed in float32 and their squares summed in float64, image by image, so the loss does not depend on
+the number of torch threads (:func:`_sum_squares`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class FidelityLoss:
         def keep(name: str, f: torch.Tensor, _chunk: int) -> None:
             # a copy: an in-place op after the layer (conv -> ReLU(inplace=True)) must not change it
             self.reference[name].append(f.to(self.dtype, copy=True))
-            norm = f.pow(2).sum()
+            norm = _sum_squares(f)
             self.norms[name] = norm if name not in self.norms else self.norms[name] + norm
 
         stream(float_model, self.names, calibration, keep)
@@ -54,7 +55,7 @@ class FidelityLoss:
         """A :func:`~ravn.hooks.stream` consumer adding each chunk's squared distance to ``sums``."""
 
         def distance(name: str, q: torch.Tensor, chunk: int) -> None:
-            d = (self.reference[name][chunk].float() - q).pow(2).sum()
+            d = _sum_squares(self.reference[name][chunk].float() - q)
             sums[name] = d if name not in sums else sums[name] + d
 
         return distance
@@ -113,6 +114,18 @@ class FidelityLoss:
             for name in weights:
                 probe(name, lambda: stream(model, self.names, self.calibration, distance))
         return {name: self._loss(sums[name]) for name in weights}
+
+
+def _sum_squares(x: torch.Tensor) -> torch.Tensor:
+    """``sum(x^2)`` in float64, the same whatever the number of torch threads. A float32 ``x.pow(2).sum()``
+    splits its reduction by thread count (one search gave other rewards on Ray workers of one thread than in
+    a process of two); here the last dimension is summed first, then the next, so each step's many short
+    rows are split between threads but each row is summed in one fixed order, and the last step sums one
+    value per image."""
+    x = x.double().pow(2)
+    while x.dim() > 1:
+        x = x.sum(-1)
+    return x.sum()
 
 
 def _sizes(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, int]:
