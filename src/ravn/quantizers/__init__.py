@@ -1,7 +1,7 @@
 """Quantizers: pure numeric primitives, the table storage format, roundings, trainable quantizers, the layer registry.
 
 Importing the package registers the built-in roundings (``nearest``, ``gptq``, ``gptq-rate``, ``adaquant``)
-and trainable quantizers (``table``, ``shared``, ``float``, ``dorefa``, ``sinareq``, ``dgms``).
+and trainable quantizers (``table``, ``table-rate``, ``shared``, ``float``, ``dorefa``, ``sinareq``, ``dgms``).
 """
 
 from ravn.quantizers import dgms, dorefa, sinareq  # noqa: F401  (register their trainable quantizers)

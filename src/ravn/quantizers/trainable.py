@@ -18,7 +18,8 @@ Contract of a trainable quantizer (register it with :func:`register_trainable`):
   levels are the integers (differentiable), for the sinusoidal regularisers of SinReQ / SINAREQ
   (:mod:`ravn.training.losses`).
 
-Registered: ``table`` (:class:`TableQuantizer`), ``shared`` (:class:`SharedCentroids`, Deep
+Registered: ``table`` (:class:`TableQuantizer`), ``table-rate`` (:class:`ravn.quantizers.rate.RateTableQuantizer`:
+the same with each layer's entropy-coded size held at its start), ``shared`` (:class:`SharedCentroids`, Deep
 Compression's trained quantization), ``float`` (ordinary float training, rounded to the table at the
 end), ``dorefa`` (:mod:`.dorefa`), ``sinareq`` (:mod:`.sinareq`), ``dgms`` (:mod:`.dgms`).
 

@@ -63,7 +63,8 @@ class FineTuneConfig(Config):
     augment: bool = True
     #: Train table entries and channel scales too (not only the latent weights).
     learn_quantizers: bool = True
-    #: Trainable weight quantizer (registry of ravn.quantizers.trainable).
+    #: Trainable weight quantizer (registry of ravn.quantizers.trainable). 'table-rate' keeps each layer's
+    #: entropy-coded size (--coding ans) at its start instead of letting the codes drift past the budget.
     quantizer: str = "table"
     #: Cap on steps per epoch (quick runs); default: the whole training part.
     max_steps: int | None = None
