@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from ravn.report.results import RowFiles, last_round, provenance, save_results, stamp, yes_no
+from ravn.report.results import RowFiles, last_round, provenance, read_source_commit, save_results, stamp, yes_no
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "readme_rows"
@@ -44,8 +44,8 @@ COMMANDS = {
                   "resnet20-ravn-qat-2bit.ravn"),
     "ans-qat-1.5": ("ravn quantize --model resnet20 --method ravn --mode qat --budget-bits 1.5 --epochs 20 "
                     "--coding ans", "resnet20-ravn-qat-1.5bit.ravn"),
-    # the same with fine-tuning's codes kept within each layer's planned coded size (rate-constrained nearest
-    # entry, ravn.quantizers.rate.RateTableQuantizer) instead of re-coded after it
+    # the same with fine-tuning's codes held near each layer's planned coded size while they train (rate-constrained
+    # nearest entry, ravn.quantizers.rate.RateTableQuantizer; what is left over is re-coded as before)
     "ans-qat-1.5-rate": ("ravn quantize --model resnet20 --method ravn --mode qat --budget-bits 1.5 --epochs 20 "
                          "--coding ans --quantizer table-rate", "resnet20-ravn-qat-1.5bit-rate.ravn"),
     # what `ravn recover` (every code fixed: the same bits) adds to the file of the ans-qat-1.5 row, whose one recovery
@@ -84,6 +84,7 @@ def measure(row: str) -> dict:
     out = ROWS / f"{row}.ravn"
     out.parent.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, "-m", "ravn", *command.split()[1:], "--out", str(out), "--json"]
+    commit = read_source_commit()  # the code the subprocess loads
     start = time.perf_counter()
     done = subprocess.run(args, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -96,7 +97,7 @@ def measure(row: str) -> dict:
     return {"row": row, "command": command, "test_top1": summary["test_top1"], "avg_bits": summary["avg_bits"],
             "file_bytes": summary["file_bytes"], "kept_initial": last.get("kept_initial"),
             "budget_fit": last.get("budget_fit"), "recovery": summary.get("recovery"),
-            "wall_s": round(wall, 1), **stamp(), "artifact": f"benchmarks/artifacts/{artifact}",
+            "wall_s": round(wall, 1), **stamp(), "commit": commit, "artifact": f"benchmarks/artifacts/{artifact}",
             "allocation": summary.get("allocation")}
 
 

@@ -94,3 +94,37 @@ def test_rate_table_is_nearest_when_the_codes_fit_and_trains_like_table():
     (table(latent) * upstream).sum().backward()
     again = [latent.grad, table.tables[0].grad, table.scale.grad]
     assert all(torch.allclose(a, b) for a, b in zip(grads, again, strict=True))
+
+
+def test_rate_table_with_clusters_offsets_and_unsorted_tables_against_brute_force():
+    # two clusters with their own tables (entries out of order), per-channel scales and offsets; freeze in training
+    # mode stores what eval mode computes
+    from ravn.quantizers.rate import RateTableQuantizer, code_lengths
+
+    g = torch.Generator().manual_seed(5)
+    shape, n = (4, 30), 120
+    ids = (torch.rand(n, generator=g) < 0.3).long()
+    tables = torch.tensor([0.5, -1.0, 0.0, 1.0, 3.0, -2.0])  # cluster 0: 2 bits, cluster 1: 1 bit
+    codes = torch.where(ids == 0, 2, 0)  # peaked: the cheap entries are 0.0 and 3.0
+    codes[:8] = torch.tensor([0, 1, 3, 0, 1, 3, 0, 1]) * (ids[:8] == 0) + (ids[:8] == 1)
+    scale, offset = torch.rand(4, generator=g) + 0.5, torch.randn(4, generator=g) * 0.1
+    q = QuantizedWeight(shape, (2, 1), ids, codes, tables, scale, offset)
+    latent = q.dequantize() + 0.6 * scale.view(-1, 1) * torch.randn(shape, generator=g)
+    rate = RateTableQuantizer(q).train()
+    frozen = rate.freeze(latent)
+    assert rate.training and frozen.bits == (2, 1) and torch.equal(frozen.ids, ids)
+    rate.eval()
+    assert torch.equal(frozen.dequantize(), rate(latent).detach())
+    mu = float(rate.mu)
+    assert mu > 0
+    # the oracle: every entry of the weight's own cluster, lengths of the start model in the table's own order
+    lengths = code_lengths(q, codes).float()
+    u = ((latent - offset.view(-1, 1)) / scale.view(-1, 1)).reshape(-1)
+    s2 = (scale.view(-1, 1) ** 2).expand(shape).reshape(-1)
+    stored = frozen.tables[frozen.table_starts[ids] + frozen.codes]  # the value each weight was coded to
+    for m, (start, size) in enumerate([(0, 4), (4, 2)]):
+        members = ids == m
+        t, length = tables[start : start + size], lengths[start : start + size]
+        cost = s2[members, None] * (u[members, None] - t) ** 2 + mu * length
+        entry = (stored[members, None] == t).float().argmax(dim=1)  # its entry in the original order
+        assert torch.all(cost.gather(1, entry[:, None]).squeeze(1) <= cost.min(dim=1).values + 1e-5)

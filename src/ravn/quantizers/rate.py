@@ -30,6 +30,10 @@ inside GPTQ's error feedback.
   neighbouring levels only where the error they cost is least):
   :meth:`ravn.search.problem.SearchProblem.within_budget_tuned`.
 
+The same trade inside fine-tuning's forward pass is the ``table-rate`` trainable quantizer
+(:class:`RateTableQuantizer`): codes chosen by error + ``mu`` x code length under the layer's start model,
+``mu`` per layer the least that keeps the start codes' coded size, so the codes do not drift past it.
+
 A rounding entry rather than an option of ``gptq``: it is chosen the same way (``--rounding``), has
 the same layerwise / sequential forms (it is :class:`GPTQ` with another :meth:`GPTQ.codes`), and
 ``mu`` is not a knob a user sets but the result of the allocation; ``gptq_codes(mu=0)`` stays GPTQ.
@@ -166,12 +170,14 @@ class RateTableQuantizer(TableQuantizer):
         super().__init__(q, learn_tables, learn_scale)
         self.iterations, self.track = iterations, track
         lengths = code_lengths(q, q.codes).float()
-        self.share = float(lengths.double()[torch.from_numpy(q.symbols())].sum())  # the start codes' bits
-        starts = q.table_starts.tolist()
         self.register_buffer("lengths", lengths)  # per table entry, the clusters' tables concatenated
-        self.starts = starts
-        cols = q.numel // q.shape[0]
-        self.register_buffer("rows", self.order // cols)  # each weight's channel, in cluster order
+        self.starts = q.table_starts.tolist()
+        self.cols = q.numel // q.shape[0]
+        # the start codes' bits, summed as _bits sums a forward's (cluster by cluster, in cluster order), so the
+        # start codes fit exactly
+        start = q.codes[self.order].split(self.sizes)
+        self.share = self._bits(list(start), [lengths[s : s + len(t)] for s, t in zip(self.starts, self.tables,
+                                                                                         strict=True)])
         self.register_buffer("mu", torch.zeros((), dtype=torch.float64))
 
     def _codes_and_levels(self, w: torch.Tensor):
@@ -188,7 +194,7 @@ class RateTableQuantizer(TableQuantizer):
             u = u - self.offset.detach().view(-1, 1)
         scale = self.scale.detach().view(-1, 1)
         parts = (u / scale).reshape(-1)[self.order].split(self.sizes)
-        weights = (self.scale.detach()[self.rows] ** 2).split(self.sizes)
+        weights = (self.scale.detach()[self.order // self.cols] ** 2).split(self.sizes)  # s_c^2, cluster order
 
         def codes(mu: float) -> list[torch.Tensor]:
             return [rate_assign(part, table.detach(), weight, length, mu)
@@ -198,9 +204,10 @@ class RateTableQuantizer(TableQuantizer):
             c = codes(mu)
             return c if self._bits(c, lengths) <= self.share else None
 
-        base = float(torch.cat(weights).mean()) / 64  # about the squared rounding error of a weight
+        base = float(torch.cat(weights).mean()) / 64  # where the bracket starts: the squared channel scale / 64
         found = self._track(fits, base) if self.training and float(self.mu) > 0 else self._least(fits, base)
         if found is None:  # cannot be met (a one-entry table cannot go cheaper): nearest
+            self.mu.zero_()
             return nearest
         mu, best = found
         self.mu.fill_(mu)
@@ -241,6 +248,16 @@ class RateTableQuantizer(TableQuantizer):
                 return None
             mu *= self.track
         return mu, best
+
+    @torch.no_grad()
+    def freeze(self, w: torch.Tensor) -> QuantizedWeight:
+        """What eval-mode :meth:`forward` computes, stored, whatever the mode (training mode tracks ``mu``)."""
+        training = self.training
+        self.eval()
+        try:
+            return super().freeze(w)
+        finally:
+            self.train(training)
 
     @staticmethod
     def _bits(codes: list[torch.Tensor], lengths: list[torch.Tensor]) -> float:

@@ -57,12 +57,9 @@ def versions() -> dict:
     return out
 
 
-@functools.cache
-def source_commit() -> str | None:
-    """The git commit of the ravn source that measures (``+dirty-src`` when src/ has uncommitted changes), read
-    once per process, the first time it is asked (:class:`RowFiles` asks when a benchmark starts): a long
-    benchmark whose rows finish after a later commit names the code it loaded, not the one checked out
-    when each row ended."""
+def read_source_commit() -> str | None:
+    """The git commit of the ravn source checked out now (``+dirty-src`` when src/ has uncommitted changes):
+    what a subprocess started now loads."""
     import subprocess
 
     here = Path(__file__).resolve().parent
@@ -74,6 +71,15 @@ def source_commit() -> str | None:
         return head + ("+dirty-src" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return None
+
+
+@functools.cache
+def source_commit() -> str | None:
+    """The commit of the ravn source that measures in this process (:func:`read_source_commit`), read once, the
+    first time it is asked (:class:`RowFiles` asks when a benchmark starts): a long benchmark whose rows finish
+    after a later commit names the code it loaded, not the one checked out when each row ended. A row measured
+    by a subprocess is stamped with :func:`read_source_commit` read as it starts."""
+    return read_source_commit()
 
 
 def stamp() -> dict:

@@ -122,7 +122,7 @@ def _sum_squares(x: torch.Tensor) -> torch.Tensor:
     a process of two); here the last dimension is summed first, then the next, so each step's many short
     rows are split between threads but each row is summed in one fixed order, and the last step sums one
     value per image."""
-    x = x.double().pow(2)
+    x = x.to(torch.float64, copy=True).square_()  # one float64 temporary, never the caller's tensor
     while x.dim() > 1:
         x = x.sum(-1)
     return x.sum()

@@ -188,8 +188,17 @@ def train_student(student: nn.Module, teacher: nn.Module, latent: list[str], cap
     stamp = {"config": config.to_dict(), "seed": seed, **(stamp or {})}
     forward = replicas.wrap(student)
     with Capture(teacher, captured) as t_feats, Capture(student, captured) as s_feats:
-        return train_epochs(student, step, optimizer, schedule, train, lambda: evaluate(student, val, normalize),
+        return train_epochs(student, step, optimizer, schedule, train, lambda: validate(student, val, normalize),
                             run_dir, stamp, callbacks, replicas)
+
+
+def validate(student: nn.Module, val: ImageSplit, normalize: Normalize) -> dict:
+    """:func:`~ravn.evaluation.evaluate` with each layer's quantized weight computed once for the whole split
+    (``parametrize.cached``: the trainable quantizers run once, not once per batch)."""
+    from torch.nn.utils import parametrize
+
+    with parametrize.cached():
+        return evaluate(student, val, normalize)
 
 
 def fine_tune(float_model: nn.Module, weights: dict[str, QuantizedWeight], dataset: Dataset, normalize: Normalize,
