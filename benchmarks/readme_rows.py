@@ -101,7 +101,15 @@ def measure(row: str) -> dict:
             "file_bytes": summary["file_bytes"], "kept_initial": last.get("kept_initial"),
             "budget_fit": last.get("budget_fit"), "recovery": summary.get("recovery"),
             "wall_s": round(wall, 1), **stamp(), "commit": commit, "artifact": f"benchmarks/artifacts/{artifact}",
-            "allocation": summary.get("allocation")}
+            "allocation": summary.get("allocation"), "stage_seconds": stage_seconds(summary)}
+
+
+def stage_seconds(summary: dict) -> dict:
+    """Where the command's time went (its last round's set-up, search and re-rank, and the whole quantization,
+    fine-tuning included), from the summary it printed."""
+    last = last_round(summary.get("log") or {})
+    out = {k.removesuffix("_seconds"): last.get(k) for k in ("prepare_seconds", "search_seconds", "select_seconds")}
+    return {**out, "quantize": summary.get("quantize_seconds"), "evaluations": last.get("evaluations")}
 
 
 def main() -> None:
