@@ -230,7 +230,7 @@ def fine_tune(float_model: nn.Module, weights: dict[str, QuantizedWeight], datas
     calib = dataset.calibration(2000, seed=1)
     candidate = copy.deepcopy(student)
     recalibrate_bn(candidate, calib, normalize)
-    m = evaluate(candidate.eval(), val, normalize)
+    m = validate(candidate.eval(), val, normalize)
     recalibrated = better(m["top1"], m["loss"], result.best_top1, result.best_loss)
     if recalibrated:
         student = candidate
