@@ -175,33 +175,27 @@ class RateTableQuantizer(TableQuantizer):
         self.cols = q.numel // q.shape[0]
         # the start codes' bits, summed as _bits sums a forward's (cluster by cluster, in cluster order), so the
         # start codes fit exactly
-        start = q.codes[self.order].split(self.sizes)
-        self.share = self._bits(list(start), [lengths[s : s + len(t)] for s, t in zip(self.starts, self.tables,
-                                                                                         strict=True)])
+        self.share = self._bits(list(q.codes[self.order].split(self.sizes)), self._cluster_lengths())
         self.register_buffer("mu", torch.zeros((), dtype=torch.float64))
 
+    def _cluster_lengths(self, orders: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Each cluster's entries' code lengths, in the table's own order or permuted by ``orders``."""
+        out = [self.lengths[s : s + len(t)] for s, t in zip(self.starts, self.tables, strict=True)]
+        return out if orders is None else [length[order] for length, order in zip(out, orders, strict=True)]
+
     def _codes_and_levels(self, w: torch.Tensor):
-        nearest = super()._codes_and_levels(w)
+        parts = self._cluster_units(w)
+        nearest = self._nearest(parts)
         tables = [sorted_table for sorted_table, _ in nearest]
-        sort = [torch.sort(table.detach(), stable=True) for table in self.tables]
-        lengths = [self.lengths[s : s + len(t)][order].to(t.device) for s, t, (_, order) in
-                   zip(self.starts, self.tables, sort, strict=True)]
+        lengths = self._cluster_lengths([torch.sort(table.detach(), stable=True)[1] for table in self.tables])
         if self._bits([c for _, c in nearest], lengths) <= self.share:
             self.mu.zero_()
             return nearest
-        u = w.detach().reshape(self.shape[0], -1)
-        if self.offset is not None:
-            u = u - self.offset.detach().view(-1, 1)
-        scale = self.scale.detach().view(-1, 1)
-        parts = (u / scale).reshape(-1)[self.order].split(self.sizes)
         weights = (self.scale.detach()[self.order // self.cols] ** 2).split(self.sizes)  # s_c^2, cluster order
 
-        def codes(mu: float) -> list[torch.Tensor]:
-            return [rate_assign(part, table.detach(), weight, length, mu)
-                    for part, table, weight, length in zip(parts, tables, weights, lengths, strict=True)]
-
         def fits(mu: float) -> list[torch.Tensor] | None:
-            c = codes(mu)
+            c = [rate_assign(part, table.detach(), weight, length, mu)
+                 for part, table, weight, length in zip(parts, tables, weights, lengths, strict=True)]
             return c if self._bits(c, lengths) <= self.share else None
 
         base = float(torch.cat(weights).mean()) / 64  # where the bracket starts: the squared channel scale / 64

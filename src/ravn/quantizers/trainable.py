@@ -80,13 +80,19 @@ class TableQuantizer(nn.Module):
         self.scale = nn.Parameter(scale.clone().float(), requires_grad=learn_scale and self.per_channel)
         self.offset = None if q.offset is None else nn.Parameter(q.offset.clone().float(), requires_grad=learn_scale)
 
-    def _codes_and_levels(self, w: torch.Tensor):
-        """Per cluster: sorted table, and the code of each member (nearest entry; no gradient)."""
+    def _cluster_units(self, w: torch.Tensor) -> list[torch.Tensor]:
+        """``w`` less its channel offsets, in units of its channel scales, split by cluster (no gradient)."""
         u = w.detach().reshape(self.shape[0], -1)
         if self.offset is not None:
             u = u - self.offset.detach().view(-1, 1)
         u = (u / self.scale.detach().view(-1, 1)).reshape(-1)
-        parts = u[self.order].split(self.sizes)
+        return list(u[self.order].split(self.sizes))
+
+    def _codes_and_levels(self, w: torch.Tensor):
+        """Per cluster: sorted table, and the code of each member (nearest entry; no gradient)."""
+        return self._nearest(self._cluster_units(w))
+
+    def _nearest(self, parts: list[torch.Tensor]):
         out = []
         for table, part in zip(self.tables, parts, strict=True):
             sorted_table, _ = torch.sort(table, stable=True)
