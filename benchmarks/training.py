@@ -2,7 +2,7 @@
 
     python benchmarks/training.py [--models resnet20] [--budgets 4.0 3.0 2.0 1.0] [--epochs 10] [--seeds 0]
         [--methods ravn dorefa sinreq sinareq dgms dcq deepcompression wrpn wrpn-sinreq] [--workers 1]
-        [--max-steps N] [--tables] [--fresh] [--restore]
+        [--max-steps N] [--device cpu|cuda|auto] [--tables] [--fresh] [--restore]
 
 Methods, each exactly the config of ``ravn quantize --method M --budget-bits B --epochs E`` (the row's
 ``command``, built by the CLI's own flag handling), every one trained for ``--epochs`` passes over the
@@ -65,7 +65,8 @@ BINARY = ("dorefa", "dcq")  # the only methods run below 2 bits
 COLUMNS = [("model", "model"), ("budget_bits", "budget bits"), ("method", "method"), ("seed", "seed"),
            ("epochs", "epochs"), ("test_top1", "test top-1 %"), ("val_top1", "val top-1 (selection)"),
            ("avg_bits", "measured avg bits"), ("file_bytes", "file bytes"), ("vs_ravn", "bytes / ravn's"),
-           ("quantized_weights", "quantized weights"), ("wall_s", "wall s"), ("threads", "torch threads"),
+           ("quantized_weights", "quantized weights"), ("wall_s", "wall s"), ("device", "device"),
+           ("threads", "torch threads"),
            ("note", "note")]
 #: The papers' claims (seed 004's abstracts, Elthakeb et al.), read as top-1 percentage points:
 #: (claim, method, baseline, claimed points, the budgets in the paper's setting, the abstract's words).
@@ -108,12 +109,12 @@ def coding_of(spec: str) -> str | None:
     return "fixed" if spec == "ravn" else None
 
 
-def command_of(job: tuple, workers: int = 1) -> str:
+def command_of(job: tuple, workers: int = 1, device: str | None = None) -> str:
     """The ``ravn quantize`` command line (without ``--out``) that makes ``job``'s file."""
     model, budget, name, seed, epochs, max_steps = job
     spec, mode, options = flags_of(name, budget, epochs, max_steps)
     flags = {"model": model, "method": spec, "mode": mode, **options, "coding": coding_of(spec), "seed": seed,
-             "workers": workers if spec == "dcq" and workers > 1 else None}
+             "workers": workers if spec == "dcq" and workers > 1 else None, "device": device}
     return "ravn quantize " + " ".join(f"--{k.replace('_', '-')} {v:g}" if isinstance(v, float) else
                                        f"--{k.replace('_', '-')} {v}" for k, v in flags.items() if v is not None)
 
@@ -138,15 +139,17 @@ def plan(models, budgets, methods, seeds, epochs: int, max_steps: int | None) ->
 
 
 def measure(job: tuple, config, ref, model, float_top1: float, dataset, run_dir: Path | None, out: Path,
-            workers: int = 1) -> dict:
-    """One row: ``job``'s method with ``config`` on ``model``, its real file at ``out``, measured."""
+            workers: int = 1, device: str | None = None) -> dict:
+    """One row: ``job``'s method with ``config`` on ``model``, its real file at ``out``, measured (on ``device``;
+    None: where the model is, the CPU here)."""
     name_model, budget, name, seed, epochs, max_steps = job
     resumed = run_dir is not None and run_dir.exists() and any(run_dir.iterdir())
     spec = flags_of(name, budget, epochs, max_steps)[0]
     context = Context(dataset=dataset, normalize=ref.normalize, seed=seed, progress=False, run_dir=run_dir,
-                      workers=workers, coding=coding_of(spec))
+                      workers=workers, coding=coding_of(spec), device=device)
     row = {"model": name_model, "budget_bits": budget, "method": name, "seed": seed, "epochs": epochs,
-           "max_steps": max_steps, **stamp(), "workers": workers, "command": command_of(job, workers)}
+           "max_steps": max_steps, **stamp(), "workers": workers, "device": device or "cpu",
+           "command": command_of(job, workers, device)}
     start = time.perf_counter()
     s = run(model, ref, config, dataset, out, float_top1=float_top1, context=context, progress=False,
             method=spec)
@@ -249,6 +252,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="DCQ: sections trained in parallel processes")
     parser.add_argument("--max-steps", type=int, default=None, help="steps per epoch (smoke runs; own row files)")
     parser.add_argument("--data", default=None)
+    parser.add_argument("--device", default=None, help="where methods train and evaluate (cpu, cuda, auto; default "
+                        "the CPU); the row's machine names the GPU")
     parser.add_argument("--fresh", action="store_true", help="measure again rows already finished")
     parser.add_argument("--restore", action="store_true",
                         help="first write the rows of the committed results back as row files (where missing)")
@@ -269,7 +274,8 @@ def main(argv: list[str] | None = None) -> None:
     dataset = load_dataset(args.data)
     models = float_models(dataset)
     store.measure(jobs, lambda j: row_name(*j),
-                  lambda j, run_dir, out: measure(j, configs[j], *models(j[0]), dataset, run_dir, out, args.workers),
+                  lambda j, run_dir, out: measure(j, configs[j], *models(j[0]), dataset, run_dir, out, args.workers,
+                                                          args.device),
                   lambda: save(store), args.fresh,
                   shown=("model", "budget_bits", "method", "seed", "test_top1", "avg_bits", "file_bytes", "wall_s"))
 

@@ -59,7 +59,8 @@ def versions() -> dict:
 
 def read_source_commit() -> str | None:
     """The git commit of the ravn source checked out now (``+dirty-src`` when src/ has uncommitted changes):
-    what a subprocess started now loads."""
+    what a subprocess started now loads. A copy without git (a tree sent to a GPU machine) names it in
+    ``$RAVN_SOURCE_COMMIT``."""
     import subprocess
 
     here = Path(__file__).resolve().parent
@@ -70,7 +71,7 @@ def read_source_commit() -> str | None:
                                cwd=here.parents[1], capture_output=True, text=True, check=True).stdout.strip()
         return head + ("+dirty-src" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return None
+        return os.environ.get("RAVN_SOURCE_COMMIT")
 
 
 @functools.cache
