@@ -38,6 +38,7 @@ def test_every_method_trains_the_same_epochs_with_the_cli_config():
         "ravn quantize --model resnet20 --method dcq --budget-bits 3 --epochs 5 --section-epochs 5 --seed 0 "
         "--workers 2")
     assert "--method ravn --mode qat --budget-bits 2" in training.command_of(("resnet20", 2.0, "ravn", 0, 10, None))
+    assert training.command_of(("resnet20", 2.0, "dorefa", 0, 10, None), device="cuda").endswith(" --device cuda")
     jobs = training.plan(["resnet20"], [3.0, 1.0], training.METHODS, [0], 10, None)
     assert [j[2] for j in jobs if j[1] == 1.0] == list(training.BINARY)  # below 2 bits: DCQ and its baseline
     assert [j[2] for j in jobs[-2:]] == ["wrpn", "wrpn-sinreq"]  # the wide models last
