@@ -16,7 +16,7 @@ import ravn
 from ravn.cli import main
 from ravn.device import CHANNELS_LAST_SIDE, device_of, on_device, release_freed_memory, resolve_device, to_model
 from ravn.errors import RavnError
-from ravn.methods import METHODS, Context
+from ravn.methods import METHODS, Context, FineTuneConfig
 from ravn.quantizers import quantize_uniform
 from tests.methods import toy
 from tests.methods.test_contract import small_config
@@ -87,6 +87,24 @@ def test_contract_cuda_gives_the_same_kind_of_file(name, tmp_path):
     assert cpu.weights.keys() == cuda.weights.keys()
     for layer, q in cuda.weights.items():
         assert q.codes.device.type == "cpu" and q.numel == cpu.weights[layer].numel
+    assert sum(q.coded_bits() for q in cuda.weights.values()) <= 1.05 * sum(
+        q.coded_bits() for q in cpu.weights.values()) + 64
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+@pytest.mark.usefixtures("one_thread")
+def test_rate_constrained_fine_tuning_on_cuda(tmp_path):
+    """RAVN fine-tuned with the table-rate quantizer (codes priced by their lengths, entropy-coded file) on a
+    CUDA device: the codes come back to the CPU, within the same budget as the CPU run's."""
+    config = small_config("ravn").replace(finetune=FineTuneConfig(epochs=1, max_steps=2, batch_size=16,
+                                                                  epoch_val_size=16, quantizer="table-rate"))
+    results = {}
+    for device in ("cpu", "cuda"):
+        context = Context(toy.dataset(), toy.REF.normalize, tmp_path / f"{device}.run", 0, progress=False,
+                          ref=toy.REF, device=device, coding="ans")
+        results[device] = ravn.quantize(toy.tiny(), config, context, "ravn")
+    cpu, cuda = results["cpu"], results["cuda"]
+    assert all(q.codes.device.type == "cpu" for q in cuda.weights.values())
     assert sum(q.coded_bits() for q in cuda.weights.values()) <= 1.05 * sum(
         q.coded_bits() for q in cpu.weights.values()) + 64
 
