@@ -145,7 +145,7 @@ def measure(job: tuple, config, ref, model, float_top1: float, dataset, run_dir:
     name_model, budget, name, seed, epochs, max_steps = job
     resumed = run_dir is not None and run_dir.exists() and any(run_dir.iterdir())
     spec = flags_of(name, budget, epochs, max_steps)[0]
-    context = Context(dataset=dataset, normalize=ref.normalize, seed=seed, progress=False, run_dir=run_dir,
+    context = Context(dataset=dataset, normalize=ref.normalize, seed=seed, progress=True, run_dir=run_dir,
                       workers=workers, coding=coding_of(spec), device=device)
     row = {"model": name_model, "budget_bits": budget, "method": name, "seed": seed, "epochs": epochs,
            "max_steps": max_steps, **stamp(), "workers": workers, "device": device or "cpu",
