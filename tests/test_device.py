@@ -72,23 +72,29 @@ def test_stored_weights_live_on_the_cpu():
     assert all(t.device.type == "cpu" for t in (q.codes, q.tables, q.scale))
 
 
+def _on_cpu_and_cuda(name: str, config, tmp_path, coding: str | None = None) -> tuple:
+    """``name`` with ``config`` on the toy model and data, on the CPU and on CUDA: (CPU result, CUDA result),
+    checked for what every CUDA run keeps: its codes stored on the CPU, within the CPU run's coded bits."""
+    results = []
+    for device in ("cpu", "cuda"):
+        context = Context(toy.dataset(), toy.REF.normalize, tmp_path / f"{device}.run", 0, progress=False,
+                          ref=toy.REF, device=device, coding=coding)
+        results.append(ravn.quantize(toy.tiny(), config, context, name))
+    cpu, cuda = results
+    assert all(q.codes.device.type == "cpu" for q in cuda.weights.values())
+    assert sum(q.coded_bits() for q in cuda.weights.values()) <= 1.05 * sum(
+        q.coded_bits() for q in cpu.weights.values()) + 64
+    return cpu, cuda
+
+
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device (benchmarks/gpu_check.py runs the same on real models)")
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("name", list(METHODS))
 def test_contract_cuda_gives_the_same_kind_of_file(name, tmp_path):
-    config = small_config(name)
-    results = {}
-    for device in ("cpu", "cuda"):
-        context = Context(toy.dataset(), toy.REF.normalize, tmp_path / f"{device}.run", 0, progress=False,
-                          ref=toy.REF, device=device)
-        results[device] = ravn.quantize(toy.tiny(), config, context, name)
-    cpu, cuda = results["cpu"], results["cuda"]
+    cpu, cuda = _on_cpu_and_cuda(name, small_config(name), tmp_path)
     assert device_of(cuda.model).type == "cuda"
     assert cpu.weights.keys() == cuda.weights.keys()
-    for layer, q in cuda.weights.items():
-        assert q.codes.device.type == "cpu" and q.numel == cpu.weights[layer].numel
-    assert sum(q.coded_bits() for q in cuda.weights.values()) <= 1.05 * sum(
-        q.coded_bits() for q in cpu.weights.values()) + 64
+    assert all(q.numel == cpu.weights[layer].numel for layer, q in cuda.weights.items())
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
@@ -98,15 +104,7 @@ def test_rate_constrained_fine_tuning_on_cuda(tmp_path):
     CUDA device: the codes come back to the CPU, within the same budget as the CPU run's."""
     config = small_config("ravn").replace(finetune=FineTuneConfig(epochs=1, max_steps=2, batch_size=16,
                                                                   epoch_val_size=16, quantizer="table-rate"))
-    results = {}
-    for device in ("cpu", "cuda"):
-        context = Context(toy.dataset(), toy.REF.normalize, tmp_path / f"{device}.run", 0, progress=False,
-                          ref=toy.REF, device=device, coding="ans")
-        results[device] = ravn.quantize(toy.tiny(), config, context, "ravn")
-    cpu, cuda = results["cpu"], results["cuda"]
-    assert all(q.codes.device.type == "cpu" for q in cuda.weights.values())
-    assert sum(q.coded_bits() for q in cuda.weights.values()) <= 1.05 * sum(
-        q.coded_bits() for q in cpu.weights.values()) + 64
+    _on_cpu_and_cuda("ravn", config, tmp_path, coding="ans")
 
 
 _RELEASE = """
