@@ -185,9 +185,10 @@ class RateTableQuantizer(TableQuantizer):
 
     def _codes_and_levels(self, w: torch.Tensor):
         parts = self._cluster_units(w)
-        nearest = self._nearest(parts)
+        sorts = self._sorted_tables()
+        nearest = self._nearest(parts, sorts)
         tables = [sorted_table for sorted_table, _ in nearest]
-        lengths = self._cluster_lengths([torch.sort(table.detach(), stable=True)[1] for table in self.tables])
+        lengths = self._cluster_lengths([order for _, order in sorts])
         if self._bits([c for _, c in nearest], lengths) <= self.share:
             self.mu.zero_()
             return nearest

@@ -92,10 +92,15 @@ class TableQuantizer(nn.Module):
         """Per cluster: sorted table, and the code of each member (nearest entry; no gradient)."""
         return self._nearest(self._cluster_units(w))
 
-    def _nearest(self, parts: list[torch.Tensor]):
+    def _sorted_tables(self) -> list:
+        """Each cluster's table sorted (``torch.sort``: values with their gradient, and the order)."""
+        return [torch.sort(table, stable=True) for table in self.tables]
+
+    def _nearest(self, parts: list[torch.Tensor], sorts: list | None = None):
+        """Per cluster: sorted table, and each member's code (nearest entry); ``sorts`` the tables as
+        :meth:`_sorted_tables` gives them, when the caller needs their order too."""
         out = []
-        for table, part in zip(self.tables, parts, strict=True):
-            sorted_table, _ = torch.sort(table, stable=True)
+        for (sorted_table, _), part in zip(self._sorted_tables() if sorts is None else sorts, parts, strict=True):
             mids = (sorted_table[1:] + sorted_table[:-1]) / 2
             out.append((sorted_table, torch.searchsorted(mids.detach(), part.contiguous())))
         return out
