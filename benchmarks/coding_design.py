@@ -2,7 +2,8 @@
 
     python benchmarks/coding_design.py [--model resnet20] [--budgets 3.0 2.0] [--codings fixed ans]
         [--clusters 1 2 3 4] [--outliers 0.02 0.05] [--grids uniform kmeans] [--roundings gptq gptq-rate]
-        [--evaluations 0] [--modes ptq qat] [--finetune-steps 60] [--val-size 5000] [--fresh] [--tables]
+        [--evaluations 0] [--modes ptq qat] [--finetune-steps 60] [--choose-layout] [--val-size 5000]
+        [--fresh] [--tables]
 
 Issue 14, part 4. With ``--coding ans`` a layer pays for the information in its codes and cluster
 ids (coded jointly, :mod:`ravn.quantizers.entropy`), not for fixed-width slots, so the choices
@@ -13,6 +14,8 @@ largest and smallest values as two tail clusters), uniform cells vs k-means sub-
 ``--evaluations N``, the search over per-cluster bits (PPO, ``N`` distinct evaluations, the best 3 and
 the initial allocation re-ranked on the whole validation split). Rounding: ``gptq`` and ``gptq-rate``
 (``--roundings``; ``gptq-rate`` only entropy-coded: fixed-width codes have no code lengths to trade).
+``--choose-layout``: every setting of more than one cluster lets each layer take one cluster instead, where
+the damage model prefers it (RAVN's ``choose_layout``; layout ``1 or ...`` in the table).
 
 For each setting and budget (average bits as stored, frequency tables and ids included) the problem is
 set up for the coding (:func:`ravn.search.problem.prepare`), the allocation is the initial one
@@ -25,10 +28,10 @@ epoch of ``--finetune-steps`` steps at the default settings, the epoch chosen on
 images): fine-tuning moves codes, and the stored-size check after it (re-coding by rate-aware GPTQ, else
 a step-down: :meth:`SearchProblem.within_budget_tuned`) is logged in the row (``overshoot``: bits the
 fine-tuned codes took over the budget; ``re-coded``: layers). Defaults are chosen by validation loss.
-Each finished row is written at once to benchmarks/runs/coding_design/<row>.json with the machine,
+Each finished row is written at once to benchmarks/runs/<name of --out>/<row>.json with the machine,
 torch threads, versions and commit it was measured with, so an interrupted run resumes; the tables
-(``--out``, default ``benchmarks/results/coding_design.{json,md}``) are rebuilt from the row files
-after every row.
+(``--out``, default ``benchmarks/results/coding_design.{json,md}``) are rebuilt from that folder's row
+files after every row.
 """
 
 from __future__ import annotations
@@ -53,7 +56,11 @@ from ravn.training.finetune import FineTuneConfig
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "coding_design"
-ROWS = HERE / "runs" / "coding_design"
+
+
+def rows_folder(out: Path) -> Path:
+    """Where the row files of the tables ``out`` live: benchmarks/runs/<out's name>/."""
+    return HERE / "runs" / out.name
 COLUMNS = [("model", "model"), ("mode", "mode"), ("budget", "budget bits"), ("coding", "coding"), ("clusters", "M"),
            ("layout", "clusters"), ("grid", "grid"), ("rounding", "rounding"), ("evaluations", "search evals"),
            ("avg_bits", "stored avg bits"), ("grid_bits", "avg grid bits"), ("val_top1", "val top-1"),
@@ -62,10 +69,17 @@ COLUMNS = [("model", "model"), ("mode", "mode"), ("budget", "budget bits"), ("co
            ("seconds", "wall s"), ("threads", "torch threads"), ("note", "note")]
 
 
-def settings(clusters: list[int], outliers: list[float], grids: list[str]) -> list[dict]:
-    """Every (M, layout, grid) measured: k-means clusters for each M, and the outlier layouts at M = 3."""
+def settings(clusters: list[int], outliers: list[float], grids: list[str], choose: bool = False) -> list[dict]:
+    """Every (M, layout, grid) measured: k-means clusters for each M, and the outlier layouts at M = 3; with
+    ``choose``, those of M > 1 with a per-layer choice of one cluster instead."""
     out = [{"clusters": m, "outliers": 0.0, "grid": g} for g in grids for m in clusters]
-    return out + [{"clusters": 3, "outliers": p, "grid": g} for g in grids for p in outliers if p > 0]
+    out += [{"clusters": 3, "outliers": p, "grid": g} for g in grids for p in outliers if p > 0]
+    return [{**s, "choose_layout": choose and s["clusters"] > 1} for s in out]
+
+
+def layout_name(setting: dict) -> str:
+    name = f"outlier {setting['outliers']:g}" if setting["outliers"] else "k-means"
+    return f"1 or {name}" if setting["choose_layout"] else name
 
 
 def row_name(row: dict, seed: int) -> str:
@@ -108,7 +122,7 @@ def measure(model, ref, dataset, budget: float, coding: str, setting: dict, roun
 
 def save(out: Path, val_size: int | None = None) -> None:
     """The tables from every finished row file (the float reference first)."""
-    rows = [json.loads(f.read_text()) for f in sorted(ROWS.glob("*.json"))]
+    rows = [json.loads(f.read_text()) for f in sorted(rows_folder(out).glob("*.json"))]
     if not rows:
         return
     for r in rows:
@@ -126,7 +140,8 @@ def main() -> None:
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--budgets", nargs="+", type=float, default=[3.0, 2.0])
     parser.add_argument("--codings", nargs="+", default=["ans"], choices=["fixed", "ans", "huffman"])
-    parser.add_argument("--clusters", nargs="+", type=int, default=[1, 2, 3, 4])
+    parser.add_argument("--clusters", nargs="*", type=int, default=[1, 2, 3, 4],
+                        help="k-means clusters per layer (none: only the outlier layouts)")
     parser.add_argument("--outliers", nargs="*", type=float, default=[0.02, 0.05],
                         help="shares of the two tail clusters at M = 3 (none: skip the outlier layout)")
     parser.add_argument("--grids", nargs="+", default=["uniform", "kmeans"])
@@ -134,6 +149,8 @@ def main() -> None:
     parser.add_argument("--evaluations", type=int, default=0, help="search evaluations (0: the initial allocation)")
     parser.add_argument("--modes", nargs="+", default=["ptq"], choices=["ptq", "qat"])
     parser.add_argument("--finetune-steps", type=int, default=60, help="fine-tuning steps of the qat rows")
+    parser.add_argument("--choose-layout", action="store_true",
+                        help="settings of M > 1 choose one cluster instead per layer where the damage model prefers")
     parser.add_argument("--val-size", type=int, default=5000)
     parser.add_argument("--calibration-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
@@ -142,7 +159,7 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="measure again rows already finished")
     parser.add_argument("--tables", action="store_true", help="only rebuild the tables from the finished rows")
     args = parser.parse_args()
-    ROWS.mkdir(parents=True, exist_ok=True)
+    rows_folder(args.out).mkdir(parents=True, exist_ok=True)
     if args.tables:
         save(args.out)
         return
@@ -153,28 +170,28 @@ def main() -> None:
     jobs = [{"model": args.model, "budget": 32.0, "coding": "-", "clusters": "-", "layout": "float", "grid": "-",
              "rounding": "-", "evaluations": 0}]
     for budget in args.budgets:
-        for setting in settings(args.clusters, args.outliers, args.grids):
+        for setting in settings(args.clusters, args.outliers, args.grids, args.choose_layout):
             for rounding in args.roundings:
                 for coding in args.codings:
                     if rounding == "gptq-rate" and coding == "fixed":
                         continue  # fixed-width codes have no lengths to trade against the error
-                    layout = f"outlier {setting['outliers']:g}" if setting["outliers"] else "k-means"
+                    layout = layout_name(setting)
                     for mode in args.modes:
                         jobs.append({"model": args.model, "mode": mode, "budget": budget, "coding": coding,
                                      "layout": layout, "rounding": rounding, "evaluations": args.evaluations,
                                      **({"finetune_steps": args.finetune_steps} if mode == "qat" else {}),
                                      **setting})
     for job in jobs:
-        path = ROWS / (row_name(job, args.seed) + ".json")
+        path = rows_folder(args.out) / (row_name(job, args.seed) + ".json")
         if path.exists() and not args.fresh:
             continue
-        row = {k: v for k, v in job.items() if k != "outliers"}
+        row = {k: v for k, v in job.items() if k not in ("outliers", "choose_layout")}
         start = time.perf_counter()
         if job["layout"] == "float":
             base = evaluate(model, dataset.val, ref.normalize)
             row.update(avg_bits=32.0, val_top1=base["top1"], val_loss=base["loss"])
         else:
-            setting = {k: job[k] for k in ("clusters", "outliers", "grid")}
+            setting = {k: job[k] for k in ("clusters", "outliers", "grid", "choose_layout")}
             try:
                 row.update(measure(model, ref, dataset, job["budget"], job["coding"], setting, job["rounding"],
                                    job["evaluations"], args.calibration_size, args.seed, job.get("finetune_steps", 0)))

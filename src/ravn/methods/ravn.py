@@ -60,6 +60,10 @@ class RavnConfig(BudgetFields, Config):
     #: clusters instead of k-means' (0: k-means clusters). Cheap ids when entropy-coded (--coding ans): 0.02
     #: measured better than one cluster at 4.0 and 2.0 bits, even at 3.0, far worse at 1.5 (coding_design.md).
     outliers: float = 0.0
+    #: Per layer, choose between one cluster and the clusters set here (with their outlier tails): the layout
+    #: and bits of least modelled damage within the budget, exactly (an integer program over both). Needs
+    #: clusters > 1.
+    choose_layout: bool = False
     #: In-cluster table: 'uniform' cells over the cluster's range, or a 'kmeans' sub-codebook.
     #: Uniform cells beat k-means sub-codebooks after GPTQ (same benchmark; coded sizes: coding_design.md).
     grid: str = "uniform"
@@ -100,6 +104,8 @@ class RavnConfig(BudgetFields, Config):
         if not 1 <= self.clusters <= MAX_CLUSTERS:
             raise ValueError(f"clusters must be in 1..{MAX_CLUSTERS}, got {self.clusters}")
         check_outliers(self.outliers, self.clusters)
+        if self.choose_layout and self.clusters == 1:
+            raise ValueError("choose_layout chooses between one cluster and more: give clusters > 1 (e.g. 3)")
         if self.grid not in GRIDS:
             raise ValueError(f"grid must be one of {GRIDS}, got {self.grid!r}")
         if self.init not in INITS:

@@ -162,6 +162,8 @@ class ClusteredWeight:
         if not 1 <= clusters <= MAX_CLUSTERS:
             raise ValueError(f"clusters must be in 1..{MAX_CLUSTERS}, got {clusters}")
         check_outliers(outliers, clusters)
+        #: how the weight was clustered (as asked: ``clusters`` counts the clusters asked for, not those made)
+        self.layout = (clusters, per_channel, grid, outliers)
         w = weight.detach().float().cpu().reshape(weight.shape[0], -1)
         self.shape = tuple(weight.shape)
         self.grid = grid
@@ -177,6 +179,10 @@ class ClusteredWeight:
         self.clusters = int(ids.max()) + 1
         self.members = [np.flatnonzero(ids == m) for m in range(self.clusters)]
         self._cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def like(self, weight: torch.Tensor) -> ClusteredWeight:
+        """``weight`` (e.g. this layer's fine-tuned weight) clustered in this one's layout."""
+        return ClusteredWeight(weight, *self.layout)
 
     @property
     def numel(self) -> int:

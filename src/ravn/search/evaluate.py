@@ -93,6 +93,15 @@ class AllocationEvaluator:
         #: computes a list of new allocations elsewhere (``map(allocations) -> results``); None: here.
         self.workers = None
 
+    def use(self, clustered: dict[str, ClusteredWeight]) -> None:
+        """Evaluate allocations of ``clustered`` from now on: the same layers, clustered otherwise (a layout
+        chosen after the sensitivity probes, which measure with this evaluator's fidelity loss)."""
+        if list(clustered) != self.names:
+            raise ValueError("the evaluator's layers cannot change")
+        self.clustered = clustered
+        self._weights.clear()
+        self.cache.clear()
+
     def __getstate__(self) -> dict:
         return {**self.__dict__, "workers": None}  # what a worker receives: everything but the workers
 

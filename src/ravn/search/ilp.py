@@ -11,7 +11,8 @@ HAWQ-V3 (Yao et al., ICML 2021, Sec. 3.4) does.
 :func:`exact_allocation` builds the program from the problem's :class:`LayerCost`, :class:`Budget` and
 damage model (``damage[layer][m][b]``): groups are (layer, cluster) pairs when the cost is a sum over
 clusters (bits budgets, or one cluster), else layers with every joint choice of their clusters' bits
-(bytes budgets pad each layer's stream to whole bytes).
+(bytes budgets pad each layer's stream to whole bytes). :func:`exact_layouts` adds a choice of clustering
+per layer (RAVN's ``choose_layout``): a layer's options are then every joint choice of every clustering.
 """
 
 from __future__ import annotations
@@ -93,34 +94,42 @@ def _program(objective: np.ndarray, c: np.ndarray, sizes: list[int], starts: np.
     raise RavnError("the integer program's solutions keep exceeding the budget", "raise the budget slightly")
 
 
+WIDTHS = range(MIN_BITS, MAX_BITS + 1)
+
+
+def joint_options(name: str, cost: LayerCost, damage: list[list[float]], budget: Budget,
+                  ) -> tuple[list[tuple[int, ...]], list[float], list[float]]:
+    """Every joint choice of one layer's clusters' bits, with the whole layer's size in the budget's unit
+    (bytes, or bits with its cluster ids) and its modelled damage."""
+    clusters = len(cost.counts)
+    if len(WIDTHS) ** clusters > MAX_JOINT:
+        raise RavnError(f"a bytes budget (or entropy-coded layers, or a choice of layouts) over {clusters} clusters "
+                        "per layer is too many joint choices for the integer program",
+                        "use a fixed-width bits budget, or at most 4 clusters")
+    options = list(itertools.product(WIDTHS, repeat=clusters))
+    sizes = [budget.cost({name: cost}, {name: o}) - budget.fixed_bytes for o in options]
+    return options, sizes, [sum(damage[k][b] for k, b in enumerate(o)) for o in options]
+
+
 def exact_allocation(costs: dict[str, LayerCost], budget: Budget, damage: dict[str, list[list[float]]]) -> Allocation:
     """The allocation of least total damage (``sum damage[l][m][bits]``) within ``budget``, exactly."""
-    names = list(costs)
-    widths = range(MIN_BITS, MAX_BITS + 1)
     groups: list[tuple[str, int | None, list[tuple[int, ...]]]] = []  # (layer, cluster or None: joint, options)
-    for n in names:
-        clusters = len(costs[n].counts)
-        if budget.bits is not None and costs[n].additive:
-            groups += [(n, m, [(b,) for b in widths]) for m in range(clusters)]
-        else:
-            if len(widths) ** clusters > MAX_JOINT:
-                raise RavnError(f"a bytes budget (or entropy-coded layers) over {clusters} clusters per layer is "
-                                "too many joint choices for the integer program",
-                                "use a fixed-width bits budget, or at most 4 clusters")
-            groups.append((n, None, list(itertools.product(widths, repeat=clusters))))
     group_costs, group_values = [], []
-    for n, m, options in groups:
-        cost = costs[n]
-        if m is None:  # the whole layer's size in the budget's unit (bytes, or entropy-coded bits)
-            group_costs.append([budget.cost({n: cost}, {n: o}) - budget.fixed_bytes for o in options])
-            group_values.append([sum(damage[n][k][b] for k, b in enumerate(o)) for o in options])
-        else:  # one cluster's code bits (a bits budget, fixed-width codes)
-            group_costs.append([cost.counts[m] * o[0] for o in options])
-            group_values.append([damage[n][m][o[0]] for o in options])
+    for n, cost in costs.items():
+        if budget.bits is not None and cost.additive:  # one group per cluster: its code bits
+            for m in range(len(cost.counts)):
+                groups.append((n, m, [(b,) for b in WIDTHS]))
+                group_costs.append([cost.counts[m] * b for b in WIDTHS])
+                group_values.append([damage[n][m][b] for b in WIDTHS])
+        else:  # one group per layer: its size in the budget's unit (bytes, or entropy-coded bits)
+            options, sizes, values = joint_options(n, cost, damage[n], budget)
+            groups.append((n, None, options))
+            group_costs.append(sizes)
+            group_values.append(values)
     fixed = (sum(c.id_bits for c in costs.values() if c.additive) if budget.bits is not None
              else budget.fixed_bytes)
     choice = solve(group_costs, group_values, budget.limit(costs) - fixed)
-    bits: dict[str, list[int]] = {n: [MIN_BITS] * len(costs[n].counts) for n in names}
+    bits: dict[str, list[int]] = {n: [MIN_BITS] * len(costs[n].counts) for n in costs}
     for (n, m, options), o in zip(groups, choice, strict=True):
         if m is None:
             bits[n] = list(options[o])
@@ -129,3 +138,27 @@ def exact_allocation(costs: dict[str, LayerCost], budget: Budget, damage: dict[s
     out = {n: tuple(b) for n, b in bits.items()}
     assert budget.cost(costs, out) <= budget.limit(costs), "the integer program exceeded the budget"
     return out
+
+
+def exact_layouts(alternatives: dict[str, list[tuple[LayerCost, list[list[float]]]]], budget: Budget,
+                  ) -> tuple[dict[str, int], Allocation]:
+    """Per layer, one of its alternative clusterings (``(cost, damage)`` each, e.g. one cluster or three)
+    and its clusters' bits, of least total modelled damage within ``budget``, exactly: one group per layer
+    whose options are every joint choice of every alternative. Returns the alternative chosen per layer
+    and the allocation (bits of that alternative's clusters)."""
+    groups, group_costs, group_values = [], [], []
+    for n, options in alternatives.items():
+        group, sizes, values = [], [], []
+        for k, (cost, damage) in enumerate(options):
+            bits, s, v = joint_options(n, cost, damage, budget)
+            group += [(k, b) for b in bits]
+            sizes += s
+            values += v
+        groups.append(group)
+        group_costs.append(sizes)
+        group_values.append(values)
+    first = {n: options[0][0] for n, options in alternatives.items()}  # the limit: every alternative's the same
+    fixed = 0 if budget.bits is not None else budget.fixed_bytes
+    choice = solve(group_costs, group_values, budget.limit(first) - fixed)
+    chosen = {n: group[o] for n, group, o in zip(alternatives, groups, choice, strict=True)}
+    return {n: k for n, (k, _) in chosen.items()}, {n: bits for n, (_, bits) in chosen.items()}

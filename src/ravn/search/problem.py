@@ -9,6 +9,10 @@
 3. the rounding's per-layer form (e.g. GPTQ's Hessians), the evaluator of Eq. 7;
 4. each layer's sensitivity (a registered probe, on the labelled calibration batch) and the damage
    model the budget projection uses;
+   With ``choose_layout``, each layer is clustered both in one cluster and as configured, the sensitivity
+   probed on the one-cluster layout, and the integer program (:func:`ravn.search.ilp.exact_layouts`) picks
+   each layer's layout and bits of least total modelled damage within the budget; the layer is then
+   clustered that way for everything that follows (the search, the stored file, fine-tuning);
 5. the initial allocation: ``vq`` (8 bits everywhere, projected, filled), ``random`` (U[2, 8], Sec. 4.2,
    projected), ``same`` (``floor(budget_bits)`` in every cluster, projected without filling) or ``ilp``
    (the least total modelled damage within the budget, exactly: :func:`ravn.search.ilp.exact_allocation`;
@@ -45,7 +49,7 @@ from ravn.quantizers.size import Allocation, CodedCost, LayerCost
 from ravn.quantizers.vq import ClusteredWeight
 from ravn.search.budget import Budget, avg_bits, check_feasible, fit
 from ravn.search.evaluate import AllocationEvaluator, SearchData
-from ravn.search.ilp import exact_allocation
+from ravn.search.ilp import exact_allocation, exact_layouts
 from ravn.search.sensitivity import ProbeData, damage_model, get_sensitivity
 
 INITS = ("vq", "random", "same", "ilp")
@@ -58,6 +62,7 @@ class ProblemSettings(Protocol):
     budget_bytes: int | None  # or bytes of the whole file
     clusters: int  # k-means clusters per layer
     outliers: float  # with 3 clusters: the share of the two small tail clusters (0: k-means)
+    choose_layout: bool  # per layer, one cluster or the layout above, whichever the damage model prefers
     grid: str  # in-cluster table: "kmeans" or "uniform"
     per_channel: bool  # weights divided by their channel's largest magnitude
     init: str  # initial allocation, one of INITS
@@ -78,6 +83,7 @@ class PerLayerSettings:
     clusters: ClassVar[int] = 1
     grid: ClassVar[str] = "uniform"
     outliers: ClassVar[float] = 0.0
+    choose_layout: ClassVar[bool] = False
     init: ClassVar[str] = "vq"
     sensitivity: ClassVar[str] = "fidelity"
     hessian_iterations: ClassVar[int] = 1
@@ -102,8 +108,6 @@ class SearchProblem:
     calibration_labels: torch.Tensor | None = None  # the calibration batch's labels
     #: how the file stores the codes: "fixed", or entropy-coded ("ans", "huffman": ``costs`` are estimates)
     coding: str = "fixed"
-    #: how the layers were clustered (:func:`cluster_weight`): fine-tuned weights stepped down are clustered alike
-    settings: ProblemSettings | None = None
 
     def realize(self, alloc: Allocation) -> dict[str, QuantizedWeight]:
         """The weights stored for ``alloc``: quantized, then rounded layer after layer."""
@@ -174,7 +178,7 @@ class SearchProblem:
         modules = dict(target.named_modules())
 
         def realize(a: Allocation) -> dict[str, QuantizedWeight]:
-            lower = {n: cluster_weight(modules[n].weight, self.settings).quantize(a[n]) for n in a if a[n] != alloc[n]}
+            lower = {n: self.clustered[n].like(modules[n].weight).quantize(a[n]) for n in a if a[n] != alloc[n]}
             return {**recoded, **self.rounding.sequential(target, lower, self.calibration)}
 
         final, out, overshoots = self.within_budget(alloc, recoded, realize)
@@ -207,6 +211,7 @@ class SearchProblem:
     def log(self, alloc: Allocation) -> dict:
         return {"budget": self.budget.describe(), "planned_avg_bits": self.avg_bits(alloc),
                 "init_allocation": {n: list(b) for n, b in self.init.items()},
+                "layouts": {n: cw.layout[0] for n, cw in self.clustered.items()},
                 "sensitivity": self.sensitivity, "float_search_val_top1": self.evaluator.float_top1,
                 "prepare_seconds": self.seconds}
 
@@ -244,9 +249,13 @@ def layer_costs(clustered: dict[str, ClusteredWeight], per_channel: bool,
     return costs
 
 
-def cluster_weight(weight: torch.Tensor, settings: ProblemSettings) -> ClusteredWeight:
-    """A layer's weight clustered as ``settings`` say (Eq. 1): their clusters, outlier layout, grid, scales."""
-    return ClusteredWeight(weight, settings.clusters, settings.per_channel, settings.grid, settings.outliers)
+def layouts(weight: torch.Tensor, settings: ProblemSettings) -> list[ClusteredWeight]:
+    """A layer's weight clustered as ``settings`` say (Eq. 1: their clusters, outlier layout, grid, scales);
+    with ``choose_layout``, first also in one cluster (the layouts :func:`prepare` chooses from)."""
+    configured = ClusteredWeight(weight, settings.clusters, settings.per_channel, settings.grid, settings.outliers)
+    if not settings.choose_layout:
+        return [configured]
+    return [ClusteredWeight(weight, 1, settings.per_channel, settings.grid), configured]
 
 
 def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None, normalize: Normalize,
@@ -265,7 +274,8 @@ def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None
         raise RavnError("this method needs data (calibration and validation images)", "pass a dataset")
     start = time.perf_counter()
     layers = quantizable_layers(model, settings.exclude)
-    clustered = {name: cluster_weight(m.weight, settings) for name, m in layers.items()}
+    alternatives = {name: layouts(m.weight, settings) for name, m in layers.items()}
+    clustered = {name: options[0] for name, options in alternatives.items()}  # with a choice: one cluster each
     costs = layer_costs(clustered, settings.per_channel, coding)
     fixed = 0
     if settings.budget_bytes is not None:
@@ -285,8 +295,18 @@ def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None
                       settings.hessian_iterations, seed)
     sensitivity = get_sensitivity(settings.sensitivity)(model, clustered, probe)
     damage = damage_model(clustered, sensitivity)
+    if settings.choose_layout:  # each layer's layout and bits of least modelled damage, exactly
+        options = [{n: a[k] for n, a in alternatives.items()} for k in range(2)]
+        option_costs = [costs, layer_costs(options[1], settings.per_channel, coding)]
+        option_damage = [damage, damage_model(options[1], sensitivity)]
+        chosen, exact = exact_layouts({n: [(option_costs[k][n], option_damage[k][n]) for k in range(2)]
+                                       for n in layers}, budget)
+        clustered = {n: alternatives[n][k] for n, k in chosen.items()}
+        costs = {n: option_costs[k][n] for n, k in chosen.items()}
+        damage = {n: option_damage[k][n] for n, k in chosen.items()}
+        evaluator.use(clustered)
     if settings.init == "ilp":
-        init = exact_allocation(costs, budget, damage)
+        init = exact if settings.choose_layout else exact_allocation(costs, budget, damage)
     else:
         if settings.init == "vq":
             start_bits = {n: (8,) * cw.clusters for n, cw in clustered.items()}
@@ -297,4 +317,4 @@ def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None
             start_bits = {n: (math.floor(settings.budget_bits),) * cw.clusters for n, cw in clustered.items()}
         init = fit(start_bits, costs, budget, damage, fill=settings.init == "vq")
     return SearchProblem(layers, clustered, costs, budget, damage, sensitivity, evaluator, init, calibration, model,
-                         rounding, time.perf_counter() - start, calib_split.labels.to(device), coding, settings)
+                         rounding, time.perf_counter() - start, calib_split.labels.to(device), coding)
