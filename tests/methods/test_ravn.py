@@ -3,6 +3,8 @@ fine-tuned codes kept within the coded budget."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -117,3 +119,27 @@ def test_a_version_1_config_reads_back_without_recovery():
     old["version"] = 1
     assert ravn.RavnConfig.from_dict(old).recovery_epochs == 0
     assert ravn.RavnConfig.from_dict(ravn.RavnConfig(budget_bits=2.0).to_dict()).recovery_epochs == 1
+
+
+@pytest.mark.parametrize("coding", ["fixed", "ans"])
+def test_layouts_chosen_per_layer_are_searched_stored_and_read_back(tmp_path, coding):
+    """``choose_layout``: each layer one cluster or three with outlier tails; the search proposes bits for the
+    clusters each layer has, and the file stores and rebuilds them within the budget."""
+    from ravn.methods import SearchConfig
+
+    data, ref = toy.dataset(), dataclasses.replace(toy.REF, kwargs={"width": 2})  # toy.bell's architecture
+    config = ravn.RavnConfig(budget_bits=3.0, calibration_size=16, clusters=3, outliers=0.1, choose_layout=True,
+                             search=SearchConfig(evaluations=3, patience=3, search_val_size=16, rerank=1))
+    out = tmp_path / "m.ravn"
+    summary = run(toy.bell(), ref, config, data, out, progress=False, coding=coding,
+                  context=Context(data, ref.normalize, tmp_path / "run", 0, progress=False),
+                  report=ReportOptions(measure=False, energy=False))
+    stored = ravn.export.read(out)
+    layouts = summary["log"]["layouts"]
+    assert set(layouts.values()) <= {1, 3} and {n: len(q.bits) for n, q in stored.weights.items()} == layouts
+    assert ravn.export.size_report(stored.weights, stored.codings)["avg_bits"] <= 3.0
+
+
+def test_choose_layout_with_one_cluster_is_a_one_line_error():
+    with pytest.raises(ValueError, match="clusters > 1"):
+        ravn.RavnConfig(choose_layout=True)

@@ -13,7 +13,7 @@ from ravn.errors import RavnError
 from ravn.quantizers.qweight import MAX_BITS, MIN_BITS
 from ravn.quantizers.size import LayerCost
 from ravn.search.budget import Budget, fit
-from ravn.search.ilp import exact_allocation, solve
+from ravn.search.ilp import exact_allocation, exact_layouts, solve
 
 WIDTHS = range(MIN_BITS, MAX_BITS + 1)
 
@@ -161,3 +161,49 @@ def test_impossible_budget_is_a_ravn_error():
     damage = {"a": [[float(MAX_BITS - b) for b in range(MAX_BITS + 1)]]}
     with pytest.raises(RavnError):
         exact_allocation(costs, Budget(bytes=10), damage)
+
+
+@pytest.mark.parametrize("unit", ["bits", "bytes"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_exact_layouts_matches_brute_force_over_layouts_and_bits(unit, seed):
+    """Each layer: one cluster or two (the second layout's ids cost bits); the least total damage over every
+    choice of layout and bits within the budget, as brute force finds it."""
+    rng = np.random.default_rng(seed)
+    alternatives = {}
+    for i in range(2):
+        n = int(rng.integers(20, 60))
+        split = int(rng.integers(2, n - 2))
+        one, two = LayerCost((n,), int(rng.integers(0, 9))), LayerCost((split, n - split), int(rng.integers(0, 9)))
+        damage = _damage(rng, {"one": one, "two": two})
+        alternatives[f"l{i}"] = [(one, damage["one"]), (two, damage["two"])]
+    first = {n: a[0][0] for n, a in alternatives.items()}
+    if unit == "bits":
+        budget = Budget(bits=float(rng.uniform(1.5, 6.0)))
+    else:
+        low = sum(c.file_bytes((MIN_BITS,)) for c in first.values())
+        budget = Budget(bytes=int(low + rng.integers(0, 6 * sum(c.numel for c in first.values()) // 8 + 100)))
+    limit = budget.limit(first)
+    best = None
+    for layout in itertools.product(range(2), repeat=len(alternatives)):
+        costs = {n: alternatives[n][k][0] for n, k in zip(alternatives, layout, strict=True)}
+        damage = {n: alternatives[n][k][1] for n, k in zip(alternatives, layout, strict=True)}
+        for alloc in _all_allocations(costs):
+            if budget.cost(costs, alloc) <= limit:
+                total = _total(damage, alloc)
+                best = total if best is None else min(best, total)
+    chosen, alloc = exact_layouts(alternatives, budget)
+    costs = {n: alternatives[n][k][0] for n, k in chosen.items()}
+    damage = {n: alternatives[n][k][1] for n, k in chosen.items()}
+    assert all(len(alloc[n]) == len(costs[n].counts) for n in alloc)
+    assert budget.cost(costs, alloc) <= limit
+    assert _total(damage, alloc) == pytest.approx(best, rel=1e-9, abs=1e-12)
+
+
+def test_exact_layouts_takes_the_layout_that_models_less_damage():
+    """Two layouts of the same size at every width: the one with less damage wins, layer by layer."""
+    cost = LayerCost((1000,))
+    low = [[4.0 ** -b for b in range(MAX_BITS + 1)]]
+    high = [[2 * d for d in low[0]]]
+    alternatives = {"a": [(cost, low), (cost, high)], "b": [(cost, high), (cost, low)]}
+    chosen, alloc = exact_layouts(alternatives, Budget(bits=3.0))
+    assert chosen == {"a": 0, "b": 1} and alloc == {"a": (3,), "b": (3,)}
