@@ -1,7 +1,8 @@
 """Honest attribution: what each part of RAVN's post-training recipe adds (CIFAR-10 test).
 
     python benchmarks/attribution.py [--models resnet20 resnet56] [--budgets 4.0 3.0 2.5 2.0] [--seeds 0 1 2]
-        [--variants uniform-rtn uniform-gptq initial-gptq ppo random ppo-m3 initial-ans ppo-ans random-ans]
+        [--variants uniform-rtn uniform-gptq initial-gptq ppo random ppo-m3 initial-ans ppo-ans random-ans
+        layout-ans]
         [--evaluations 100] [--restore]
 
 Variants, per model and budget (measured average bits, cluster ids included), all post-training:
@@ -17,7 +18,10 @@ Variants, per model and budget (measured average bits, cluster ids included), al
 - ``ppo-m3``: ``ppo`` with RAVN's per-cluster bit-widths: 3 k-means clusters per layer, k-means grids;
 - ``initial-ans``, ``ppo-ans``, ``random-ans``: ``initial-gptq``, ``ppo`` and ``random`` with the codes
   entropy-coded (``--coding ans``): the budget counts their ANS-coded size, frequency tables included,
-  and the rounding (``auto``) is rate-aware GPTQ. ``initial-ans - initial-gptq`` is what the coding adds.
+  and the rounding (``auto``) is rate-aware GPTQ. ``initial-ans - initial-gptq`` is what the coding adds;
+- ``layout-ans``: ``initial-ans`` with a layout per layer (``choose_layout``): one cluster, or three whose
+  two 1% tails are clusters of their own (``--clusters 3 --outliers 0.02``), whichever layout and bits the
+  damage model prefers within the budget. ``layout-ans - initial-ans`` is what per-layer clusters add.
 Deterministic variants run once (seed 0); ``ppo``, ``random`` and ``ppo-m3`` once per seed. Every row is
 a real .ravn file: ``ravn.pipeline.run`` writes it, reads it back and fails unless it rebuilds exactly
 the weights whose test top-1 it measured; ``file_bytes`` is the file's size on disk. ``kept_initial``:
@@ -61,7 +65,7 @@ HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "attribution"
 ROWS = HERE / "runs" / "attribution"
 VARIANTS = ["uniform-rtn", "uniform-gptq", "initial-gptq", "ppo", "random", "ppo-m3", "initial-ans", "ppo-ans",
-            "random-ans"]
+            "random-ans", "layout-ans"]
 SEEDED = {"ppo", "random", "ppo-m3", "ppo-ans", "random-ans"}
 COLUMNS = [("model", "model"), ("budget_bits", "budget bits"), ("variant", "variant"), ("seed", "seed"),
            ("test_top1", "test top-1 %"), ("avg_bits", "measured avg bits"), ("file_bytes", "file bytes"),
@@ -72,11 +76,13 @@ TEST_SE = round(top1_standard_error(91.0), 2)  # points: 0.29, a top-1 near 91% 
 PARTS = [("allocation", "initial-gptq", "uniform-gptq"), ("agent", "ppo", "initial-gptq"),
          ("agent", "ppo", "random"), ("clusters", "ppo-m3", "ppo"), ("rounding", "uniform-gptq", "uniform-rtn"),
          ("coding", "initial-ans", "initial-gptq"), ("agent", "ppo-ans", "initial-ans"),
-         ("agent", "ppo-ans", "random-ans")]
+         ("agent", "ppo-ans", "random-ans"), ("layouts", "layout-ans", "initial-ans")]
 
 
 def config_of(variant: str, model, budget: float, evaluations: int):
     variant = {"initial-ans": "initial-gptq"}.get(variant, variant.removesuffix("-ans"))  # the same config, coded
+    if variant == "layout":
+        return RavnConfig(budget_bits=budget, clusters=3, outliers=0.02, choose_layout=True, search=None)
     if variant in ("uniform-rtn", "uniform-gptq"):
         return UniformConfig(granularity="channel", symmetric=False, layer_bits=uniform_layer_bits(model, budget),
                              rounding="nearest" if variant == "uniform-rtn" else "gptq")

@@ -62,7 +62,7 @@ def rows_folder(out: Path) -> Path:
     """Where the row files of the tables ``out`` live: benchmarks/runs/<out's name>/."""
     return HERE / "runs" / out.name
 COLUMNS = [("model", "model"), ("mode", "mode"), ("budget", "budget bits"), ("coding", "coding"), ("clusters", "M"),
-           ("layout", "clusters"), ("grid", "grid"), ("rounding", "rounding"), ("evaluations", "search evals"),
+           ("layout", "clusters"), ("layers_m", "layers in M clusters"), ("grid", "grid"), ("rounding", "rounding"), ("evaluations", "search evals"),
            ("avg_bits", "stored avg bits"), ("grid_bits", "avg grid bits"), ("val_top1", "val top-1"),
            ("val_loss", "val loss"), ("stepped_down", "stepped down"), ("overshoot", "fine-tuned overshoot"),
            ("recoded", "re-coded"), ("kept_initial", "kept initial"),
@@ -129,7 +129,9 @@ def save(out: Path, val_size: int | None = None) -> None:
         r.setdefault("mode", "ptq" if r["layout"] != "float" else "-")
     rows.sort(key=lambda r: (r["model"], r["layout"] != "float", r["mode"], -r["budget"], r["evaluations"] or 0,
                              str(r["clusters"]), r["layout"], r["grid"], r["rounding"], r["coding"] != "fixed"))
-    table = [{**r, "kept_initial": yes_no(r.get("kept_initial"))} for r in rows]
+    table = [{**r, "kept_initial": yes_no(r.get("kept_initial")),
+              "layers_m": sum(len(b) > 1 for b in r["allocation"].values()) if r.get("allocation") else None}
+             for r in rows]
     save_results(out, "Design under entropy-coded sizes: coding, clusters, outliers, grids (validation split)", table,
                  COLUMNS, notes=__doc__.split("\n\n", 2)[2].strip(),
                  extra={"val_size": val_size or rows[0].get("val_size")}, appendix=provenance(rows))
