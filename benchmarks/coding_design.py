@@ -62,7 +62,8 @@ def rows_folder(out: Path) -> Path:
     """Where the row files of the tables ``out`` live: benchmarks/runs/<out's name>/."""
     return HERE / "runs" / out.name
 COLUMNS = [("model", "model"), ("mode", "mode"), ("budget", "budget bits"), ("coding", "coding"), ("clusters", "M"),
-           ("layout", "clusters"), ("layers_m", "layers in M clusters"), ("grid", "grid"), ("rounding", "rounding"), ("evaluations", "search evals"),
+           ("layout", "clusters"), ("layers_m", "layers in M clusters"),
+           ("grid", "grid"), ("rounding", "rounding"), ("evaluations", "search evals"),
            ("avg_bits", "stored avg bits"), ("grid_bits", "avg grid bits"), ("val_top1", "val top-1"),
            ("val_loss", "val loss"), ("stepped_down", "stepped down"), ("overshoot", "fine-tuned overshoot"),
            ("recoded", "re-coded"), ("kept_initial", "kept initial"),
