@@ -10,8 +10,7 @@
 4. each layer's sensitivity (a registered probe, on the labelled calibration batch) and the damage
    model the budget projection uses;
    With ``choose_layout``, each layer is clustered both in one cluster and as configured, the sensitivity
-   probed on each layout (the rounding's errors relative to round-to-nearest's differ between them), and
-   the integer program (:func:`ravn.search.ilp.exact_layouts`) picks
+   probed on the one-cluster layout, and the integer program (:func:`ravn.search.ilp.exact_layouts`) picks
    each layer's layout and bits of least total modelled damage within the budget; the layer is then
    clustered that way for everything that follows (the search, the stored file, fine-tuning);
 5. the initial allocation: ``vq`` (8 bits everywhere, projected, filled), ``random`` (U[2, 8], Sec. 4.2,
@@ -299,13 +298,11 @@ def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None
     if settings.choose_layout:  # each layer's layout and bits of least modelled damage, exactly
         options = [{n: a[k] for n, a in alternatives.items()} for k in range(2)]
         option_costs = [costs, layer_costs(options[1], settings.per_channel, coding)]
-        option_sensitivity = [sensitivity, get_sensitivity(settings.sensitivity)(model, options[1], probe)]
-        option_damage = [damage, damage_model(options[1], option_sensitivity[1])]
+        option_damage = [damage, damage_model(options[1], sensitivity)]
         chosen, exact = exact_layouts({n: [(option_costs[k][n], option_damage[k][n]) for k in range(2)]
                                        for n in layers}, budget)
         clustered = {n: alternatives[n][k] for n, k in chosen.items()}
         costs = {n: option_costs[k][n] for n, k in chosen.items()}
-        sensitivity = {n: option_sensitivity[k][n] for n, k in chosen.items()}
         damage = {n: option_damage[k][n] for n, k in chosen.items()}
         evaluator.use(clustered)
     if settings.init == "ilp":
