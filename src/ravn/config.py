@@ -8,7 +8,10 @@ Contract of a config class (methods, search, fine-tuning, ...):
   :class:`Config` (composition: ``finetune: FineTuneConfig | None``, where ``None`` means the step is
   not run); ``__post_init__`` validates and raises ``ValueError`` with one line naming the field;
 - ``VERSION`` goes up when a field changes meaning; :meth:`Config.from_dict` refuses dicts written by
-  a newer version and passes older ones through :meth:`Config.migrate`.
+  a newer version and passes older ones through :meth:`Config.migrate`;
+- a field added after configs were stored may say ``metadata={"omit_default": True}``: ``to_dict()`` leaves
+  it out while it holds its default, so a config that does not use it is stored exactly as before (the
+  same file header, so the same file bytes, and the same run-folder stamp); ``from_dict`` restores it.
 
 ``to_dict()`` is JSON-able and ``type(c).from_dict(c.to_dict()) == c`` exactly, so a config stored in a
 ``.ravn`` file rebuilds the config that made it, and configs travel to worker processes as data.
@@ -49,7 +52,10 @@ class Config:
         """Plain JSON-able data: ``{"type": ..., "version": ..., <fields>}``; nested configs likewise."""
         out: dict[str, Any] = {"type": type(self).__name__, "version": self.VERSION}
         for f in dataclasses.fields(self):
-            out[f.name] = _plain(getattr(self, f.name))
+            value = getattr(self, f.name)
+            if f.metadata.get("omit_default") and value == f.default:
+                continue
+            out[f.name] = _plain(value)
         return out
 
     @classmethod

@@ -121,14 +121,16 @@ def test_a_version_1_config_reads_back_without_recovery():
     assert ravn.RavnConfig.from_dict(ravn.RavnConfig(budget_bits=2.0).to_dict()).recovery_epochs == 1
 
 
-@pytest.mark.parametrize("coding", ["fixed", "ans"])
-def test_layouts_chosen_per_layer_are_searched_stored_and_read_back(tmp_path, coding):
+@pytest.mark.parametrize(("coding", "budget"), [("fixed", {"budget_bits": 3.0}), ("ans", {"budget_bits": 3.0}),
+                                                ("fixed", {"budget_bits": None, "budget_bytes": 3644})])
+def test_layouts_chosen_per_layer_are_searched_stored_and_read_back(tmp_path, coding, budget):
     """``choose_layout``: each layer one cluster or three with outlier tails; the search proposes bits for the
-    clusters each layer has, and the file stores and rebuilds them within the budget."""
+    clusters each layer has, and the file stores and rebuilds them within the budget (in bits, or in bytes:
+    a layer of three clusters takes more header, and the budget counts it)."""
     from ravn.methods import SearchConfig
 
     data, ref = toy.dataset(), dataclasses.replace(toy.REF, kwargs={"width": 2})  # toy.bell's architecture
-    config = ravn.RavnConfig(budget_bits=3.0, calibration_size=16, clusters=3, outliers=0.1, choose_layout=True,
+    config = ravn.RavnConfig(**budget, calibration_size=16, clusters=3, outliers=0.1, choose_layout=True,
                              search=SearchConfig(evaluations=3, patience=3, search_val_size=16, rerank=1))
     out = tmp_path / "m.ravn"
     summary = run(toy.bell(), ref, config, data, out, progress=False, coding=coding,
@@ -137,9 +139,35 @@ def test_layouts_chosen_per_layer_are_searched_stored_and_read_back(tmp_path, co
     stored = ravn.export.read(out)
     layouts = summary["log"]["layouts"]
     assert set(layouts.values()) <= {1, 3} and {n: len(q.bits) for n, q in stored.weights.items()} == layouts
-    assert ravn.export.size_report(stored.weights, stored.codings)["avg_bits"] <= 3.0
+    if config.budget_bits is not None:
+        assert ravn.export.size_report(stored.weights, stored.codings)["avg_bits"] <= config.budget_bits
+    else:
+        assert out.stat().st_size <= config.budget_bytes
 
 
-def test_choose_layout_with_one_cluster_is_a_one_line_error():
-    with pytest.raises(ValueError, match="clusters > 1"):
-        ravn.RavnConfig(choose_layout=True)
+@pytest.mark.parametrize("clusters", [1, 5])
+def test_choose_layout_outside_2_to_4_clusters_is_a_one_line_error(clusters):
+    with pytest.raises(ValueError, match=r"give clusters 2\.\.4") as exc:
+        ravn.RavnConfig(clusters=clusters, choose_layout=True)
+    assert "\n" not in str(exc.value)
+
+
+def test_choose_layout_is_stored_only_when_set():
+    """A config that does not choose layouts stores exactly as before the option existed (file header bytes)."""
+    plain, chosen = ravn.RavnConfig(), ravn.RavnConfig(clusters=3, choose_layout=True)
+    assert "choose_layout" not in plain.to_dict() and chosen.to_dict()["choose_layout"] is True
+    assert ravn.RavnConfig.from_dict(plain.to_dict()) == plain and ravn.RavnConfig.from_dict(chosen.to_dict()) == chosen
+
+
+@pytest.mark.parametrize("budget_bytes", [3644, 4127, 5138])
+def test_a_bytes_budget_filled_to_the_byte_holds_with_layouts_chosen(tmp_path, budget_bytes):
+    """The exact allocation fills a bytes budget to the byte; the header it counts is the one of three clusters
+    per layer (longer than one cluster's), so the file holds whatever layouts the layers take."""
+    data, ref = toy.dataset(), dataclasses.replace(toy.REF, kwargs={"width": 2})
+    config = ravn.RavnConfig(budget_bits=None, budget_bytes=budget_bytes, calibration_size=16, clusters=3,
+                             outliers=0.1, choose_layout=True, init="ilp", search=None)
+    out = tmp_path / "m.ravn"
+    run(toy.bell(), ref, config, data, out, progress=False, coding="fixed",
+        context=Context(data, ref.normalize, tmp_path / "run", 0, progress=False),
+        report=ReportOptions(measure=False, energy=False))
+    assert out.stat().st_size <= budget_bytes

@@ -180,8 +180,10 @@ def test_exact_layouts_matches_brute_force_over_layouts_and_bits(unit, seed):
     if unit == "bits":
         budget = Budget(bits=float(rng.uniform(1.5, 6.0)))
     else:
-        low = sum(c.file_bytes((MIN_BITS,)) for c in first.values())
-        budget = Budget(bytes=int(low + rng.integers(0, 6 * sum(c.numel for c in first.values()) // 8 + 100)))
+        fixed = int(rng.integers(0, 50))
+        low = fixed + sum(c.file_bytes((MIN_BITS,)) for c in first.values())
+        budget = Budget(bytes=int(low + rng.integers(0, 6 * sum(c.numel for c in first.values()) // 8 + 100)),
+                        fixed_bytes=fixed)
     limit = budget.limit(first)
     best = None
     for layout in itertools.product(range(2), repeat=len(alternatives)):

@@ -62,8 +62,8 @@ class RavnConfig(BudgetFields, Config):
     outliers: float = 0.0
     #: Per layer, choose between one cluster and the clusters set here (with their outlier tails): the layout
     #: and bits of least modelled damage within the budget, exactly (an integer program over both). Needs
-    #: clusters > 1.
-    choose_layout: bool = False
+    #: clusters 2..4.
+    choose_layout: bool = field(default=False, metadata={"omit_default": True})
     #: In-cluster table: 'uniform' cells over the cluster's range, or a 'kmeans' sub-codebook.
     #: Uniform cells beat k-means sub-codebooks after GPTQ (same benchmark; coded sizes: coding_design.md).
     grid: str = "uniform"
@@ -104,8 +104,9 @@ class RavnConfig(BudgetFields, Config):
         if not 1 <= self.clusters <= MAX_CLUSTERS:
             raise ValueError(f"clusters must be in 1..{MAX_CLUSTERS}, got {self.clusters}")
         check_outliers(self.outliers, self.clusters)
-        if self.choose_layout and self.clusters == 1:
-            raise ValueError("choose_layout chooses between one cluster and more: give clusters > 1 (e.g. 3)")
+        if self.choose_layout and not 2 <= self.clusters <= 4:
+            raise ValueError(f"choose_layout chooses between one cluster and 2 to 4 (an integer program over every "
+                             f"joint choice of their bits), got clusters {self.clusters}: give clusters 2..4")
         if self.grid not in GRIDS:
             raise ValueError(f"grid must be one of {GRIDS}, got {self.grid!r}")
         if self.init not in INITS:

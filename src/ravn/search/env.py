@@ -132,7 +132,8 @@ class BitAllocationEnv(gym.Env):
     def step(self, action):
         layer = self.layers[self._index]
         self._alloc[layer.name] = self.bits_for(layer, action)
-        self._last_action = np.asarray(action, dtype=np.float64)
+        self._last_action = np.array(action, dtype=np.float64)
+        self._last_action[len(self.init_bits[layer.name]):] = self.max_delta  # entries for clusters it lacks: none
         self._index += 1
         if self._index < len(self.layers):
             return self._observation(), 0.0, False, False, {}

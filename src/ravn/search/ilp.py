@@ -26,7 +26,8 @@ from ravn.quantizers.qweight import MAX_BITS, MIN_BITS
 from ravn.quantizers.size import Allocation, LayerCost
 from ravn.search.budget import Budget
 
-#: Most joint choices per layer of a bytes budget over several clusters (8^4).
+#: Most joint choices of one layer's clusters' bits in one integer-program group (8^4: 4 clusters), for bytes
+#: budgets, entropy-coded sizes and a choice of layouts (``exact_layouts``), which price whole layers.
 MAX_JOINT = 4096
 
 

@@ -211,7 +211,7 @@ class SearchProblem:
     def log(self, alloc: Allocation) -> dict:
         return {"budget": self.budget.describe(), "planned_avg_bits": self.avg_bits(alloc),
                 "init_allocation": {n: list(b) for n, b in self.init.items()},
-                "layouts": {n: cw.layout[0] for n, cw in self.clustered.items()},
+                "layouts": {n: cw.clusters for n, cw in self.clustered.items()},
                 "sensitivity": self.sensitivity, "float_search_val_top1": self.evaluator.float_top1,
                 "prepare_seconds": self.seconds}
 
@@ -278,8 +278,9 @@ def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None
     clustered = {name: options[0] for name, options in alternatives.items()}  # with a choice: one cluster each
     costs = layer_costs(clustered, settings.per_channel, coding)
     fixed = 0
-    if settings.budget_bytes is not None:
-        sample = {n: cw.quantize((4,) * cw.clusters) for n, cw in clustered.items()}
+    if settings.budget_bytes is not None:  # the header as the configured layout stores it: with a choice of
+        # layouts, an upper bound (a layer of several clusters describes each in the header)
+        sample = {n: a[-1].quantize((4,) * a[-1].clusters) for n, a in alternatives.items()}
         fixed = (overhead or estimated_overhead(model))(sample, coding)
     budget = settings.budget(fixed)
     check_feasible(costs, budget)
