@@ -56,11 +56,6 @@ from ravn.training.finetune import FineTuneConfig
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "coding_design"
-
-
-def rows_folder(out: Path) -> Path:
-    """Where the row files of the tables ``out`` live: benchmarks/runs/<out's name>/."""
-    return HERE / "runs" / out.name
 COLUMNS = [("model", "model"), ("mode", "mode"), ("budget", "budget bits"), ("coding", "coding"), ("clusters", "M"),
            ("layout", "clusters"), ("layers_m", "layers in M clusters"),
            ("grid", "grid"), ("rounding", "rounding"), ("evaluations", "search evals"),
@@ -68,6 +63,11 @@ COLUMNS = [("model", "model"), ("mode", "mode"), ("budget", "budget bits"), ("co
            ("val_loss", "val loss"), ("stepped_down", "stepped down"), ("overshoot", "fine-tuned overshoot"),
            ("recoded", "re-coded"), ("kept_initial", "kept initial"),
            ("seconds", "wall s"), ("threads", "torch threads"), ("note", "note")]
+
+
+def rows_folder(out: Path) -> Path:
+    """Where the row files of the tables ``out`` live: benchmarks/runs/<out's name>/."""
+    return HERE / "runs" / out.name
 
 
 def settings(clusters: list[int], outliers: list[float], grids: list[str], choose: bool = False) -> list[dict]:

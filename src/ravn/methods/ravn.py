@@ -37,6 +37,7 @@ from ravn.quantizers.swap import with_weights
 from ravn.quantizers.vq import GRIDS, MAX_CLUSTERS, check_outliers
 from ravn.search.agents import SearchConfig
 from ravn.search.budget import BudgetFields
+from ravn.search.ilp import MAX_JOINT_CLUSTERS
 from ravn.search.problem import INITS, SearchProblem, prepare
 from ravn.search.run import allocate
 from ravn.training.finetune import FineTuneConfig, FineTuneResult, fine_tune, fine_tune_codes_fixed
@@ -104,9 +105,10 @@ class RavnConfig(BudgetFields, Config):
         if not 1 <= self.clusters <= MAX_CLUSTERS:
             raise ValueError(f"clusters must be in 1..{MAX_CLUSTERS}, got {self.clusters}")
         check_outliers(self.outliers, self.clusters)
-        if self.choose_layout and not 2 <= self.clusters <= 4:
-            raise ValueError(f"choose_layout chooses between one cluster and 2 to 4 (an integer program over every "
-                             f"joint choice of their bits), got clusters {self.clusters}: give clusters 2..4")
+        if self.choose_layout and not 2 <= self.clusters <= MAX_JOINT_CLUSTERS:
+            raise ValueError(f"choose_layout chooses between one cluster and 2 to {MAX_JOINT_CLUSTERS} (an integer "
+                             f"program over every joint choice of their bits), got clusters {self.clusters}: "
+                             f"give clusters 2..{MAX_JOINT_CLUSTERS}")
         if self.grid not in GRIDS:
             raise ValueError(f"grid must be one of {GRIDS}, got {self.grid!r}")
         if self.init not in INITS:

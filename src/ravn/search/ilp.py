@@ -26,9 +26,11 @@ from ravn.quantizers.qweight import MAX_BITS, MIN_BITS
 from ravn.quantizers.size import Allocation, LayerCost
 from ravn.search.budget import Budget
 
-#: Most joint choices of one layer's clusters' bits in one integer-program group (8^4: 4 clusters), for bytes
-#: budgets, entropy-coded sizes and a choice of layouts (``exact_layouts``), which price whole layers.
-MAX_JOINT = 4096
+WIDTHS = range(MIN_BITS, MAX_BITS + 1)
+#: Most clusters of a layer whose joint choices of bits one integer-program group may hold (8^4 options): bytes
+#: budgets, entropy-coded sizes and a choice of layouts (``exact_layouts``) price whole layers.
+MAX_JOINT_CLUSTERS = 4
+MAX_JOINT = len(WIDTHS) ** MAX_JOINT_CLUSTERS
 
 
 def solve(costs: list[list[float]], values: list[list[float]], limit: float) -> list[int]:
@@ -95,9 +97,6 @@ def _program(objective: np.ndarray, c: np.ndarray, sizes: list[int], starts: np.
     raise RavnError("the integer program's solutions keep exceeding the budget", "raise the budget slightly")
 
 
-WIDTHS = range(MIN_BITS, MAX_BITS + 1)
-
-
 def joint_options(name: str, cost: LayerCost, damage: list[list[float]], budget: Budget,
                   ) -> tuple[list[tuple[int, ...]], list[float], list[float]]:
     """Every joint choice of one layer's clusters' bits, with the whole layer's size in the budget's unit
@@ -106,7 +105,7 @@ def joint_options(name: str, cost: LayerCost, damage: list[list[float]], budget:
     if len(WIDTHS) ** clusters > MAX_JOINT:
         raise RavnError(f"a bytes budget (or entropy-coded layers, or a choice of layouts) over {clusters} clusters "
                         "per layer is too many joint choices for the integer program",
-                        "use a fixed-width bits budget, or at most 4 clusters")
+                        f"use a fixed-width bits budget, or at most {MAX_JOINT_CLUSTERS} clusters")
     options = list(itertools.product(WIDTHS, repeat=clusters))
     sizes = [budget.cost({name: cost}, {name: o}) - budget.fixed_bytes for o in options]
     return options, sizes, [sum(damage[k][b] for k, b in enumerate(o)) for o in options]
