@@ -7,6 +7,7 @@
 Methods (``ravn quantize --method M``; the searches with equal distinct evaluations, patience equal to
 them so none stops early; rows of the searches once per seed, the others once):
 - ``ravn``: RAVN's default (one cluster per layer, PPO, GPTQ);
+- ``ravn-m3``: RAVN as the paper configures it: three k-means clusters per layer, each with its own bits;
 - ``releq``: ReLeQ's LSTM policy (``sb3_contrib.RecurrentPPO``) and reward, GPTQ;
 - ``random``: RAVN with random search (the control of both agents);
 - ``hawq``: HAWQ-V2 (Hutchinson traces x quantization perturbation, exact integer program), GPTQ;
@@ -24,11 +25,18 @@ search's episodes and fine-tuning checkpoints to the matching ``.run/`` folder, 
 benchmark resumes); the tables are rebuilt after every row, with each row's machine, threads,
 versions and commit. ``--restore`` writes the rows of the committed benchmarks/results/allocation.json
 back as row files (for a new checkout).
+
+Post-training rows of ``ravn``, ``ravn-m3``, ``random``, ``gptq`` and ``uniform`` are configured exactly as the
+attribution benchmark's ``ppo``, ``ppo-m3``, ``random``, ``uniform-gptq`` and ``uniform-rtn`` rows (the same
+config, checked equal, the same seed, coding and evaluations; ``benchmarks/attribution.py``): where that
+benchmark has measured one (``benchmarks/results/attribution.json``), its row is taken rather than measured
+again, and says so in the ``measured by`` column; else it is measured here.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -36,6 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import attribution
 from ptq_search import uniform_layer_bits
 from ravn.data import load_dataset
 from ravn.methods import Context, FineTuneConfig, SearchConfig, UniformConfig, method
@@ -45,12 +54,14 @@ from ravn.report.results import RowFiles, float_models, last_round, provenance, 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "allocation"
 ROWS = HERE / "runs" / "allocation"
-METHODS = ["ravn", "releq", "random", "hawq", "adaquant", "gptq", "uniform"]
-SEEDED = {"ravn", "releq", "random"}
+METHODS = ["ravn", "ravn-m3", "releq", "random", "hawq", "adaquant", "gptq", "uniform"]
+SEEDED = {"ravn", "ravn-m3", "releq", "random"}
+#: method -> the attribution benchmark's variant configured exactly as its post-training row
+SHARED = {"ravn": "ppo", "ravn-m3": "ppo-m3", "random": "random", "gptq": "uniform-gptq", "uniform": "uniform-rtn"}
 COLUMNS = [("model", "model"), ("mode", "mode"), ("budget_bits", "budget bits"), ("method", "method"),
            ("seed", "seed"), ("test_top1", "test top-1 %"), ("avg_bits", "measured avg bits"),
            ("file_bytes", "file bytes"), ("evaluations", "evaluations"), ("wall_s", "wall s"),
-           ("threads", "torch threads")]
+           ("threads", "torch threads"), ("measured_by", "measured by"), ("note", "note")]
 
 
 def config_of(name: str, model, budget: float, evaluations: int, epochs: int | None):
@@ -61,9 +72,38 @@ def config_of(name: str, model, budget: float, evaluations: int, epochs: int | N
                              rounding="gptq" if name == "gptq" else "nearest", finetune=ft)
     fields = {"budget_bits": budget, "finetune": ft}
     if name in SEEDED:
-        agent = {"ravn": "ppo", "releq": "releq", "random": "random"}[name]
+        agent = {"releq": "releq", "random": "random"}.get(name, "ppo")
         fields["search"] = SearchConfig(agent=agent, evaluations=evaluations, patience=evaluations)
-    return method("ravn" if name == "random" else name).config(**fields)
+    if name == "ravn-m3":
+        fields.update(clusters=3, grid="kmeans")
+    return method(method_of(name)).config(**fields)
+
+
+def method_of(name: str) -> str:
+    """The ``--method`` a row of ``name`` runs (random search and three clusters are RAVN's settings)."""
+    return "ravn" if name in ("random", "ravn-m3") else name
+
+
+def attribution_row(job: tuple, model, evaluations: int) -> dict | None:
+    """The attribution benchmark's finished row configured exactly as ``job`` (post-training rows of
+    :data:`SHARED`), as this benchmark's row; None when it has none."""
+    name_model, mode, budget, name, seed = job
+    variant = SHARED.get(name)
+    if mode != "ptq" or variant is None or not attribution.RESULTS.with_suffix(".json").exists():
+        return None
+    if config_of(name, model, budget, evaluations, None) != attribution.config_of(variant, model, budget, evaluations):
+        raise AssertionError(f"{name} is no longer configured as attribution's {variant}: update SHARED")
+    searched = variant in attribution.SEEDED
+    for r in json.loads(attribution.RESULTS.with_suffix(".json").read_text())["rows"]:
+        if (r["model"], r["budget_bits"], r["variant"], r["seed"]) == (name_model, budget, variant, seed) and (
+                not searched or r.get("budgeted_evaluations", attribution.EVALUATIONS) == evaluations):
+            return {"model": name_model, "mode": mode, "budget_bits": budget, "method": name, "seed": seed,
+                    **{k: r.get(k) for k in ("test_top1", "float_test_top1", "avg_bits", "file_bytes", "evaluations",
+                                             "kept_initial", "threads", "machine", "versions", "commit",
+                                             "allocation", "note")},
+                    "wall_s": None if r.get("wall_s") is None else round(r["wall_s"], 1), "epochs": 0,
+                    "measured_by": f"attribution.py {variant}"}
+    return None
 
 
 def row_name(model: str, mode: str, budget: float, name: str, seed: int) -> str:
@@ -85,13 +125,16 @@ def plan(args) -> list[tuple]:
 
 def measure(job: tuple, ref, model, float_top1: float, dataset, args, run_dir: Path, out: Path) -> dict:
     name_model, mode, budget, name, seed = job
+    shared = attribution_row(job, model, args.evaluations)
+    if shared is not None:
+        return shared
     config = config_of(name, model, budget, args.evaluations, args.epochs if mode == "qat" else None)
     context = Context(dataset=dataset, normalize=ref.normalize, seed=seed, progress=False, run_dir=run_dir,
                       coding="fixed")
     row = stamp()
     start = time.perf_counter()
     s = run(model, ref, config, dataset, out, float_top1=float_top1, context=context, progress=False,
-            method="ravn" if name == "random" else name)
+            method=method_of(name))
     log = s["log"]
     last = last_round(log)
     return {"model": name_model, "mode": mode, "budget_bits": budget, "method": name, "seed": seed,
@@ -105,8 +148,9 @@ def summary(rows: list[dict]) -> str:
     """Per model, mode and budget: each method's mean test top-1 over its seeds (± std), best first."""
     groups: dict[tuple, dict[str, list[float]]] = {}
     for r in rows:
-        groups.setdefault((r["model"], r["mode"], r["budget_bits"]), {}).setdefault(r["method"], []).append(
-            r["test_top1"])
+        if r["test_top1"] is not None:
+            groups.setdefault((r["model"], r["mode"], r["budget_bits"]), {}).setdefault(r["method"], []).append(
+                r["test_top1"])
     lines = ["## Summary (mean test top-1 over seeds, ± std where several)\n"]
     for (model, mode, budget), by in groups.items():
         ranked = sorted(by.items(), key=lambda kv: -statistics.fmean(kv[1]))

@@ -67,6 +67,9 @@ ROWS = HERE / "runs" / "attribution"
 VARIANTS = ["uniform-rtn", "uniform-gptq", "initial-gptq", "ppo", "random", "ppo-m3", "initial-ans", "ppo-ans",
             "random-ans", "layout-ans"]
 SEEDED = {"ppo", "random", "ppo-m3", "ppo-ans", "random-ans"}
+#: distinct evaluations of every search (``--evaluations``): the rows committed before ``budgeted_evaluations``
+#: was recorded in each were all measured with it
+EVALUATIONS = 100
 COLUMNS = [("model", "model"), ("budget_bits", "budget bits"), ("variant", "variant"), ("seed", "seed"),
            ("test_top1", "test top-1 %"), ("avg_bits", "measured avg bits"), ("file_bytes", "file bytes"),
            ("evaluations", "evaluations"), ("kept", "kept initial"), ("wall_s", "wall s"),
@@ -121,7 +124,8 @@ def measure(name: str, ref: ModelRef, model, float_top1: float, budget: float, v
     context = Context(dataset=dataset, normalize=ref.normalize, seed=seed, progress=False,
                       run_dir=run_dir if variant in SEEDED else None,
                       coding="ans" if variant.endswith("-ans") else "fixed")
-    row = {"model": name, "budget_bits": budget, "variant": variant, "seed": seed, **stamp()}
+    row = {"model": name, "budget_bits": budget, "variant": variant, "seed": seed,
+           "budgeted_evaluations": evaluations if variant in SEEDED else None, **stamp()}
     start = time.perf_counter()
     try:
         s = run(model, ref, cfg, dataset, out, float_top1=float_top1, context=context, progress=False)
@@ -222,7 +226,7 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="+", type=float, default=[4.0, 3.0, 2.5, 2.0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS)
-    parser.add_argument("--evaluations", type=int, default=100)
+    parser.add_argument("--evaluations", type=int, default=EVALUATIONS)
     parser.add_argument("--data", default=None)
     parser.add_argument("--fresh", action="store_true", help="measure again rows already finished")
     parser.add_argument("--restore", action="store_true",
