@@ -8,7 +8,8 @@ on all 10,000 CIFAR-10 test images of the file as re-read from disk (the pipelin
 measured average bits, file bytes, wall time of the whole command, and whether the re-rank kept the
 initial allocation. Each row carries the machine, torch threads, versions and the commit. A finished
 row is written at once to benchmarks/runs/readme_rows/<row>.json (the command's run folder beside it
-resumes an interrupted search or fine-tuning); the files are copied to benchmarks/artifacts/.
+resumes an interrupted search or fine-tuning); the files are copied to benchmarks/artifacts/, and each
+command's run report (``report.md``, ``report.json``, plots) to benchmarks/results/reports/<row>/.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ravn.report.results import RowFiles, last_round, provenance, read_source_co
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "readme_rows"
 ROWS = HERE / "runs" / "readme_rows"
+REPORTS = HERE / "results" / "reports"
 #: row -> (the README's command without --out, the artifact it is kept as)
 COMMANDS = {
     "ptq-4": ("ravn quantize --model resnet20 --method ravn --mode ptq --budget-bits 4 --coding fixed",
@@ -101,11 +103,25 @@ def measure(row: str) -> dict:
     last = last_round(summary.get("log") or {})  # did its re-rank keep the initial allocation; the budget fit
     (HERE / "artifacts").mkdir(exist_ok=True)
     shutil.copyfile(out, HERE / "artifacts" / artifact)
+    keep_report(row)
     return {"row": row, "command": command, "test_top1": summary["test_top1"], "avg_bits": summary["avg_bits"],
             "file_bytes": summary["file_bytes"], "kept_initial": last.get("kept_initial"),
             "budget_fit": last.get("budget_fit"), "recovery": summary.get("recovery"),
             "wall_s": round(wall, 1), **stamp(), "commit": commit, "artifact": f"benchmarks/artifacts/{artifact}",
             "allocation": summary.get("allocation"), "stage_seconds": stage_seconds(summary)}
+
+
+def keep_report(row: str) -> None:
+    """Copy the run report of ``row``'s command (``report.md``, ``report.json`` and its plots, from the run folder
+    beside its file) to benchmarks/results/reports/<row>/, committed with the results: what a user's run
+    report looks like, and the source of the figures the docs quote from one (memory, cost of measuring)."""
+    run_dir = ROWS / f"{row}.run"  # the run folder of --out <row>.ravn
+    if not (run_dir / "report.md").exists():
+        return
+    kept = REPORTS / row
+    kept.mkdir(parents=True, exist_ok=True)
+    for f in [run_dir / "report.md", run_dir / "report.json", *sorted(run_dir.glob("*.png"))]:
+        shutil.copyfile(f, kept / f.name)
 
 
 def stage_seconds(summary: dict) -> dict:
@@ -136,6 +152,8 @@ def main() -> None:
                      appendix=provenance(rows) + ("\n\n## Notes\n\n" + "\n".join(notes) if notes else ""))
 
     if args.tables:
+        for row in store.finished():
+            keep_report(row)
         save()
         return
     # an interrupted row resumes from its command's run folder, <row>.ravn.run/ (beside its --out file)
