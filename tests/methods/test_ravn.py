@@ -171,3 +171,34 @@ def test_a_bytes_budget_filled_to_the_byte_holds_with_layouts_chosen(tmp_path, b
         context=Context(data, ref.normalize, tmp_path / "run", 0, progress=False),
         report=ReportOptions(measure=False, energy=False))
     assert out.stat().st_size <= budget_bytes
+
+
+def test_headroom_plans_below_the_budget_and_fits_the_fine_tuned_codes_to_all_of_it(tmp_path):
+    """With ``headroom`` the allocation is planned and stored that fraction below the budget; the fine-tuned
+    codes, which grow, are then measured against the whole budget: the file meets it, and less is over."""
+    data, ref, _, budget, tune = _drifting_fine_tune()
+    results = {}
+    for headroom in (0.0, 0.05):
+        config = ravn.RavnConfig(budget_bits=budget, calibration_size=16, search=None, finetune=tune,
+                                 recovery_epochs=0, headroom=headroom)
+        results[headroom] = ravn.quantize(toy.bell(), config, Context(data, ref.normalize, tmp_path / str(headroom),
+                                                                       0, progress=False, coding="ans"))
+    (without,), (with_,) = (results[h].log["rounds"] for h in (0.0, 0.05))
+    assert with_["planned_avg_bits"] <= 0.95 * budget + 1e-9 < without["planned_avg_bits"]
+    for result in results.values():
+        assert ravn.export.size_report(result.weights, "ans")["avg_bits"] <= budget
+    overshoot = [r.get("budget_fit", {}).get("overshoot", 0) for r in (without, with_)]
+    assert overshoot[1] < overshoot[0]
+
+
+@pytest.mark.parametrize(("fields", "coding", "message"), [
+    ({"headroom": 0.5}, "ans", "headroom must be a fraction"),
+    ({"headroom": 0.03, "finetune": None}, "ans", "needs fine-tuning"),
+    ({"headroom": 0.03}, "fixed", "fixed-width codes cannot grow"),
+])
+def test_headroom_without_growing_codes_is_a_one_line_error(fields, coding, message):
+    tune = FineTuneConfig(epochs=1, max_steps=1, batch_size=16)
+    with pytest.raises((ValueError, RavnError), match=message):
+        config = ravn.RavnConfig(budget_bits=3.0, calibration_size=16, search=None, **{"finetune": tune, **fields})
+        ravn.quantize(toy.tiny(), config, Context(toy.dataset(), toy.REF.normalize, None, 0, progress=False,
+                                                  coding=coding))

@@ -29,6 +29,7 @@ from torch import nn
 
 from ravn.config import Config
 from ravn.data import Dataset, ImageSplit, Normalize
+from ravn.errors import RavnError
 from ravn.evaluation import evaluate
 from ravn.methods.base import Context, QuantizationResult, register_method, register_preset
 from ravn.quantizers.qweight import QuantizedWeight
@@ -99,6 +100,11 @@ class RavnConfig(BudgetFields, Config):
     #: then loss).
     #: 0: none.
     recovery_epochs: int = 1
+    #: With fine-tuning and entropy-coded codes: plan and store the allocation this fraction below the budget,
+    #: room for the codes' coded size to grow while they train (2.4-3.1% in 20 epochs at 1.5-2 bits,
+    #: readme_rows.md), so less of it is re-coded; the fine-tuned codes are then fitted to the whole budget as
+    #: before. 0: none.
+    headroom: float = field(default=0.0, metadata={"omit_default": True})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -119,6 +125,11 @@ class RavnConfig(BudgetFields, Config):
             raise ValueError("calibration_size, rounds and hessian_iterations must be positive")
         if self.recovery_epochs < 0:
             raise ValueError(f"recovery_epochs must be >= 0, got {self.recovery_epochs}")
+        if not 0.0 <= self.headroom < 0.5:
+            raise ValueError(f"headroom must be a fraction of the budget in [0, 0.5), got {self.headroom}")
+        if self.headroom and self.finetune is None:
+            raise ValueError("headroom makes room for what fine-tuning adds to the coded size: it needs "
+                             "fine-tuning (--mode qat)")
         self.exclude = tuple(self.exclude)
 
     @classmethod
@@ -134,19 +145,24 @@ def quantize_ravn(model: nn.Module, config: RavnConfig, context: Context) -> Qua
     search = config.search
     coding = context.coding or DEFAULT_CODING  # the budget counts the codes as the file will store them
     rounding_for(config.rounding, coding)  # a rounding the coding cannot take fails now, before any work
+    if config.headroom and coding == "fixed":
+        raise RavnError("headroom makes room for entropy-coded codes to grow in fine-tuning; fixed-width codes "
+                        "cannot grow", "drop --headroom or use --coding ans")
     current, rounds, best = model, [], None
     for r in range(1, (config.rounds if config.finetune else 1) + 1):
         folder = context.run_dir / f"round{r}" if context.run_dir and config.finetune else context.run_dir
         problem = prepare(current, config, dataset, context.normalize, search.lam if search else 1.0,
                           search.search_val_size if search else 1000, context.seed, reference=model,
-                          overhead=context.overhead, coding=coding)
+                          overhead=context.overhead, coding=coding,
+                          headroom=config.headroom if config.finetune else 0.0)
         _, weights, log = allocate(problem, search, context, folder, reference=model)
         if config.finetune is None:
             return QuantizationResult(with_weights(current, weights), weights, log, coding=coding)
         ft = fine_tune(current, weights, dataset, context.normalize, config.finetune, folder, context.seed,
                        context.progress, teacher=model)
         val = dataset.split("val", limit=config.finetune.epoch_val_size)
-        ft, fitted = tuned_within_budget(problem, ft, weights, val, context.normalize, context.progress)
+        ft, fitted = tuned_within_budget(problem.whole_budget(), ft, weights, val, context.normalize,
+                                         context.progress)
         if fitted.get("recoded") and config.recovery_epochs:
             ft, fitted = recover(ft, fitted, dataset, context, config, folder, model)
         rounds.append({**log, "finetune": ft.log(), **({"budget_fit": fitted} if fitted else {})})

@@ -139,8 +139,8 @@ class SearchProblem:
             overshoots.append(excess)
             # the estimate must fall by at least the excess
             target = math.floor(self.budget.cost(self.costs, alloc) - excess)
-            alloc = fit(alloc, self.costs, dataclasses.replace(self.budget, reserve=limit - target), self.damage,
-                        fill=False)
+            held = self.budget.reserve + limit - target  # so that the limit is the target
+            alloc = fit(alloc, self.costs, dataclasses.replace(self.budget, reserve=held), self.damage, fill=False)
             weights = (realize or self.realize)(alloc)
         return alloc, weights, overshoots
 
@@ -187,6 +187,10 @@ class SearchProblem:
         if overshoots:
             log.update(overshoots=overshoots, stepped_down=[n for n in alloc if final[n] != alloc[n]])
         return final, out, log
+
+    def whole_budget(self) -> SearchProblem:
+        """This problem at its whole budget: without the headroom :func:`prepare` held back for fine-tuning."""
+        return dataclasses.replace(self, budget=dataclasses.replace(self.budget, reserve=0))
 
     def avg_bits(self, alloc: Allocation) -> float:
         return avg_bits(self.costs, alloc)
@@ -260,7 +264,8 @@ def layouts(weight: torch.Tensor, settings: ProblemSettings) -> list[ClusteredWe
 
 def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None, normalize: Normalize,
             lam: float = 1.0, search_val_size: int = 1000, seed: int = 0, reference: nn.Module | None = None,
-            overhead: Overhead | None = None, rounding: Rounding | None = None, coding: str = "fixed") -> SearchProblem:
+            overhead: Overhead | None = None, rounding: Rounding | None = None, coding: str = "fixed",
+            headroom: float = 0.0) -> SearchProblem:
     """Set up the problem for ``model`` (see the module docstring).
 
     ``reference`` (default ``model``) is the float model whose features and validation top-1 the
@@ -269,6 +274,9 @@ def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None
     not depend on the bit-widths (one digit each in the header), so it is taken at 4 bits.
     ``rounding``: a configured rounding (default: ``settings.rounding``'s, ``"auto"`` by :func:`rounding_for`).
     ``coding``: how the file stores the codes; the budget, the projection and the damage model count that size.
+    ``headroom``: the fraction of the budget held back (:attr:`Budget.reserve`) while the allocation is planned
+    and stored, room for what fine-tuning later adds to an entropy-coded size; :meth:`SearchProblem.whole_budget`
+    gives the problem back at the whole budget, which the fine-tuned weights are fitted to.
     """
     if dataset is None:
         raise RavnError("this method needs data (calibration and validation images)", "pass a dataset")
@@ -283,6 +291,8 @@ def prepare(model: nn.Module, settings: ProblemSettings, dataset: Dataset | None
         sample = {n: a[-1].quantize((4,) * a[-1].clusters) for n, a in alternatives.items()}
         fixed = (overhead or estimated_overhead(model))(sample, coding)
     budget = settings.budget(fixed)
+    if headroom:
+        budget = dataclasses.replace(budget, reserve=math.ceil(headroom * budget.limit(costs)))
     check_feasible(costs, budget)
     calib_split = dataset.calibration(settings.calibration_size, seed=0)
     device = device_of(model)  # the fixed batches live where the model runs
