@@ -9,13 +9,13 @@ Three tables, written to benchmarks/results/weight_checks.{json,md}:
 - **Pruned weights stored three ways** (Deep Compression, ``--method deepcompression``): every layer
   magnitude-pruned at the sparsity (no retraining), one shared k-means codebook per layer with entry 0
   exactly zero for the pruned weights (``quantizers/vq.py: shared_weights``), 3- and 5-bit codebooks. Bits
-  per weight (pruned ones included) of the codes as ravn stores them: ``fixed`` slots, ``ans`` and
-  ``huffman`` payloads (``quantizers/entropy.py: encode``, frequency model included, real bytes), and the
-  sparse layout of Deep Compression's paper (Sec. 3: each kept weight's code plus a 4-bit relative index,
-  a filler entry where two kept weights are more than 16 apart), before its Huffman pass.
+  per weight (pruned ones included) of the codes as ravn stores them (``export.layout.size_report``):
+  ``fixed`` slots, ``ans`` and ``huffman`` payloads (frequency model included), and the sparse layout of
+  Deep Compression's paper (Sec. 3: each kept weight's code plus a 4-bit relative index, a filler entry
+  where two kept weights are more than 16 apart), before its Huffman pass.
 - **Coded size of ravn's codes**: ravn's one-cluster per-channel uniform cells (``ClusteredWeight``, the
   default layout) at 4 / 3 / 2 bits in every layer; bits per weight of the round-to-nearest codes and of
-  GPTQ's (``get_rounding("gptq").layerwise`` on the calibration batch) ANS-coded (real bytes), beside the
+  GPTQ's (``get_rounding("gptq").layerwise`` on the calibration batch) ANS-coded (``size_report``), beside the
   fixed-width width.
 - **AdaQuant and GPTQ on one random layer**: a 64 x 64 x 3 x 3 convolution (64 x 576 weights, seed 0) on
   correlated random inputs (256 images of 8 x 8, each channel with a shared offset); output error
@@ -36,9 +36,9 @@ import torch
 from torch import nn
 
 from ravn.data import load_dataset
+from ravn.export.layout import size_report
 from ravn.models import ModelRef, load_model
 from ravn.quantizers import quantize_uniform
-from ravn.quantizers.entropy import encode
 from ravn.quantizers.layers import quantizable_layers
 from ravn.quantizers.rounding import get_rounding
 from ravn.quantizers.vq import ClusteredWeight, shared_weights
@@ -56,11 +56,6 @@ CODED = [("bits", "bits"), ("fixed", "fixed-width"), ("nearest_ans", "round-to-n
 LAYER = [("grid", "grid"), ("bits", "bits"), ("adaquant", "AdaQuant / nearest"), ("gptq", "GPTQ / nearest")]
 
 
-def coded_bits(symbols: np.ndarray, alphabet: int, coder: str) -> int:
-    """Bits of the real payload (frequency model + stream, whole bytes) of ``symbols``."""
-    return 8 * len(encode(symbols, max(alphabet, 2), coder))
-
-
 def csr_bits(keep: np.ndarray, bits: int) -> int:
     """Deep Compression's sparse layout of one layer (flattened): an entry per kept weight, ``bits`` for its code
     and :data:`CSR_INDEX_BITS` for its distance to the previous entry; a gap wider than the index can say
@@ -72,43 +67,31 @@ def csr_bits(keep: np.ndarray, bits: int) -> int:
     return entries * (bits + CSR_INDEX_BITS)
 
 
-def pruned_rows(model: nn.Module, names: list[str]) -> list[dict]:
-    weights = {n: m.weight for n, m in quantizable_layers(model).items() if n in names}
+def pruned_rows(model: nn.Module) -> list[dict]:
+    weights = {n: m.weight for n, m in quantizable_layers(model).items()}
     total = sum(w.numel() for w in weights.values())
     rows = []
     for sparsity in SPARSITIES:
-        masks = magnitude_masks(model, names, sparsity)
+        masks = magnitude_masks(model, list(weights), sparsity)
         for bits in (3, 5):
-            sums = dict.fromkeys(("fixed", "ans", "huffman", "csr"), 0)
-            for name, w in weights.items():
-                keep = masks[name] if sparsity else None
-                q = shared_weights(w, bits, keep)
-                symbols = q.symbols()
-                sums["fixed"] += bits * w.numel()
-                sums["ans"] += coded_bits(symbols, 1 << bits, "ans")
-                sums["huffman"] += coded_bits(symbols, 1 << bits, "huffman")
-                sums["csr"] += csr_bits(masks[name].reshape(-1).numpy(), bits)
+            shared = {n: shared_weights(w, bits, masks[n] if sparsity else None) for n, w in weights.items()}
+            csr = sum(csr_bits(masks[n].reshape(-1).numpy(), bits) for n in weights) / total if sparsity else None
             rows.append({"table": "pruned", "sparsity": sparsity, "bits": bits,
-                         **{k: v / total for k, v in sums.items()}})
-            if not sparsity:
-                rows[-1]["csr"] = None  # nothing pruned: no sparse layout
+                         **{coding: size_report(shared, coding)["avg_bits"] for coding in ("fixed", "ans", "huffman")},
+                         "csr": csr})  # nothing pruned: no sparse layout
     return rows
 
 
 def coded_rows(model: nn.Module, calibration: torch.Tensor) -> list[dict]:
     layers = quantizable_layers(model)
     round_layer = get_rounding("gptq").layerwise(model, list(layers), calibration)
-    total = sum(m.weight.numel() for m in layers.values())
     rows = []
     for bits in (4, 3, 2):
-        nearest = gptq = 0
-        for name, m in layers.items():
-            cw = ClusteredWeight(m.weight, 1, True, "uniform")
-            q = cw.quantize((bits,))
-            nearest += coded_bits(q.symbols(), 1 << bits, "ans")
-            gptq += coded_bits(round_layer(name, q).symbols(), 1 << bits, "ans")
-        rows.append({"table": "coded", "bits": bits, "fixed": float(bits), "nearest_ans": nearest / total,
-                     "gptq_ans": gptq / total})
+        nearest = {n: ClusteredWeight(m.weight, 1, True, "uniform").quantize((bits,)) for n, m in layers.items()}
+        gptq = {n: round_layer(n, q) for n, q in nearest.items()}
+        rows.append({"table": "coded", "bits": bits, "fixed": float(bits),
+                     "nearest_ans": size_report(nearest, "ans")["avg_bits"],
+                     "gptq_ans": size_report(gptq, "ans")["avg_bits"]})
     return rows
 
 
@@ -145,12 +128,11 @@ def main() -> None:
     start = time.perf_counter()
     ref = ModelRef.parse("resnet20")
     model = load_model(ref).eval()
-    names = list(quantizable_layers(model))
     dataset = load_dataset(args.data)
     calib = dataset.calibration(256, seed=0)
     calibration = ref.normalize(calib.images(torch.arange(len(calib))))
     row = stamp()
-    rows = [{**r, **row} for r in pruned_rows(model, names) + coded_rows(model, calibration) + layer_rows()]
+    rows = [{**r, **row} for r in pruned_rows(model) + coded_rows(model, calibration) + layer_rows()]
 
     def of(table):
         return [r for r in rows if r["table"] == table]
