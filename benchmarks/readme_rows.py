@@ -99,6 +99,7 @@ def measure(row: str) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, "-m", "ravn", *command.split()[1:], "--out", str(out), "--json"]
     commit = read_source_commit()  # the code the subprocess loads
+    resumed = (ROWS / f"{row}.run").exists()  # the command resumes its run folder: its wall time is what it ran
     start = time.perf_counter()
     done = subprocess.run(args, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -113,7 +114,8 @@ def measure(row: str) -> dict:
             "file_bytes": summary["file_bytes"], "kept_initial": last.get("kept_initial"),
             "budget_fit": last.get("budget_fit"), "recovery": summary.get("recovery"),
             "wall_s": round(wall, 1), **stamp(), "commit": commit, "artifact": f"benchmarks/artifacts/{artifact}",
-            "allocation": summary.get("allocation"), "stage_seconds": stage_seconds(summary)}
+            "allocation": summary.get("allocation"), "stage_seconds": stage_seconds(summary),
+            **({"note": "resumed an interrupted run: wall s counts only the resumed part"} if resumed else {})}
 
 
 def keep_report(row: str) -> None:

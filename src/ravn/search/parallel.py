@@ -49,6 +49,9 @@ class _Worker:
     def compute(self, alloc) -> dict:
         return self.evaluator.compute(alloc)
 
+    def ping(self) -> bool:
+        return True
+
 
 class RayWorkers:
     """``N`` actors holding one evaluator each; :meth:`map` keeps the order of the allocations."""
@@ -77,6 +80,11 @@ class RayWorkers:
         actor = ray.remote(num_cpus=1, num_gpus=min(1.0, gpus / workers))(_Worker)
         self.actors = [actor.remote(shared, threads) for _ in range(workers)]
         self.pool = ActorPool(self.actors)
+
+    def ready(self) -> None:
+        """Wait until every actor has started and holds its evaluator (creation is otherwise asynchronous
+        and the first batch waits for it)."""
+        self._ray.get([worker.ping.remote() for worker in self.actors])
 
     def map(self, allocations: list) -> list[dict]:
         return list(self.pool.map(lambda worker, alloc: worker.compute.remote(alloc), allocations))
