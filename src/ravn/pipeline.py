@@ -66,15 +66,14 @@ def file_coding(result: QuantizationResult, requested: str | None, ref: ModelRef
                 metrics: dict | None = None) -> str | dict[str, str]:
     """How the file of ``result`` stores its codes: in the coding the method sized its budget for
     (``result.coding``); else ``requested`` (default ``"fixed"``) only where it is smaller. A method that
-    sized its budget fixed-width has each layer entropy-coded only where that takes fewer bits than its
-    fixed-width streams, and the whole file fixed-width unless that makes it smaller (a coded file's header
-    is longer), so its budget, in bits or bytes, holds on the stored file whatever ``--coding`` asks."""
+    sized its budget fixed-width has each layer entropy-coded only where that is smaller than its
+    fixed-width streams (as every file stores them: :func:`ravn.export.layout.encode_layers`), and the whole
+    file fixed-width unless that makes it smaller (a coded file's header is longer), so its budget, in bits
+    or bytes, holds on the stored file whatever ``--coding`` asks."""
     if result.coding is not None or requested in (None, "fixed"):
         return result.coding or requested or "fixed"
-    codings = {name: requested if q.coded_bits(requested) < q.coded_bits() else "fixed"
-               for name, q in result.weights.items()}
     layout = (result.model, result.weights, ref, result.method, result.config, metrics)
-    return codings if export.file_bytes(*layout, codings) < export.file_bytes(*layout, "fixed") else "fixed"
+    return requested if export.file_bytes(*layout, requested) < export.file_bytes(*layout, "fixed") else "fixed"
 
 
 def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: Path | str,

@@ -70,7 +70,9 @@ def test_budget_is_met_on_the_stored_size_below_one_bit(tmp_path):
 
 def test_huffman_coding_is_honoured_and_fixed_refused(tmp_path):
     result, _, sizes = _run(tmp_path, "h", coding="huffman", sparsity=0.5, finetune=None)
-    assert result.coding == "huffman" and sizes["coding"] == "huffman" and sizes["avg_bits"] <= 4.0
+    # every layer Huffman-coded where that is smaller than its fixed streams (the small fc layer is not)
+    stored = set(sizes["coding"].values()) if isinstance(sizes["coding"], dict) else {sizes["coding"]}
+    assert result.coding == "huffman" and "huffman" in stored <= {"huffman", "fixed"} and sizes["avg_bits"] <= 4.0
     with pytest.raises(RavnError) as exc:
         _run(tmp_path, "f", coding="fixed", finetune=None)
     assert "\n" not in str(exc.value) and "--coding" in str(exc.value)

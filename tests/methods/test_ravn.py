@@ -87,7 +87,7 @@ def test_qat_whose_fine_tuning_raises_the_entropy_ends_within_the_coded_budget(t
     fit = fine_tuned["budget_fit"]
     assert fit["overshoot"] > 0 and fit["recoded"]  # fine-tuning did push the coded size over the budget
     stored = ravn.export.read(out)
-    assert set(stored.codings.values()) == {"ans"}
+    assert "ans" in set(stored.codings.values()) <= {"ans", "fixed"}  # coded where that is smaller
     assert ravn.export.size_report(stored.weights, stored.codings)["avg_bits"] <= budget
     assert summary["avg_bits"] <= budget and summary["allocation"] == planned.allocation  # re-coded, not stepped down
     rec = fit["recovery"]  # then the tables trained with the codes fixed, kept only if validation rose

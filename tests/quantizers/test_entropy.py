@@ -138,8 +138,11 @@ def test_quantized_weight_entropy_coding_round_trip(coding):
     codes = torch.randint(0, 8, ids.shape) % torch.tensor([1 << b for b in bits])[ids]
     q = QuantizedWeight((16, 3, 3, 3), bits, ids, codes, torch.randn(14), torch.rand(16))
     (payload,) = q.pack(coding)
-    assert q.coded_bits(coding) == 8 * len(payload)
-    assert q.avg_bits(coding) == 8 * len(payload) / q.numel
+    # stored coded only where that is smaller than the fixed streams (these random codes: not so)
+    coded = len(payload) < q.cost.stream_bytes(bits)
+    stored = 8 * len(payload) if coded else q.cost.id_bits + q.cost.code_bits(bits)
+    assert q.coded_bits(coding) == stored and q.avg_bits(coding) == stored / q.numel
+    assert q.payload_bytes(coding) == (len(payload) if coded else None)
     ids2, codes2 = QuantizedWeight.unpack(q.shape, bits, q.counts, payload, coding=coding)
     assert torch.equal(ids2, ids) and torch.equal(codes2, codes)
     with pytest.raises(ValueError, match="cluster counts"):

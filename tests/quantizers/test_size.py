@@ -30,12 +30,38 @@ def test_estimate_matches_the_stored_payload(seed, clusters, data, coder, outlie
     bits = tuple(data.draw(st.integers(1, 8)) for _ in range(cw.clusters))
     cost = layer_costs({"w": cw}, True, coder)["w"]
     q = cw.quantize(bits)
-    stored = q.payload_bytes(coder)
-    estimate = cost.stored_bytes(bits)
+    payload = len(q.pack(coder)[0])
+    estimate = cost.stored_bytes(bits)  # the projection, as a file would store the layer
+    fixed = cost.stream_bytes(bits)
     # ANS lands within a few words of the ideal; Huffman's block header is estimated at its widest
-    assert abs(estimate - stored) <= max(0.03 * stored, 8)
-    assert cost.stored_bits(bits) == 8 * estimate and cost.stored_bits(bits, stored) == 8 * stored
+    tolerance = max(0.03 * payload, 8)
+    if cost.stores_coded(bits, payload) and estimate != fixed:  # both coded
+        assert abs(estimate - payload) <= tolerance and cost.stored_bits(bits) == 8 * estimate
+        assert q.payload_bytes(coder) == payload
+    elif not cost.stores_coded(bits, payload) and estimate == fixed:  # both stored fixed
+        assert cost.stored_bits(bits) == cost.id_bits + cost.code_bits(bits) and q.payload_bytes(coder) is None
+    else:  # the two sides of the fixed streams' size: both near it
+        assert abs(payload - fixed) <= tolerance
+    assert cost.stored_bits(bits, payload) == 8 * payload  # a payload given is taken as stored
     assert cost.file_bytes(bits) == estimate + cost.table_bytes(bits)
+
+
+@pytest.mark.parametrize("coder", CODERS)
+def test_coded_only_where_smaller_than_the_fixed_streams(coder):
+    """A small layer at many bits costs more coded (its frequency model included): projected and stored
+    fixed; a larger layer at few bits is coded."""
+    small = ClusteredWeight(_weight(4, (4, 32)), 1, True, "uniform")
+    cost = layer_costs({"w": small}, True, coder)["w"]
+    wide = small.quantize((8,))
+    assert len(wide.pack(coder)[0]) >= cost.stream_bytes((8,))
+    assert cost.stored_bytes((8,)) == cost.stream_bytes((8,)) and wide.payload_bytes(coder) is None
+    assert cost.stored_bits((8,)) == 8 * 128 == wide.coded_bits(coder)
+    large = ClusteredWeight(_weight(5, (32, 64)), 1, True, "uniform")
+    cost = layer_costs({"w": large}, True, coder)["w"]
+    narrow = large.quantize((3,))
+    assert cost.stored_bytes((3,)) < cost.stream_bytes((3,))
+    payload = len(narrow.pack(coder)[0])
+    assert payload == narrow.payload_bytes(coder) == narrow.stream_bytes(coder) < narrow.stream_bytes()
 
 
 @pytest.mark.parametrize("coder", CODERS)

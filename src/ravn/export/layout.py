@@ -27,8 +27,9 @@ bytes and every tensor is aligned. Any safetensors reader can read it.
 Reading trusts nothing in the file: :func:`~ravn.export.reader.read` checks every header field's type and range, and
 that the layers' stream lengths add up to the stored tensors, before it decodes or allocates
 anything, so a damaged or hostile file is a one-line :class:`RavnError` and costs memory in
-proportion to its size (an entropy-coded layer may claim at most :data:`CODED_WEIGHTS_PER_BYTE`
-weights per byte of its payload; ``save`` stores a layer that would compress further ``"fixed"``).
+proportion to its size (an entropy-coded layer may claim at most :data:`~ravn.quantizers.size.CODED_WEIGHTS_PER_BYTE`
+weights per byte of its payload; ``save`` stores a layer that would compress further ``"fixed"``, and
+one whose payload would be no smaller than its fixed streams: :func:`encode_layers`).
 It rebuilds an ordinary ``nn.Module`` whose weights equal the in-memory quantized weights bit for
 bit, because both come from :meth:`QuantizedWeight.dequantize` of the same codes.
 """
@@ -46,9 +47,6 @@ from ravn.quantizers.qweight import CODINGS, QuantizedWeight
 FORMAT = "ravn/1"
 #: ``ravn/1`` plus per-layer ``coding`` and ``bytes`` columns; written only when a layer is entropy-coded.
 FORMAT_CODED = "ravn/2"
-#: The most weights an entropy-coded layer may hold per byte of its payload (1/8 bit per weight; a
-#: ``"fixed"`` layer takes at least 1 bit): what bounds the memory a hostile file's layer can claim.
-CODED_WEIGHTS_PER_BYTE = 64
 SUFFIX = ".ravn"
 
 #: Factories :meth:`RavnFile.build` runs even when the caller restricts it: the registry's models.
@@ -94,17 +92,41 @@ def layer_codings(names, coding: str | dict[str, str]) -> dict[str, str]:
     return codings
 
 
+def encode_layers(weights: dict[str, QuantizedWeight], coding: str | dict[str, str]) -> tuple[dict, dict]:
+    """Each layer's coding as a file stores it, and the entropy-coded layers' payloads (each coded once).
+
+    A layer asked to be entropy-coded is stored ``"fixed"`` where its payload would not be smaller than
+    its fixed streams, or would hold more than :data:`~ravn.quantizers.size.CODED_WEIGHTS_PER_BYTE`
+    weights per byte (a nearly constant layer, which the reader refuses):
+    :meth:`~ravn.quantizers.size.LayerCost.stores_coded`.
+    """
+    codings = layer_codings(weights, coding)
+    payloads = {}
+    for name, q in weights.items():
+        if codings[name] != "fixed":
+            (payload,) = q.pack(codings[name])
+            if q.cost.stores_coded(q.bits, len(payload)):
+                payloads[name] = payload
+            else:
+                codings[name] = "fixed"
+    return codings, payloads
+
+
 def size_report(weights: dict[str, QuantizedWeight], coding: str | dict[str, str] = "fixed",
                 payload_bytes: dict[str, int] | None = None) -> dict:
     """What the quantized layers cost, counted from the codes (bits) and as stored (bytes).
 
-    ``coding`` (one for all layers, or per layer name) is how the ids and codes are stored;
+    ``coding`` (one for all layers, or per layer name) is how the ids and codes are asked to be stored;
+    without ``payload_bytes`` the entropy-coded layers are coded to measure them, each stored as a file
+    would store it (:func:`encode_layers`); with them (a file's, as stored) ``coding`` is taken as stored.
     ``avg_bits`` counts the stored bits (entropy-coded: payload bytes, frequency models included);
-    ``id_bits`` and ``code_bits`` are what the fixed layout takes. ``payload_bytes`` gives the
-    entropy-coded layers' payload sizes when known (else they are coded to measure them).
+    ``id_bits`` and ``code_bits`` are what the fixed layout takes.
     """
-    codings = layer_codings(weights, coding)
-    payloads = payload_bytes if payload_bytes is not None else _payload_bytes(weights, codings)
+    if payload_bytes is None:
+        codings, coded = encode_layers(weights, coding)
+        payloads = {name: len(p) for name, p in coded.items()}
+    else:
+        codings, payloads = layer_codings(weights, coding), payload_bytes
     n = sum(q.numel for q in weights.values())
     costs = {name: q.cost for name, q in weights.items()}
     stored = {name: payloads.get(name) if codings[name] != "fixed" else None for name in weights}
@@ -119,7 +141,3 @@ def size_report(weights: dict[str, QuantizedWeight], coding: str | dict[str, str
         "stream_bytes": sum(costs[name].stored_bytes(q.bits, stored[name]) for name, q in weights.items()),
         "table_bytes": sum(costs[name].table_bytes(q.bits) for name, q in weights.items()),
     }
-
-
-def _payload_bytes(weights: dict[str, QuantizedWeight], codings: dict[str, str]) -> dict[str, int]:
-    return {name: q.payload_bytes(codings[name]) for name, q in weights.items() if codings[name] != "fixed"}

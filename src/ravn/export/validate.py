@@ -16,14 +16,13 @@ import torch
 
 from ravn.export.layout import (
     CODED_COLUMNS,
-    CODED_WEIGHTS_PER_BYTE,
     COLUMNS,
     DTYPES,
     TENSORS,
     dtype_name,
 )
 from ravn.quantizers.qweight import CODINGS, IMPLICIT_TABLES, MAX_BITS, MIN_BITS
-from ravn.quantizers.size import LayerCost, whole_bytes
+from ravn.quantizers.size import CODED_WEIGHTS_PER_BYTE, LayerCost, whole_bytes
 
 _CHANNEL_FLAGS = ("", "s", "o", "so")
 _MAX_DIMS = 8

@@ -16,14 +16,13 @@ from torch import nn
 from ravn.errors import RavnError
 from ravn.export.layout import (
     CODED_COLUMNS,
-    CODED_WEIGHTS_PER_BYTE,
     COLUMNS,
     DTYPE_NAMES,
     FORMAT,
     FORMAT_CODED,
     dtype_name,
+    encode_layers,
     keys_digest,
-    layer_codings,
     size_report,
     state_keys,
 )
@@ -41,29 +40,11 @@ def _versions() -> dict:
     return {"ravn": __version__, "torch": torch.__version__.split("+")[0], "safetensors": safetensors.__version__}
 
 
-def _encode(weights: dict[str, QuantizedWeight], coding: str | dict[str, str]) -> tuple[dict, dict]:
-    """Each layer's coding as stored, and the entropy-coded layers' payloads (each layer coded once).
-
-    A layer whose payload would hold more than :data:`CODED_WEIGHTS_PER_BYTE` weights per byte (a
-    nearly constant layer) is stored ``"fixed"``: :func:`~ravn.export.reader.read` refuses such a layer.
-    """
-    codings = layer_codings(weights, coding)
-    payloads = {}
-    for name, q in weights.items():
-        if codings[name] != "fixed":
-            (payload,) = q.pack(codings[name])
-            if q.numel > CODED_WEIGHTS_PER_BYTE * len(payload):
-                codings[name] = "fixed"
-            else:
-                payloads[name] = payload
-    return codings, payloads
-
-
 def _contents(model: nn.Module, weights: dict[str, QuantizedWeight], ref: ModelRef, method: str,
               config: dict | None, metrics: dict | None, codings: dict[str, str],
               payload_bytes: dict[str, int]) -> tuple[dict, dict[str, tuple[torch.dtype, int]]]:
     """The metadata of the file and the (dtype, length) of each tensor, computed without packing
-    (entropy-coded layers: from their ``payload_bytes``, as :func:`_encode` measured them).
+    (entropy-coded layers: from their ``payload_bytes``, as :func:`encode_layers` measured them).
 
     The one description of a file's layout: :func:`save` writes it and :func:`file_bytes` sums it.
     """
@@ -131,7 +112,7 @@ def file_bytes(model: nn.Module, weights: dict[str, QuantizedWeight], ref: Model
     Cheap for ``"fixed"`` layers: it counts their streams from the cluster counts and never packs
     them. An entropy-coded layer's size is known only by coding it, so those layers are coded.
     """
-    codings, payloads = _encode(weights, coding)
+    codings, payloads = encode_layers(weights, coding)
     meta, sizes = _contents(model, weights, ref, method, config, metrics, codings,
                             {name: len(p) for name, p in payloads.items()})
     return len(_header(meta, sizes)) + sum(numel * dtype.itemsize for dtype, numel in sizes.values())
@@ -166,7 +147,8 @@ def save(path: Path | str, model: nn.Module, weights: dict[str, QuantizedWeight]
 
     ``coding`` (:data:`CODINGS`, one for all layers or per layer name) is how ids and codes are
     stored: all ``"fixed"`` writes ``ravn/1`` exactly as before, any entropy-coded layer ``ravn/2``
-    (a nearly constant layer is stored ``"fixed"`` whatever it asks, see :func:`_encode`).
+    (a layer that coding would not shrink, or a nearly constant one, is stored ``"fixed"`` whatever it
+    asks: :func:`~ravn.export.layout.encode_layers`).
 
     Returns the size report: measured average bits, stream/table/state/header bytes and
     ``file_bytes``, which equals their sum exactly (and :func:`file_bytes` of the same arguments).
@@ -174,7 +156,7 @@ def save(path: Path | str, model: nn.Module, weights: dict[str, QuantizedWeight]
     (:func:`~ravn.files.write_atomically`).
     """
     path = Path(path)
-    codings, payloads = _encode(weights, coding)
+    codings, payloads = encode_layers(weights, coding)
     payload_bytes = {name: len(p) for name, p in payloads.items()}
     meta, sizes = _contents(model, weights, ref, method, config, metrics, codings, payload_bytes)
     tensors = _tensors(model, weights, payloads)

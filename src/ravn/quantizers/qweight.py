@@ -140,8 +140,12 @@ class QuantizedWeight:
         return None
 
     def payload_bytes(self, coding: str = "fixed") -> int | None:
-        """Bytes of the entropy-coded payload with ``coding`` (codes the layer); ``None`` for ``"fixed"``."""
-        return None if coding == "fixed" else len(self.pack(coding)[0])
+        """Bytes of the entropy-coded payload a file stores with ``coding`` (codes the layer); ``None`` for
+        ``"fixed"``, and where the file would store the layer fixed (:meth:`LayerCost.stores_coded`)."""
+        if coding == "fixed":
+            return None
+        payload = len(self.pack(coding)[0])
+        return payload if self.cost.stores_coded(self.bits, payload) else None
 
     def stream_bytes(self, coding: str = "fixed") -> int:
         """Bytes of the ids and codes as stored with ``coding`` (:meth:`LayerCost.stored_bytes`)."""
@@ -153,7 +157,8 @@ class QuantizedWeight:
 
     def coded_bits(self, coding: str = "fixed") -> int:
         """Bits the ids and codes take stored with ``coding``: id bits plus code bits, or the bytes of
-        the entropy-coded payload (frequency model included) times 8 (:meth:`LayerCost.stored_bits`)."""
+        the entropy-coded payload (frequency model included) times 8 where the file stores it coded
+        (:meth:`LayerCost.stored_bits`)."""
         return self.cost.stored_bits(self.bits, self.payload_bytes(coding))
 
     def avg_bits(self, coding: str = "fixed") -> float:

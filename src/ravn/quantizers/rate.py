@@ -113,7 +113,9 @@ class RateGPTQ(GPTQ):
         # the allocation's share: given, or the size of the round-to-nearest codes q arrives with
         target = self.shares[name] if name in self.shares else coded_bits(q)
         plain = gptq_codes(weight, q, hessians, self.damp)
-        if coded_bits(q, plain) <= target:
+        # within the share, or a share no smaller than the fixed streams: there the file stores the layer
+        # fixed (LayerCost.stores_coded) and a shorter code buys nothing
+        if coded_bits(q, plain) <= target or target >= 8 * q.cost.stream_bytes(q.bits):
             return plain
 
         def fits(mu: float) -> torch.Tensor | None:

@@ -7,7 +7,9 @@ A layer with clusters of ``counts[m]`` weights at ``bits[m]`` bits stores (``doc
 - each stream padded to whole bytes;
 - or, entropy-coded (``ravn/2``, :mod:`ravn.quantizers.entropy`), one payload of whole bytes in place
   of both streams, whose size is known only by coding it: :meth:`LayerCost.stored_bytes`; before the
-  codes exist, :class:`CodedCost` estimates it for any bit allocation;
+  codes exist, :class:`CodedCost` estimates it for any bit allocation. A layer is stored coded only
+  where the payload is smaller than the fixed streams and within the bound a reader enforces
+  (:meth:`LayerCost.stores_coded`); else it is stored fixed, whatever coding was asked;
 - tables of ``2^bits[m]`` float32 values (unless implicit) and per-channel float32 scales/offsets.
 
 :class:`ravn.quantizers.qweight.QuantizedWeight` (a stored layer), the budget (any allocation) and
@@ -25,6 +27,9 @@ import numpy as np
 from ravn.quantizers import entropy, huffman
 
 FLOAT_BYTES = 4
+#: The most weights an entropy-coded layer may hold per byte of its payload (1/8 bit per weight; a
+#: ``"fixed"`` layer takes at least 1 bit): what bounds the memory a hostile file's layer can claim.
+CODED_WEIGHTS_PER_BYTE = 64
 
 #: A bit allocation: layer name -> bit-width of each of its clusters. The one type every stage and report uses.
 Allocation = dict[str, tuple[int, ...]]
@@ -74,6 +79,13 @@ class LayerCost:
         entropy-coded, 8 bits per payload byte."""
         return self.id_bits + self.code_bits(bits) if payload_bytes is None else 8 * payload_bytes
 
+    def stores_coded(self, bits: tuple[int, ...], payload_bytes: int) -> bool:
+        """Whether an entropy-coded payload of ``payload_bytes`` is what a file stores for these codes: only
+        when it is smaller than the fixed streams (a small layer at many bits can cost more coded, its
+        frequency model included) and holds at most :data:`CODED_WEIGHTS_PER_BYTE` weights per byte (the
+        bound a reader enforces: a nearly constant layer). Otherwise the layer is stored fixed."""
+        return payload_bytes < self.stream_bytes(bits) and self.numel <= CODED_WEIGHTS_PER_BYTE * payload_bytes
+
     def table_bytes(self, bits: tuple[int, ...]) -> int:
         tables = sum(1 << b for b in bits) if self.explicit_tables else 0
         return FLOAT_BYTES * (tables + self.channel_floats)
@@ -99,14 +111,17 @@ class CodedCost(LayerCost):
 
     additive = False
 
-    def stored_bytes(self, bits: tuple[int, ...], payload_bytes: int | None = None) -> int:
-        if payload_bytes is not None:
-            return payload_bytes
+    def _payload(self, bits: tuple[int, ...]) -> int | None:
+        """The estimated payload bytes at ``bits``, or None where the layer would be stored fixed."""
         bits = tuple(bits)
         if bits not in self._estimates:
             counts = np.concatenate([self.histograms[m][b - 1] for m, b in enumerate(bits)])
-            self._estimates[bits] = whole_bytes(math.ceil(entropy.estimated_bits(counts, self.coder)))
+            estimate = whole_bytes(math.ceil(entropy.estimated_bits(counts, self.coder)))
+            self._estimates[bits] = estimate if self.stores_coded(bits, estimate) else None
         return self._estimates[bits]
 
+    def stored_bytes(self, bits: tuple[int, ...], payload_bytes: int | None = None) -> int:
+        return super().stored_bytes(bits, self._payload(bits) if payload_bytes is None else payload_bytes)
+
     def stored_bits(self, bits: tuple[int, ...], payload_bytes: int | None = None) -> int:
-        return 8 * self.stored_bytes(bits, payload_bytes)
+        return super().stored_bits(bits, self._payload(bits) if payload_bytes is None else payload_bytes)
