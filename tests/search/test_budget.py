@@ -71,8 +71,11 @@ def test_huffman_id_bits_count_against_the_budget():
 
 def test_impossible_budget_is_a_clear_error():
     costs = {"x": LayerCost((500, 500))}
-    with pytest.raises(RavnError, match=r"impossible.*2\.000"):
+    with pytest.raises(RavnError, match=r"impossible.*2\.000 average bits \(cluster ids included\).*fewer clusters"):
         check_feasible(costs, Budget(bits=1.5))
+    with pytest.raises(RavnError) as exc:  # one cluster: nothing else counted, no clusters to drop
+        check_feasible({"x": LayerCost((1000,))}, Budget(bytes=100))
+    assert "included" not in str(exc.value) and "clusters" not in str(exc.value)
 
 
 def test_uniform_bits_is_the_most_bits_every_layer_can_have():

@@ -95,9 +95,12 @@ def check_feasible(costs: dict[str, LayerCost], budget: Budget) -> None:
     if budget.cost(costs, floor_alloc) > budget.limit(costs):
         least = (f"{avg_bits(costs, floor_alloc):.3f} average bits" if budget.bits is not None
                  else f"{budget.cost(costs, floor_alloc):,.0f} bytes")
+        clustered = any(len(c.counts) > 1 for c in costs.values())
+        counted = [what for what, on in (("cluster ids", clustered),
+                                         ("frequency models", any(not c.additive for c in costs.values()))) if on]
         raise RavnError(f"the budget of {budget.describe()} is impossible: 1 bit everywhere already takes "
-                        f"{least} (cluster ids included)",
-                        "raise the budget or use fewer clusters")
+                        f"{least}" + (f" ({' and '.join(counted)} included)" if counted else ""),
+                        "raise the budget" + (" or use fewer clusters" if clustered else ""))
 
 
 def uniform_bits(costs: dict[str, LayerCost], budget: Budget) -> int:
