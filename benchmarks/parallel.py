@@ -114,6 +114,7 @@ def ceiling_worker(args) -> None:
 
     model = load_model(ModelRef.parse(args.model)).eval()
     batch = torch.randn(250, 3, 32, 32, generator=torch.Generator().manual_seed(args.ceiling_rank))
+    rounds = max(1, args.ceiling_images // len(batch))
     folder = Path(args.ceiling_dir)
     with torch.no_grad():
         model(batch)  # warm-up
@@ -121,11 +122,10 @@ def ceiling_worker(args) -> None:
         while not (folder / "go").exists():
             time.sleep(0.01)
         start = time.perf_counter()
-        for _ in range(max(1, args.ceiling_images // len(batch))):
+        for _ in range(rounds):
             model(batch)
         seconds = time.perf_counter() - start
-    images = max(1, args.ceiling_images // len(batch)) * len(batch)
-    (folder / f"done-{args.ceiling_rank}").write_text(json.dumps({"images": images, "seconds": seconds}))
+    (folder / f"done-{args.ceiling_rank}").write_text(json.dumps({"images": rounds * len(batch), "seconds": seconds}))
 
 
 def train_rows(args) -> list[dict]:

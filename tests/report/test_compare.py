@@ -34,8 +34,9 @@ def test_rows_are_measured_files_and_the_plot_exists(tmp_path):
         assert (tmp_path / "c" / f"{name}.run" / "report.md").exists()
     assert rows["uniform"]["config"]["bits"] == 3  # the widest whole bits within the budget
     assert rows["uniform"]["coding"] == "fixed"  # its default
-    stored = ravn.export.read(tmp_path / "c" / "ravn.ravn")  # ravn's default: ANS-coded where that is smaller
-    assert all((stored.codings[n] == "ans") == (q.payload_bytes("ans") is not None) for n, q in stored.weights.items())
+    ravn_file = ravn.export.read(tmp_path / "c" / "ravn.ravn")  # ravn's default: ANS-coded where that is smaller
+    assert all((ravn_file.codings[n] == "ans") == (q.payload_bytes("ans") is not None)
+               for n, q in ravn_file.weights.items())
     stored = json.loads((tmp_path / "c" / "compare.json").read_text())
     assert [r["method"] for r in stored["rows"]] == ["float (reference)", "uniform", "gptq", "ravn"]
     table = (tmp_path / "c" / "compare.md").read_text()
