@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ravn.data import ImageSplit, Normalize, iterate_batches
 from ravn.data.splits import images_per_batch
-from ravn.device import to_model
+from ravn.device import device_of, to_model
 
 
 @torch.no_grad()
@@ -17,7 +19,7 @@ def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_siz
     """Top-1 accuracy in percent of ``model`` on ``images``: already normalised, or uint8 pixels that
     ``normalize`` normalises batch by batch (the same values; a float copy of one batch at a time).
     Batches: see :func:`evaluate`."""
-    batch_size = batch_size or images_per_batch(images.shape[1:], DEFAULT_BATCH)
+    batch_size = batch_size or eval_batch(images.shape[1:], device_of(model))
     correct = 0
     for i in range(0, len(labels), batch_size):
         batch = to_model(model, images[i : i + batch_size])
@@ -27,24 +29,42 @@ def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_siz
 
 
 #: Images per forward pass of an evaluation, fewer for large images (:func:`~ravn.data.splits.images_per_batch`:
-#: 41 at 224 px).
+#: 41 at 224 px) and on the CPU (:data:`CPU_BATCH_PIXELS`).
 DEFAULT_BATCH = 500
+
+#: On the CPU, pixels (images x height x width) per forward pass of an evaluation: batches whose activations
+#: stay in the caches. With one torch thread, 128 CIFAR images per pass take 0.68 (ResNet-20) and 0.79
+#: (ResNet-56) of the time per image of 500, with the same logits bit for bit, so the same counts; at 224 px
+#: (2 images) ResNet-50 takes 0.76 of 32 images' time, its logits moved by float rounding
+#: (``python benchmarks/forward_batch.py``, ``benchmarks/results/forward_batch.md``). Only evaluations: the
+#: streaming stages that sum over batches (Hessians, fidelity) keep :data:`~ravn.data.splits.BATCH_PIXELS`.
+CPU_BATCH_PIXELS = 1 << 17
+
+
+def eval_batch(shape: tuple[int, ...] | torch.Size, device: torch.device) -> int:
+    """Images of ``shape`` (one image's) per forward pass of an evaluation on ``device``."""
+    if device.type == "cpu":
+        return images_per_batch(shape, DEFAULT_BATCH, CPU_BATCH_PIXELS)
+    return images_per_batch(shape, DEFAULT_BATCH)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: ImageSplit, normalize: Normalize, batch_size: int | None = None,
              progress: str | None = None) -> dict:
     """Accuracy of ``model`` on every image of ``split``, in batches of ``batch_size`` images (default:
-    :data:`DEFAULT_BATCH`, or fewer for large images).
+    :func:`eval_batch`).
 
-    Returns ``top1`` and ``top5`` in percent, mean cross-entropy ``loss`` and the sample count ``n``.
+    Returns ``top1`` and ``top5`` in percent, mean cross-entropy ``loss`` and the sample count ``n``. ``loss``
+    sums each image's exactly (``math.fsum``), so the batches change nothing but what they change in the
+    logits (float rounding where a batch size takes other kernels; none on the CIFAR ResNets here:
+    ``benchmarks/results/forward_batch.md``).
     The model is put in eval mode and left there. ``progress`` names a progress bar, if wanted.
     """
     model.eval()
     if batch_size is None:
-        batch_size = images_per_batch(split.images(torch.arange(1)).shape[1:], DEFAULT_BATCH) if len(split) else 1
+        batch_size = eval_batch(split.images(torch.arange(1)).shape[1:], device_of(model)) if len(split) else 1
     correct1 = correct5 = 0
-    loss = 0.0
+    losses: list[float] = []
     batches = iterate_batches(split, batch_size)
     if progress:
         from ravn.progress import track
@@ -53,9 +73,9 @@ def evaluate(model: nn.Module, split: ImageSplit, normalize: Normalize, batch_si
     for images, labels in batches:
         logits = model(normalize(to_model(model, images)))
         labels = labels.to(logits.device)
-        loss += F.cross_entropy(logits, labels, reduction="sum").item()
+        losses += F.cross_entropy(logits, labels, reduction="none").tolist()
         hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == labels.view(-1, 1)
         correct1 += hits[:, 0].sum().item()
         correct5 += hits.any(dim=1).sum().item()
     n = len(split)
-    return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss / n, "n": n}
+    return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": math.fsum(losses) / n, "n": n}

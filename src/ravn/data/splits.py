@@ -22,12 +22,13 @@ DEFAULT_VAL_SIZE = 5000
 BATCH_PIXELS = 1 << 21
 
 
-def images_per_batch(shape: tuple[int, ...] | torch.Size, most: int | None = None) -> int:
+def images_per_batch(shape: tuple[int, ...] | torch.Size, most: int | None = None,
+                     pixels: int | None = None) -> int:
     """How many images of ``shape`` (one image's, e.g. ``(3, 224, 224)``) a forward pass takes: as many as
-    :data:`BATCH_PIXELS` allows, at least one, at most ``most``. A shape without spatial axes counts one
-    pixel per row."""
-    pixels = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-    n = max(1, BATCH_PIXELS // max(pixels, 1))
+    ``pixels`` (default :data:`BATCH_PIXELS`) allows, at least one, at most ``most``. A shape without
+    spatial axes counts one pixel per row."""
+    each = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    n = max(1, (pixels or BATCH_PIXELS) // max(each, 1))
     return n if most is None else min(n, most)
 
 
