@@ -50,6 +50,11 @@ def test_report_has_every_section_with_data(toy_run):
     assert [tuple(layer["bits"]) for layer in report["allocation"]] == list(summary["allocation"].values())
     search, = report["search"]
     assert search["best"] == [max(search["reward"][: i + 1]) for i in range(len(search["reward"]))]
+    rerank, = report["rerank"]  # the candidates as stored on the whole validation split, the initial one first
+    candidates = rerank["candidates"]
+    assert candidates[0]["initial"] and not any(c["initial"] for c in candidates[1:])
+    assert [c["chosen"] for c in candidates].count(True) == 1
+    assert rerank["kept_initial"] == candidates[0]["chosen"] and "Re-rank: " in text
     assert report["training"][0]["epoch"] == [0, 1]
     forward = report["memory"]["forward"]
     assert all(forward[k]["peak_rss"] > 0 for k in ("float", "ravn", "lazy"))

@@ -27,7 +27,7 @@ from ravn.errors import RavnError
 from ravn.files import write_atomically
 from ravn.models import ModelRef
 from ravn.report.measure import EMBEDDINGS, embedding, forward_memory
-from ravn.report.results import markdown_table
+from ravn.report.results import markdown_table, yes_no
 
 SUMMARY, MEASUREMENTS, REPORT = "summary.json", "measurements.json", "report"
 PLOTS = ("allocation", "search", "training", "embedding")
@@ -141,6 +141,14 @@ def _budget_fits(log: dict) -> list[dict]:
     return [r["budget_fit"] for r in rounds if isinstance(r, dict) and r.get("budget_fit")]
 
 
+def _reranks(log: dict) -> list[dict]:
+    """Each round's re-rank (:func:`ravn.search.run.rerank`): the candidates measured as stored on the whole
+    validation split, the initial allocation first, and whether it was kept."""
+    rounds = log.get("rounds", [log]) if isinstance(log, dict) else []
+    return [{"round": i, "kept_initial": r.get("kept_initial"), "candidates": r["rerank"]}
+            for i, r in enumerate(rounds, 1) if isinstance(r, dict) and r.get("rerank")]
+
+
 def build(run_dir: Path | str) -> dict:
     """The report's data from the run folder alone (see the module docstring)."""
     run_dir = Path(run_dir)
@@ -155,6 +163,7 @@ def build(run_dir: Path | str) -> dict:
         "budget_fits": _budget_fits(s.get("log", {})),
         "allocation": s["layers"],
         "search": _searches(run_dir),
+        "rerank": _reranks(s.get("log", {})),
         "training": list(_trainings(s.get("log", {}))),
         "memory": {"quantize": m.get("quantize_memory", {"error": "not measured"}),
                    "forward": m.get("forward_memory", {"error": "not measured"})},
@@ -197,6 +206,16 @@ def _markdown(r: dict) -> str:
         out += ["![search](search.png)", ""]
         out += [f"- {s['name']}: {len(s['reward'])} evaluations, best reward {s['best'][-1]:.4f}"
                 for s in r["search"] if s["reward"]]
+        for rr in r.get("rerank", []):
+            kept = {True: "the initial allocation was kept", False: "a searched one won"}.get(rr["kept_initial"], "")
+            which = f" (round {rr['round']})" if len(r["rerank"]) > 1 else ""
+            out += ["", f"Re-rank{which}: the best searched allocations and the initial one, each stored and measured "
+                    f"on the whole validation split; {kept}.", "",
+                    markdown_table([{"candidate": "initial" if c.get("initial") else f"searched {i}",
+                                     "val_top1": c["val_top1"], "fidelity": c["fidelity"], "reward": c["reward"],
+                                     "chosen": yes_no(c.get("chosen"))} for i, c in enumerate(rr["candidates"])],
+                                   [("candidate", "candidate"), ("val_top1", "val top-1 %"),
+                                    ("fidelity", "fidelity loss"), ("reward", "reward"), ("chosen", "chosen")])]
     else:
         out.append("No search in this run (the method sets its allocation without one).")
     out += ["", "## Training", ""]

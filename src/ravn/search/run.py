@@ -54,7 +54,8 @@ def search(problem: SearchProblem, config: SearchConfig, folder: Path | None, se
 
 def rerank(problem: SearchProblem, found: SearchResult, evaluator, count: int) -> tuple[Allocation, list]:
     """The best ``count`` searched configurations and the initial one, measured by ``evaluator`` (on the
-    whole validation split, as stored); returns the best and the table (empty: nothing was compared)."""
+    whole validation split, as stored); returns the best and the table, the initial one first, each row
+    marked ``initial`` and ``chosen`` (empty: nothing was compared)."""
     ranked = sorted(found.history, key=lambda h: -h["reward"])
     candidates: list[Allocation] = []
     for h in [found.history[0], *ranked]:
@@ -64,9 +65,8 @@ def rerank(problem: SearchProblem, found: SearchResult, evaluator, count: int) -
     if count == 0 or len(candidates) == 1:
         return found.allocation, []
     results = evaluator.evaluate_many(candidates)
-    table = [{**r, "initial": i == 0} for i, r in enumerate(results)]
     best = max(range(len(candidates)), key=lambda i: (results[i]["reward"], -i))
-    return candidates[best], table
+    return candidates[best], [{**r, "initial": i == 0, "chosen": i == best} for i, r in enumerate(results)]
 
 
 def allocate(problem: SearchProblem, config: SearchConfig | None, context, folder: Path | None,
