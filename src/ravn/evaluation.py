@@ -32,20 +32,19 @@ def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_siz
 #: 41 at 224 px) and on the CPU (:data:`CPU_BATCH_PIXELS`).
 DEFAULT_BATCH = 500
 
-#: On the CPU, pixels (images x height x width) per forward pass of an evaluation: batches whose activations
-#: stay in the caches. With one torch thread, 128 CIFAR images per pass take 0.68 (ResNet-20) and 0.79
-#: (ResNet-56) of the time per image of 500, with the same logits bit for bit, so the same counts; at 224 px
-#: (2 images) ResNet-50 takes 0.76 of 32 images' time, its logits moved by float rounding
-#: (``python benchmarks/forward_batch.py``, ``benchmarks/results/forward_batch.md``). Only evaluations: the
+#: On the CPU, pixels (images x height x width) per forward pass of an evaluation: smaller batches measured
+#: faster per image with one torch thread (``python benchmarks/forward_batch.py``,
+#: ``benchmarks/results/forward_batch.md``): 128 CIFAR images per pass take 0.68 (ResNet-20) and 0.79 (ResNet-56)
+#: of the time per image of 500, with the same logits bit for bit (the pretrained weights, random images), so
+#: the same counts; at 224 px, 2 images of ResNet-50 take 0.71 of 48 images' time and 0.76 of 32's (41 before),
+#: its logits moved by float rounding. Two threads are not measured on a quiet machine. Only evaluations: the
 #: streaming stages that sum over batches (Hessians, fidelity) keep :data:`~ravn.data.splits.BATCH_PIXELS`.
 CPU_BATCH_PIXELS = 1 << 17
 
 
 def eval_batch(shape: tuple[int, ...] | torch.Size, device: torch.device) -> int:
     """Images of ``shape`` (one image's) per forward pass of an evaluation on ``device``."""
-    if device.type == "cpu":
-        return images_per_batch(shape, DEFAULT_BATCH, CPU_BATCH_PIXELS)
-    return images_per_batch(shape, DEFAULT_BATCH)
+    return images_per_batch(shape, DEFAULT_BATCH, CPU_BATCH_PIXELS if device.type == "cpu" else None)
 
 
 @torch.no_grad()

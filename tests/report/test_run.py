@@ -148,3 +148,18 @@ def test_a_model_the_embedding_cannot_read_loses_only_that_section(monkeypatch):
     got = report_run.measure(conv, conv, toy.REF, "m.ravn", toy.dataset().split("test"), toy.REF.normalize,
                              ReportOptions(embedding="pca"))
     assert "nn.Linear" in got["embedding"]["error"] and got["forward_memory"] == {"float": {"peak_rss": 1}}
+
+
+def test_report_marks_the_chosen_candidate_of_a_log_written_before_the_rerank_marked_it(toy_run, tmp_path):
+    _, run_dir = toy_run
+    old = tmp_path / "old.run"
+    shutil.copytree(run_dir, old)
+
+    def strip(node):
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k != "chosen"}
+        return [strip(v) for v in node] if isinstance(node, list) else node
+
+    summary = json.loads((old / "summary.json").read_text())
+    (old / "summary.json").write_text(json.dumps(strip(summary)))
+    assert build(old)["rerank"] == build(run_dir)["rerank"]

@@ -28,7 +28,7 @@ def images_per_batch(shape: tuple[int, ...] | torch.Size, most: int | None = Non
     ``pixels`` (default :data:`BATCH_PIXELS`) allows, at least one, at most ``most``. A shape without
     spatial axes counts one pixel per row."""
     each = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-    n = max(1, (pixels or BATCH_PIXELS) // max(each, 1))
+    n = max(1, (BATCH_PIXELS if pixels is None else pixels) // max(each, 1))
     return n if most is None else min(n, most)
 
 

@@ -144,9 +144,16 @@ def _budget_fits(log: dict) -> list[dict]:
 def _reranks(log: dict) -> list[dict]:
     """Each round's re-rank (:func:`ravn.search.run.rerank`): the candidates measured as stored on the whole
     validation split, the initial allocation first, and whether it was kept."""
+    from ravn.search.run import chosen_index
+
     rounds = log.get("rounds", [log]) if isinstance(log, dict) else []
-    return [{"round": i, "kept_initial": r.get("kept_initial"), "candidates": r["rerank"]}
-            for i, r in enumerate(rounds, 1) if isinstance(r, dict) and r.get("rerank")]
+    out = []
+    for i, r in enumerate(rounds, 1):
+        if isinstance(r, dict) and r.get("rerank"):
+            best = chosen_index(r["rerank"])  # logs written before the re-rank marked its choice lack "chosen"
+            out.append({"round": i, "kept_initial": r.get("kept_initial"),
+                        "candidates": [{**c, "chosen": c.get("chosen", j == best)} for j, c in enumerate(r["rerank"])]})
+    return out
 
 
 def build(run_dir: Path | str) -> dict:
@@ -206,18 +213,18 @@ def _markdown(r: dict) -> str:
         out += ["![search](search.png)", ""]
         out += [f"- {s['name']}: {len(s['reward'])} evaluations, best reward {s['best'][-1]:.4f}"
                 for s in r["search"] if s["reward"]]
-        for rr in r.get("rerank", []):
-            kept = {True: "the initial allocation was kept", False: "a searched one won"}.get(rr["kept_initial"], "")
-            which = f" (round {rr['round']})" if len(r["rerank"]) > 1 else ""
-            out += ["", f"Re-rank{which}: the best searched allocations and the initial one, each stored and measured "
-                    f"on the whole validation split; {kept}.", "",
-                    markdown_table([{"candidate": "initial" if c.get("initial") else f"searched {i}",
-                                     "val_top1": c["val_top1"], "fidelity": c["fidelity"], "reward": c["reward"],
-                                     "chosen": yes_no(c.get("chosen"))} for i, c in enumerate(rr["candidates"])],
-                                   [("candidate", "candidate"), ("val_top1", "val top-1 %"),
-                                    ("fidelity", "fidelity loss"), ("reward", "reward"), ("chosen", "chosen")])]
     else:
         out.append("No search in this run (the method sets its allocation without one).")
+    for rr in r.get("rerank", []):
+        kept = {True: "the initial allocation was kept", False: "a searched one won"}.get(rr["kept_initial"], "")
+        which = f" (round {rr['round']})" if len(r["rerank"]) > 1 else ""
+        out += ["", f"Re-rank{which}: the best searched allocations and the initial one, each stored and measured "
+                f"on the whole validation split; {kept}.", "",
+                markdown_table([{"candidate": "initial" if c.get("initial") else f"searched {i}",
+                                 "val_top1": c["val_top1"], "fidelity": c["fidelity"], "reward": c["reward"],
+                                 "chosen": yes_no(c.get("chosen"))} for i, c in enumerate(rr["candidates"])],
+                               [("candidate", "candidate"), ("val_top1", "val top-1 %"),
+                                ("fidelity", "fidelity loss"), ("reward", "reward"), ("chosen", "chosen")])]
     out += ["", "## Training", ""]
     if r["training"]:
         out += ["![training](training.png)", "",

@@ -65,8 +65,13 @@ def rerank(problem: SearchProblem, found: SearchResult, evaluator, count: int) -
     if count == 0 or len(candidates) == 1:
         return found.allocation, []
     results = evaluator.evaluate_many(candidates)
-    best = max(range(len(candidates)), key=lambda i: (results[i]["reward"], -i))
+    best = chosen_index(results)
     return candidates[best], [{**r, "initial": i == 0, "chosen": i == best} for i, r in enumerate(results)]
+
+
+def chosen_index(results: list[dict]) -> int:
+    """Which of a re-rank's candidates (the initial one first) is chosen: the highest reward, the earlier on a tie."""
+    return max(range(len(results)), key=lambda i: (results[i]["reward"], -i))
 
 
 def allocate(problem: SearchProblem, config: SearchConfig | None, context, folder: Path | None,
