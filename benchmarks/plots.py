@@ -15,6 +15,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from ravn.report.results import log_rounds
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -88,8 +90,7 @@ def qat(plt) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     drawn = False
     for r in rows:
-        rounds = r.get("log", {}).get("rounds") or [r.get("log", {})]
-        history = [h for rd in rounds for h in (rd.get("finetune") or {}).get("history", [])]
+        history = [h for rd in log_rounds(r.get("log", {})) for h in (rd.get("finetune") or {}).get("history", [])]
         if history:
             ax.plot(range(len(history)), [h["val_top1"] for h in history], "o-", label=r["name"])
             drawn = True

@@ -94,9 +94,14 @@ def write_atomic(path: Path, text: str) -> None:
     write_atomically(path, [text.encode()])
 
 
+def log_rounds(log: dict) -> list[dict]:
+    """A method's log of each round (RAVN with fine-tuning logs ``rounds``; other methods one log)."""
+    return [r for r in (log.get("rounds") or [log]) if isinstance(r, dict)] if isinstance(log, dict) else []
+
+
 def last_round(log: dict) -> dict:
-    """A method's log of its last round (RAVN with fine-tuning logs ``rounds``; other methods one log)."""
-    return (log.get("rounds") or [log])[-1]
+    """A method's log of its last round (:func:`log_rounds`)."""
+    return log_rounds(log)[-1]
 
 
 def yes_no(flag: bool | None) -> str:

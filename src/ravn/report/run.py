@@ -27,7 +27,7 @@ from ravn.errors import RavnError
 from ravn.files import write_atomically
 from ravn.models import ModelRef
 from ravn.report.measure import EMBEDDINGS, embedding, forward_memory
-from ravn.report.results import markdown_table, yes_no
+from ravn.report.results import log_rounds, markdown_table, yes_no
 
 SUMMARY, MEASUREMENTS, REPORT = "summary.json", "measurements.json", "report"
 PLOTS = ("allocation", "search", "training", "embedding")
@@ -137,8 +137,7 @@ def _recovery(rec: dict | None) -> str:
 
 def _budget_fits(log: dict) -> list[dict]:
     """What brought fine-tuned weights back within the budget as stored, per round (RAVN's ``budget_fit``)."""
-    rounds = log.get("rounds", [log]) if isinstance(log, dict) else []
-    return [r["budget_fit"] for r in rounds if isinstance(r, dict) and r.get("budget_fit")]
+    return [r["budget_fit"] for r in log_rounds(log) if r.get("budget_fit")]
 
 
 def _reranks(log: dict) -> list[dict]:
@@ -146,10 +145,9 @@ def _reranks(log: dict) -> list[dict]:
     validation split, the initial allocation first, and whether it was kept."""
     from ravn.search.run import chosen_index
 
-    rounds = log.get("rounds", [log]) if isinstance(log, dict) else []
     out = []
-    for i, r in enumerate(rounds, 1):
-        if isinstance(r, dict) and r.get("rerank"):
+    for i, r in enumerate(log_rounds(log), 1):
+        if r.get("rerank"):
             best = chosen_index(r["rerank"])  # logs written before the re-rank marked its choice lack "chosen"
             out.append({"round": i, "kept_initial": r.get("kept_initial"),
                         "candidates": [{**c, "chosen": c.get("chosen", j == best)} for j, c in enumerate(r["rerank"])]})
