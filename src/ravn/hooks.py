@@ -142,8 +142,9 @@ class _Walk:
     @classmethod
     def of(cls, model: nn.Module, names: list[str]) -> _Walk | None:
         """The walk of ``model``, or None for one ``torch.fx`` cannot trace (data-dependent control flow),
-        with other than one input, or calling a named module more than once or on other than a value of
-        the pass (a change to it would then reach the pass elsewhere than from that node on)."""
+        with other than one input, or calling a named module more than once, never (it runs inside a module
+        fx keeps whole, e.g. ``nn.TransformerEncoder``'s linear layers, or not at all) or on other than a
+        value of the pass (a change to it would then reach the pass elsewhere than from that node on)."""
         import torch.fx
 
         if not _walks[-1]:
@@ -155,7 +156,8 @@ class _Walk:
             return None
         nodes = list(graph.graph.nodes)
         calls = [n for n in nodes if n.op == "call_module" and n.target in wanted]
-        if (len(calls) != len({n.target for n in calls}) or [n.op for n in nodes].count("placeholder") != 1
+        if (len(calls) != len(wanted) or {n.target for n in calls} != wanted
+                or [n.op for n in nodes].count("placeholder") != 1
                 or nodes[0].op != "placeholder" or not all(n.args and isinstance(n.args[0], torch.fx.Node)
                                                            for n in calls)):
             return None

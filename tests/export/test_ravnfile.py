@@ -143,3 +143,18 @@ def test_file_bytes_without_quantized_layers(tmp_path, oddnet):
     expected = export.file_bytes(model, {}, ref)
     assert export.save(tmp_path / "m.ravn", model, {}, ref)["file_bytes"] == expected
     assert torch.equal(export.load(tmp_path / "m.ravn").head.weight, model.head.weight)
+
+
+def test_the_size_report_names_the_weights_left_in_float():
+    """Weights ravn does not quantize (attention's in_proj_weight and out_proj, an embedding) are in the size
+    report and the line the CLI prints; biases, norms and the quantized layers are not."""
+    from ravn.export.layout import float_weights
+    from ravn.report.summary import left_in_float
+
+    model = nn.ModuleDict({"embed": nn.Embedding(50, 8), "attn": nn.MultiheadAttention(8, 2),
+                           "norm": nn.LayerNorm(8), "head": nn.Linear(8, 3)})
+    floats = float_weights(model, ["head"])
+    assert floats == {"embed.weight": [50, 8], "attn.in_proj_weight": [24, 8], "attn.out_proj.weight": [8, 8]}
+    line = left_in_float(floats)
+    assert line.startswith("left in float: 656 weights in 3 tensors, e.g. embed.weight (50x8), attn.in_proj_weight")
+    assert "\n" not in line and "head" not in line

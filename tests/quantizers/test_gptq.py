@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ravn import hooks
 from ravn.quantizers import quantize_uniform
 from ravn.quantizers.gptq import GPTQ, NearestEntry, gptq_codes, layer_hessians, patches
 from ravn.quantizers.qweight import QuantizedWeight
@@ -69,7 +70,6 @@ def test_sequential_gptq_in_one_pass_equals_one_pass_per_layer(monkeypatch, roun
     exactly the codes of a pass up to each layer (the fallback for models fx cannot walk)."""
     from tests.search.test_fidelity import _Residual
 
-    from ravn import hooks
     from ravn.data import splits
 
     monkeypatch.setattr(splits, "BATCH_PIXELS", 3 * 25)  # 3 images of 5x5 per chunk
@@ -84,6 +84,37 @@ def test_sequential_gptq_in_one_pass_equals_one_pass_per_layer(monkeypatch, roun
         per_layer = get_rounding(rounding).sequential(net, weights, x)
     assert all(torch.equal(walked[n].codes, per_layer[n].codes) for n in weights)
     assert any(not torch.equal(walked[n].codes, weights[n].codes) for n in weights)  # GPTQ moved codes
+
+
+class _Encoder(nn.Module):
+    """Linear layers inside a module torch.fx keeps whole (``nn.TransformerEncoder``), whose inference
+    path may read their weights without calling them."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(6, 16)
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True), 1)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(self.enc(self.embed(x)).mean(1))
+
+
+@pytest.mark.parametrize("rounding", ["gptq", "gptq-rate", "nearest"])
+def test_sequential_rounding_keeps_layers_the_walk_cannot_see(rounding):
+    """Every layer given comes back, also those inside a module fx keeps whole (the walk then declines and
+    the pass per layer runs; a layer no input reaches keeps its round-to-nearest codes): none is silently
+    left out of the file."""
+    torch.manual_seed(5)
+    model = _Encoder().eval()
+    names = ["embed", "enc.layers.0.linear1", "enc.layers.0.linear2", "head"]
+    modules = dict(model.named_modules())
+    weights = {n: quantize_uniform(modules[n].weight, 3) for n in names}
+    x = torch.randn(8, 5, 6)
+    assert not hooks.walk_inputs(model, names, x, lambda *_: None)  # linear1/2 are not nodes of fx's graph
+    out = get_rounding(rounding).sequential(model, weights, x)
+    assert list(out) == names
+    assert all(out[n].bits == weights[n].bits for n in names)
 
 
 def test_layerwise_gptq_caches_per_layer_and_bits():

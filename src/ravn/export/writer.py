@@ -22,6 +22,7 @@ from ravn.export.layout import (
     FORMAT_CODED,
     dtype_name,
     encode_layers,
+    float_weights,
     keys_digest,
     size_report,
     state_keys,
@@ -151,7 +152,8 @@ def save(path: Path | str, model: nn.Module, weights: dict[str, QuantizedWeight]
     asks: :func:`~ravn.export.layout.encode_layers`).
 
     Returns the size report: measured average bits, stream/table/state/header bytes and
-    ``file_bytes``, which equals their sum exactly (and :func:`file_bytes` of the same arguments).
+    ``file_bytes``, which equals their sum exactly (and :func:`file_bytes` of the same arguments), and the
+    ``float_weights`` the state holds (:func:`~ravn.export.layout.float_weights`).
     A failed write (a full disk, say) is a one-line :class:`RavnError` and leaves no partial file
     (:func:`~ravn.files.write_atomically`).
     """
@@ -171,6 +173,7 @@ def save(path: Path | str, model: nn.Module, weights: dict[str, QuantizedWeight]
     write_atomically(path, [header] + [tensors[name].view(torch.uint8).numpy().data for name in _data_order(sizes)])
     report = size_report(weights, codings, payload_bytes)
     report["state_bytes"] = sum(t.numel() * t.element_size() for k, t in tensors.items() if k.startswith("state."))
+    report["float_weights"] = float_weights(model, list(weights))
     report["file_bytes"] = path.stat().st_size
     report["header_bytes"] = len(header)
     return report

@@ -64,8 +64,10 @@ class GramSum:
         self.rows += len(parts[0])
 
     def mean(self) -> list[torch.Tensor] | None:
-        """``X^T X / rows`` per group; ``None`` for a layer kind without input rows."""
-        return None if self.rowless else [s / self.rows for s in self.sums]
+        """``X^T X / rows`` per group; ``None`` for a layer kind without input rows, or for a layer no input
+        reached (its forward was never called: e.g. ``nn.TransformerEncoderLayer``'s fused inference path reads
+        its linear layers' weights without calling them); such a layer keeps round-to-nearest codes."""
+        return None if self.rowless or self.sums is None else [s / self.rows for s in self.sums]
 
 
 def layer_hessians(model: nn.Module, names: list[str], calibration: torch.Tensor,

@@ -2,7 +2,9 @@
 
 The registry maps an ``nn`` class to nothing more than the fact that its weight has output
 channels first; grouped and depthwise convolutions are included. Transposed convolutions keep
-output channels in dim 1 and are left in float.
+output channels in dim 1 and are left in float, as are weights outside these layers (attention's
+``in_proj_weight``, embeddings): a file's size report names them (``float_weights``) and ``ravn quantize``
+prints them, since the budget does not cover them.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 def render_summary(s: dict) -> None:
     from rich.console import Console
@@ -17,3 +19,14 @@ def render_summary(s: dict) -> None:
     console.print(table)
     console.print(f"{s['test_n']} test images; compression x{s['float_file_bytes'] / s['file_bytes']:.2f}; "
                   f"quantized in {s['quantize_seconds']:.1f} s; the file rebuilds exactly the measured weights")
+    if floats := s["size"].get("float_weights"):
+        console.print(left_in_float(floats))
+
+
+def left_in_float(floats: dict[str, list[int]]) -> str:
+    """One line naming the weights a file keeps in float (``float_weights`` of its size report), largest first."""
+    sizes = {k: math.prod(shape) for k, shape in floats.items()}
+    largest = sorted(sizes, key=lambda k: -sizes[k])[:3]
+    named = ", ".join(f"{k} ({'x'.join(map(str, floats[k]))})" for k in largest)
+    return (f"left in float: {sum(sizes.values()):,} weights in {len(sizes)} tensors, e.g. {named}"
+            f"{', ...' if len(sizes) > 3 else ''}; ravn quantizes the weights of Conv1d/2d/3d and Linear layers")
