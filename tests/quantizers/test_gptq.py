@@ -9,7 +9,7 @@ from torch import nn
 
 from ravn import hooks
 from ravn.quantizers import quantize_uniform
-from ravn.quantizers.gptq import GPTQ, NearestEntry, gptq_codes, layer_hessians, patches
+from ravn.quantizers.gptq import GPTQ, NearestEntry, gptq_codes, input_rows, layer_hessians, patches
 from ravn.quantizers.qweight import QuantizedWeight
 from ravn.quantizers.rounding import get_rounding
 from ravn.quantizers.swap import with_weights
@@ -23,6 +23,29 @@ def test_patches_equal_unfold(kernel, dilation, padding, stride):
     x = torch.randn(3, 4, 11, 9)
     expected = F.unfold(x, kernel, dilation, padding, stride).transpose(1, 2).reshape(-1, 4 * kernel[0] * kernel[1])
     assert torch.equal(patches(x, kernel, dilation, padding, stride), expected)
+
+
+@pytest.mark.parametrize("layer", [
+    nn.Conv2d(4, 6, 3, padding=1), nn.Conv2d(4, 6, (4, 3), padding="same"), nn.Conv2d(4, 6, 3, padding="valid"),
+    nn.Conv2d(4, 6, 3, padding=2, dilation=2, padding_mode="reflect"),
+    nn.Conv2d(4, 6, 3, stride=2, padding=1, padding_mode="circular"),
+    nn.Conv2d(4, 6, 3, padding=(2, 1), padding_mode="replicate", groups=2),
+    nn.Conv1d(4, 6, 4, padding="same", padding_mode="reflect"), nn.Conv1d(4, 6, 3, stride=2), nn.Linear(9, 6)],
+    ids=lambda m: repr(m))
+def test_input_rows_times_the_weight_give_the_layer_output(layer):
+    """The contract GPTQ's Hessians rest on, for every padding a convolution takes: ``rows @ W_g^T`` is the
+    group's output without bias (with 'same' and other padding modes too, so those layers are reconstructed)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 11, 9) if isinstance(layer, nn.Conv2d) else torch.randn(2, 4, 13) \
+        if isinstance(layer, nn.Conv1d) else torch.randn(2, 5, 9)
+    with torch.no_grad():
+        out = layer._conv_forward(x, layer.weight, None) if not isinstance(layer, nn.Linear) else x @ layer.weight.T
+        rows = input_rows(layer, x)
+        w = layer.weight.reshape(layer.weight.shape[0], -1)
+        per = w.shape[0] // len(rows)
+        got = torch.cat([r @ w[g * per : (g + 1) * per].T for g, r in enumerate(rows)], dim=1)
+    channels_last = out.movedim(1, -1) if not isinstance(layer, nn.Linear) else out
+    assert torch.allclose(got, channels_last.reshape(-1, w.shape[0]), atol=1e-5)
 
 
 def _output_error(layer, weight, x):

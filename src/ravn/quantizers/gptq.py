@@ -26,20 +26,21 @@ from ravn.quantizers.rounding import Rounding, register_rounding
 
 def input_rows(layer: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """The layer's inputs ``x`` as rows of its weight's columns, one matrix per group: ``rows @ W_g^T`` is
-    the group's output (without bias). Linear: the feature vectors; convolutions: their input patches."""
+    the group's output (without bias). Linear: the feature vectors; convolutions: their input patches,
+    padded as the convolution pads (any ``padding``, ``'same'`` included, and any ``padding_mode``)."""
     if isinstance(layer, nn.Linear):
         return [x.reshape(-1, x.shape[-1])]
+    if not isinstance(layer, nn.Conv1d | nn.Conv2d):
+        raise TypeError(f"no reconstruction for {type(layer).__name__}")
+    # the padding the convolution applies itself: per side (asymmetric for an even 'same'), in its mode
+    x = F.pad(x, layer._reversed_padding_repeated_twice,
+              mode="constant" if layer.padding_mode == "zeros" else layer.padding_mode)
     if isinstance(layer, nn.Conv1d):
         x = x.unsqueeze(2)
-        kernel, dilation, padding, stride = ((1, *layer.kernel_size), (1, *layer.dilation),
-                                             (0, *layer.padding), (1, *layer.stride))
-    elif isinstance(layer, nn.Conv2d):
-        kernel, dilation, padding, stride = layer.kernel_size, layer.dilation, layer.padding, layer.stride
+        kernel, dilation, stride = (1, *layer.kernel_size), (1, *layer.dilation), (1, *layer.stride)
     else:
-        raise TypeError(f"no reconstruction for {type(layer).__name__}")
-    if isinstance(padding, str):
-        raise TypeError("string padding is not supported by reconstruction")
-    rows = patches(x, kernel, dilation, padding, stride)  # (positions, C * kh * kw)
+        kernel, dilation, stride = layer.kernel_size, layer.dilation, layer.stride
+    rows = patches(x, kernel, dilation, (0, 0), stride)  # (positions, C * kh * kw)
     per_group = layer.in_channels // layer.groups * math.prod(kernel)
     return [rows[:, g * per_group : (g + 1) * per_group] for g in range(layer.groups)]
 
