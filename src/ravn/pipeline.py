@@ -90,9 +90,14 @@ def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: 
 
     ``float_top1`` skips re-measuring the float model when the caller knows it (on the same subset).
 
+    A model whose weights ravn could not otherwise quantize is first rewritten into an equivalent structure
+    (:meth:`ModelRef.rewritten`: ``nn.MultiheadAttention`` with its projections as Linear layers), recorded in
+    the file's model reference so that it rebuilds the same.
+
     ``report``: write the run report (``report.md``, ``report.json``, plots) into ``context.run_dir``, with
     the energy of quantizing and the measurements the options ask for (:mod:`ravn.report.run`).
     """
+    model, ref = ref.rewritten(model)  # the structure quantized (attention's projections as Linear layers)
     context = context or Context(dataset=dataset, normalize=ref.normalize, progress=progress)
     if report is not None and context.run_dir is None:
         raise RavnError("a run report needs a run folder", "pass a Context with run_dir")

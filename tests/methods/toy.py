@@ -49,3 +49,31 @@ def dataset(n_train: int = 96, n_test: int = 24, seed: int = 0) -> Dataset:
     train = TensorSplit(pixels[:n_train], labels[:n_train])
     test = TensorSplit(pixels[n_train:], labels[n_train:])
     return Dataset("toy", None, ["r", "g", "b"], lambda: train, lambda: test, val_size=24)
+
+
+class Attention(nn.Module):
+    """A tiny vision Transformer: patches, one block of ``nn.MultiheadAttention`` (whose projections ravn
+    rewrites into Linear layers, :mod:`ravn.models.attention`) and an MLP, a linear head."""
+
+    def __init__(self, classes: int = 3, dim: int = 8):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, 4, stride=4)
+        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = x + self.attn(x, x, x, need_weights=False)[0]
+        x = x + self.mlp(self.norm(x))
+        return self.head(x.mean(1))
+
+
+def attention() -> nn.Module:
+    torch.manual_seed(0)
+    return Attention().eval()
+
+
+#: How a .ravn file rebuilds the attention model.
+ATTENTION_REF = ModelRef("toy-attention", "tests.methods.toy:attention", {}, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 8)

@@ -21,6 +21,7 @@ from ravn.export.layout import (
     TENSORS,
     dtype_name,
 )
+from ravn.models.attention import REWRITES
 from ravn.quantizers.qweight import CODINGS, IMPLICIT_TABLES, MAX_BITS, MIN_BITS
 from ravn.quantizers.size import CODED_WEIGHTS_PER_BYTE, LayerCost, whole_bytes
 
@@ -123,6 +124,9 @@ def check_meta(meta: dict) -> None:
         raise ValueError(f"model mean {short(mean)} and std {short(std)} are not equal-length finite, std > 0")
     if not _is_int(model.get("input_size", 32), 1) or model.get("input_size", 32) > 1 << 16:
         raise ValueError(f"model input_size {short(model.get('input_size'))} is not an integer in 1..65536")
+    rewrites = model.get("rewrites", [])
+    if not isinstance(rewrites, list) or any(r not in REWRITES for r in rewrites) or len(rewrites) > len(REWRITES):
+        raise ValueError(f"model rewrites {short(rewrites)} are not a list of {', '.join(REWRITES)}")
     _typed(meta["state"], "state", {"keys": int, "digest": str})
     if meta["state"]["keys"] < 0:
         raise ValueError("state 'keys' is negative")

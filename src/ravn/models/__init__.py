@@ -6,6 +6,7 @@ A :class:`ModelRef` is plain data that rebuilds the architecture anywhere (it is
 
 from __future__ import annotations
 
+import copy
 import importlib
 import math
 from dataclasses import asdict, dataclass, field, replace
@@ -15,6 +16,7 @@ from torch import nn
 
 from ravn.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from ravn.errors import RavnError
+from ravn.models.attention import REWRITES, SPLIT_ATTENTION, split_attention
 from ravn.models.checkpoint import count_parameters, load_into, read_state_dict
 from ravn.settings import data_root
 
@@ -51,6 +53,9 @@ class ModelRef:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     input_size: int = 32
+    #: rewrites :meth:`build` applies after the factory, by name (:data:`ravn.models.attention.REWRITES`): the
+    #: structure ravn quantized, e.g. ``split-attention`` (attention's projections as Linear layers)
+    rewrites: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, model: str, num_classes: int | None = None, mean=None, std=None,
@@ -95,19 +100,36 @@ class ModelRef:
         if not isinstance(model, nn.Module):
             raise RavnError(f"'{self.factory}' returned {type(model).__name__}, not a torch.nn.Module",
                             "make the factory return the model")
+        for name in self.rewrites:
+            REWRITES[name](model)
         return model.eval()
 
     def with_kwargs(self, **kwargs) -> ModelRef:
         """The same factory called with ``kwargs`` too (WRPN's ``width``)."""
         return replace(self, kwargs={**self.kwargs, **kwargs}) if kwargs else self
 
+    def rewritten(self, model: nn.Module) -> tuple[nn.Module, ModelRef]:
+        """``model`` in the structure ravn quantizes, and this reference recording how to rebuild it: itself
+        when nothing applies, else a rewritten copy (the caller's model is left as it is). Today: attention
+        whose projections are not Linear layers (:func:`ravn.models.attention.split_attention`)."""
+        if SPLIT_ATTENTION in self.rewrites or not any(type(m) is nn.MultiheadAttention for m in model.modules()):
+            return model, self
+        model = copy.deepcopy(model)
+        split_attention(model)
+        return model, replace(self, rewrites=(*self.rewrites, SPLIT_ATTENTION))
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if not self.rewrites:  # files of models without rewrites keep their header bytes
+            del data["rewrites"]
+        else:
+            data["rewrites"] = list(self.rewrites)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelRef:
         return cls(data["name"], data["factory"], dict(data.get("kwargs", {})), tuple(data["mean"]),
-                   tuple(data["std"]), int(data.get("input_size", 32)))
+                   tuple(data["std"]), int(data.get("input_size", 32)), tuple(data.get("rewrites", ())))
 
 
 def default_weights(ref: ModelRef) -> Path | None:

@@ -2,9 +2,10 @@
 
 The registry maps an ``nn`` class to nothing more than the fact that its weight has output
 channels first; grouped and depthwise convolutions are included. Transposed convolutions keep
-output channels in dim 1 and are left in float, as are weights outside these layers (attention's
-``in_proj_weight``, embeddings): a file's size report names them (``float_weights``) and ``ravn quantize``
-prints them, since the budget does not cover them.
+output channels in dim 1 and are left in float, as are weights outside these layers (embeddings, class
+tokens): a file's size report names them (``float_weights``) and ``ravn quantize`` prints them, since the
+budget does not cover them. ``nn.MultiheadAttention``, whose projections are raw parameters, is rewritten
+with Linear projections before a run (:mod:`ravn.models.attention`).
 """
 
 from __future__ import annotations
