@@ -7,6 +7,7 @@ import torch
 from tests.methods import toy
 
 from ravn import export
+from ravn.errors import RavnError
 from ravn.methods import method
 from ravn.models import ModelRef
 from ravn.models.widen import widen
@@ -46,6 +47,11 @@ def test_widened_grouped_toy_model_computes_the_same_function():
     wide = widen(narrow, toy.REF, 2, seed=0)
     x = torch.randn(5, 3, 8, 8)
     assert torch.allclose(wide(x), narrow(x), atol=1e-5)
+
+
+def test_a_factory_without_width_is_refused_before_any_work():
+    with pytest.raises(RavnError, match="WRPN widens the model through its factory's 'width' argument"):
+        widen(toy.attention(), toy.ATTENTION_REF, 2)
 
 
 def test_wrpn_reports_and_budgets_the_wide_model(tmp_path):

@@ -138,3 +138,18 @@ def test_one_graph_at_a_time_gives_the_same_traces():
     v = [torch.ones_like(p) for p in lean.params]
     for a, b in zip(lean.products(v), kept.products(v), strict=True):
         assert torch.equal(a, b)
+
+
+def test_traces_of_attention_layers():
+    """Hessian-vector products through attention (a vision Transformer's projections, rewritten as Linear
+    layers): the fused attention kernels have no double backward, the math kernel is used."""
+    from ravn.models.attention import split_attention
+    from tests.methods import toy
+
+    model = toy.attention()
+    split_attention(model)
+    names = ["patch", "attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj", "head"]
+    torch.manual_seed(0)
+    images, labels = torch.randn(8, 3, 8, 8), torch.randint(0, 3, (8,))
+    traces = hutchinson_traces(LossHessian(model, names, images, labels, chunk=4, keep_graphs=False), iterations=4)
+    assert len(traces) == len(names) and all(torch.isfinite(torch.tensor(traces)))

@@ -86,13 +86,17 @@ class ModelRef:
     def normalize(self) -> Normalize:
         return Normalize(self.mean, self.std)
 
-    def build(self) -> nn.Module:
+    def factory_function(self):
+        """The factory itself, imported (a :class:`RavnError` if it cannot be)."""
         module_name, _, attr = self.factory.partition(":")
         try:
-            factory = getattr(importlib.import_module(module_name), attr)
+            return getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError, ValueError, TypeError) as exc:  # also '', relative module names
             raise RavnError(f"cannot import model factory '{self.factory}' ({exc})",
                             "check the module path and that its package is installed") from None
+
+    def build(self) -> nn.Module:
+        factory = self.factory_function()
         try:
             model = factory(**self.kwargs)
         except Exception as exc:

@@ -17,6 +17,8 @@ must be equal or ``w`` times the narrow ones.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -29,6 +31,11 @@ from ravn.quantizers.layers import QUANTIZABLE
 @torch.no_grad()
 def widen(model: nn.Module, ref: ModelRef, width: int, seed: int = 0) -> nn.Module:
     """``ref``'s factory at ``width``, holding ``model``'s function (module docstring); eval mode."""
+    parameters = inspect.signature(ref.factory_function()).parameters.values()
+    if not any(p.name == "width" or p.kind is p.VAR_KEYWORD for p in parameters):
+        raise RavnError(f"WRPN widens the model through its factory's 'width' argument, which '{ref.factory}' "
+                        "does not take", "give the factory a width that multiplies its channels (the CIFAR "
+                        "ResNets' do), or train at the same width with --method dorefa")
     wide = ref.with_kwargs(width=width).build()
     narrow = {k: v.cpu() for k, v in model.state_dict().items()}  # widened on the CPU, then moved back
     target = wide.state_dict()

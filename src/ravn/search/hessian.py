@@ -26,6 +26,7 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 class LossHessian:
@@ -69,7 +70,8 @@ class LossHessian:
                 self._grads.clear()
             start = self.starts[c]
             x, y = self.images[start : start + self.size], self.labels[start : start + self.size]
-            with torch.enable_grad():
+            # attention's fused kernels have no double backward: the math kernel (the same values) has
+            with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
                 loss = F.cross_entropy(self.work(x), y.long())
                 self._grads[c] = torch.autograd.grad(loss, self.params, create_graph=True)
         return self._grads[c]
