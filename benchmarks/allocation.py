@@ -170,10 +170,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
     parser.add_argument("--evaluations", type=int, default=100)
     parser.add_argument("--data", default=None)
-    parser.add_argument("--fresh", action="store_true", help="measure again rows already finished")
-    parser.add_argument("--restore", action="store_true",
-                        help="first write the rows of the committed results back as row files (where missing)")
-    parser.add_argument("--tables", action="store_true", help="only rebuild the tables from the finished rows")
+    RowFiles.options(parser)
     args = parser.parse_args()
     store = RowFiles(ROWS)
     if args.restore:

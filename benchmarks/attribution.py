@@ -228,10 +228,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS)
     parser.add_argument("--evaluations", type=int, default=EVALUATIONS)
     parser.add_argument("--data", default=None)
-    parser.add_argument("--fresh", action="store_true", help="measure again rows already finished")
-    parser.add_argument("--restore", action="store_true",
-                        help="first write the rows of the committed results back as row files (where missing)")
-    parser.add_argument("--tables", action="store_true", help="only rebuild the tables from the finished rows")
+    RowFiles.options(parser)
     args = parser.parse_args()
     store = RowFiles(ROWS)
     if args.restore:

@@ -49,7 +49,7 @@ from ravn.export import size_report
 from ravn.methods import Context, SearchConfig, method
 from ravn.models import ModelRef, load_model
 from ravn.quantizers.swap import with_weights
-from ravn.report.results import provenance, save_results, stamp, write_atomic, yes_no
+from ravn.report.results import RowFiles, provenance, save_results, stamp, write_atomic, yes_no
 from ravn.search.problem import prepare
 from ravn.search.run import allocate
 from ravn.training.finetune import FineTuneConfig
@@ -159,8 +159,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", default=None)
     parser.add_argument("--out", type=Path, default=RESULTS, help="results stem (.json and .md are written)")
-    parser.add_argument("--fresh", action="store_true", help="measure again rows already finished")
-    parser.add_argument("--tables", action="store_true", help="only rebuild the tables from the finished rows")
+    RowFiles.options(parser, restore=False)
     args = parser.parse_args()
     rows_folder(args.out).mkdir(parents=True, exist_ok=True)
     if args.tables:

@@ -51,7 +51,7 @@ from ravn.data import Dataset, load_dataset
 from ravn.evaluation import evaluate
 from ravn.methods import Context, FineTuneConfig, RavnConfig, SearchConfig, UniformConfig, quantize
 from ravn.models import ModelRef, load_model
-from ravn.report.results import markdown_table, provenance, save_results, stamp, write_atomic, yes_no
+from ravn.report.results import RowFiles, markdown_table, provenance, save_results, stamp, write_atomic, yes_no
 from ravn.training.finetune import fine_tune
 
 HERE = Path(__file__).parent
@@ -256,10 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--evaluations", type=int, default=defaults.evaluations)
     parser.add_argument("--lr-steps", type=int, default=defaults.lr_steps)
     parser.add_argument("--distill-steps", type=int, default=defaults.distill_steps)
-    parser.add_argument("--fresh", action="store_true", help="measure again rows already finished")
-    parser.add_argument("--restore", action="store_true",
-                        help="first write the rows of the committed results back as row files (where missing)")
-    parser.add_argument("--tables", action="store_true", help="only rebuild the tables from the finished rows")
+    RowFiles.options(parser)
     args = parser.parse_args(argv)
     ROWS.mkdir(parents=True, exist_ok=True)
     if args.restore:

@@ -42,7 +42,7 @@ from ravn.methods import Context, RavnConfig, SearchConfig, UniformConfig
 from ravn.models import ModelRef, load_model
 from ravn.pipeline import run
 from ravn.quantizers import quantizable_layers
-from ravn.report.results import markdown_table, save_results, summarize, write_atomic
+from ravn.report.results import RowFiles, markdown_table, save_results, summarize, write_atomic
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "ptq_search"
@@ -120,9 +120,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--evaluations", type=int, default=100)
     parser.add_argument("--data", default=None)
-    parser.add_argument("--fresh", action="store_true", help="measure again rows already finished")
-    parser.add_argument("--restore", action="store_true",
-                        help="first write the rows of the committed results back as row files (where missing)")
+    RowFiles.options(parser, tables=False)
     args = parser.parse_args()
     dataset = load_dataset(args.data)
     ROWS.mkdir(parents=True, exist_ok=True)

@@ -148,8 +148,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="+", choices=list(COMMANDS), default=list(COMMANDS),
                         help="default: every row (the fine-tuned ones take 1-2 hours each on 2 cores)")
-    parser.add_argument("--fresh", action="store_true", help="measure again rows already finished")
-    parser.add_argument("--tables", action="store_true", help="only rebuild the tables from the finished rows")
+    RowFiles.options(parser, restore=False)
     args = parser.parse_args()
     store = RowFiles(ROWS)
     if RESULTS.with_suffix(".json").exists():  # committed rows stay in the table (a fresh checkout has no row files)

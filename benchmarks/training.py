@@ -254,10 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default=None)
     parser.add_argument("--device", default=None, help="where methods train and evaluate (cpu, cuda, auto; default "
                         "the CPU); the row's machine names the GPU")
-    parser.add_argument("--fresh", action="store_true", help="measure again rows already finished")
-    parser.add_argument("--restore", action="store_true",
-                        help="first write the rows of the committed results back as row files (where missing)")
-    parser.add_argument("--tables", action="store_true", help="only rebuild the tables from the finished rows")
+    RowFiles.options(parser)
     args = parser.parse_args(argv)
     store = RowFiles(ROWS)
     if args.restore:

@@ -196,6 +196,17 @@ class RowFiles:
         self.folder.mkdir(parents=True, exist_ok=True)
         source_commit()  # the code this process loaded: what every row it finishes is stamped with
 
+    @staticmethod
+    def options(parser, restore: bool = True, tables: bool = True) -> None:
+        """The command-line options of a resumable benchmark on ``parser`` (an ``argparse`` parser):
+        ``--fresh``, and ``--restore`` / ``--tables`` where the benchmark has them."""
+        parser.add_argument("--fresh", action="store_true", help="measure again rows already finished")
+        if restore:
+            parser.add_argument("--restore", action="store_true",
+                                help="first write the rows of the committed results back as row files (where missing)")
+        if tables:
+            parser.add_argument("--tables", action="store_true", help="only rebuild the tables from the finished rows")
+
     def path(self, name: str) -> Path:
         return self.folder / f"{name}.json"
 
