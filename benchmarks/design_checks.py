@@ -260,11 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     ROWS.mkdir(parents=True, exist_ok=True)
     if args.restore:
-        for row in json.loads(RESULTS.with_suffix(".json").read_text())["rows"]:
-            row.pop("kept", None)
-            path = ROWS / (row_name(row["check"], row["variant"]) + ".json")
-            if not path.exists():
-                write_atomic(path, json.dumps(row))
+        RowFiles(ROWS).restore(RESULTS, lambda r: row_name(r["check"], r["variant"]))
     if args.tables:
         save(ROWS, RESULTS)
         return

@@ -70,7 +70,7 @@ def uniform_layer_bits(model, budget: float) -> dict[str, int]:
 
 
 def row_name(model: str, budget: float, method: str, seed: int) -> str:
-    return f"{model}-{budget}-{method.replace(' ', '_')}-{seed}.json"
+    return f"{model}-{budget}-{method.replace(' ', '_')}-{seed}"
 
 
 def evaluated(curve: list[float]) -> list[float]:
@@ -125,10 +125,7 @@ def main() -> None:
     dataset = load_dataset(args.data)
     ROWS.mkdir(parents=True, exist_ok=True)
     if args.restore:
-        for row in json.loads(RESULTS.with_suffix(".json").read_text())["rows"]:
-            path = ROWS / row_name(row["model"], row["budget"], row["method"], row["seed"])
-            if not path.exists():
-                write_atomic(path, json.dumps(row))
+        RowFiles(ROWS).restore(RESULTS, lambda r: row_name(r["model"], r["budget"], r["method"], r["seed"]))
 
     def save() -> None:
         order = {"uniform per-channel sym": 0, "uniform per-channel asym": 1, "vq": 2, "ravn": 3, "random search": 4}
@@ -165,7 +162,7 @@ def main() -> None:
                             agent=agent, evaluations=args.evaluations, patience=args.evaluations))
                         runs.append(("ravn" if agent == "ppo" else "random search", cfg, seed))
                 for method, cfg, seed in runs:
-                    row_file = ROWS / row_name(name, budget, method, seed)
+                    row_file = ROWS / f"{row_name(name, budget, method, seed)}.json"
                     if row_file.exists() and not args.fresh:
                         continue
                     context = Context(dataset=dataset, normalize=ref.normalize, seed=seed, progress=False,
