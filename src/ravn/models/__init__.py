@@ -116,11 +116,12 @@ class ModelRef:
         """``model`` in the structure ravn quantizes, and this reference recording how to rebuild it: itself
         when nothing applies, else a rewritten copy (the caller's model is left as it is). Today: attention
         whose projections are not Linear layers (:func:`ravn.models.attention.split_attention`)."""
-        if SPLIT_ATTENTION in self.rewrites or not any(type(m) is nn.MultiheadAttention for m in model.modules()):
+        if not any(type(m) is nn.MultiheadAttention for m in model.modules()):
             return model, self
         model = copy.deepcopy(model)
         split_attention(model)
-        return model, replace(self, rewrites=(*self.rewrites, SPLIT_ATTENTION))
+        return model, self if SPLIT_ATTENTION in self.rewrites else replace(
+            self, rewrites=(*self.rewrites, SPLIT_ATTENTION))
 
     def to_dict(self) -> dict:
         data = asdict(self)
