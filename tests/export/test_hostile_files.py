@@ -283,6 +283,7 @@ EDITS = {
     "rewrites unknown": _set("model", "rewrites", value=["exec-code"]),
     "rewrites a string": _set("model", "rewrites", value="split-attention"),
     "rewrites repeated": _set("model", "rewrites", value=["split-attention"] * 2),
+    "rewrites unhashable": _set("model", "rewrites", value=[["split-attention"]]),
     "state keys negative": _set("state", "keys", value=-1),
     "state keys string": _set("state", "keys", value="7"),
     "state keys wrong": _set("state", "keys", value=7),

@@ -125,7 +125,8 @@ def check_meta(meta: dict) -> None:
     if not _is_int(model.get("input_size", 32), 1) or model.get("input_size", 32) > 1 << 16:
         raise ValueError(f"model input_size {short(model.get('input_size'))} is not an integer in 1..65536")
     rewrites = model.get("rewrites", [])
-    if not isinstance(rewrites, list) or any(r not in REWRITES for r in rewrites) or len(rewrites) > len(REWRITES):
+    if (not isinstance(rewrites, list) or not all(isinstance(r, str) and r in REWRITES for r in rewrites)
+            or len(set(rewrites)) != len(rewrites)):
         raise ValueError(f"model rewrites {short(rewrites)} are not a list of {', '.join(REWRITES)}")
     _typed(meta["state"], "state", {"keys": int, "digest": str})
     if meta["state"]["keys"] < 0:
