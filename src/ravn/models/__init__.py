@@ -16,7 +16,7 @@ from torch import nn
 
 from ravn.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from ravn.errors import RavnError
-from ravn.models.attention import REWRITES, SPLIT_ATTENTION, split_attention
+from ravn.models.attention import REWRITES, SPLIT_ATTENTION, has_attention, split_attention
 from ravn.models.checkpoint import count_parameters, load_into, read_state_dict
 from ravn.settings import data_root
 
@@ -116,7 +116,7 @@ class ModelRef:
         """``model`` in the structure ravn quantizes, and this reference recording how to rebuild it: itself
         when nothing applies, else a rewritten copy (the caller's model is left as it is). Today: attention
         whose projections are not Linear layers (:func:`ravn.models.attention.split_attention`)."""
-        if not any(type(m) is nn.MultiheadAttention for m in model.modules()):
+        if not has_attention(model):
             return model, self
         model = copy.deepcopy(model)
         split_attention(model)

@@ -107,11 +107,21 @@ class SplitAttention(nn.MultiheadAttention):
         return out.permute(2, 0, 1, 3).reshape(length, batch, self.embed_dim)
 
 
+def _attention(model: nn.Module) -> list[tuple[nn.Module, str, nn.MultiheadAttention]]:
+    """Each ``nn.MultiheadAttention`` of ``model`` (exactly that type) with its parent and attribute name."""
+    return [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+            if type(child) is nn.MultiheadAttention]
+
+
+def has_attention(model: nn.Module) -> bool:
+    """Does ``model`` hold an ``nn.MultiheadAttention`` that :func:`split_attention` would replace."""
+    return bool(_attention(model))
+
+
 def split_attention(model: nn.Module) -> int:
     """Replace, in place, every ``nn.MultiheadAttention`` of ``model`` by its :class:`SplitAttention`;
     returns how many were replaced."""
-    targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
-               if type(child) is nn.MultiheadAttention]
+    targets = _attention(model)
     for parent, name, child in targets:
         setattr(parent, name, SplitAttention.of(child))
     return len(targets)
