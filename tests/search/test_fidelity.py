@@ -38,6 +38,20 @@ def test_analytic_distances():
     assert loss(_scaled(net, 4, 2.0)) == pytest.approx(1 / 3, abs=1e-6)
 
 
+def test_a_layer_that_outputs_zeros_is_left_out_with_a_warning():
+    net, x = _net(), torch.randn(6, 3, 6, 6)
+    with torch.no_grad():
+        net[4].weight.zero_()  # a zero-initialised head
+    with pytest.warns(UserWarning, match="4 output only zeros"):
+        loss = FidelityLoss(net, ["0", "2", "4"], x)
+    assert loss.silent == ["4"]
+    moved = _scaled(net, 2, 2.0)
+    with torch.no_grad():
+        moved[4].weight.fill_(0.1)  # its quantized output is not zero: no 1e12 distance
+    assert loss.per_layer(moved) == pytest.approx([0.0, 1.0, 0.0], abs=1e-6)
+    assert loss(moved) == pytest.approx(0.5, abs=1e-6)  # the mean over the two layers with a scale
+
+
 def test_chunks_give_the_same_loss(monkeypatch):
     net, x = _net(), torch.randn(9, 3, 6, 6)
     q = _scaled(_scaled(net, 2, 1.1), 0, 0.95)

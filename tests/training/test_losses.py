@@ -10,7 +10,7 @@ from ravn.quantizers.qweight import QuantizedWeight, implicit_table
 from ravn.quantizers.sinareq import BITS_RATE, SinareqQuantizer
 from ravn.quantizers.trainable import FloatTraining
 from ravn.training.finetune import FineTuneConfig
-from ravn.training.losses import Loss, Sinareq, SinReQ, Step
+from ravn.training.losses import Loss, Sinareq, SinReQ, Step, fidelity_term
 
 
 def _grid(step: float, n: int) -> FloatTraining:
@@ -71,3 +71,14 @@ def test_float_and_sinareq_train_float_and_validate_rounded():
         assert torch.equal(quantizer(w), w)
         quantizer.eval()
         assert torch.equal(quantizer(w), quantizer.freeze(w).dequantize())
+
+
+def test_fidelity_leaves_out_layers_whose_teacher_output_is_zero():
+    teacher = [torch.ones(2, 3), torch.zeros(2, 3)]  # the second: a zero-initialised head
+    student = [torch.full((2, 3), 2.0, requires_grad=True), torch.full((2, 3), 1e-3, requires_grad=True)]
+    value = fidelity_term(teacher, student)
+    assert math.isclose(value.item(), 1.0, rel_tol=1e-6)  # ||2 - 1||^2 / ||1||^2, the silent layer left out
+    value.backward()
+    assert torch.allclose(student[0].grad, torch.full((2, 3), 2 / 6))
+    assert torch.equal(student[1].grad, torch.zeros(2, 3))
+    assert fidelity_term([torch.zeros(2)], [torch.ones(2)]).item() == 0.0

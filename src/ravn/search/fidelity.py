@@ -16,6 +16,8 @@ the number of torch threads (:func:`_sum_squares`).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -45,6 +47,14 @@ class FidelityLoss:
             self.norms[name] = norm if name not in self.norms else self.norms[name] + norm
 
         stream(float_model, self.names, calibration, keep)
+        #: layers whose float output is zero on the whole batch (a zero-initialised head): no scale for
+        #: Eq. 5 to be relative to, so they are left out of Eq. 6's mean (their error still reaches the
+        #: layers after them and the top-1 term); dividing by a clamped zero made one such layer's distance
+        #: outweigh every other by 1e12
+        self.silent = [n for n in self.names if not float(self.norms[n]) > 0]
+        if self.silent:
+            warnings.warn(f"fidelity: {', '.join(self.silent)} output only zeros on the calibration batch "
+                          "(a zero-initialised layer?); Eq. 6 leaves them out. Pass a trained model.", stacklevel=2)
 
     @property
     def nbytes(self) -> int:
@@ -61,13 +71,14 @@ class FidelityLoss:
         return distance
 
     def _ratios(self, sums: dict[str, torch.Tensor]) -> list[float]:
-        """``d(F_i, F_i^q)`` of each layer from its summed squared distance (none summed: its float features)."""
-        return [float(sums[n] / self.norms[n].clamp_min(1e-12)) if n in sums else 0.0 for n in self.names]
+        """``d(F_i, F_i^q)`` of each layer from its summed squared distance (none summed: its float features;
+        a silent layer: 0)."""
+        return [float(sums[n] / self.norms[n]) if n in sums and n not in self.silent else 0.0 for n in self.names]
 
     def _loss(self, sums: dict[str, torch.Tensor]) -> float:
-        """Eq. 6: the mean of the layers' distances."""
+        """Eq. 6: the mean of the layers' distances, silent layers left out."""
         d = self._ratios(sums)
-        return sum(d) / len(d)
+        return sum(d) / max(len(d) - len(self.silent), 1)
 
     def _sums(self, model: nn.Module) -> dict[str, torch.Tensor]:
         sums: dict[str, torch.Tensor] = {}

@@ -67,9 +67,16 @@ class CrossEntropy(LossTerm):
 
 
 def fidelity_term(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> torch.Tensor:
-    """Differentiable Eq. 6: mean over layers of ||F - F^q||^2 / ||F||^2."""
-    terms = [(s - t).pow(2).sum() / t.pow(2).sum().clamp_min(1e-12) for t, s in zip(teacher, student, strict=True)]
-    return torch.stack(terms).mean()
+    """Differentiable Eq. 6: mean over layers of ||F - F^q||^2 / ||F||^2.
+
+    A layer whose float output is zero on the batch (a zero-initialised head) has no scale to be relative
+    to: it is left out of the mean, as :class:`ravn.search.fidelity.FidelityLoss` leaves it out of the
+    search's loss (dividing by a clamped zero made the term 1e7 times cross-entropy)."""
+    distances = torch.stack([(s - t).pow(2).sum() for t, s in zip(teacher, student, strict=True)])
+    norms = torch.stack([t.pow(2).sum() for t in teacher])
+    kept = norms > 0  # a mask, not a branch: no host sync per layer on a GPU
+    ratios = distances / torch.where(kept, norms, torch.ones_like(norms)) * kept
+    return ratios.sum() / kept.sum().clamp_min(1)
 
 
 @register_loss("fidelity")
