@@ -140,11 +140,13 @@ class _Walk:
         self.end = next(i for i, node in enumerate(self.nodes) if node.op == "output")
 
     @classmethod
-    def of(cls, model: nn.Module, names: list[str]) -> _Walk | None:
+    def of(cls, model: nn.Module, names: list[str], x: torch.Tensor) -> _Walk | None:
         """The walk of ``model``, or None for one ``torch.fx`` cannot trace (data-dependent control flow),
         with other than one input, or calling a named module more than once, never (it runs inside a module
         fx keeps whole, e.g. ``nn.TransformerEncoder``'s linear layers, or not at all) or on other than a
-        value of the pass (a change to it would then reach the pass elsewhere than from that node on)."""
+        value of the pass (a change to it would then reach the pass elsewhere than from that node on), or
+        whose graph does not compute what the model does on two images of ``x`` (a module that traces one
+        branch of its forward, as :class:`ravn.models.attention.SplitAttention` traces its batched one)."""
         import torch.fx
 
         if not _walks[-1]:
@@ -161,7 +163,7 @@ class _Walk:
                 or nodes[0].op != "placeholder" or not all(n.args and isinstance(n.args[0], torch.fx.Node)
                                                            for n in calls)):
             return None
-        return cls(graph, model)
+        return cls(graph, model) if _same_outputs(graph, model, to_model(model, x[:2])) else None
 
     def start(self, x: torch.Tensor) -> dict:
         return {self.nodes[0]: to_model(self.model, x)}
@@ -180,6 +182,27 @@ class _Walk:
         return node.target if node.op == "call_module" and node.target in names else None
 
 
+def _same_outputs(graph: nn.Module, model: nn.Module, x: torch.Tensor) -> bool:
+    """Does the traced ``graph`` give ``model``'s outputs on ``x`` (to float rounding; an error: no)."""
+    from torch.utils._pytree import tree_leaves
+
+    try:
+        with torch.no_grad():
+            ours, theirs = tree_leaves(graph(x)), tree_leaves(model(x))
+    except Exception:  # a branch the trace took that these inputs do not (its assert) fails here
+        return False
+    return len(ours) == len(theirs) and all(_close(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+def _close(a, b) -> bool:
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+        return type(a) is type(b) and a == b
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    a, b = a.float(), b.float()
+    return b.numel() == 0 or torch.allclose(a, b, rtol=1e-4, atol=1e-5 * (1 + float(b.abs().max())))
+
+
 @torch.no_grad()
 def stream_cuts(model: nn.Module, names: list[str], x: torch.Tensor, fn: Callable[[str, torch.Tensor, int], None],
                 visit: Callable[[str, Callable[[], None]], None]) -> bool:
@@ -191,9 +214,9 @@ def stream_cuts(model: nn.Module, names: list[str], x: torch.Tensor, fn: Callabl
     the walk itself calls ``fn`` with nothing. Values no later node reads are freed as the walk and each
     rest proceed, so memory is that of one forward pass of a chunk (plus the copied cut).
 
-    Returns False, having run nothing, for a model this cannot walk (:meth:`_Walk.of`); the caller then
+    Returns False, having run none of it, for a model this cannot walk (:meth:`_Walk.of`); the caller then
     runs the whole pass per change."""
-    walk = _Walk.of(model, names)
+    walk = _Walk.of(model, names, x)
     if walk is None:
         return False
     wanted = set(names)
@@ -234,8 +257,8 @@ def walk_inputs(model: nn.Module, names: list[str], x: torch.Tensor,
     pass per layer up to it, each chunk's values exactly those of a pass that stops at the module. The
     pass ends at the last named module. Memory: the values live at one node, of every chunk.
 
-    Returns False, having run nothing, for a model this cannot walk (:meth:`_Walk.of`)."""
-    walk = _Walk.of(model, names)
+    Returns False, having run none of it, for a model this cannot walk (:meth:`_Walk.of`)."""
+    walk = _Walk.of(model, names, x)
     if walk is None:
         return False
     left = set(names)

@@ -12,10 +12,12 @@ from tests.methods import toy
 from torch import nn
 
 import ravn
-from ravn import export
+from ravn import export, hooks
 from ravn.models import ModelRef
 from ravn.models.attention import SPLIT_ATTENTION, SplitAttention, split_attention
 from ravn.pipeline import run
+from ravn.quantizers import quantize_uniform
+from ravn.quantizers.rounding import get_rounding
 
 E = 8
 
@@ -118,3 +120,46 @@ def test_attention_projections_are_quantized_stored_and_rebuilt(tmp_path):
     rebuilt = stored.build()
     assert isinstance(rebuilt.attn, SplitAttention)
     assert torch.equal(rebuilt.attn.q_proj.weight, stored.weights["attn.q_proj"].dequantize())
+
+
+class _OneSequence(nn.Module):
+    """Calls its attention on one unbatched sequence (the first input's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(6, E)
+        self.attn = SplitAttention.of(nn.MultiheadAttention(E, 2))
+        self.head = nn.Linear(E, 3)
+
+    def forward(self, x):
+        h = self.embed(x)[0]
+        return self.head(self.attn(h, h, h, need_weights=False)[0].mean(0)).expand(x.shape[0], -1)
+
+
+def test_a_transformer_is_walked_in_one_pass_with_the_codes_of_a_pass_per_layer():
+    """fx traces the split attention's batched form, so sequential GPTQ walks a vision Transformer once;
+    the codes are those of one pass up to each layer."""
+    model, _ = toy.ATTENTION_REF.rewritten(toy.attention())
+    modules = dict(model.named_modules())
+    names = [n for n, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    weights = {n: quantize_uniform(modules[n].weight, 3) for n in names}
+    x = torch.rand(6, 3, 8, 8)
+    assert hooks.walk_inputs(model, names, x, lambda *_: None)
+    walked = get_rounding("gptq").sequential(model, weights, x)
+    with hooks.no_walks():
+        per_layer = get_rounding("gptq").sequential(model, weights, x)
+    assert all(torch.equal(walked[n].codes, per_layer[n].codes) for n in names)
+
+
+def test_attention_called_on_one_sequence_is_not_walked_but_still_rounded():
+    """Its traced (batched) graph fails the check against the model on real inputs: the pass per layer runs."""
+    torch.manual_seed(0)
+    model = _OneSequence().eval()
+    names = ["embed", "attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj", "head"]
+    modules = dict(model.named_modules())
+    weights = {n: quantize_uniform(modules[n].weight, 3) for n in names}
+    x = torch.randn(4, 5, 6)
+    torch.fx.symbolic_trace(model)  # it traces (the batched form)
+    assert not hooks.walk_inputs(model, names, x, lambda *_: None)
+    out = get_rounding("gptq").sequential(model, weights, x)
+    assert list(out) == names and any(not torch.equal(out[n].codes, weights[n].codes) for n in names)

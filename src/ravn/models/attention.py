@@ -17,6 +17,7 @@ A model quantized so stores the split weights; its :class:`ravn.models.ModelRef`
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -77,8 +78,16 @@ class SplitAttention(nn.MultiheadAttention):
         """``nn.MultiheadAttention.forward``, the projections by the modules. Without weights, masks or
         extra keys (a vision Transformer's call) the heads attend by ``F.scaled_dot_product_attention`` as
         ``F.multi_head_attention_forward`` does; otherwise that function does the rest (heads, masks, dropout,
-        bias_k / bias_v, zero attention, the weights) with identity projections, which multiply exactly."""
-        batched = query.dim() == 3
+        bias_k / bias_v, zero attention, the weights) with identity projections, which multiply exactly.
+
+        ``torch.fx`` traces the batched form (an input's rank is not known while tracing), asserting it, so
+        that ravn's one-pass walks (:mod:`ravn.hooks`) run through the projections of a Transformer that
+        calls its attention on batches; a model that calls it on one sequence fails that graph's check and
+        gets the pass per layer."""
+        tracing = torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+        if tracing:
+            torch._assert(query.dim() == 3, "SplitAttention was traced for batched inputs")
+        batched = tracing or query.dim() == 3
         if batched and self.batch_first:
             query, key, value = (x.transpose(0, 1) for x in (query, key, value))
         q, k, v = self.q_proj(query), self.k_proj(key), self.v_proj(value)  # (length, [batch,] embed_dim)
