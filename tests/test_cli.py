@@ -114,7 +114,9 @@ def tiny_folder(tmp_path, monkeypatch) -> Path:
 
     (tmp_path / "tinymodel.py").write_text(
         "from torch import nn\n\n\ndef tiny(num_classes=2):\n"
-        "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(16, num_classes))\n")
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(16, num_classes))\n\n\n"
+        "def gray(num_classes=2):\n"
+        "    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(16, num_classes))\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     for split in ("train", "val"):
         for k, color in enumerate([(250, 10, 10), (10, 10, 250)]):
@@ -137,6 +139,24 @@ def test_user_model_on_an_image_folder(capsys, tmp_path, tiny_folder):
     assert ref.input_size == 4 and ref.std == (0.5, 0.5, 0.5)
     e = run_json(capsys, "eval", str(out), "--model", "tinymodel:tiny", "--data", str(tiny_folder),
                  "--image-size", "4", "--val-size", "2")
+    assert e["top1"] == q["test_top1"] and e["n"] == 8
+
+
+def test_a_gray_model_takes_colour_folders_by_its_normalisation(capsys, tmp_path, tiny_folder):
+    """A one-channel model: without a one-value --mean / --std, a one-line error before any work; with them,
+    the images are converted to gray, and the file keeps that normalisation, so eval needs no flags."""
+    from ravn import export
+
+    data = ["--model", "tinymodel:gray", "--data", str(tiny_folder), "--image-size", "4", "--val-size", "2"]
+    out = tmp_path / "g.ravn"
+    quantize = ["quantize", *data, "--method", "uniform", "--bits", "4", "--no-measure", "--out", str(out)]
+    assert main(quantize) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the model does not run on the data's images") and "\n" not in err
+    assert not out.exists()
+    q = run_json(capsys, *quantize, "--mean", "0.5", "--std", "0.5")
+    assert export.read(out).ref.mean == (0.5,)
+    e = run_json(capsys, "eval", str(out), *data)
     assert e["top1"] == q["test_top1"] and e["n"] == 8
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from ravn.data import Normalize
 from ravn.data.splits import TensorSplit
-from ravn.evaluation import CPU_BATCH_PIXELS, DEFAULT_BATCH, eval_batch, evaluate, top1
+from ravn.errors import RavnError
+from ravn.evaluation import CPU_BATCH_PIXELS, DEFAULT_BATCH, check_runs, eval_batch, evaluate, top1
 
 
 def test_top1_on_pixels_normalised_batch_by_batch_equals_top1_on_normalised_images():
@@ -32,3 +35,30 @@ def test_evaluate_does_not_depend_on_the_batches_where_the_logits_do_not():
     norm = Normalize((0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
     results = [evaluate(net, split, norm, batch_size=b) for b in (5, 16, 37)]  # (1 takes other kernels)
     assert all(r == results[0] for r in results)  # loss too: each image's summed exactly
+
+
+def test_normalisation_gives_the_model_its_channels():
+    """Colour images for a one-channel model become Pillow's gray (the same integers), gray images for a
+    three-channel model are repeated; any other mismatch is a one-line error."""
+    from PIL import Image
+
+    pixels = torch.randint(0, 256, (5, 3, 4, 6), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    pillow = torch.from_numpy(np.stack([np.asarray(Image.fromarray(p.permute(1, 2, 0).numpy(), "RGB").convert("L"))
+                                        for p in pixels])).unsqueeze(1)
+    assert torch.equal(Normalize((0.0,), (1.0,))(pixels), pillow.float() / 255)
+    gray = pixels[:, :1]
+    assert torch.equal(Normalize((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))(gray), gray.expand(-1, 3, -1, -1).float() / 255)
+    with pytest.raises(RavnError, match="images have 4 channels and the model's normalisation 3 values"):
+        Normalize()(torch.zeros(1, 4, 2, 2, dtype=torch.uint8))
+
+
+def test_a_model_that_cannot_take_the_data_is_a_one_line_error_before_any_work():
+    split = TensorSplit(torch.zeros(4, 3, 6, 6, dtype=torch.uint8), torch.tensor([0, 1, 2, 0]))
+    gray = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(32, 3)).train()
+    with pytest.raises(RavnError, match=r"does not run on the data's images \(3 x 6 x 6 pixels, normalised to 3 "
+                                        r"channels\): RuntimeError") as err:
+        check_runs(gray, split, Normalize(), 3)
+    assert "\n" not in str(err.value) and gray.training  # its mode is left as it was
+    check_runs(gray, split, Normalize((0.5,), (0.25,)), 3)  # given one channel: it runs
+    with pytest.raises(RavnError, match=r"gives \(2, 3\) for 2 images, not a score for each of the data's 4 classes"):
+        check_runs(gray, split, Normalize((0.5,), (0.25,)), 4)

@@ -83,7 +83,7 @@ def eval_cmd(
     from ravn import export
     from ravn.data import load_dataset
     from ravn.device import on_device, resolve_device
-    from ravn.evaluation import evaluate
+    from ravn.evaluation import check_runs, evaluate
     from ravn.models import load_model
 
     resolve_device(device)
@@ -100,6 +100,7 @@ def eval_cmd(
         net = load_model(ref, weights)
     part = dataset.split(split, limit=limit)
     net = on_device(net, device, ref.input_size)
+    check_runs(net, part, ref.normalize, dataset.num_classes)
     metrics = evaluate(net, part, ref.normalize, batch_size, progress=None if as_json else f"eval {split}")
     out = {"top1": metrics["top1"], "n": metrics["n"], "split": split, "model": ref.name, "loss": metrics["loss"]}
     if dataset.num_classes >= 100:

@@ -11,6 +11,32 @@ from torch import nn
 from ravn.data import ImageSplit, Normalize, iterate_batches
 from ravn.data.splits import images_per_batch
 from ravn.device import device_of, to_model
+from ravn.errors import RavnError
+
+
+@torch.no_grad()
+def check_runs(model: nn.Module, split: ImageSplit, normalize: Normalize, num_classes: int) -> None:
+    """Run ``model`` on two images of ``split`` before any long work: a model that cannot take the data's
+    images (channels, size) or does not give one score per class is a one-line error naming both, not a
+    traceback minutes into a search. The model's train / eval mode is left as it was."""
+    images = split.images(torch.arange(min(2, len(split))))
+    mode = model.training
+    try:
+        logits = model.eval()(normalize(to_model(model, images)))
+    except RavnError:
+        raise
+    except Exception as exc:  # whatever the model raises on these inputs, named in one line
+        what = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        raise RavnError(f"the model does not run on the data's images ({images.shape[1]} x {images.shape[2]} x "
+                        f"{images.shape[3]} pixels, normalised to {len(normalize.mean)} channels): {what}",
+                        "check --image-size, and --mean / --std (one value per channel the model takes)") from None
+    finally:
+        model.train(mode)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[1] < num_classes:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise RavnError(f"the model gives {shape} for {len(images)} images, not a score for each of the data's "
+                        f"{num_classes} classes", "build the model for the data's classes (e.g. its factory's "
+                        "num_classes) and return logits of shape (images, classes)")
 
 
 @torch.no_grad()

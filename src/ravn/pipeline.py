@@ -21,7 +21,7 @@ from ravn.config import Config
 from ravn.data import Dataset
 from ravn.device import on_device
 from ravn.errors import RavnError
-from ravn.evaluation import evaluate
+from ravn.evaluation import check_runs, evaluate
 from ravn.methods import Context, quantize
 from ravn.methods.base import QuantizationResult, method_of
 from ravn.models import ModelRef
@@ -107,6 +107,7 @@ def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: 
     context = dataclasses.replace(context, coding=coding, ref=context.ref or ref, overhead=context.overhead or
                                   file_overhead(model, ref, method, config, dataset.num_classes >= 100))
     model = on_device(model, context.device, ref.input_size)  # measured where and as the method runs it
+    check_runs(model, dataset.split("train", limit=2), ref.normalize, dataset.num_classes)
     from ravn.report.measure import EnergyMeter, peak_of_quantizing
 
     start = time.perf_counter()
@@ -197,6 +198,7 @@ def recover_file(stored: export.RavnFile, out: Path | str, dataset: Dataset, tea
         raise RavnError(f"{stored.path} was already recovered from {meta['config']['recovery']['from']['file']}",
                         "recover the file it came from, with more --epochs")
     model, teacher = (on_device(m, device, ref.input_size) for m in (stored.build(allow), teacher))
+    check_runs(model, dataset.split("train", limit=2), ref.normalize, dataset.num_classes)
     # the folder's stamp: the same source file and settings resume, others are refused
     with run_folder(run_dir, {"config": tune.to_dict(), "seed": seed, "source": stored.path.name,
                               "source_bytes": stored.file_bytes}):

@@ -5,6 +5,9 @@ converted to 8-bit RGB, resized so the shorter side is ``resize`` and centre-cro
 ``size``: the usual resize 256 / centre crop 224 at 224 px (``resize = size / 0.875``); below 64 px the
 image is resized to ``size`` and cropped to a square.
 
+A model of one input channel gets them in gray: its normalisation (``--mean`` / ``--std`` of one value)
+converts each batch as Pillow's ``convert("L")`` would (:class:`ravn.data.Normalize`).
+
 A held-out split may also be flat, as ImageNet's validation images come: ``<root>/val/<image>`` with a
 labels file next to the folder (:func:`read_flat_split`): ``val.txt`` with ``<file> <class>`` lines
 (``<class>`` a class folder name, or its index among the sorted class folders, as in Caffe's
