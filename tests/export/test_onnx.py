@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -127,6 +128,31 @@ def test_user_model_with_odd_layers_and_input_shape(tmp_path, oddnet, one_thread
     np.testing.assert_allclose(_run(tmp_path / "o.onnx", x), expected, atol=1e-4, rtol=0)
     # a tiny file: the graph and the ``ravn.Unpack`` function on top of the .ravn file (3.0 KB measured)
     assert out["onnx_bytes"] < out["ravn_bytes"] + 4000
+
+
+class _Gray(torch.nn.Module):
+    """A one-channel (gray) model of 12-pixel images."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.conv(x).mean((2, 3)))
+
+
+def test_a_gray_model_is_traced_with_one_channel(tmp_path, register, one_thread):
+    """The default traced input has the file's channels (one per normalisation value), not always three."""
+    ref = dataclasses.replace(register(_Gray).normalized((0.5,), (0.25,)), input_size=12)
+    torch.manual_seed(0)
+    model = _Gray().eval()
+    path = save(tmp_path / "g.ravn", ref, model, quantized(model, 4))
+    export_onnx(path, tmp_path / "g.onnx", allow=(ref.factory,))
+    x = torch.randn(2, 1, 12, 12)
+    with torch.no_grad():
+        expected = ravn.load(path, allow=(ref.factory,))(x).numpy()
+    np.testing.assert_allclose(_run(tmp_path / "g.onnx", x), expected, atol=1e-5, rtol=0)
 
 
 def test_cli_export(tmp_path, capsys, resnet):

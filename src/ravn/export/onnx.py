@@ -93,10 +93,10 @@ def export_onnx(path: Path | str, out: Path | str, keep_codes: bool = True,
     """Write the model of the ``.ravn`` file ``path`` as ONNX to ``out``; returns what was written.
 
     ``keep_codes``: store the codes and rebuild the weights in the graph (the module docstring);
-    ``False``: a plain float export. ``input_shape``: of the traced input (default ``1, 3, S, S`` with
-    the file's input size); the batch dimension stays free. The input is what ``ravn.load(path)``
-    takes: pixels normalised as ``(pixels / 255 - mean) / std`` (the model's ``mean``/``std`` are in
-    the ONNX metadata). ``allow``: the model factories it may run besides the bundled ones
+    ``False``: a plain float export. ``input_shape``: of the traced input (default ``1, C, S, S``, the file's
+    channels and input size: :attr:`ModelRef.input_shape`); the batch dimension stays free. The input is
+    what ``ravn.load(path)`` takes: pixels normalised as ``(pixels / 255 - mean) / std`` (the model's
+    ``mean``/``std`` are in the ONNX metadata). ``allow``: the model factories it may run besides the bundled ones
     (:meth:`RavnFile.build`). Returned: bytes of the ONNX file, of its code initializers and of the
     ``.ravn`` file (as stored and with fixed-width codes), and each layer's code width in bits.
     """
@@ -105,7 +105,7 @@ def export_onnx(path: Path | str, out: Path | str, keep_codes: bool = True,
     check_writable(out)
     ravn_file = read(path)
     ref = ravn_file.ref
-    shape = tuple(input_shape or (1, 3, ref.input_size, ref.input_size))
+    shape = tuple(input_shape or (1, *ref.input_shape))
     if not shape or any(not isinstance(s, int) or s < 1 for s in shape):
         raise RavnError(f"input shape {list(shape)} is not a list of positive sizes", "pass e.g. 1,3,32,32")
     model = ravn_file.build(allow)

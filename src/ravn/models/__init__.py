@@ -86,6 +86,11 @@ class ModelRef:
     def normalize(self) -> Normalize:
         return Normalize(self.mean, self.std)
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """One input image: channels (one per normalisation value: 1 gray, 3 colour) x size x size."""
+        return len(self.mean), self.input_size, self.input_size
+
     def factory_function(self):
         """The factory itself, imported (a :class:`RavnError` if it cannot be)."""
         module_name, _, attr = self.factory.partition(":")

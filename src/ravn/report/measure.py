@@ -135,9 +135,9 @@ def _forward_child(spec: dict) -> dict:
     from ravn import export
 
     importlib.import_module(spec["ref"]["factory"].partition(":")[0])
-    size = spec["ref"]["input_size"]
+    shape = (1, *ModelRef.from_dict(spec["ref"]).input_shape)
     with torch.no_grad():
-        nn.Conv2d(3, 1, 1)(torch.zeros(1, 3, size, size))
+        nn.Conv2d(shape[1], 1, 1)(torch.zeros(shape))
     reset = reset_peak_rss()
     base = current_rss()
     if spec["kind"] == "float":
@@ -146,7 +146,7 @@ def _forward_child(spec: dict) -> dict:
     else:
         model = export.load(spec["path"], allow=(spec["ref"]["factory"],), lazy=spec["kind"] == "lazy")
     with torch.no_grad():
-        model.eval()(torch.zeros(1, 3, size, size))
+        model.eval()(torch.zeros(shape))
     peak = peak_rss_since_reset()
     return {"peak_rss": peak, "start_rss": base,
             "above_start": None if base is None or not reset else peak - base}
