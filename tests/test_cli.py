@@ -94,6 +94,15 @@ def test_console_script_exit_code(tmp_path):
     assert proc.stderr.strip().startswith("error: unknown model") and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("args, message", [(["quantize", "--out", "x.ravn", "--bogus"], "No such option: --bogus"),
+                                           (["quantize", "--out", "x.ravn", "none"], "unexpected extra argument"),
+                                           (["quantize"], "Missing option '--out'")])
+def test_usage_errors_are_messages_not_tracebacks(capsys, args, message):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and "Try 'ravn quantize --help'" in err
+
+
 def test_normalisation_flags(capsys, shared_data):
     default = run_json(capsys, "eval", "--limit", "100")
     same = run_json(capsys, "eval", "--limit", "100", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225")

@@ -423,19 +423,17 @@ def methods_cmd() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ravn`` script: one-line errors, no tracebacks for user mistakes."""
-    import click
-
     try:
         typer.main.get_command(app).main(args=argv, prog_name="ravn", standalone_mode=False)
     except RavnError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
+    except typer.TyperException as exc:  # usage errors: Typer vendors Click, whose exceptions derive from this
         exc.show()
         return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         typer.echo("interrupted; finished work is kept, run the same command again to resume", err=True)
         return 130
     return 0
