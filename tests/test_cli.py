@@ -103,6 +103,23 @@ def test_usage_errors_are_messages_not_tracebacks(capsys, args, message):
     assert message in err and "Traceback" not in err and "Try 'ravn quantize --help'" in err
 
 
+def test_repeatable_flags_keep_every_value(capsys, shared_data, tmp_path):
+    out = run_json(capsys, "quantize", "--method", "uniform", "--exclude", "conv1", "--exclude", "linear",
+                   "--test-limit", "10", "--out", str(tmp_path / "q.ravn"), "--no-measure")
+    assert out["config"]["exclude"] == ["conv1", "linear"]
+    assert set(out["size"]["float_weights"]) == {"conv1.weight", "linear.weight"}
+    assert not {"conv1", "linear"} & set(out["allocation"])
+
+
+def test_every_tuple_field_is_a_repeatable_flag():
+    from ravn.cli_flags import config, flags
+    from ravn.methods import METHODS
+
+    assert {name for name, flag in flags().items() if flag.kind is list} == {"exclude", "sections"}
+    dcq = config(METHODS["dcq"], None, {"sections": ["layer1", "layer2"], "exclude": ["conv1"]})
+    assert dcq.sections == ("layer1", "layer2") and dcq.exclude == ("conv1",)
+
+
 def test_normalisation_flags(capsys, shared_data):
     default = run_json(capsys, "eval", "--limit", "100")
     same = run_json(capsys, "eval", "--limit", "100", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225")

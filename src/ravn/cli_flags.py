@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import types
 import typing
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -41,8 +42,8 @@ class Flag:
 
 
 def _scalar(hint: Any) -> type:
-    options = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_args(hint) else [hint]
-    base = options[0]
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType)  # X | None: X
+    base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
     if typing.get_origin(base) is tuple:
         return list
     return base if base in (bool, int, float, str) else str

@@ -5,7 +5,9 @@ channels first; grouped and depthwise convolutions are included. Transposed conv
 output channels in dim 1 and are left in float, as are weights outside these layers (embeddings, class
 tokens): a file's size report names them (``float_weights``) and ``ravn quantize`` prints them, since the
 budget does not cover them. ``nn.MultiheadAttention``, whose projections are raw parameters, is rewritten
-with Linear projections before a run (:mod:`ravn.models.attention`).
+with Linear projections before a run (:mod:`ravn.models.attention`). A module called several times is one
+layer; a quantized weight that is also another parameter of the model (tied weights, or one module registered
+at two paths) is refused: codes are stored per layer, and the rebuilt model could not keep the tie.
 """
 
 from __future__ import annotations
@@ -30,7 +32,27 @@ def quantizable_layers(model: nn.Module, exclude: tuple[str, ...] | list[str] = 
     if not layers:
         raise RavnError(f"{type(model).__name__} has no Conv or Linear layer to quantize",
                         "ravn quantizes the weights of nn.Conv1d/2d/3d and nn.Linear")
+    tied = _tied(model, layers)
+    if tied:
+        raise RavnError(f"layer {tied[0]}'s weight is also {', '.join(tied[1:])} (tied weights): ravn stores codes "
+                        "per layer, and the file could not rebuild the tie", "call one module twice instead of "
+                        "tying two modules' weights or registering one module twice (a module called twice is "
+                        "quantized once), or untie them")
     for name, m in layers.items():
         if not m.weight.isfinite().all():
             raise RavnError(f"layer {name} has NaN or infinite weights", "fix or retrain the model first")
     return layers
+
+
+def _tied(model: nn.Module, layers: dict[str, nn.Module]) -> list[str]:
+    """The names one of ``layers``' weights has in ``model`` besides its own (``[layer, *other names]``), for the first
+    weight that has any; ``[]`` when no quantized weight is tied to another parameter."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    for name, m in layers.items():
+        every = names.get(id(m.weight), [])
+        if len(every) > 1:
+            own = f"{name}.weight" if name else "weight"
+            return [name, *[n for n in every if n != own]]
+    return []
