@@ -293,6 +293,15 @@ def test_image_folder_errors(tmp_path):
         _ = load_dataset(tmp_path / "b").test
 
 
+def test_a_test_class_that_train_lacks_is_refused(tmp_path):
+    _folder_dataset(tmp_path / "imgs")
+    (tmp_path / "imgs" / "test" / "fox").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "imgs" / "test" / "fox" / "0.png")
+    (tmp_path / "imgs" / "test" / ".cache").mkdir()  # hidden folders are no classes
+    with pytest.raises(RavnError, match=r"test has class folders that .*train lacks: fox \(the classes are train/'s"):
+        load_dataset(tmp_path / "imgs", image_size=16, val_size=4)
+
+
 def test_unreadable_image_is_a_ravn_error(tmp_path):
     _folder_dataset(tmp_path / "imgs")
     bad = tmp_path / "imgs" / "train" / "dog" / "03.png"

@@ -195,6 +195,11 @@ def load_dataset(data: Path | str | None = None, image_size: int | None = None,
                 raise RavnError(f"{test_dir} holds images but no class folders and {root} no labels file",
                                 f"add {test_dir.name}.txt ('<file> <class>' lines) or LOC_{test_dir.name}_solution.csv")
             read_test = partial(read_flat_split, test_dir, labels, classes, size)
+        unknown = sorted(set(list_classes(test_dir)) - set(classes))
+        if unknown:  # their images would be left out of the test top-1 unnoticed
+            raise RavnError(f"{test_dir} has class folders that {root}/train lacks: {', '.join(unknown[:5])}"
+                            f"{', ...' if len(unknown) > 5 else ''}", f"the classes are train/'s: add them there "
+                            f"or move them out of {test_dir.name}/")
         return Dataset(root.name, root, classes, partial(read_folder_split, root / "train", classes, size),
                        read_test, val_size, val_shuffle_seed=0)
     raise RavnError(
