@@ -388,7 +388,8 @@ def export_cmd(
     onnx: Annotated[Path, typer.Option("--onnx", help="The ONNX file to write.")],
     float_weights: Annotated[bool, typer.Option("--float", help="Store float weights instead of the codes.")] = False,
     input_shape: Annotated[str | None, typer.Option(
-        help="Shape of the traced input, e.g. 1,3,32,32 (default: 3 channels at the file's input size).")] = None,
+        help="Shape of the traced input, e.g. 1,3,32,32 (default: one image of the model's channels, as many as "
+             "its normalisation has values, at the file's input size).")] = None,
     model: Annotated[str, typer.Option("--model", help="With a .ravn file of a user model: its factory "
                                        "(package.module:function), to allow running it.")] = "",
     as_json: JsonOpt = False,
@@ -407,7 +408,8 @@ def export_cmd(
     if as_json:
         _print_json(out)
         return
-    typer.echo(f"wrote {out['onnx']}: {out['onnx_bytes']:,} bytes, {out['codes']} weights, opset {out['opset']} "
+    stored = "weights as their codes and tables" if out["codes"] == "kept" else "float weights"
+    typer.echo(f"wrote {out['onnx']}: {out['onnx_bytes']:,} bytes, {stored}, opset {out['opset']} "
                f"(the .ravn file: {out['ravn_bytes']:,} bytes; with fixed-width codes: {out['fixed_ravn_bytes']:,})")
 
 
