@@ -120,6 +120,15 @@ def test_every_tuple_field_is_a_repeatable_flag():
     assert dcq.sections == ("layer1", "layer2") and dcq.exclude == ("conv1",)
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--test-limit", "0"], "--test-limit 0 keeps no image"), (["--seed", "-1"], "seed -1 is out of range"),
+    (["--method", "ravn", "--lam", "-1"], "lam must be >= 0")])
+def test_bad_run_settings_are_one_line_errors(capsys, shared_data, tmp_path, args, message):
+    assert main(["quantize", "--out", str(tmp_path / "x.ravn"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err
+
+
 def test_normalisation_flags(capsys, shared_data):
     default = run_json(capsys, "eval", "--limit", "100")
     same = run_json(capsys, "eval", "--limit", "100", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225")

@@ -81,12 +81,13 @@ def eval_cmd(
 ) -> None:
     """Top-1 (and top-5 for 100+ classes) accuracy of a float checkpoint or a .ravn file."""
     from ravn import export
-    from ravn.data import load_dataset
+    from ravn.data import check_limit, load_dataset
     from ravn.device import on_device, resolve_device
     from ravn.evaluation import check_runs, evaluate
     from ravn.models import load_model
 
     resolve_device(device)
+    check_limit(limit, "--limit")
     if split not in ("test", "val"):
         raise RavnError(f"unknown split '{split}'", "use --split test or --split val")
     dataset = load_dataset(data, image_size, val_size)

@@ -18,7 +18,7 @@ from torch import nn
 
 from ravn import export
 from ravn.config import Config
-from ravn.data import Dataset
+from ravn.data import Dataset, check_limit
 from ravn.device import on_device
 from ravn.errors import RavnError
 from ravn.evaluation import check_runs, evaluate
@@ -97,6 +97,7 @@ def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: 
     ``report``: write the run report (``report.md``, ``report.json``, plots) into ``context.run_dir``, with
     the energy of quantizing and the measurements the options ask for (:mod:`ravn.report.run`).
     """
+    check_limit(test_limit)
     model, ref = ref.rewritten(model)  # the structure quantized (attention's projections as Linear layers)
     context = context or Context(dataset=dataset, normalize=ref.normalize, progress=progress)
     if report is not None and context.run_dir is None:
@@ -191,6 +192,7 @@ def recover_file(stored: export.RavnFile, out: Path | str, dataset: Dataset, tea
     """
     from ravn.training.finetune import FineTuneConfig, fine_tune_codes_fixed
 
+    check_limit(test_limit)
     tune = FineTuneConfig(epochs=epochs, lr=lr, quantizer="shared")
     start = time.perf_counter()
     ref, meta = stored.ref, stored.meta

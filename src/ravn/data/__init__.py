@@ -34,7 +34,7 @@ from ravn.settings import data_root
 
 __all__ = [
     "DEFAULT_VAL_SIZE", "FOLDER_IMAGE_SIZE", "Dataset", "ImageSplit", "Normalize", "TensorSplit", "calibration_indices",
-    "carve_validation", "iterate_batches", "load_dataset", "random_crop_flip", "resolve_data_dir",
+    "carve_validation", "check_limit", "iterate_batches", "load_dataset", "random_crop_flip", "resolve_data_dir",
 ]
 
 SplitName = Literal["train", "val", "test", "calib"]
@@ -99,12 +99,19 @@ class Dataset:
             return self.calibration()
         if name not in ("train", "val", "test"):
             raise RavnError(f"unknown split '{name}'", "use train, val or test")
+        check_limit(limit)
         part = getattr(self, name)
         if limit is not None and limit < len(part):
             import torch
 
             part = part.subset(torch.arange(limit))
         return part
+
+
+def check_limit(limit: int | None, flag: str = "--test-limit") -> None:
+    """A split's ``limit`` (its first ``limit`` images) is None or positive; callers check before any long work."""
+    if limit is not None and limit < 1:
+        raise RavnError(f"{flag} {limit} keeps no image", f"give {flag} 1 or more, or leave it out for the whole split")
 
 
 def _within(read: Callable[[], ImageSplit], classes: list[str], source: Path) -> Callable[[], ImageSplit]:

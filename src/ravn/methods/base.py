@@ -64,6 +64,10 @@ class Context:
     #: A Ray cluster to join (``--ray-address``, e.g. ``auto`` or ``ray://host:10001``); None starts a local Ray.
     ray_address: str | None = None
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.seed < 2**32:  # numpy's and the RL libraries' range, which torch's includes
+            raise RavnError(f"seed {self.seed} is out of range", "use a seed from 0 to 4294967295")
+
     def require_data(self, what: str) -> Dataset:
         if self.dataset is None:
             raise RavnError(f"{what} needs data", "pass a dataset in the Context (--data on the command line)")

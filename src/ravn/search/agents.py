@@ -67,6 +67,8 @@ class SearchConfig(Config):
             raise ValueError(f"changes must be positive, got {self.changes}")
         if self.rerank < 0:
             raise ValueError("rerank must be >= 0")
+        if not self.lam >= 0:  # a negative weight would reward a larger top-1 gap
+            raise ValueError(f"lam must be >= 0, got {self.lam}")
 
     @classmethod
     def migrate(cls, data: dict, version: int) -> dict:
