@@ -62,3 +62,13 @@ def test_a_model_that_cannot_take_the_data_is_a_one_line_error_before_any_work()
     check_runs(gray, split, Normalize((0.5,), (0.25,)), 3)  # given one channel: it runs
     with pytest.raises(RavnError, match=r"gives \(2, 3\) for 2 images, not a score for each of the data's 4 classes"):
         check_runs(gray, split, Normalize((0.5,), (0.25,)), 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_model_of_other_float_weights_is_told_to_build_in_float32(dtype):
+    split = TensorSplit(torch.zeros(2, 3, 6, 6, dtype=torch.uint8), torch.tensor([0, 1]))
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(32, 2)).to(dtype)
+    with pytest.raises(RavnError, match=rf"its weights are {str(dtype)[6:]} and the images float32: build the model "
+                                        r"in float32 \(e\.g\. model\.float\(\) in its factory\)"):
+        check_runs(model, split, Normalize(), 2)
+    check_runs(model.float(), split, Normalize(), 2)

@@ -27,9 +27,14 @@ def check_runs(model: nn.Module, split: ImageSplit, normalize: Normalize, num_cl
         raise
     except Exception as exc:  # whatever the model raises on these inputs, named in one line
         what = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        other = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()
+                        if p.is_floating_point() and p.dtype != torch.float32})
+        fix = (f"its weights are {', '.join(other)} and the images float32: build the model in float32 (e.g. "
+               "model.float() in its factory)" if other else
+               "check --image-size, and --mean / --std (one value per channel the model takes)")
         raise RavnError(f"the model does not run on the data's images ({images.shape[1]} x {images.shape[2]} x "
                         f"{images.shape[3]} pixels, normalised to {len(normalize.mean)} channels): {what}",
-                        "check --image-size, and --mean / --std (one value per channel the model takes)") from None
+                        fix) from None
     finally:
         model.train(mode)
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[1] < num_classes:
