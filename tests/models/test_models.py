@@ -174,6 +174,21 @@ def test_truncated_checkpoint(tmp_path, resnet20_bytes, keep):
     assert "\n" not in str(info.value)
 
 
+class _Pickled(torch.nn.Linear):
+    """A class a whole-model pickle names: loading it would import and run this module's code."""
+
+
+def test_a_whole_pickled_model_is_refused_unpickled(tmp_path, monkeypatch):
+    path = tmp_path / "model.pt"
+    torch.save(_Pickled(2, 2), path)
+    ran = []
+    monkeypatch.setattr(_Pickled, "__setstate__", lambda self, state: ran.append(state), raising=False)
+    with pytest.raises(RavnError, match=r"holds a pickled (tests\.models\.)?test_models\._Pickled, not only tensors: "
+                                        r"ravn never unpickles.*torch\.save\(model\.state_dict\(\), path\)"):
+        read_state_dict(path)
+    assert not ran
+
+
 def test_checkpoint_without_tensors(tmp_path):
     path = tmp_path / "meta.pt"
     torch.save({"epoch": 3, "best_prec1": 91.0}, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -32,6 +33,11 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
+        pickled = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))  # a pickle of objects, e.g. a model
+        if pickled:
+            raise RavnError(f"checkpoint {path} holds a pickled {pickled.group(1)}, not only tensors: ravn never "
+                            "unpickles objects (loading them can run any code)", "where you trust the file, save "
+                            "its tensors with torch.save(model.state_dict(), path) and pass that") from None
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else exc.__class__.__name__
         raise RavnError(f"cannot read checkpoint {path}: {reason}",
                         "the file is corrupt, truncated or not a PyTorch checkpoint") from None
