@@ -221,7 +221,11 @@ def test_recover_keeps_every_code_so_the_streams_and_bits(capsys, tmp_path, tiny
     unallowed = [a for a in data if a not in ("--model", "tinymodel:tiny")]  # the file's factory not named
     for args, message in [([str(out), "--out", str(tmp_path / "x.ravn"), *data], "already recovered"),
                           ([str(source), "--out", str(source), *data], "is the file being recovered"),
-                          ([str(source), "--out", str(tmp_path / "y.ravn"), *unallowed], "does not bundle")]:
+                          ([str(source), "--out", str(tmp_path / "y.ravn"), *unallowed], "does not bundle"),
+                          ([str(source), "--out", str(tmp_path / "z.ravn"), *data, "--lr", "-1"], "--lr -1.0 is not"),
+                          ([str(source), "--out", str(tmp_path / "z.ravn"), *data, "--seed", "-1"], "seed -1 is out"),
+                          ([str(source), "--out", str(tmp_path / "z.ravn"), *data, "--test-limit", "0"],
+                           "--test-limit 0 keeps no image")]:
         assert main(["recover", *args]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and message in err and "\n" not in err

@@ -335,6 +335,8 @@ def recover_cmd(
     resolve_device(device)
     if epochs < 1:
         raise RavnError(f"--epochs {epochs}: recovery trains at least one epoch", "pass --epochs 1 or more")
+    if not lr > 0:
+        raise RavnError(f"--lr {lr} is not a positive learning rate", "pass e.g. --lr 1e-4 (the default)")
     if out.resolve() == file.resolve():
         raise RavnError(f"--out {out} is the file being recovered", "write the recovered file to another path")
     stored = export.read(file)

@@ -23,7 +23,7 @@ from ravn.device import on_device
 from ravn.errors import RavnError
 from ravn.evaluation import check_runs, evaluate
 from ravn.methods import Context, quantize
-from ravn.methods.base import QuantizationResult, method_of
+from ravn.methods.base import QuantizationResult, check_seed, method_of
 from ravn.models import ModelRef
 from ravn.report.run import ReportOptions
 from ravn.runs import run_folder
@@ -193,6 +193,7 @@ def recover_file(stored: export.RavnFile, out: Path | str, dataset: Dataset, tea
     from ravn.training.finetune import FineTuneConfig, fine_tune_codes_fixed
 
     check_limit(test_limit)
+    check_seed(seed)
     tune = FineTuneConfig(epochs=epochs, lr=lr, quantizer="shared")
     start = time.perf_counter()
     ref, meta = stored.ref, stored.meta

@@ -36,6 +36,12 @@ from ravn.registry import Registry
 from ravn.runs import run_folder
 
 
+def check_seed(seed: int) -> None:
+    """A seed every library takes: numpy's and the RL libraries' range, 0 .. 2^32 - 1 (torch's includes it)."""
+    if not 0 <= seed < 2**32:
+        raise RavnError(f"seed {seed} is out of range", "use a seed from 0 to 4294967295")
+
+
 @dataclass
 class Context:
     """What a method may use besides the model: data, preprocessing, a folder for its run, a seed."""
@@ -65,8 +71,7 @@ class Context:
     ray_address: str | None = None
 
     def __post_init__(self) -> None:
-        if not 0 <= self.seed < 2**32:  # numpy's and the RL libraries' range, which torch's includes
-            raise RavnError(f"seed {self.seed} is out of range", "use a seed from 0 to 4294967295")
+        check_seed(self.seed)
 
     def require_data(self, what: str) -> Dataset:
         if self.dataset is None:
