@@ -92,7 +92,9 @@ def command(fn, fixed: dict[str, Any], defaults: dict[str, Any]):
               for name, hint in fixed.items()]
     for flag in flags().values():
         kind = list[str] | None if flag.kind is list else flag.kind | None
-        help_text = escape(f"{'/'.join(flag.methods)}: {flag.doc}")
+        flag_name = flag.decl.split("/")[0]
+        repeat = f" Repeatable: {flag_name} A {flag_name} B." if flag.kind is list else ""
+        help_text = escape(f"{'/'.join(flag.methods)}: {flag.doc}{repeat}")
         option = typer.Option(*flag.decl.split(" "), help=help_text)
         params.append(inspect.Parameter(flag.name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=Annotated[kind, option]))
