@@ -102,6 +102,14 @@ def test_npz_layout_reads_images_labels_and_classes(tmp_path):
     assert int(ds.test.pixels[3, 2, 5, 7]) == int(test_images[3, 5, 7, 2])
 
 
+def test_arrays_keep_their_stored_size_and_refuse_another(tmp_path):
+    _npz_dataset(tmp_path / "mini")
+    assert load_dataset(tmp_path / "mini", image_size=32, val_size=10).image_size == 32
+    with pytest.raises(RavnError, match=r"mini stores 32-pixel images; --image-size 64 resizes class-folder images "
+                                        r"only \(leave --image-size out \(or give 32\)\)"):
+        load_dataset(tmp_path / "mini", image_size=64, val_size=10)
+
+
 def test_npz_without_classes_txt_names_classes_by_index(tmp_path):
     _npz_dataset(tmp_path / "mini")
     ds = load_dataset(tmp_path / "mini", val_size=10)

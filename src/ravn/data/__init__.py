@@ -114,6 +114,14 @@ def check_limit(limit: int | None, flag: str = "--test-limit") -> None:
         raise RavnError(f"{flag} {limit} keeps no image", f"give {flag} 1 or more, or leave it out for the whole split")
 
 
+def _stored_size(dataset: Dataset, image_size: int | None) -> Dataset:
+    """``dataset`` (arrays or pickles: images kept at their stored size), unless ``image_size`` asks another."""
+    if image_size is not None and image_size != dataset.image_size:
+        raise RavnError(f"{dataset.name} stores {dataset.image_size}-pixel images; --image-size {image_size} "
+                        "resizes class-folder images only", f"leave --image-size out (or give {dataset.image_size})")
+    return dataset
+
+
 def _within(read: Callable[[], ImageSplit], classes: list[str], source: Path) -> Callable[[], ImageSplit]:
     """``read``, checking that the split's labels index ``classes`` (readers check they are integers >= 0)."""
 
@@ -167,26 +175,29 @@ def load_dataset(data: Path | str | None = None, image_size: int | None = None,
             classes = classes_file.read_text().split()
         else:
             classes = [str(i) for i in range(int(read_npz_split(root / "test.npz").labels.max()) + 1)]
-        return Dataset(root.name, root, classes,
-                       _within(lambda: read_npz_split(root / "train.npz"), classes, root / "train.npz"),
-                       _within(lambda: read_npz_split(root / "test.npz"), classes, root / "test.npz"), val_size)
+        return _stored_size(Dataset(root.name, root, classes,
+                                    _within(lambda: read_npz_split(root / "train.npz"), classes, root / "train.npz"),
+                                    _within(lambda: read_npz_split(root / "test.npz"), classes, root / "test.npz"),
+                                    val_size), image_size)
     for base in (root, root / "cifar-10-batches-py"):
         if (base / "data_batch_1").exists():
             classes = (pickle_classes(base / "batches.meta", "label_names")
                        if (base / "batches.meta").exists() else list(CIFAR10_CLASSES))
-            return Dataset("cifar10", root, classes,
-                           _within(lambda b=base: read_pickle_split([b / f"data_batch_{i}" for i in range(1, 6)],
-                                                                    "labels"), classes, base),
-                           _within(lambda b=base: read_pickle_split([b / "test_batch"], "labels"), classes,
-                                   base / "test_batch"), val_size)
+            return _stored_size(Dataset(
+                "cifar10", root, classes,
+                _within(lambda b=base: read_pickle_split([b / f"data_batch_{i}" for i in range(1, 6)], "labels"),
+                        classes, base),
+                _within(lambda b=base: read_pickle_split([b / "test_batch"], "labels"), classes, base / "test_batch"),
+                val_size), image_size)
     for base in (root, root / "cifar-100-python"):
         if (base / "train").is_file() and (base / "test").is_file():
             classes = (pickle_classes(base / "meta", "fine_label_names")
                        if (base / "meta").exists() else [str(i) for i in range(100)])
             train, test = ([base / "train"], "fine_labels"), ([base / "test"], "fine_labels")
-            return Dataset("cifar100", root, classes,
-                           _within(lambda a=train: read_pickle_split(*a), classes, base / "train"),
-                           _within(lambda a=test: read_pickle_split(*a), classes, base / "test"), val_size)
+            return _stored_size(Dataset("cifar100", root, classes,
+                                        _within(lambda a=train: read_pickle_split(*a), classes, base / "train"),
+                                        _within(lambda a=test: read_pickle_split(*a), classes, base / "test"),
+                                        val_size), image_size)
     if (root / "train").is_dir():
         test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
         if test_dir is None:
