@@ -192,8 +192,38 @@ def test_a_whole_pickled_model_is_refused_unpickled(tmp_path, monkeypatch):
 def test_checkpoint_without_tensors(tmp_path):
     path = tmp_path / "meta.pt"
     torch.save({"epoch": 3, "best_prec1": 91.0}, path)
-    with pytest.raises(RavnError, match="holds no state dict of tensors"):
+    with pytest.raises(RavnError, match=r"holds no state dict of tensors \(its keys: epoch, best_prec1\)"):
         read_state_dict(path)
+
+
+def test_the_one_dict_of_tensors_beside_training_state_is_read(tmp_path):
+    state = resnet20().state_dict()
+    optimizer = torch.optim.SGD(resnet20().parameters(), lr=0.1, momentum=0.9).state_dict()
+    path = tmp_path / "train_state.pt"
+    torch.save({"epoch": 3, "model_state": state, "optimizer_state": optimizer}, path)
+    assert list(read_state_dict(path)) == list(state)
+    torch.save({"epoch": 3, "a": state, "b": state}, path)  # two candidates: no guess
+    with pytest.raises(RavnError, match=r"its keys: epoch, a, b"):
+        read_state_dict(path)
+
+
+@pytest.mark.parametrize("outer", ["_orig_mod.", "model.", "model._orig_mod.", "module._orig_mod."])
+def test_keys_under_an_outer_name_load(tmp_path, outer):
+    """torch.compile's ``_orig_mod.``, a Lightning module's attribute: read without it when the rest fits."""
+    torch.manual_seed(2)
+    state = resnet20().state_dict()
+    path = tmp_path / "outer.pt"
+    torch.save({"state_dict": {outer + k: v for k, v in state.items()}}, path)
+    model = load_model(ModelRef.parse("resnet20"), path)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+
+
+def test_an_outer_name_that_leaves_a_mismatch_is_not_dropped(tmp_path):
+    path = tmp_path / "outer32.pt"
+    torch.save({f"model.{k}": v for k, v in resnet32().state_dict().items()}, path)
+    with pytest.raises(RavnError, match=r"unexpected keys: model\.conv1\.weight"):
+        load_model(ModelRef.parse("resnet20"), path)
 
 
 def test_smaller_architecture_weights_name_missing_keys(tmp_path, resnet20_bytes):

@@ -15,7 +15,8 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
 
 
 def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint: a raw state dict, or one wrapped under ``state_dict``/``model``/...
+    """The tensors of a checkpoint: a raw state dict, or one wrapped under ``state_dict``/``model``/... (or under
+    any one key, as the only dict of tensors beside an epoch, an optimizer's state and the like).
 
     Loads with ``weights_only=True`` (no code from the file runs) and strips a DataParallel
     ``module.`` prefix. ``.safetensors`` files are read with safetensors.
@@ -43,13 +44,14 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
                         "the file is corrupt, truncated or not a PyTorch checkpoint") from None
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
-    if isinstance(obj, dict):
-        for key in _WRAPPER_KEYS:
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise RavnError(f"checkpoint {path} holds no state dict of tensors",
+    if isinstance(obj, dict) and not _tensors_only(obj):  # a wrapper: a known key, else its one dict of tensors
+        known = [obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)]
+        inner = known or [v for v in obj.values() if isinstance(v, dict) and v and _tensors_only(v)]
+        if len(inner) == 1 or known:
+            obj = inner[0]
+    if not isinstance(obj, dict) or not obj or not _tensors_only(obj):
+        keys = f" (its keys: {_short([str(k) for k in obj])})" if isinstance(obj, dict) and obj else ""
+        raise RavnError(f"checkpoint {path} holds no state dict of tensors{keys}",
                         "save it with torch.save(model.state_dict(), path)")
     state = {k.removeprefix("module."): v for k, v in obj.items()}
     for name, tensor in state.items():
@@ -59,14 +61,22 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     return state
 
 
+def _tensors_only(obj: dict) -> bool:
+    return all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
 def _short(names: list[str], limit: int = 4) -> str:
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
-    """``model.load_state_dict(state, strict=True)`` with a one-line error naming the mismatch."""
+    """``model.load_state_dict(state, strict=True)`` with a one-line error naming the mismatch.
+
+    Keys under one outer name that the model lacks (``_orig_mod.`` of a ``torch.compile``'d model, the
+    attribute of a Lightning module: ``model.``) are read without it when that makes them fit exactly."""
     own = model.state_dict()
+    state = _without_outer_names(state, own)
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
@@ -83,6 +93,20 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
                         "pick the --model that this checkpoint was trained with")
     model.load_state_dict(state, strict=False)
     return model
+
+
+def _without_outer_names(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with the first name of every key dropped, as often as all keys share one and the model's keys
+    do not, while that leaves keys that all fit ``own`` (names and shapes); else ``state`` as it is."""
+    fits = lambda s: s.keys() <= own.keys() and all(s[k].shape == own[k].shape for k in s)  # noqa: E731
+    candidate = state
+    while not fits(candidate):
+        outer = {k.split(".", 1)[0] for k in candidate}
+        if len(outer) != 1 or not all("." in k for k in candidate) or any(k.startswith(f"{next(iter(outer))}.")
+                                                                            for k in own):
+            return state
+        candidate = {k.split(".", 1)[1]: v for k, v in candidate.items()}
+    return candidate
 
 
 def count_parameters(model: nn.Module) -> int:
