@@ -109,3 +109,22 @@ def test_any_budget_is_honoured_on_the_stored_file_after_fine_tuning(name, codin
             assert export.size_report(stored.weights, stored.codings)["avg_bits"] <= value
         else:
             assert out.stat().st_size == summary["file_bytes"] <= value
+
+
+def test_a_test_split_in_error_fails_before_any_quantization(tmp_path, monkeypatch):
+    """An image folder's test split is listed first (e.g. a flat val/ whose labels file misses an image)."""
+    import ravn.pipeline
+
+    data = toy.dataset()
+    listed = data.split
+
+    def split(name, limit=None):
+        if name == "test":
+            raise RavnError("3 images in val have no label in val.txt (e.g. x.png)", "add their labels")
+        return listed(name, limit)
+
+    monkeypatch.setattr(data, "split", split)
+    monkeypatch.setattr(ravn.pipeline, "quantize", lambda *a, **k: pytest.fail("quantized before the test split"))
+    with pytest.raises(RavnError, match="have no label"):
+        run(toy.tiny(), toy.REF, method("uniform").config(bits=4), data, tmp_path / "m.ravn",
+            context=Context(data, toy.REF.normalize, progress=False), progress=False)

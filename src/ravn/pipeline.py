@@ -18,7 +18,7 @@ from torch import nn
 
 from ravn import export
 from ravn.config import Config
-from ravn.data import Dataset, check_limit
+from ravn.data import Dataset, ImageSplit, check_limit
 from ravn.device import on_device
 from ravn.errors import RavnError
 from ravn.evaluation import check_runs, evaluate
@@ -76,6 +76,14 @@ def file_coding(result: QuantizationResult, requested: str | None, ref: ModelRef
     return requested if export.file_bytes(*layout, requested) < export.file_bytes(*layout, "fixed") else "fixed"
 
 
+def checked_inputs(model: nn.Module, dataset: Dataset, ref: ModelRef, test_limit: int | None) -> ImageSplit:
+    """Before any long work: the model runs on two training images (:func:`~ravn.evaluation.check_runs`), and
+    the test split is listed (an image folder's errors, e.g. a labels file that misses an image, fail now, not
+    after the quantization); the split is returned for the final evaluation."""
+    check_runs(model, dataset.split("train", limit=2), ref.normalize, dataset.num_classes)
+    return dataset.split("test", limit=test_limit)
+
+
 def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: Path | str,
         test_limit: int | None = None, float_top1: float | None = None, context: Context | None = None,
         progress: bool = True, method: str | None = None, coding: str | None = None,
@@ -108,7 +116,7 @@ def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: 
     context = dataclasses.replace(context, coding=coding, ref=context.ref or ref, overhead=context.overhead or
                                   file_overhead(model, ref, method, config, dataset.num_classes >= 100))
     model = on_device(model, context.device, ref.input_size)  # measured where and as the method runs it
-    check_runs(model, dataset.split("train", limit=2), ref.normalize, dataset.num_classes)
+    test = checked_inputs(model, dataset, ref, test_limit)
     from ravn.report.measure import EnergyMeter, peak_of_quantizing
 
     start = time.perf_counter()
@@ -116,7 +124,6 @@ def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: 
         result = quantize(model, config, context, method)
     quantize_seconds = time.perf_counter() - start
     ref = ref.with_kwargs(**result.ref_kwargs)  # the file rebuilds the model the method made (WRPN: wider)
-    test = dataset.split("test", limit=test_limit)
     q_metrics = evaluate(result.model, test, ref.normalize, progress="test (quantized)" if progress else None)
     if float_top1 is None:
         float_top1 = evaluate(model, test, ref.normalize, progress="test (float)" if progress else None)["top1"]
@@ -187,7 +194,7 @@ def recover_file(stored: export.RavnFile, out: Path | str, dataset: Dataset, tea
     ``out`` holds the file's own weights again. ``out`` is stored as ``stored`` was (same coding per layer:
     the same streams, so the same average bits; same method and config, the recovery recorded in ~300 bytes
     under ``config["recovery"]``) and must rebuild exactly the weights measured, as :func:`run`'s files.
-    The test split is read only at the end, for the report. With ``run_dir`` an interrupted run resumes
+    The test split is listed first and read only at the end, for the report. With ``run_dir`` an interrupted run resumes
     after its last finished epoch; ``device``: where it trains (``None``: the CPU, where the file is read).
     """
     from ravn.training.finetune import FineTuneConfig, fine_tune_codes_fixed
@@ -201,7 +208,7 @@ def recover_file(stored: export.RavnFile, out: Path | str, dataset: Dataset, tea
         raise RavnError(f"{stored.path} was already recovered from {meta['config']['recovery']['from']['file']}",
                         "recover the file it came from, with more --epochs")
     model, teacher = (on_device(m, device, ref.input_size) for m in (stored.build(allow), teacher))
-    check_runs(model, dataset.split("train", limit=2), ref.normalize, dataset.num_classes)
+    test = checked_inputs(model, dataset, ref, test_limit)
     # the folder's stamp: the same source file and settings resume, others are refused
     with run_folder(run_dir, {"config": tune.to_dict(), "seed": seed, "source": stored.path.name,
                               "source_bytes": stored.file_bytes}):
@@ -210,7 +217,6 @@ def recover_file(stored: export.RavnFile, out: Path | str, dataset: Dataset, tea
     before = tuned.history[0]  # epoch 0: the stored weights
     model, weights = (tuned.model, tuned.weights) if kept else (model, stored.weights)
     seconds = time.perf_counter() - start
-    test = dataset.split("test", limit=test_limit)
     top1 = evaluate(model, test, ref.normalize, progress="test (recovered)" if progress else None)["top1"]
     metrics = {**meta["metrics"], "test_top1": top1, "test_n": len(test)}
     recovery = {"from": {"file": stored.path.name, "bytes": stored.file_bytes,

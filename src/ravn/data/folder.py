@@ -24,8 +24,8 @@ Conversions to RGB (Pillow's, except for wide integer and float modes):
   type's full range (65535 for ``I;16``; the image's own maximum for ``I`` and ``F``, NaN as 0).
 
 A file Pillow cannot decode (corrupt, truncated, not an image, a decompression bomb) is a one-line
-:class:`RavnError` naming it when a batch reads it; an existing class folder without images is one
-when the split is listed.
+:class:`RavnError` naming it when a batch reads it; an empty image file, and an existing class folder
+without images, are one when the split is listed (before any work).
 """
 
 from __future__ import annotations
@@ -104,8 +104,14 @@ def _folder_split(paths: list[Path], labels: list[int], size: int) -> FolderSpli
 
 
 def _images_in(folder: Path, recursive: bool = True) -> list[Path]:
+    """The image files in ``folder``; an empty one (a copy that failed) is an error now, not in an epoch later."""
     found = sorted(folder.rglob("*") if recursive else folder.iterdir())
-    return [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    images = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    empty = [p for p in images if p.stat().st_size == 0]
+    if empty:
+        raise RavnError(f"{len(empty)} image file(s) in {folder} are empty (e.g. {empty[0]})",
+                        "copy them again or remove them")
+    return images
 
 
 def labels_file(split_dir: Path) -> Path | None:
