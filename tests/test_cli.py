@@ -151,7 +151,9 @@ def tiny_folder(tmp_path, monkeypatch) -> Path:
         "from torch import nn\n\n\ndef tiny(num_classes=2):\n"
         "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(16, num_classes))\n\n\n"
         "def gray(num_classes=2):\n"
-        "    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(16, num_classes))\n")
+        "    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(16, num_classes))\n\n\n"
+        "def three(num_classes=None):  # a model of fixed outputs, as a pretrained one\n"
+        "    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(16, 3))\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     for split in ("train", "val"):
         for k, color in enumerate([(250, 10, 10), (10, 10, 250)]):
@@ -175,6 +177,17 @@ def test_user_model_on_an_image_folder(capsys, tmp_path, tiny_folder):
     e = run_json(capsys, "eval", str(out), "--model", "tinymodel:tiny", "--data", str(tiny_folder),
                  "--image-size", "4", "--val-size", "2")
     assert e["top1"] == q["test_top1"] and e["n"] == 8
+
+
+def test_folders_that_are_some_of_the_models_classes_need_classes_txt(capsys, tiny_folder):
+    """A 3-output model on 2 class folders: labels by sorted folder order would not be its outputs, so a one-line
+    error before any work; with classes.txt naming its outputs in order, the folders are labelled by it."""
+    data = ["eval", "--model", "tinymodel:three", "--data", str(tiny_folder), "--image-size", "4", "--val-size", "2"]
+    assert main(data) == 2
+    err = capsys.readouterr().err.strip()
+    assert "gives 3 scores per image but the data has 2 classes" in err and "classes.txt" in err and "\n" not in err
+    (tiny_folder / "classes.txt").write_text("c0\nother\nc1\n")
+    assert run_json(capsys, *data)["n"] == 8
 
 
 def test_a_gray_model_takes_colour_folders_by_its_normalisation(capsys, tmp_path, tiny_folder):

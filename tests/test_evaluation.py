@@ -62,6 +62,10 @@ def test_a_model_that_cannot_take_the_data_is_a_one_line_error_before_any_work()
     check_runs(gray, split, Normalize((0.5,), (0.25,)), 3)  # given one channel: it runs
     with pytest.raises(RavnError, match=r"gives \(2, 3\) for 2 images, not a score for each of the data's 4 classes"):
         check_runs(gray, split, Normalize((0.5,), (0.25,)), 4)
+    # more scores than classes: the labels (sorted class folders) need not be the model's outputs
+    with pytest.raises(RavnError, match=r"gives 3 scores per image but the data has 2 classes.*classes\.txt"):
+        check_runs(gray, split, Normalize((0.5,), (0.25,)), 2)
+    check_runs(gray, split, Normalize((0.5,), (0.25,)), 2, more_outputs=True)  # labels that are output indices
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])

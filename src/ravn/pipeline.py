@@ -80,7 +80,8 @@ def checked_inputs(model: nn.Module, dataset: Dataset, ref: ModelRef, test_limit
     """Before any long work: the model runs on two training images (:func:`~ravn.evaluation.check_runs`), and
     the test split is listed (an image folder's errors, e.g. a labels file that misses an image, fail now, not
     after the quantization); the split is returned for the final evaluation."""
-    check_runs(model, dataset.split("train", limit=2), ref.normalize, dataset.num_classes)
+    check_runs(model, dataset.split("train", limit=2), ref.normalize, dataset.num_classes,
+               not dataset.classes_are_outputs)
     return dataset.split("test", limit=test_limit)
 
 

@@ -114,6 +114,28 @@ def test_npz_without_classes_txt_names_classes_by_index(tmp_path):
     _npz_dataset(tmp_path / "mini")
     ds = load_dataset(tmp_path / "mini", val_size=10)
     assert ds.classes == [str(k) for k in range(10)]
+    assert not ds.classes_are_outputs  # its labels are output indices: a model may have more outputs
+
+
+def test_classes_txt_labels_class_folders_by_the_models_outputs(tmp_path):
+    """Two of a 5-class model's classes as folders: labelled by their place in classes.txt, not sorted order."""
+    _folder_dataset(tmp_path / "imgs")  # cat, dog, eel
+    (tmp_path / "imgs" / "classes.txt").write_text("ant\neel\nbee\ncat\ndog\n")
+    ds = load_dataset(tmp_path / "imgs", image_size=16, val_size=4)
+    assert ds.classes == ["ant", "eel", "bee", "cat", "dog"] and ds.classes_are_outputs
+    assert sorted(set(ds.full_train.labels.tolist())) == [1, 3, 4]
+    assert ds.test.labels.tolist() == [1, 1, 3, 3, 4, 4]  # read in classes.txt's order: eel, cat, dog
+    assert [p.parent.name for p in ds.test.paths] == ["eel", "eel", "cat", "cat", "dog", "dog"]
+    (tmp_path / "imgs" / "classes.txt").write_text("cat\ndog\n")
+    with pytest.raises(RavnError, match=r"train has class folders that .*classes\.txt does not list: eel"):
+        load_dataset(tmp_path / "imgs", image_size=16)
+    (tmp_path / "imgs" / "classes.txt").write_text("cat\ndog\neel\ncat\n")
+    with pytest.raises(RavnError, match=r"classes\.txt names cat twice"):
+        load_dataset(tmp_path / "imgs", image_size=16)
+    (tmp_path / "imgs" / "classes.txt").write_text("cat\ndog\neel\n")
+    (tmp_path / "imgs" / "test" / "fox").mkdir()
+    with pytest.raises(RavnError, match=r"test has class folders that classes\.txt does not list: fox"):
+        load_dataset(tmp_path / "imgs", image_size=16)
 
 
 def test_npz_cache_gives_identical_arrays_on_second_read(tmp_path, tmp_cache):

@@ -12,6 +12,7 @@ The calibration batch (:meth:`Dataset.calibration`) is a fixed draw from ``train
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property, partial
@@ -53,6 +54,10 @@ class Dataset:
     #: None: the last ``val_size`` training images (data stored in random order, like CIFAR);
     #: an int: a seeded draw (data stored class by class, like image folders).
     val_shuffle_seed: int | None = None
+    #: True: ``classes`` are the model's outputs, in order, so a model must give exactly one score per class
+    #: (more would be scored against labels that do not name them: a 1000-class model on 10 class folders);
+    #: False: the labels are output indices as stored and the model may have more (an .npz without classes.txt).
+    classes_are_outputs: bool = True
 
     @property
     def num_classes(self) -> int:
@@ -122,6 +127,23 @@ def _stored_size(dataset: Dataset, image_size: int | None) -> Dataset:
     return dataset
 
 
+def _classes_file(root: Path) -> list[str] | None:
+    """The class names of ``root/classes.txt`` (the model's outputs, in order; one per line), if it exists."""
+    path = root / "classes.txt"
+    if not path.exists():
+        return None
+    classes = path.read_text(errors="replace").split()
+    repeated = sorted(c for c, n in Counter(classes).items() if n > 1)
+    if not classes or repeated:
+        raise RavnError(f"{path} {'names ' + _few(repeated) + ' twice' if repeated else 'lists no class'}",
+                        "list each of the model's output classes once, in the order of its outputs")
+    return classes
+
+
+def _few(names: list[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
 def _within(read: Callable[[], ImageSplit], classes: list[str], source: Path) -> Callable[[], ImageSplit]:
     """``read``, checking that the split's labels index ``classes`` (readers check they are integers >= 0)."""
 
@@ -162,7 +184,9 @@ def load_dataset(data: Path | str | None = None, image_size: int | None = None,
     ``test/`` or ``val/``, each with one folder per class or, ImageNet's validation layout, flat with a
     labels file: :mod:`ravn.data.folder`), images resized and centre-cropped to ``image_size`` (default
     :data:`FOLDER_IMAGE_SIZE`). Arrays and pickles keep their stored size; ``image_size`` applies to
-    folders only.
+    folders only. A ``classes.txt`` beside ``.npz`` files or class folders names the model's output classes in
+    order, one per line: folders are labelled by their place in it (a subset of ImageNet's folders for a
+    1000-class model), not by their sorted order.
     """
     if image_size is not None and not 1 <= image_size <= 4096:
         raise RavnError(f"image size {image_size} is out of range", "use an --image-size from 1 to 4096 pixels")
@@ -170,15 +194,12 @@ def load_dataset(data: Path | str | None = None, image_size: int | None = None,
         raise RavnError(f"validation size {val_size} is not positive", "use a --val-size of at least 1")
     root = resolve_data_dir(data)
     if (root / "train.npz").exists() or (root / "test.npz").exists():
-        classes_file = root / "classes.txt"
-        if classes_file.exists():
-            classes = classes_file.read_text().split()
-        else:
-            classes = [str(i) for i in range(int(read_npz_split(root / "test.npz").labels.max()) + 1)]
+        named = _classes_file(root)
+        classes = named or [str(i) for i in range(int(read_npz_split(root / "test.npz").labels.max()) + 1)]
         return _stored_size(Dataset(root.name, root, classes,
                                     _within(lambda: read_npz_split(root / "train.npz"), classes, root / "train.npz"),
                                     _within(lambda: read_npz_split(root / "test.npz"), classes, root / "test.npz"),
-                                    val_size), image_size)
+                                    val_size, classes_are_outputs=named is not None), image_size)
     for base in (root, root / "cifar-10-batches-py"):
         if (base / "data_batch_1").exists():
             classes = (pickle_classes(base / "batches.meta", "label_names")
@@ -202,9 +223,14 @@ def load_dataset(data: Path | str | None = None, image_size: int | None = None,
         test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
         if test_dir is None:
             raise RavnError(f"{root}/train has no sibling test/ or val/ folder", "add the held-out images")
-        classes = list_classes(root / "train")
-        if not classes:
+        folders = list_classes(root / "train")
+        if not folders:
             raise RavnError(f"{root}/train has no class folders", "expected train/<class>/<image>")
+        classes = _classes_file(root) or folders
+        if not set(folders) <= set(classes):
+            raise RavnError(f"{root}/train has class folders that {root}/classes.txt does not list: "
+                            f"{_few(sorted(set(folders) - set(classes)))}", "list the model's every output class "
+                            "in classes.txt, in the order of its outputs")
         size = image_size or FOLDER_IMAGE_SIZE
         read_test = partial(read_folder_split, test_dir, classes, size)
         if is_flat(test_dir):
@@ -215,9 +241,10 @@ def load_dataset(data: Path | str | None = None, image_size: int | None = None,
             read_test = partial(read_flat_split, test_dir, labels, classes, size)
         unknown = sorted(set(list_classes(test_dir)) - set(classes))
         if unknown:  # their images would be left out of the test top-1 unnoticed
-            raise RavnError(f"{test_dir} has class folders that {root}/train lacks: {', '.join(unknown[:5])}"
-                            f"{', ...' if len(unknown) > 5 else ''}", f"the classes are train/'s: add them there "
-                            f"or move them out of {test_dir.name}/")
+            where = "classes.txt does not list" if classes is not folders else f"{root}/train lacks"
+            raise RavnError(f"{test_dir} has class folders that {where}: {_few(unknown)}",
+                            f"the classes are {'classes.txt' if classes is not folders else 'train/'}'s: add them "
+                            f"there or move them out of {test_dir.name}/")
         return Dataset(root.name, root, classes, partial(read_folder_split, root / "train", classes, size),
                        read_test, val_size, val_shuffle_seed=0)
     raise RavnError(
