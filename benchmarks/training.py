@@ -232,7 +232,8 @@ def save(store: RowFiles, results: Path = RESULTS) -> None:
         r["note"] = "; ".join(
             ([f"the {width}x-wide model's file"] if width > 1 else []) +
             ([f"{r['max_steps']} steps per epoch (smoke run)"] if r.get("max_steps") else []) +
-            (["resumed: wall s of the last process only"] if r.get("resumed") else [])) or None
+            (["resumed: wall s of the last process only"] if r.get("resumed") else []) +
+            ([r["remark"]] if r.get("remark") else [])) or None  # remark: what the row file says ran beside it
     table, text = claims(rows)
     floats = ", ".join(f"{m} {t:.2f}" for m, t in {r["model"]: r["float_test_top1"] for r in rows}.items())
     commands = "\n".join(dict.fromkeys(r["command"] for r in rows))
