@@ -64,13 +64,30 @@ def test_loss_takes_term_options_and_forwards_the_epoch():
     assert Loss([("sinreq", 0.0)]).terms == []
 
 
-def test_float_and_sinareq_train_float_and_validate_rounded():
+def test_float_trains_float_and_validates_rounded():
     w = torch.tensor([[0.3, -0.7]])
-    for quantizer in (_grid(0.5, 2), SinareqQuantizer(SinareqQuantizer.start(w, 2))):
-        quantizer.train()
-        assert torch.equal(quantizer(w), w)
-        quantizer.eval()
-        assert torch.equal(quantizer(w), quantizer.freeze(w).dequantize())
+    quantizer = _grid(0.5, 2)
+    quantizer.train()
+    assert torch.equal(quantizer(w), w)
+    quantizer.eval()
+    assert torch.equal(quantizer(w), quantizer.freeze(w).dequantize())
+
+
+def test_sinareq_trains_quantized_straight_through():
+    """SINAREQ trains quantized (its abstract: a regulariser for quantized training): the training forward is
+    the eval rounding; the weights' gradient passes inside the range, and the range gets the task's gradient."""
+    w0 = torch.tensor([[0.9, -0.2, 0.05, -0.9]])
+    quantizer = SinareqQuantizer(SinareqQuantizer.start(w0, 2))  # alpha 0.9, levels -0.9, -0.3, 0.3, 0.9
+    w = torch.tensor([[0.3, -0.7, 0.1, 2.0]], requires_grad=True)  # 2.0: beyond the range
+    quantizer.eval()
+    rounded = quantizer(w.detach())
+    assert torch.allclose(rounded, torch.tensor([[0.3, -0.9, 0.3, 0.9]]))
+    quantizer.train()
+    out = quantizer(w)
+    assert torch.allclose(out, rounded)
+    out.sum().backward()
+    assert w.grad.tolist() == [[1.0, 1.0, 1.0, 0.0]]
+    assert quantizer.log_alpha.grad is not None and quantizer.log_alpha.grad.item() != 0
 
 
 def test_fidelity_leaves_out_layers_whose_teacher_output_is_zero():

@@ -5,7 +5,8 @@ Recipe over the registered stages:
 1. every layer starts at the bits the budget allows everywhere, on ``2^b`` even levels over its range
    (:class:`ravn.quantizers.sinareq.SinareqQuantizer`, whose continuous bits ``beta`` and range
    ``alpha`` set the period ``2 alpha / (2^beta - 1)``);
-2. the shared fine-tuning trains the float weights, ``beta`` and ``alpha`` together under the task
+2. the shared fine-tuning trains the network quantized on that grid (the rounding straight-through), the
+   latent weights, ``beta`` and ``alpha`` together under the task
    loss plus the ``sinareq`` term (:class:`ravn.training.losses.Sinareq`): ``sin^2`` of the weights in
    their layer's learned period ("learning the period of the sinusoidal function" yields "a per-layer
    quantization bitwidth along with a scale factor"), plus a penalty on mean bits above the budget's;
@@ -14,7 +15,8 @@ Recipe over the registered stages:
    learned range), then every layer is rounded to its projected bits on its learned range.
 
 The seed holds the abstract only; the penalty on bits and the projection are ravn's reading of how
-learned bits meet a size budget. The best epoch is chosen on the float (regularised) weights.
+learned bits meet a size budget. The best epoch is chosen on validation with the weights rounded at the
+learned bits.
 """
 
 from __future__ import annotations

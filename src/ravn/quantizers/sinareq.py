@@ -5,11 +5,17 @@ Per layer, two learnable numbers: continuous bits ``beta`` (in [1, 8]) and a ran
 define ``2^beta`` levels spread evenly over ``[-alpha, alpha]`` (DoReFa's grid, :func:`.dorefa.even_grid`),
 i.e. the period ``step = 2 alpha / (2^beta - 1)`` of the regulariser ``sin^2(pi (w + alpha) / step)``
 (the ``sinareq`` loss term, :mod:`ravn.training.losses`), whose gradient trains ``beta`` and ``alpha``
-with the weights. The weights themselves train in float (``forward`` is the identity in training): the
-regulariser makes them semi-quantized; in eval mode (validation, so the best epoch is judged quantized)
-they are rounded at the current learned bits, and :meth:`SinareqQuantizer.at_bits` rounds them once the
-learned bits are projected into the budget (``methods/sinareq.py``). ``freeze`` keeps the starting bits
-(the trainable contract); the learned ones are :meth:`SinareqQuantizer.learned_bits`.
+with the weights. SINAREQ is a regulariser "for deep quantized training" that enhances "quantized training
+algorithms (DoReFa and WRPN)" (the abstract), so the network trains quantized: ``forward`` rounds the weights
+to ``2^round(beta)`` levels over the learned ``[-alpha, alpha]`` in training too, the rounding
+straight-through (the weights' gradient passes inside the range; ``alpha`` gets the task loss's gradient
+through the step and the offset, as in LSQ), and in eval mode (validation: the best epoch is judged
+quantized). The first reading trained float weights (``forward`` the identity in training): nothing then
+tied the grid to the task, the regulariser, which only measures distance to the grid in steps, was
+lowered by coarsening it (``alpha`` grew in every layer) and the rounded network's validation top-1 fell
+epoch after epoch (docs/DESIGN.md, "SINAREQ"). :meth:`SinareqQuantizer.at_bits` rounds the
+weights once the learned bits are projected into the budget (``methods/sinareq.py``). ``freeze`` keeps
+the starting bits (the trainable contract); the learned ones are :meth:`SinareqQuantizer.learned_bits`.
 
 ``beta = start + BITS_RATE * delta`` with ``delta`` the trained parameter: Adam moves a parameter by
 about the learning rate per step (1e-4), which would leave ``beta`` within a bit of its start over a
@@ -65,9 +71,12 @@ class SinareqQuantizer(nn.Module):
         return (w + alpha) / step
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            return w
-        return self.at_bits(w, round(self.learned_bits())).dequantize().to(w.device).view(w.shape)
+        bits = round(self.learned_bits())
+        if not self.training:
+            return self.at_bits(w, bits).dequantize().to(w.device).view(w.shape)
+        alpha, n = self.log_alpha.exp(), (1 << bits) - 1
+        u = ((w + alpha) * (n / (2 * alpha))).clamp(0, n)  # the level, as in _round, differentiable
+        return (u + (torch.round(u) - u).detach()) * (2 * alpha / n) - alpha
 
     @torch.no_grad()
     def at_bits(self, w: torch.Tensor, bits: int) -> QuantizedWeight:
