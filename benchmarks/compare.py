@@ -5,7 +5,9 @@ Each (budget, mode) is one ``ravn compare`` run, every registered method and bot
 keeps each finished method's row there and resumes an interrupted one, so running this script again
 goes on where it stopped. After each run the merged tables are rebuilt from the runs' compare.json
 files into benchmarks/results/compare.{json,md}, with each table's exact command, and each run's
-accuracy-vs-bytes plot is copied to benchmarks/results/compare-<model>-<bits>bit-<mode>.png.
+accuracy-vs-bytes plot is copied to benchmarks/results/compare-<model>-<bits>bit-<mode>.png. Run folders
+are not committed: in a new checkout ``--restore`` first writes the committed tables back into theirs, so
+that a new table (``--mode qat``) joins them instead of replacing them.
 
 Each table is the ``ravn compare`` output: test top-1 on all 10,000 test images (final report
 only; methods choose on the validation split), measured average bits of the stored codes, bytes of
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -46,8 +49,9 @@ def run_folder(model: str, bits: float, mode: str) -> Path:
     return RUNS / f"{model}-{bits:g}bit-{mode}"
 
 
-def tables() -> None:
-    """benchmarks/results/compare.{json,md} from every finished or partial run under RUNS."""
+def tables(measured: dict | None = None) -> None:
+    """benchmarks/results/compare.{json,md} from every finished or partial run under RUNS; ``measured``: the
+    header's date, machine and versions when no table was run now (the committed ones)."""
     sections, rows = [], []
     for folder in sorted(RUNS.glob("*/"), key=lambda p: p.name):
         result = folder / "compare.json"
@@ -67,7 +71,33 @@ def tables() -> None:
                         ("\n" + provenance(stamped) + "\n" if stamped else ""))
     notes = __doc__.split("\n\n", 1)[1].strip()
     save_results(RESULTS / "compare", "ravn compare: every method and the peer tools at the same budget", rows,
-                 [("table", "table"), *COLUMNS], notes=notes, appendix="\n".join(sections))
+                 [("table", "table"), *COLUMNS], notes=notes, appendix="\n".join(sections), measured=measured)
+
+
+def restore() -> None:
+    """Write each committed table (benchmarks/results/compare.json, its command from compare.md) back as the
+    run folder's compare.json and command.txt where that folder has none, so that a new checkout's runs (run
+    folders are not committed) add tables without dropping the committed ones. Its rows are kept as measured;
+    ``ravn compare`` itself would run the methods again in such a folder (it resumes from its own files)."""
+    committed = RESULTS / "compare.json"
+    if not committed.exists():
+        return
+    titles = dict((folder, title) for title, folder in re.findall(r"^## (.+) \((\S+)\)$",
+                                                                  (RESULTS / "compare.md").read_text(), re.M))
+    commands = dict(re.findall(r"^## .+ \((\S+)\)\n\n`([^`]+)`$", (RESULTS / "compare.md").read_text(), re.M))
+    rows = json.loads(committed.read_text())["rows"]
+    for name in dict.fromkeys(r["table"] for r in rows):
+        folder = RUNS / name
+        if (folder / "compare.json").exists():
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        table = [{k: v for k, v in r.items() if k != "table"} for r in rows if r["table"] == name]
+        (folder / "compare.json").write_text(json.dumps({"title": titles.get(name, name), "rows": table}, indent=1))
+        if name in commands:
+            (folder / "command.txt").write_text(commands[name] + "\n")
+        plot = RESULTS / f"compare-{name}.png"
+        if plot.exists():
+            shutil.copyfile(plot, folder / "pareto.png")
 
 
 def main() -> None:
@@ -77,12 +107,20 @@ def main() -> None:
     parser.add_argument("--mode", choices=["ptq", "qat"], default="ptq")
     parser.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs under --mode qat")
     parser.add_argument("--tables", action="store_true", help="only rebuild the merged tables")
+    parser.add_argument("--restore", action="store_true", help="first write the committed tables back into their "
+                        "run folders (a new checkout has none), so that they stay in the merged tables")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more ravn compare options")
     args = parser.parse_args()
     if args.epochs is not None and args.mode != "qat":
         parser.error("--epochs applies to --mode qat")
     extra = [a for a in args.extra if a != "--"]
+    if args.restore:
+        restore()
+    committed = RESULTS / "compare.json"
+    stamp = ({k: v for k, v in json.loads(committed.read_text()).items() if k in ("date", "machine", "versions")}
+             if committed.exists() else None)
     if not args.tables:
+        stamp = None  # the tables made now stamp the header
         for bits in args.budgets:
             cmd = command(args.model, bits, args.mode, args.epochs, extra)
             folder = run_folder(args.model, bits, args.mode)
@@ -91,7 +129,7 @@ def main() -> None:
             print(f"== {shlex.join(cmd)}", flush=True)
             subprocess.run([sys.executable, "-m", "ravn", *cmd[1:]], cwd=ROOT, check=True)
             tables()
-    tables()
+    tables(stamp)
 
 
 if __name__ == "__main__":
