@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,9 @@ def test_merged_tables_hold_each_run_with_its_command(tmp_path, monkeypatch):
     md = (tmp_path / "results" / "compare.md").read_text()
     assert "`ravn compare --model toy --budget-bits 3 --mode ptq" in md and "## Provenance" in md
     assert (tmp_path / "results" / "compare-toy-4bit-ptq.png").exists()
+    # a new checkout has no run folders: --restore writes the committed tables back, and they rebuild the same
+    before = {p.name: p.read_bytes() for p in (tmp_path / "results").iterdir()}
+    shutil.rmtree(tmp_path / "runs")
+    bench.restore()
+    bench.tables(measured={k: merged[k] for k in ("date", "machine", "versions")})
+    assert {p.name: p.read_bytes() for p in (tmp_path / "results").iterdir()} == before
