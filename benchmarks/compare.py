@@ -82,9 +82,9 @@ def restore() -> None:
     committed = RESULTS / "compare.json"
     if not committed.exists():
         return
-    titles = dict((folder, title) for title, folder in re.findall(r"^## (.+) \((\S+)\)$",
-                                                                  (RESULTS / "compare.md").read_text(), re.M))
-    commands = dict(re.findall(r"^## .+ \((\S+)\)\n\n`([^`]+)`$", (RESULTS / "compare.md").read_text(), re.M))
+    md = (RESULTS / "compare.md").read_text()
+    titles = {folder: title for title, folder in re.findall(r"^## (.+) \((\S+)\)$", md, re.M)}
+    commands = dict(re.findall(r"^## .+ \((\S+)\)\n\n`([^`]+)`$", md, re.M))
     rows = json.loads(committed.read_text())["rows"]
     for name in dict.fromkeys(r["table"] for r in rows):
         folder = RUNS / name
@@ -116,20 +116,20 @@ def main() -> None:
     extra = [a for a in args.extra if a != "--"]
     if args.restore:
         restore()
-    committed = RESULTS / "compare.json"
-    stamp = ({k: v for k, v in json.loads(committed.read_text()).items() if k in ("date", "machine", "versions")}
-             if committed.exists() else None)
-    if not args.tables:
-        stamp = None  # the tables made now stamp the header
-        for bits in args.budgets:
-            cmd = command(args.model, bits, args.mode, args.epochs, extra)
-            folder = run_folder(args.model, bits, args.mode)
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "command.txt").write_text(shlex.join(cmd) + "\n")
-            print(f"== {shlex.join(cmd)}", flush=True)
-            subprocess.run([sys.executable, "-m", "ravn", *cmd[1:]], cwd=ROOT, check=True)
-            tables()
-    tables(stamp)
+    if args.tables:  # nothing run now: the header keeps the committed tables' date and machine
+        committed = RESULTS / "compare.json"
+        tables({k: v for k, v in json.loads(committed.read_text()).items() if k in ("date", "machine", "versions")}
+               if committed.exists() else None)
+        return
+    for bits in args.budgets:
+        cmd = command(args.model, bits, args.mode, args.epochs, extra)
+        folder = run_folder(args.model, bits, args.mode)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "command.txt").write_text(shlex.join(cmd) + "\n")
+        print(f"== {shlex.join(cmd)}", flush=True)
+        subprocess.run([sys.executable, "-m", "ravn", *cmd[1:]], cwd=ROOT, check=True)
+        tables()
+    tables()
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def test_a_model_that_cannot_take_the_data_is_a_one_line_error_before_any_work()
     # more scores than classes: the labels (sorted class folders) need not be the model's outputs
     with pytest.raises(RavnError, match=r"gives 3 scores per image but the data has 2 classes.*classes\.txt"):
         check_runs(gray, split, Normalize((0.5,), (0.25,)), 2)
-    check_runs(gray, split, Normalize((0.5,), (0.25,)), 2, more_outputs=True)  # labels that are output indices
+    check_runs(gray, split, Normalize((0.5,), (0.25,)), 2, classes_are_outputs=False)  # labels that are output indices
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])

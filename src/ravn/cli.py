@@ -101,8 +101,7 @@ def eval_cmd(
         net = load_model(ref, weights)
     part = dataset.split(split, limit=limit)
     net = on_device(net, device, ref.input_size)
-    check_runs(net, part, ref.normalize, dataset.num_classes,
-               not dataset.classes_are_outputs)
+    check_runs(net, part, ref.normalize, dataset.num_classes, dataset.classes_are_outputs)
     metrics = evaluate(net, part, ref.normalize, batch_size, progress=None if as_json else f"eval {split}")
     out = {"top1": metrics["top1"], "n": metrics["n"], "split": split, "model": ref.name, "loss": metrics["loss"]}
     if dataset.num_classes >= 100:

@@ -7,6 +7,11 @@ with a non-zero status; it never shows a traceback for them.
 from __future__ import annotations
 
 
+def few(names: list[str], limit: int = 5) -> str:
+    """The first ``limit`` of ``names`` for a one-line message, ``, ...`` when there are more."""
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
 class RavnError(Exception):
     """A problem with the user's input, stated with what to do about it; ``str()`` is one line.
 

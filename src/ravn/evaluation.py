@@ -16,12 +16,12 @@ from ravn.errors import RavnError
 
 @torch.no_grad()
 def check_runs(model: nn.Module, split: ImageSplit, normalize: Normalize, num_classes: int,
-               more_outputs: bool = False) -> None:
+               classes_are_outputs: bool = True) -> None:
     """Run ``model`` on two images of ``split`` before any long work: a model that cannot take the data's
     images (channels, size) or does not give one score per class is a one-line error naming both, not a
-    traceback minutes into a search. ``more_outputs``: the labels are the model's output indices and it may
-    have more outputs than the data has classes (:attr:`ravn.data.Dataset.classes_are_outputs` false). The
-    model's train / eval mode is left as it was."""
+    traceback minutes into a search. ``classes_are_outputs`` (:attr:`ravn.data.Dataset.classes_are_outputs`):
+    false when the labels are the model's output indices, so it may have more outputs than the data has
+    classes. The model's train / eval mode is left as it was."""
     images = split.images(torch.arange(min(2, len(split))))
     mode = model.training
     try:
@@ -45,7 +45,7 @@ def check_runs(model: nn.Module, split: ImageSplit, normalize: Normalize, num_cl
         raise RavnError(f"the model gives {shape} for {len(images)} images, not a score for each of the data's "
                         f"{num_classes} classes", "build the model for the data's classes (e.g. its factory's "
                         "num_classes) and return logits of shape (images, classes)")
-    if logits.shape[1] > num_classes and not more_outputs:
+    if logits.shape[1] > num_classes and classes_are_outputs:
         raise RavnError(f"the model gives {logits.shape[1]} scores per image but the data has {num_classes} classes, "
                         "labelled by their sorted order, which need not be the model's", "name the model's output "
                         "classes in order in the data folder's classes.txt (one per line; the class folders among "

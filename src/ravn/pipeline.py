@@ -81,7 +81,7 @@ def checked_inputs(model: nn.Module, dataset: Dataset, ref: ModelRef, test_limit
     the test split is listed (an image folder's errors, e.g. a labels file that misses an image, fail now, not
     after the quantization); the split is returned for the final evaluation."""
     check_runs(model, dataset.split("train", limit=2), ref.normalize, dataset.num_classes,
-               not dataset.classes_are_outputs)
+               dataset.classes_are_outputs)
     return dataset.split("test", limit=test_limit)
 
 

@@ -30,7 +30,7 @@ from ravn.data.splits import (
     iterate_batches,
 )
 from ravn.data.transforms import Normalize, random_crop_flip
-from ravn.errors import RavnError
+from ravn.errors import RavnError, few
 from ravn.settings import data_root
 
 __all__ = [
@@ -135,13 +135,9 @@ def _classes_file(root: Path) -> list[str] | None:
     classes = path.read_text(errors="replace").split()
     repeated = sorted(c for c, n in Counter(classes).items() if n > 1)
     if not classes or repeated:
-        raise RavnError(f"{path} {'names ' + _few(repeated) + ' twice' if repeated else 'lists no class'}",
+        raise RavnError(f"{path} {'names ' + few(repeated) + ' twice' if repeated else 'lists no class'}",
                         "list each of the model's output classes once, in the order of its outputs")
     return classes
-
-
-def _few(names: list[str], limit: int = 5) -> str:
-    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
 
 
 def _within(read: Callable[[], ImageSplit], classes: list[str], source: Path) -> Callable[[], ImageSplit]:
@@ -226,10 +222,11 @@ def load_dataset(data: Path | str | None = None, image_size: int | None = None,
         folders = list_classes(root / "train")
         if not folders:
             raise RavnError(f"{root}/train has no class folders", "expected train/<class>/<image>")
-        classes = _classes_file(root) or folders
+        named = _classes_file(root)
+        classes = named or folders
         if not set(folders) <= set(classes):
             raise RavnError(f"{root}/train has class folders that {root}/classes.txt does not list: "
-                            f"{_few(sorted(set(folders) - set(classes)))}", "list the model's every output class "
+                            f"{few(sorted(set(folders) - set(classes)))}", "list the model's every output class "
                             "in classes.txt, in the order of its outputs")
         size = image_size or FOLDER_IMAGE_SIZE
         read_test = partial(read_folder_split, test_dir, classes, size)
@@ -241,9 +238,9 @@ def load_dataset(data: Path | str | None = None, image_size: int | None = None,
             read_test = partial(read_flat_split, test_dir, labels, classes, size)
         unknown = sorted(set(list_classes(test_dir)) - set(classes))
         if unknown:  # their images would be left out of the test top-1 unnoticed
-            where = "classes.txt does not list" if classes is not folders else f"{root}/train lacks"
-            raise RavnError(f"{test_dir} has class folders that {where}: {_few(unknown)}",
-                            f"the classes are {'classes.txt' if classes is not folders else 'train/'}'s: add them "
+            where = "classes.txt does not list" if named else f"{root}/train lacks"
+            raise RavnError(f"{test_dir} has class folders that {where}: {few(unknown)}",
+                            f"the classes are {'classes.txt' if named else 'train/'}'s: add them "
                             f"there or move them out of {test_dir.name}/")
         return Dataset(root.name, root, classes, partial(read_folder_split, root / "train", classes, size),
                        read_test, val_size, val_shuffle_seed=0)

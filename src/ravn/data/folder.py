@@ -30,6 +30,7 @@ without images, are one when the split is listed (before any work).
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,9 +106,18 @@ def _folder_split(paths: list[Path], labels: list[int], size: int) -> FolderSpli
 
 def _images_in(folder: Path, recursive: bool = True) -> list[Path]:
     """The image files in ``folder``; an empty one (a copy that failed) is an error now, not in an epoch later."""
-    found = sorted(folder.rglob("*") if recursive else folder.iterdir())
-    images = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
-    empty = [p for p in images if p.stat().st_size == 0]
+    images, empty = [], []
+    for p in sorted(folder.rglob("*") if recursive else folder.iterdir()):
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        try:
+            st = p.stat()  # one call for the kind and the size (a broken link has neither)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            images.append(p)
+            if st.st_size == 0:
+                empty.append(p)
     if empty:
         raise RavnError(f"{len(empty)} image file(s) in {folder} are empty (e.g. {empty[0]})",
                         "copy them again or remove them")

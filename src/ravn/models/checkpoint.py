@@ -46,8 +46,10 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
         obj = obj.state_dict()
     if isinstance(obj, dict) and not _tensors_only(obj):  # a wrapper: a known key, else its one dict of tensors
         known = [obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)]
-        inner = known or [v for v in obj.values() if isinstance(v, dict) and v and _tensors_only(v)]
-        if len(inner) == 1 or known:
+        inner = [v for v in obj.values() if isinstance(v, dict) and v and _tensors_only(v)]
+        if known:
+            obj = known[0]
+        elif len(inner) == 1:
             obj = inner[0]
     if not isinstance(obj, dict) or not obj or not _tensors_only(obj):
         keys = f" (its keys: {_short([str(k) for k in obj])})" if isinstance(obj, dict) and obj else ""
@@ -101,11 +103,11 @@ def _without_outer_names(state: dict[str, torch.Tensor], own: dict[str, torch.Te
     fits = lambda s: s.keys() <= own.keys() and all(s[k].shape == own[k].shape for k in s)  # noqa: E731
     candidate = state
     while not fits(candidate):
-        outer = {k.split(".", 1)[0] for k in candidate}
-        if len(outer) != 1 or not all("." in k for k in candidate) or any(k.startswith(f"{next(iter(outer))}.")
-                                                                            for k in own):
+        parts = [k.partition(".") for k in candidate]
+        outer = parts[0][0]
+        if any(head != outer or not dot for head, dot, _ in parts) or any(k.startswith(outer + ".") for k in own):
             return state
-        candidate = {k.split(".", 1)[1]: v for k, v in candidate.items()}
+        candidate = {rest: v for (_, _, rest), v in zip(parts, candidate.values(), strict=True)}
     return candidate
 
 

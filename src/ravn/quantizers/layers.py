@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ravn.errors import RavnError
+from ravn.errors import RavnError, few
 
 QUANTIZABLE: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -26,7 +26,7 @@ def quantizable_layers(model: nn.Module, exclude: tuple[str, ...] | list[str] = 
     unknown = [name for name in exclude if name not in layers]
     if unknown:
         raise RavnError(f"cannot exclude {', '.join(unknown)}: not a quantizable layer of this model",
-                        f"pick from {', '.join(list(layers)[:6])}{', ...' if len(layers) > 6 else ''}")
+                        f"pick from {few(list(layers), 6)}")
     for name in exclude:
         layers.pop(name)
     if not layers:

@@ -75,7 +75,7 @@ class SinareqQuantizer(nn.Module):
         if not self.training:
             return self.at_bits(w, bits).dequantize().to(w.device).view(w.shape)
         alpha, n = self.log_alpha.exp(), (1 << bits) - 1
-        u = ((w + alpha) * (n / (2 * alpha))).clamp(0, n)  # the level, as in _round, differentiable
+        u = _level(w, alpha, n)
         return (u + (torch.round(u) - u).detach()) * (2 * alpha / n) - alpha
 
     @torch.no_grad()
@@ -88,9 +88,15 @@ class SinareqQuantizer(nn.Module):
         return self.at_bits(w, self.bits[0])
 
 
+def _level(w: torch.Tensor, alpha: torch.Tensor, n: int) -> torch.Tensor:
+    """``w`` in steps of ``n`` intervals over ``[-alpha, alpha]``, clipped to ``[0, n]`` (differentiable): its
+    nearest integer is the code, in training (straight-through) and when stored."""
+    return ((w + alpha) * (n / (2 * alpha))).clamp(0, n)
+
+
 def _round(w: torch.Tensor, alpha: torch.Tensor, bits: int) -> QuantizedWeight:
     n = (1 << bits) - 1
-    codes = torch.clamp(torch.round((w + alpha) * (n / (2 * alpha))), 0, n).long().reshape(-1)
+    codes = torch.round(_level(w, alpha, n)).long().reshape(-1)
     return QuantizedWeight(tuple(w.shape), (bits,), None, codes, even_grid(alpha.clone(), bits))
 
 
