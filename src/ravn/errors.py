@@ -8,8 +8,8 @@ from __future__ import annotations
 
 
 def few(names: list[str], limit: int = 5) -> str:
-    """The first ``limit`` of ``names`` for a one-line message, ``, ...`` when there are more."""
-    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+    """The first ``limit`` of ``names`` for a one-line message, and how many more there are."""
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 class RavnError(Exception):

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ravn.errors import RavnError
+from ravn.errors import RavnError, few
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
 
@@ -52,7 +52,7 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
         elif len(inner) == 1:
             obj = inner[0]
     if not isinstance(obj, dict) or not obj or not _tensors_only(obj):
-        keys = f" (its keys: {_short([str(k) for k in obj])})" if isinstance(obj, dict) and obj else ""
+        keys = f" (its keys: {few([str(k) for k in obj], 4)})" if isinstance(obj, dict) and obj else ""
         raise RavnError(f"checkpoint {path} holds no state dict of tensors{keys}",
                         "save it with torch.save(model.state_dict(), path)")
     state = {k.removeprefix("module."): v for k, v in obj.items()}
@@ -65,11 +65,6 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
 
 def _tensors_only(obj: dict) -> bool:
     return all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
-def _short(names: list[str], limit: int = 4) -> str:
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
 
 
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
@@ -86,11 +81,11 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
     if missing or unexpected or wrong:
         parts = []
         if missing:
-            parts.append(f"missing keys: {_short(missing)}")
+            parts.append(f"missing keys: {few(missing, 4)}")
         if unexpected:
-            parts.append(f"unexpected keys: {_short(unexpected)}")
+            parts.append(f"unexpected keys: {few(unexpected, 4)}")
         if wrong:
-            parts.append(f"shape mismatch: {_short(wrong, 2)}")
+            parts.append(f"shape mismatch: {few(wrong, 2)}")
         raise RavnError(f"{source} does not fit the model ({'; '.join(parts)})",
                         "pick the --model that this checkpoint was trained with")
     model.load_state_dict(state, strict=False)
