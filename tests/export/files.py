@@ -32,7 +32,8 @@ def save(path: Path, ref: ModelRef, model: nn.Module, weights: dict[str, Quantiz
 
 
 class OddNet(nn.Module):
-    """Odd shapes on 16-pixel-wide inputs: grouped and depthwise convolutions, a Conv1d, a Linear with bias."""
+    """Odd shapes on 16-pixel-wide inputs: grouped and depthwise convolutions, a grouped transposed convolution
+    (input channels in dim 0), a Conv1d, a Linear with bias."""
 
     def __init__(self):
         super().__init__()
@@ -40,10 +41,11 @@ class OddNet(nn.Module):
         self.grouped = nn.Conv2d(6, 9, 3, padding=1, groups=3, bias=False)
         self.bn = nn.BatchNorm2d(9)
         self.depthwise = nn.Conv2d(9, 9, 5, padding=2, groups=9)
+        self.up = nn.ConvTranspose2d(9, 9, 3, stride=2, padding=1, output_padding=1, groups=3)
         self.seq = nn.Conv1d(9, 5, 3)
-        self.head = nn.Linear(5 * 14, 7)
+        self.head = nn.Linear(5 * 30, 7)
 
     def forward(self, x):
         x = torch.relu(self.bn(self.grouped(self.stem(x))))
-        x = self.depthwise(x).mean(dim=2)
+        x = self.up(self.depthwise(x)).mean(dim=2)
         return self.head(self.seq(x).flatten(1))

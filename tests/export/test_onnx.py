@@ -113,8 +113,9 @@ def test_file_stays_close_to_the_ravn_file_and_float_export_is_plain(tmp_path, r
 
 @pytest.mark.parametrize("bits", range(1, 9))
 def test_user_model_with_odd_layers_and_input_shape(tmp_path, oddnet, one_thread, bits):
-    """Grouped and depthwise convolutions, a Conv1d and a Linear with bias (:class:`tests.export.files.OddNet`):
-    162, 162, 225, 135 and 490 weights, none a multiple of 8, at every width."""
+    """Grouped and depthwise convolutions, a grouped transposed one, a Conv1d and a Linear with bias
+    (:class:`tests.export.files.OddNet`): 162, 162, 225, 243, 135 and 1,050 weights, none a multiple of 8, at
+    every width."""
     ref, model = oddnet
     weights = quantized(model, bits)
     path = save(tmp_path / "m.ravn", ref, model, weights)

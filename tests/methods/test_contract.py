@@ -74,6 +74,25 @@ def test_contract_quantize_save_read_back(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", list(METHODS))
+def test_contract_transposed_convolutions(name, tmp_path):
+    """An encoder-decoder (:func:`tests.methods.toy.up`: grouped ConvTranspose2d, ConvTranspose1d) is quantized
+    whole, transposed convolutions included, within the budget, and its file rebuilds the weights exactly."""
+    config = small_config(name)
+    context = Context(toy.dataset(), toy.UP_REF.normalize, tmp_path / "u.run", 0, progress=False, ref=toy.UP_REF)
+    result = ravn.quantize(toy.up(), config, context, name)
+    assert set(result.weights) == {"down", "up", "up1d", "fc"}
+    ref = toy.UP_REF.with_kwargs(**result.ref_kwargs)
+    path = tmp_path / "u.ravn"
+    export.save(path, result.model, result.weights, ref, result.method, result.config,
+                coding=file_coding(result, None, ref))
+    stored = export.read(path)
+    rebuilt, memory = stored.build().state_dict(), result.model.state_dict()
+    assert all(torch.equal(rebuilt[k], memory[k]) for k in memory if memory[k].is_floating_point())
+    avg = export.size_report(stored.weights, stored.codings)["avg_bits"]
+    assert avg <= (getattr(config, "budget_bits", None) or getattr(config, "bits", 8)) + 1e-9
+
+
+@pytest.mark.parametrize("name", list(METHODS))
 def test_contract_channels_last(name, tmp_path, monkeypatch):
     """Where images are large enough, the model runs channels-last (:func:`ravn.device.on_device`): every
     method then writes a file that rebuilds exactly the weights it returned, with the bits of the default

@@ -77,3 +77,30 @@ def attention() -> nn.Module:
 
 #: How a .ravn file rebuilds the attention model.
 ATTENTION_REF = ModelRef("toy-attention", "tests.methods.toy:attention", {}, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 8)
+
+
+class Up(nn.Module):
+    """A tiny encoder-decoder classifier: a strided convolution down, transposed convolutions up (one
+    grouped, one 1-D), a linear head: transposed convolutions keep their input channels in dim 0."""
+
+    def __init__(self, classes: int = 3, width: int = 1, groups: int = 2):
+        super().__init__()
+        c = 4 * width
+        self.down = nn.Conv2d(3, 2 * c, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(2 * c, c, 2, stride=2, groups=groups)
+        self.up1d = nn.ConvTranspose1d(c, c, 3, padding=1)
+        self.fc = nn.Linear(c, classes)
+
+    def forward(self, x):
+        x = torch.relu(self.up(torch.relu(self.down(x))))
+        x = torch.relu(self.up1d(x.flatten(2)))
+        return self.fc(x.mean(2))
+
+
+def up(width: int = 1, groups: int = 2) -> nn.Module:
+    torch.manual_seed(0)
+    return Up(width=width, groups=groups).eval()
+
+
+#: How a .ravn file rebuilds the encoder-decoder model.
+UP_REF = ModelRef("toy-up", "tests.methods.toy:up", {}, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 8)

@@ -49,6 +49,15 @@ def test_widened_grouped_toy_model_computes_the_same_function():
     assert torch.allclose(wide(x), narrow(x), atol=1e-5)
 
 
+def test_widened_transposed_convolutions_compute_the_same_function():
+    """A transposed convolution reads its input channels from dim 0: the replicas' split is made there."""
+    narrow = toy.up()
+    wide = widen(narrow, toy.UP_REF, 2, seed=0)
+    x = torch.randn(5, 3, 8, 8)
+    assert torch.allclose(wide(x), narrow(x), atol=1e-5)
+    assert not torch.equal(wide.up.weight[0], wide.up.weight[1])  # the input replicas' weights differ
+
+
 def test_a_factory_without_width_is_refused_before_any_work():
     with pytest.raises(RavnError, match="WRPN widens the model through its factory's 'width' argument"):
         widen(toy.attention(), toy.ATTENTION_REF, 2)

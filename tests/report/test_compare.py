@@ -109,6 +109,30 @@ def test_brevitas_peer_takes_the_widest_bits_within_the_budget(tmp_path):
     assert exact["status"] == "ok" and exact["avg_bits"] == 4.0 and exact["file_bytes"] == row["file_bytes"]
 
 
+def test_brevitas_peer_file_rebuilds_transposed_convolutions(tmp_path):
+    """Brevitas scales a transposed convolution per output channel, its weight's dim 1: the peer's file records
+    that dim, and the weights read back are the ones Brevitas computed with. A grouped one, which Brevitas'
+    per-channel statistics cannot take, is a peer row saying so."""
+    pytest.importorskip("brevitas")
+    from safetensors.torch import load_file
+
+    from ravn.report.peers import PeerUnavailable, brevitas, load_brevitas_file
+
+    context = ravn.Context(toy.dataset(), toy.UP_REF.normalize, progress=False)
+    with pytest.raises(PeerUnavailable, match="grouped transposed convolution: up"):
+        brevitas(toy.up(), 4.0, None, tmp_path, context)
+    model = toy.up(groups=1)
+    got = brevitas(model, 4.0, None, tmp_path, context)
+    stored = load_file(got["file"])
+    for name, axis in (("down", 0), ("up", 1), ("up1d", 1), ("fc", 0)):  # each output channel on its 4-bit grid
+        weight = getattr(got["model"], name).weight.detach()
+        channel = [1] * weight.dim()
+        channel[axis] = -1
+        codes = weight / stored[f"{name}.weight.scale"].view(channel)
+        assert torch.allclose(codes, codes.round(), atol=1e-4) and codes.abs().max() <= 7 + 1e-4, name
+    assert load_brevitas_file(model, got["file"])[1] == got["avg_bits"] == 4.0
+
+
 def test_brevitas_peer_fine_tunes_under_qat_and_says_when_the_budget_is_too_small(tmp_path):
     pytest.importorskip("brevitas")
     row, = _compare(tmp_path / "c", [], {"budget_bits": 2.0, "epochs": 1, "max_steps": 2}, mode="qat",

@@ -42,7 +42,9 @@ def widen(model: nn.Module, ref: ModelRef, width: int, seed: int = 0) -> nn.Modu
     if narrow.keys() != target.keys():
         raise RavnError(f"'{ref.factory}' with width={width} has other layers than the model",
                         "WRPN needs a factory whose width only multiplies channel counts")
-    splits = {f"{name}.weight" for name, m in wide.named_modules() if isinstance(m, QUANTIZABLE)}
+    # each layer's input-channel dim, where a replicated input's weights are split (transposed convolutions: 0)
+    splits = {f"{name}.weight": 0 if isinstance(m, nn.modules.conv._ConvTransposeNd) else 1
+              for name, m in wide.named_modules() if isinstance(m, QUANTIZABLE)}
     generator = torch.Generator().manual_seed(seed)
     state = {}
     for key, value in narrow.items():
@@ -54,15 +56,16 @@ def widen(model: nn.Module, ref: ModelRef, width: int, seed: int = 0) -> nn.Modu
                 raise RavnError(f"'{ref.factory}' with width={width} gives {key} the shape "
                                 f"{tuple(target[key].shape)}, not a widening of {tuple(value.shape)}",
                                 "WRPN needs channels multiplied by the width")
-        if key in splits and out.dim() > 1 and out.shape[1] != value.shape[1]:
-            out = out * _fractions(out.shape, width, generator)
+        dim = splits.get(key)
+        if dim is not None and out.dim() > 1 and out.shape[dim] != value.shape[dim]:
+            out = out * _fractions(out.shape, width, generator, dim)
         state[key] = out.clone()
     wide.load_state_dict(state)
     return wide.to(device_of(model)).eval()
 
 
-def _fractions(shape: torch.Size, width: int, generator: torch.Generator) -> torch.Tensor:
-    """Random positive fractions over dim 1, summing to one over each group of ``width`` replicas."""
+def _fractions(shape: torch.Size, width: int, generator: torch.Generator, dim: int = 1) -> torch.Tensor:
+    """Random positive fractions over ``dim``, summing to one over each group of ``width`` replicas."""
     u = 0.5 + torch.rand(shape, generator=generator)
-    grouped = u.reshape(shape[0], shape[1] // width, width, *shape[2:])
-    return (grouped / grouped.sum(2, keepdim=True)).reshape(shape)
+    grouped = u.reshape(*shape[:dim], shape[dim] // width, width, *shape[dim + 1:])
+    return (grouped / grouped.sum(dim + 1, keepdim=True)).reshape(shape)

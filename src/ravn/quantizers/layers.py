@@ -1,13 +1,18 @@
 """Which modules ravn quantizes: the ``weight`` of every convolution and ``Linear`` (METHOD.md, "Objects").
 
-The registry maps an ``nn`` class to nothing more than the fact that its weight has output
-channels first; grouped and depthwise convolutions are included. Transposed convolutions keep
-output channels in dim 1 and are left in float, as are weights outside these layers (embeddings, class
-tokens): a file's size report names them (``float_weights``) and ``ravn quantize`` prints them, since the
-budget does not cover them. ``nn.MultiheadAttention``, whose projections are raw parameters, is rewritten
-with Linear projections before a run (:mod:`ravn.models.attention`). A module called several times is one
-layer; a quantized weight that is also another parameter of the model (tied weights, or one module registered
-at two paths) is refused: codes are stored per layer, and the rebuilt model could not keep the tie.
+The registry maps an ``nn`` class to nothing more than the fact that its weight is quantized as stored,
+its per-channel scales along dim 0: the output channels, grouped and depthwise convolutions included;
+for transposed convolutions (``nn.ConvTranspose1d/2d/3d``, whose weight is ``(in, out / groups, *kernel)``)
+the input channels, each input channel's weights to every output on one grid. GPTQ reconstructs an
+output channel's row of weights against the layer's inputs, so transposed convolutions, like Conv3d,
+keep round-to-nearest codes (:func:`ravn.quantizers.gptq.input_rows`); every other stage (search,
+fine-tuning, the file, ONNX, lazy loading) treats them as any layer. Weights outside these layers
+(embeddings, class tokens) are left in float: a file's size report names them (``float_weights``) and
+``ravn quantize`` prints them, since the budget does not cover them. ``nn.MultiheadAttention``, whose
+projections are raw parameters, is rewritten with Linear projections before a run
+(:mod:`ravn.models.attention`). A module called several times is one layer; a quantized weight that is also
+another parameter of the model (tied weights, or one module registered at two paths) is refused: codes are
+stored per layer, and the rebuilt model could not keep the tie.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from torch import nn
 
 from ravn.errors import RavnError, few
 
-QUANTIZABLE: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+QUANTIZABLE: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.ConvTranspose1d,
+                                             nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def quantizable_layers(model: nn.Module, exclude: tuple[str, ...] | list[str] = ()) -> dict[str, nn.Module]:

@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ravn.errors import few
 from ravn.registry import Registry
 
 PEERS = Registry("peer")
@@ -103,10 +104,13 @@ def brevitas(model: nn.Module, budget_bits: float | None, budget_bytes: int | No
 
     dataset = context.require_data("the brevitas peer")
     widest = 8 if budget_bits is None else min(8, math.floor(budget_bits + 1e-9))
-    names = list(quantizable_layers(model))
+    layers = quantizable_layers(model)
+    grouped = [n for n, m in layers.items() if isinstance(m, nn.modules.conv._ConvTransposeNd) and m.groups > 1]
+    if grouped:  # its per-output-channel statistics read dim 1 as every output channel
+        raise PeerUnavailable(f"brevitas cannot quantize a grouped transposed convolution: {few(grouped)}")
+    names = list(layers)
     float_keys = [k for k in model.state_dict() if k.removesuffix(".weight") not in names]
-    brevitas_class = dict(zip(QUANTIZABLE, (qnn.QuantConv1d, qnn.QuantConv2d, qnn.QuantConv3d, qnn.QuantLinear),
-                              strict=True))
+    brevitas_class = {cls: getattr(qnn, f"Quant{cls.__name__}") for cls in QUANTIZABLE}  # QuantConv2d, ...
     tried, meta = [], {"brevitas": br.__version__}
     for bits in range(widest, 1, -1):
         quant = Int8WeightPerChannelFloat.let(bit_width=bits, scaling_impl_type=ScalingImplType.PARAMETER_FROM_STATS)
@@ -175,20 +179,25 @@ def _save_brevitas(q: nn.Module, names: list[str], float_keys: list[str], bits: 
                    metadata: dict) -> Path:
     """``q``'s integer codes (offset by ``2^(b-1) - 1`` to be unsigned, bit-packed at ``bits`` per weight,
     :mod:`ravn.quantizers.packing`), per-output-channel scales and the float state entries ``float_keys``
-    as one safetensors file; its metadata has the bits and each layer's weight shape."""
+    as one safetensors file; its metadata has the bits and each layer's weight shape, and the scales' dim
+    where it is not 0 (transposed convolutions keep output channels in dim 1)."""
     from safetensors.torch import save_file
 
     from ravn.quantizers.packing import pack_bits
 
-    modules, state, tensors, shapes = dict(q.named_modules()), q.state_dict(), {}, {}
+    modules, state, tensors, shapes, axes = dict(q.named_modules()), q.state_dict(), {}, {}, {}
     for name in names:
         qw = modules[name].quant_weight()
         codes = qw.int().to(torch.int64) + 2 ** (bits - 1) - 1
         tensors[f"{name}.weight.codes"] = torch.from_numpy(pack_bits(codes.cpu().numpy(), bits))
         tensors[f"{name}.weight.scale"] = qw.scale.detach().reshape(-1).float().cpu().contiguous()
         shapes[name] = list(codes.shape)
+        axis = next((i for i, n in enumerate(qw.scale.shape) if n > 1), 0)
+        if axis:
+            axes[name] = axis
     tensors.update({k: state[k].detach().cpu().contiguous() for k in float_keys})
-    save_file(tensors, str(path), {"bits": str(bits), "shapes": json.dumps(shapes), **metadata})
+    save_file(tensors, str(path), {"bits": str(bits), "shapes": json.dumps(shapes), **metadata,
+                                   **({"axes": json.dumps(axes)} if axes else {})})
     return path
 
 
@@ -204,14 +213,16 @@ def load_brevitas_file(model: nn.Module, path: Path | str) -> tuple[nn.Module, f
     modules = dict(out.named_modules())
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
-        bits, shapes = int(meta["bits"]), json.loads(meta["shapes"])
+        bits, shapes, axes = int(meta["bits"]), json.loads(meta["shapes"]), json.loads(meta.get("axes", "{}"))
         state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     coded = 0
     with torch.no_grad():
         for name, shape in shapes.items():
             n = math.prod(shape)
             codes = unpack_bits(state.pop(f"{name}.weight.codes").numpy(), bits, n) - (2 ** (bits - 1) - 1)
-            scale = state.pop(f"{name}.weight.scale").view(-1, *[1] * (len(shape) - 1))
+            channel = [1] * len(shape)
+            channel[axes.get(name, 0)] = -1
+            scale = state.pop(f"{name}.weight.scale").view(channel)
             modules[name].weight.copy_(torch.from_numpy(codes).view(shape).float() * scale)
             coded += packed_bits(bits, n)
     out.load_state_dict(state, strict=False)

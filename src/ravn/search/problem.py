@@ -202,7 +202,7 @@ class SearchProblem:
         infos = []
         for name, layer in self.layers.items():
             stats = self.clustered[name].stats()
-            grouped = isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Conv3d) and layer.groups > 1
+            grouped = isinstance(layer, nn.modules.conv._ConvNd) and layer.groups > 1
             kind = 2 if isinstance(layer, nn.Linear) else (1 if grouped else 0)
             w = layer.weight.detach()
             infos.append(LayerInfo(
