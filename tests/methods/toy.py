@@ -104,3 +104,22 @@ def up(width: int = 1, groups: int = 2) -> nn.Module:
 
 #: How a .ravn file rebuilds the encoder-decoder model.
 UP_REF = ModelRef("toy-up", "tests.methods.toy:up", {}, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 8)
+
+
+def normed() -> nn.Module:
+    """The tiny model with weights computed from other tensors, as audio models and GAN discriminators have them:
+    ``conv1`` spectral-normalised and ``conv2`` weight-normalised as parametrizations, ``fc`` by the older
+    hook-based ``weight_norm``."""
+    import warnings
+
+    model = tiny()
+    model.conv1 = nn.utils.parametrizations.spectral_norm(model.conv1)
+    model.conv2 = nn.utils.parametrizations.weight_norm(model.conv2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch deprecates the hook-based form; users still have it
+        model.fc = nn.utils.weight_norm(model.fc)
+    return model.eval()
+
+
+#: How a .ravn file rebuilds the normalised model.
+NORMED_REF = ModelRef("toy-normed", "tests.methods.toy:normed", {}, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 8)

@@ -21,7 +21,7 @@ from ravn.export.layout import (
     TENSORS,
     dtype_name,
 )
-from ravn.models.attention import REWRITES
+from ravn.models.rewrites import REWRITES
 from ravn.quantizers.qweight import CODINGS, IMPLICIT_TABLES, MAX_BITS, MIN_BITS
 from ravn.quantizers.size import CODED_WEIGHTS_PER_BYTE, LayerCost, whole_bytes
 

@@ -6,7 +6,6 @@ A :class:`ModelRef` is plain data that rebuilds the architecture anywhere (it is
 
 from __future__ import annotations
 
-import copy
 import importlib
 import math
 from dataclasses import asdict, dataclass, field, replace
@@ -16,8 +15,9 @@ from torch import nn
 
 from ravn.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from ravn.errors import RavnError
-from ravn.models.attention import REWRITES, SPLIT_ATTENTION, has_attention, split_attention
 from ravn.models.checkpoint import count_parameters, load_into, read_state_dict
+from ravn.models.parametrized import copy_model
+from ravn.models.rewrites import REWRITES
 from ravn.settings import data_root
 
 __all__ = ["MODELS", "ModelRef", "ModelSpec", "count_parameters", "load_model", "read_state_dict"]
@@ -53,7 +53,7 @@ class ModelRef:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     input_size: int = 32
-    #: rewrites :meth:`build` applies after the factory, by name (:data:`ravn.models.attention.REWRITES`): the
+    #: rewrites :meth:`build` applies after the factory, by name (:data:`ravn.models.rewrites.REWRITES`): the
     #: structure ravn quantized, e.g. ``split-attention`` (attention's projections as Linear layers)
     rewrites: tuple[str, ...] = ()
 
@@ -110,7 +110,7 @@ class ModelRef:
             raise RavnError(f"'{self.factory}' returned {type(model).__name__}, not a torch.nn.Module",
                             "make the factory return the model")
         for name in self.rewrites:
-            REWRITES[name](model)
+            REWRITES[name].apply(model)
         return model.eval()
 
     def with_kwargs(self, **kwargs) -> ModelRef:
@@ -119,14 +119,16 @@ class ModelRef:
 
     def rewritten(self, model: nn.Module) -> tuple[nn.Module, ModelRef]:
         """``model`` in the structure ravn quantizes, and this reference recording how to rebuild it: itself
-        when nothing applies, else a rewritten copy (the caller's model is left as it is). Today: attention
-        whose projections are not Linear layers (:func:`ravn.models.attention.split_attention`)."""
-        if not has_attention(model):
+        when nothing applies, else a rewritten copy (the caller's model is left as it is): weights computed from
+        other tensors folded (:mod:`ravn.models.parametrized`), attention whose projections are not Linear
+        layers split (:mod:`ravn.models.attention`); :data:`ravn.models.rewrites.REWRITES`."""
+        todo = [name for name, rewrite in REWRITES.items() if rewrite.applies(model)]
+        if not todo:
             return model, self
-        model = copy.deepcopy(model)
-        split_attention(model)
-        return model, self if SPLIT_ATTENTION in self.rewrites else replace(
-            self, rewrites=(*self.rewrites, SPLIT_ATTENTION))
+        model = copy_model(model)
+        for name in todo:
+            REWRITES[name].apply(model)
+        return model, replace(self, rewrites=(*self.rewrites, *(n for n in todo if n not in self.rewrites)))
 
     def to_dict(self) -> dict:
         data = asdict(self)

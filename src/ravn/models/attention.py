@@ -135,6 +135,3 @@ def split_attention(model: nn.Module) -> int:
         setattr(parent, name, SplitAttention.of(child))
     return len(targets)
 
-
-#: model rewrites by name: what :meth:`ravn.models.ModelRef.build` applies after the factory
-REWRITES = {SPLIT_ATTENTION: split_attention}

@@ -12,7 +12,9 @@ fine-tuning, the file, ONNX, lazy loading) treats them as any layer. Weights out
 projections are raw parameters, is rewritten with Linear projections before a run
 (:mod:`ravn.models.attention`). A module called several times is one layer; a quantized weight that is also
 another parameter of the model (tied weights, or one module registered at two paths) is refused: codes are
-stored per layer, and the rebuilt model could not keep the tie.
+stored per layer, and the rebuilt model could not keep the tie. A layer whose weight is computed from other
+tensors (``weight_norm``, ``spectral_norm``, a parametrization) is refused too: ``ModelRef.rewritten`` folds it
+first (:mod:`ravn.models.parametrized`), as ``ravn quantize`` does.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ QUANTIZABLE: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.
 
 def quantizable_layers(model: nn.Module, exclude: tuple[str, ...] | list[str] = ()) -> dict[str, nn.Module]:
     """The layers to quantize, by qualified name, in registration (usually forward) order."""
+    from ravn.models.parametrized import parametrized
+
+    folded = [n for n in parametrized(model) if isinstance(dict(model.named_modules())[n], QUANTIZABLE)]
+    if folded:
+        raise RavnError(f"layer {folded[0]}'s weight is computed from other tensors (weight_norm, spectral_norm or a "
+                        "parametrization)", "fold it first: model, ref = ref.rewritten(model), as ravn quantize does")
     layers = {name: m for name, m in model.named_modules()
               if type(m) in QUANTIZABLE and getattr(m, "weight", None) is not None}
     unknown = [name for name in exclude if name not in layers]

@@ -1,0 +1,61 @@
+"""Weights computed from other tensors (weight / spectral normalisation, parametrizations) are folded into plain
+weights before quantizing, recorded in the file, and rebuilt (models/parametrized.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tests.methods import toy
+from torch import nn
+
+import ravn
+from ravn import export
+from ravn.errors import RavnError
+from ravn.models.parametrized import FOLD_PARAMETRIZATIONS, fold_parametrizations, parametrized
+from ravn.pipeline import run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _out(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def test_folding_keeps_the_function_and_leaves_plain_weights():
+    model, x = toy.normed(), torch.randn(4, 3, 8, 8)
+    assert parametrized(model) == ["conv1", "conv2", "fc"]
+    before = _out(model, x)
+    assert fold_parametrizations(model) == 3
+    assert parametrized(model) == [] and type(model.conv1) is nn.Conv2d and type(model.conv2) is nn.Conv2d
+    assert all(isinstance(m.weight, nn.Parameter) for m in (model.conv1, model.conv2, model.fc))
+    assert set(model.state_dict()) == set(toy.tiny().state_dict())  # the keys of the plain model
+    assert torch.allclose(_out(model, x), before, atol=1e-6)
+
+
+def test_the_callers_model_is_left_as_it_was():
+    """A copy is folded: torch's own removal deletes the property from the class a deep copy shares."""
+    model, x = toy.normed(), torch.randn(4, 3, 8, 8)
+    before = _out(model, x)
+    for _ in range(2):
+        folded, ref = toy.NORMED_REF.rewritten(model)
+        assert ref.rewrites == (FOLD_PARAMETRIZATIONS,) and parametrized(folded) == []
+        assert torch.allclose(_out(folded, x), before, atol=1e-6)
+    assert parametrized(model) == ["conv1", "conv2", "fc"] and hasattr(model.fc, "weight_g")
+    assert torch.equal(_out(model, x), before)
+
+
+def test_quantized_stored_and_rebuilt(tmp_path):
+    out = tmp_path / "n.ravn"
+    summary = run(toy.normed(), toy.NORMED_REF, ravn.UniformConfig(bits=4), toy.dataset(), out, progress=False)
+    stored = export.read(out)
+    assert set(stored.weights) == {"conv1", "conv2", "fc"} and summary["size"]["float_weights"] == {}
+    assert stored.ref.rewrites == (FOLD_PARAMETRIZATIONS,)
+    rebuilt = stored.build()  # the factory's model, folded, then the stored weights
+    assert parametrized(rebuilt) == []
+    assert torch.equal(rebuilt.conv2.weight, stored.weights["conv2"].dequantize())
+
+
+def test_unfolded_model_through_the_api_is_a_one_line_error():
+    with pytest.raises(RavnError, match=r"layer conv1's weight is computed from other tensors.*ref.rewritten"):
+        ravn.quantize(toy.normed(), ravn.UniformConfig(bits=4))
