@@ -87,6 +87,7 @@ def compare(model: nn.Module, ref: ModelRef, dataset: Dataset, out: Path | str, 
         if unknown:
             raise RavnError(f"unknown {kind} '{unknown[0]}'", f"use some of {', '.join(known)}")
     out = Path(out)
+    model, ref = ref.rewritten(model)  # the structure every method and peer quantizes (ravn.models.rewrites)
     stamp = {"model": ref.to_dict(), "options": options, "mode": mode, "seed": seed, "test_limit": test_limit,
              "data": dataset.name, "val_size": dataset.val_size}
     with RunFolder(out, stamp) as folder:

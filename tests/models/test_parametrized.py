@@ -59,3 +59,13 @@ def test_quantized_stored_and_rebuilt(tmp_path):
 def test_unfolded_model_through_the_api_is_a_one_line_error():
     with pytest.raises(RavnError, match=r"layer conv1's weight is computed from other tensors.*ref.rewritten"):
         ravn.quantize(toy.normed(), ravn.UniformConfig(bits=4))
+
+
+def test_compared_with_the_peers(tmp_path):
+    """``ravn compare`` folds once for every method and peer (a peer quantizes the folded layers too)."""
+    pytest.importorskip("brevitas")
+    from ravn.compare import compare
+
+    rows = compare(toy.normed(), toy.NORMED_REF, toy.dataset(), tmp_path / "c", ["uniform"], {"budget_bits": 4.0},
+                   progress=False, energy=False, peers=["brevitas"])["rows"]
+    assert [r["status"] for r in rows] == ["ok", "ok"]
