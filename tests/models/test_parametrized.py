@@ -33,6 +33,19 @@ def test_folding_keeps_the_function_and_leaves_plain_weights():
     assert torch.allclose(_out(model, x), before, atol=1e-6)
 
 
+class _Positive(nn.Module):
+    def forward(self, x):
+        return x.abs()
+
+
+def test_a_parametrized_buffer_stays_a_buffer():
+    model = toy.tiny()
+    nn.utils.parametrize.register_parametrization(model.bn1, "running_var", _Positive())
+    fold_parametrizations(model)
+    assert "running_var" in dict(model.bn1.named_buffers()) and "running_var" not in dict(model.bn1.named_parameters())
+    model.train()(torch.randn(4, 3, 8, 8)).sum().backward()  # trains: the statistics are not a parameter
+
+
 def test_the_callers_model_is_left_as_it_was():
     """A copy is folded: torch's own removal deletes the property from the class a deep copy shares."""
     model, x = toy.normed(), torch.randn(4, 3, 8, 8)
@@ -69,3 +82,33 @@ def test_compared_with_the_peers(tmp_path):
     rows = compare(toy.normed(), toy.NORMED_REF, toy.dataset(), tmp_path / "c", ["uniform"], {"budget_bits": 4.0},
                    progress=False, energy=False, peers=["brevitas"])["rows"]
     assert [r["status"] for r in rows] == ["ok", "ok"]
+
+
+def _normed_attention() -> nn.Module:
+    model = toy.attention()
+    nn.utils.parametrizations.spectral_norm(model.attn, "in_proj_weight")
+    return model.eval()
+
+
+def test_a_folded_attention_is_split_too_the_first_time():
+    """Each rewrite sees what the ones before it made: a parametrized attention, once folded, is split."""
+    from ravn.models.attention import SPLIT_ATTENTION, SplitAttention
+    from ravn.quantizers.layers import quantizable_layers
+
+    model, x = _normed_attention(), torch.randn(2, 3, 8, 8)
+    folded, ref = toy.ATTENTION_REF.rewritten(model)
+    assert ref.rewrites == (FOLD_PARAMETRIZATIONS, SPLIT_ATTENTION) and isinstance(folded.attn, SplitAttention)
+    assert {"attn.q_proj", "attn.out_proj"} <= set(quantizable_layers(folded))
+    assert ref.rewritten(folded) == (folded, ref)  # nothing left to rewrite
+    assert torch.allclose(_out(folded, x), _out(model, x), atol=1e-5)
+
+
+def test_a_checkpoint_of_the_factorys_structure_loads_into_a_rewritten_reference(tmp_path):
+    """``ravn recover --weights``: the file's reference records rewrites; the checkpoint is the unfolded model's."""
+    from ravn.models import load_model
+
+    model, x = toy.normed(), torch.randn(2, 3, 8, 8)
+    torch.save(model.state_dict(), tmp_path / "normed.pt")
+    _, ref = toy.NORMED_REF.rewritten(model)
+    loaded = load_model(ref, tmp_path / "normed.pt")
+    assert parametrized(loaded) == [] and torch.allclose(_out(loaded, x), _out(model, x), atol=1e-6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from tests.methods import toy
+from torch import nn
 
 from ravn import export
 from ravn.errors import RavnError
@@ -56,6 +57,35 @@ def test_widened_transposed_convolutions_compute_the_same_function():
     x = torch.randn(5, 3, 8, 8)
     assert torch.allclose(wide(x), narrow(x), atol=1e-5)
     assert not torch.equal(wide.up.weight[0], wide.up.weight[1])  # the input replicas' weights differ
+
+
+class _Depthwise(nn.Module):
+    """Depthwise layers whose groups grow with the width: each replica is read alone, whole."""
+
+    def __init__(self, width: int = 1):
+        super().__init__()
+        c = 4 * width
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.dw = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.up = nn.ConvTranspose2d(c, c, 2, stride=2, groups=c)
+        self.head = nn.Linear(c, 3)
+
+    def forward(self, x):
+        return self.head(self.up(torch.relu(self.dw(torch.relu(self.stem(x))))).mean((2, 3)))
+
+
+def test_widened_depthwise_layers_compute_the_same_function(monkeypatch):
+    import sys
+    import types
+
+    module = types.ModuleType("ravn_test_depthwise")
+    module.make = lambda width=1: _Depthwise(width)
+    monkeypatch.setitem(sys.modules, "ravn_test_depthwise", module)
+    torch.manual_seed(0)
+    narrow = _Depthwise().eval()
+    wide = widen(narrow, ModelRef("dw", "ravn_test_depthwise:make"), 2, seed=0)
+    x = torch.randn(5, 3, 8, 8)
+    assert torch.allclose(wide(x), narrow(x), atol=1e-5)
 
 
 def test_a_factory_without_width_is_refused_before_any_work():

@@ -73,8 +73,8 @@ def state_keys(model: nn.Module, quantized: list[str]) -> list[str]:
 
 def float_weights(model: nn.Module, quantized: list[str]) -> dict[str, list[int]]:
     """The weight-like state entries (two dimensions or more) stored in float, by name and shape: the
-    parameters of layers ravn does not quantize (attention's ``in_proj_weight``, embeddings, transposed
-    convolutions, excluded layers), which a user should know the budget does not cover."""
+    parameters of layers ravn does not quantize (embeddings, recurrent layers' weights, excluded layers), which a
+    user should know the budget does not cover."""
     state = model.state_dict()
     return {k: list(state[k].shape) for k in state_keys(model, quantized) if state[k].dim() >= 2}
 

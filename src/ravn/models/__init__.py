@@ -100,7 +100,9 @@ class ModelRef:
             raise RavnError(f"cannot import model factory '{self.factory}' ({exc})",
                             "check the module path and that its package is installed") from None
 
-    def build(self) -> nn.Module:
+    def build(self, with_rewrites: bool = True) -> nn.Module:
+        """The factory's model, in eval mode, with the recorded rewrites applied (``with_rewrites``; else as the factory
+        returns it, for loading a checkpoint of that structure first: :func:`load_model`)."""
         factory = self.factory_function()
         try:
             model = factory(**self.kwargs)
@@ -109,8 +111,14 @@ class ModelRef:
         if not isinstance(model, nn.Module):
             raise RavnError(f"'{self.factory}' returned {type(model).__name__}, not a torch.nn.Module",
                             "make the factory return the model")
-        for name in self.rewrites:
-            REWRITES[name].apply(model)
+        return self.apply_rewrites(model) if with_rewrites else model.eval()
+
+    def apply_rewrites(self, model: nn.Module) -> nn.Module:
+        """``model`` (the factory's structure) with the recorded rewrites applied in place, in the registry's order,
+        as :meth:`rewritten` applies them; eval mode."""
+        for name in REWRITES:
+            if name in self.rewrites:
+                REWRITES[name].apply(model)
         return model.eval()
 
     def with_kwargs(self, **kwargs) -> ModelRef:
@@ -122,13 +130,13 @@ class ModelRef:
         when nothing applies, else a rewritten copy (the caller's model is left as it is): weights computed from
         other tensors folded (:mod:`ravn.models.parametrized`), attention whose projections are not Linear
         layers split (:mod:`ravn.models.attention`); :data:`ravn.models.rewrites.REWRITES`."""
-        todo = [name for name, rewrite in REWRITES.items() if rewrite.applies(model)]
-        if not todo:
-            return model, self
-        model = copy_model(model)
-        for name in todo:
-            REWRITES[name].apply(model)
-        return model, replace(self, rewrites=(*self.rewrites, *(n for n in todo if n not in self.rewrites)))
+        done, original = [], model
+        for name, rewrite in REWRITES.items():  # each on what the ones before it made (a folded attention splits)
+            if rewrite.applies(model):
+                model = copy_model(model) if model is original else model
+                rewrite.apply(model)
+                done.append(name)
+        return model, replace(self, rewrites=(*self.rewrites, *(n for n in done if n not in self.rewrites)))
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -155,13 +163,13 @@ def default_weights(ref: ModelRef) -> Path | None:
 def load_model(ref: ModelRef, weights: Path | str | None = None) -> nn.Module:
     """Build ``ref`` and load ``weights`` (or the registry's default checkpoint); eval mode.
 
-    A user factory without ``weights`` is used as the factory returns it (it may load its own).
+    A user factory without ``weights`` is used as the factory returns it (it may load its own). A checkpoint is
+    of the factory's structure: a reference with rewrites (a ``.ravn`` file's) applies them after loading it.
     """
-    model = ref.build()
     path = Path(weights) if weights is not None else default_weights(ref)
     if path is None:
         if ref.name in MODELS:
             raise RavnError(f"no weights for {ref.name}: no data root with its default checkpoint",
                             "pass --weights PATH or set RAVN_DATA")
-        return model
-    return load_into(model, read_state_dict(path), str(path)).eval()
+        return ref.build()
+    return ref.apply_rewrites(load_into(ref.build(with_rewrites=False), read_state_dict(path), str(path)))

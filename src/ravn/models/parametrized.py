@@ -59,13 +59,18 @@ def _unparametrize(module: nn.Module, names: list[str]) -> None:
     """``parametrize.remove_parametrizations(module, name, leave_parametrized=True)`` for every name, on this
     module alone: that function deletes the tensor's property from the ``Parametrized...`` class, which a deep
     copy shares with the module it was copied from, and so breaks the original. Here the module's class is set
-    back to the one it was made from and the values become its own parameters."""
+    back to the one it was made from and the values become its own parameters (buffers where the parametrized
+    tensor was one: a batch norm's running statistics)."""
     with torch.no_grad():
         values = {name: getattr(module, name).detach().clone() for name in names}
+    originals = {name: getattr(module.parametrizations[name], "original", None) for name in names}
     del module._modules["parametrizations"]
     module.__class__ = module.__class__.__bases__[0]
     for name, value in values.items():
-        module.register_parameter(name, nn.Parameter(value))
+        if originals[name] is None or isinstance(originals[name], nn.Parameter):  # original0, ...: parameters
+            module.register_parameter(name, nn.Parameter(value))
+        else:
+            module.register_buffer(name, value)
 
 
 def copy_model(model: nn.Module) -> nn.Module:

@@ -42,9 +42,13 @@ def widen(model: nn.Module, ref: ModelRef, width: int, seed: int = 0) -> nn.Modu
     if narrow.keys() != target.keys():
         raise RavnError(f"'{ref.factory}' with width={width} has other layers than the model",
                         "WRPN needs a factory whose width only multiplies channel counts")
-    # each layer's input-channel dim, where a replicated input's weights are split (transposed convolutions: 0)
+    # a layer whose inputs per group grew reads replicated inputs: their weights are split along its input-channel
+    # dim (transposed convolutions: 0); a grouped layer whose groups grew with the width (depthwise) reads each
+    # replica in its own group, whole
+    narrow_layers = dict(model.named_modules())
     splits = {f"{name}.weight": 0 if isinstance(m, nn.modules.conv._ConvTransposeNd) else 1
-              for name, m in wide.named_modules() if isinstance(m, QUANTIZABLE)}
+              for name, m in wide.named_modules()
+              if isinstance(m, QUANTIZABLE) and _group_inputs(m) != _group_inputs(narrow_layers[name])}
     generator = torch.Generator().manual_seed(seed)
     state = {}
     for key, value in narrow.items():
@@ -56,12 +60,16 @@ def widen(model: nn.Module, ref: ModelRef, width: int, seed: int = 0) -> nn.Modu
                 raise RavnError(f"'{ref.factory}' with width={width} gives {key} the shape "
                                 f"{tuple(target[key].shape)}, not a widening of {tuple(value.shape)}",
                                 "WRPN needs channels multiplied by the width")
-        dim = splits.get(key)
-        if dim is not None and out.dim() > 1 and out.shape[dim] != value.shape[dim]:
-            out = out * _fractions(out.shape, width, generator, dim)
+        if key in splits:
+            out = out * _fractions(out.shape, width, generator, splits[key])
         state[key] = out.clone()
     wide.load_state_dict(state)
     return wide.to(device_of(model)).eval()
+
+
+def _group_inputs(layer: nn.Module) -> int:
+    """The inputs each output of ``layer`` reads: its input channels (features) per group."""
+    return layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels // layer.groups
 
 
 def _fractions(shape: torch.Size, width: int, generator: torch.Generator, dim: int = 1) -> torch.Tensor:

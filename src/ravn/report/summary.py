@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from ravn.errors import few
+
 
 def render_summary(s: dict) -> None:
     from rich.console import Console
@@ -26,7 +28,6 @@ def render_summary(s: dict) -> None:
 def left_in_float(floats: dict[str, list[int]]) -> str:
     """One line naming the weights a file keeps in float (``float_weights`` of its size report), largest first."""
     sizes = {k: math.prod(shape) for k, shape in floats.items()}
-    largest = sorted(sizes, key=lambda k: -sizes[k])[:3]
-    named = ", ".join(f"{k} ({'x'.join(map(str, floats[k]))})" for k in largest)
-    return (f"left in float: {sum(sizes.values()):,} weights in {len(sizes)} tensors, e.g. {named}"
-            f"{', ...' if len(sizes) > 3 else ''}; ravn quantizes the weights of Conv1d/2d/3d and Linear layers")
+    named = few([f"{k} ({'x'.join(map(str, floats[k]))})" for k in sorted(sizes, key=lambda k: -sizes[k])], 3)
+    return (f"left in float: {sum(sizes.values()):,} weights in {len(sizes)} tensors, e.g. {named}; ravn quantizes "
+            "the weights of convolutions (transposed ones too) and Linear layers")

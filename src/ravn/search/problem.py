@@ -205,8 +205,13 @@ class SearchProblem:
             grouped = isinstance(layer, nn.modules.conv._ConvNd) and layer.groups > 1
             kind = 2 if isinstance(layer, nn.Linear) else (1 if grouped else 0)
             w = layer.weight.detach()
+            kernel = int(np.prod(w.shape[2:])) if w.dim() > 2 else 1
+            # inputs each output reads, and outputs (a transposed convolution's weight is (in, out / groups, ...))
+            fan_in, outputs = w[0].numel(), w.shape[0]
+            if isinstance(layer, nn.modules.conv._ConvTransposeNd):
+                fan_in, outputs = layer.in_channels // layer.groups * kernel, layer.out_channels
             infos.append(LayerInfo(
-                name, kind, w[0].numel(), w.shape[0], int(np.prod(w.shape[2:])) if w.dim() > 2 else 1,
+                name, kind, fan_in, outputs, kernel,
                 int(getattr(layer, "stride", (1,))[0]), w.numel(), float(w.std()),
                 float(np.log10(max(self.sensitivity[name], 1e-12))), tuple(s.share for s in stats),
                 tuple(s.hi - s.lo for s in stats)))
