@@ -5,7 +5,10 @@
 - baseline.png: test top-1 against measured average bits, per model and grid;
 - ptq_search.png: test top-1 against the budget per model and method, and the gain of the best reward
   found so far over the initial allocation per evaluation, PPO against random search (mean over seeds);
-- qat.png: validation top-1 per fine-tuning epoch of every QAT run.
+- qat.png: validation top-1 per fine-tuning epoch of every QAT run;
+- allocation.png: test top-1 against the budget per model, mode and bit-allocation method (mean over seeds);
+- training.png: the trained siblings' test top-1 against their measured average bits and against their
+  file bytes (WRPN's wide model holds four times the weights at the same bits).
 """
 
 from __future__ import annotations
@@ -101,13 +104,62 @@ def qat(plt) -> None:
         fig.savefig(RESULTS / "qat.png", dpi=120)
 
 
+def _float_line(ax, rows: list[dict]) -> None:
+    floats = {r["float_test_top1"] for r in rows if r.get("float_test_top1") is not None}
+    if len(floats) == 1:
+        ax.axhline(floats.pop(), color="k", ls="--", lw=1, label="float")
+
+
+def allocation(plt) -> None:
+    rows = _rows("allocation")
+    panels = sorted({(r["model"], r["mode"]) for r in rows}, key=lambda p: (p[0], p[1] != "ptq"))
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+    for ax, (model, mode) in zip(axes[0], panels, strict=True):
+        sel = [r for r in rows if r["model"] == model and r["mode"] == mode and r["test_top1"] is not None]
+        by_method = defaultdict(lambda: defaultdict(list))  # a budget a method cannot take has no point
+        for r in sel:
+            by_method[r["method"]][r["budget_bits"]].append(r["test_top1"])
+        for method, budgets in by_method.items():
+            xs = sorted(budgets)
+            ax.plot(xs, [sum(budgets[b]) / len(budgets[b]) for b in xs], "x--" if method == "random" else "o-",
+                    label=method)
+        _float_line(ax, sel)
+        ax.set(xlabel="budget, measured average bits", ylabel="test top-1 % (mean over seeds)",
+               title=f"{model}: {'post-training' if mode == 'ptq' else 'fine-tuned'}, CIFAR-10 test")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "allocation.png", dpi=120)
+
+
+def training(plt) -> None:
+    rows = _rows("training")
+    if not rows:
+        return
+    fig, (by_bits, by_bytes) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
+        sel = sorted((r for r in rows if r["method"] == method), key=lambda r: r["avg_bits"])
+        for ax, key in ((by_bits, "avg_bits"), (by_bytes, "file_bytes")):
+            ax.plot([r[key] for r in sel], [r["test_top1"] for r in sel], "o-", color=f"C{i}", label=method)
+    for ax in (by_bits, by_bytes):
+        _float_line(ax, rows)
+        ax.set_ylabel("test top-1 %")
+        ax.legend(fontsize=7)
+    epochs = sorted({r["epochs"] for r in rows})
+    by_bits.set(xlabel="measured average bits", title=f"ResNet-20, {'/'.join(map(str, epochs))} epochs, CIFAR-10 test")
+    by_bytes.set(xlabel="file bytes", title="the same rows against their real size")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "training.png", dpi=120)
+
+
 def main() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for fn in (baseline, ptq_search, qat):
+    for fn in (baseline, ptq_search, qat, allocation, training):
         fn(plt)
         plt.close("all")
 
