@@ -30,14 +30,16 @@ def test_patches_equal_unfold(kernel, dilation, padding, stride):
     nn.Conv2d(4, 6, 3, padding=2, dilation=2, padding_mode="reflect"),
     nn.Conv2d(4, 6, 3, stride=2, padding=1, padding_mode="circular"),
     nn.Conv2d(4, 6, 3, padding=(2, 1), padding_mode="replicate", groups=2),
-    nn.Conv1d(4, 6, 4, padding="same", padding_mode="reflect"), nn.Conv1d(4, 6, 3, stride=2), nn.Linear(9, 6)],
+    nn.Conv1d(4, 6, 4, padding="same", padding_mode="reflect"), nn.Conv1d(4, 6, 3, stride=2), nn.Linear(9, 6),
+    nn.Conv3d(4, 6, (2, 3, 3), padding=(0, 1, 1)), nn.Conv3d(4, 6, 3, stride=(1, 2, 2), dilation=(2, 1, 1), groups=2),
+    nn.Conv3d(4, 6, 3, padding="same", padding_mode="circular")],
     ids=lambda m: repr(m))
 def test_input_rows_times_the_weight_give_the_layer_output(layer):
     """The contract GPTQ's Hessians rest on, for every padding a convolution takes: ``rows @ W_g^T`` is the
     group's output without bias (with 'same' and other padding modes too, so those layers are reconstructed)."""
     torch.manual_seed(0)
-    x = torch.randn(2, 4, 11, 9) if isinstance(layer, nn.Conv2d) else torch.randn(2, 4, 13) \
-        if isinstance(layer, nn.Conv1d) else torch.randn(2, 5, 9)
+    x = {nn.Conv1d: torch.randn(2, 4, 13), nn.Conv2d: torch.randn(2, 4, 11, 9), nn.Conv3d: torch.randn(2, 4, 6, 7, 5),
+         nn.Linear: torch.randn(2, 5, 9)}[type(layer)]
     with torch.no_grad():
         out = layer._conv_forward(x, layer.weight, None) if not isinstance(layer, nn.Linear) else x @ layer.weight.T
         rows = input_rows(layer, x)
@@ -59,10 +61,12 @@ def _output_error(layer, weight, x):
 
 
 @pytest.mark.parametrize("clusters", [1, 3])
-def test_gptq_lowers_the_output_error_of_round_to_nearest(clusters):
+@pytest.mark.parametrize("dims", [2, 3])
+def test_gptq_lowers_the_output_error_of_round_to_nearest(clusters, dims):
     torch.manual_seed(0)
-    layer = nn.Conv2d(8, 12, 3, padding=1, groups=2)
-    x = torch.randn(32, 8, 10, 10) + 0.5 * torch.randn(1, 8, 1, 1)  # correlated input channels
+    conv = nn.Conv2d if dims == 2 else nn.Conv3d
+    layer = conv(8, 12, 3, padding=1, groups=2)
+    x = torch.randn(32, 8, *(10,) * dims) + 0.5 * torch.randn(1, 8, *(1,) * dims)  # correlated input channels
     cw = ClusteredWeight(layer.weight, clusters, True, "uniform")
     q = cw.quantize((3,) * cw.clusters)
     codes = gptq_codes(layer.weight, q, layer_hessians(layer, [""], x)[""])

@@ -12,6 +12,7 @@ already quantized layers before it (the error of earlier layers is compensated t
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable
 
@@ -25,22 +26,19 @@ from ravn.quantizers.rounding import Rounding, register_rounding
 
 
 def input_rows(layer: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """The layer's inputs ``x`` as rows of its weight's columns, one matrix per group: ``rows @ W_g^T`` is
-    the group's output (without bias). Linear: the feature vectors; convolutions: their input patches,
-    padded as the convolution pads (any ``padding``, ``'same'`` included, and any ``padding_mode``)."""
+    """The layer's inputs ``x`` as rows of its weight's columns, one matrix per group: ``rows @ W_g^T`` is the
+    group's output (without bias). Linear: the feature vectors; convolutions (1-, 2- and 3-D): their input
+    patches, padded as the convolution pads (any ``padding``, ``'same'`` included, and any ``padding_mode``).
+    Transposed convolutions have none: their weight's rows are input channels, not outputs."""
     if isinstance(layer, nn.Linear):
         return [x.reshape(-1, x.shape[-1])]
-    if not isinstance(layer, nn.Conv1d | nn.Conv2d):
+    if not isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Conv3d):
         raise TypeError(f"no reconstruction for {type(layer).__name__}")
     # the padding the convolution applies itself: per side (asymmetric for an even 'same'), in its mode
     x = F.pad(x, layer._reversed_padding_repeated_twice,
               mode="constant" if layer.padding_mode == "zeros" else layer.padding_mode)
-    if isinstance(layer, nn.Conv1d):
-        x = x.unsqueeze(2)
-        kernel, dilation, stride = (1, *layer.kernel_size), (1, *layer.dilation), (1, *layer.stride)
-    else:
-        kernel, dilation, stride = layer.kernel_size, layer.dilation, layer.stride
-    rows = patches(x, kernel, dilation, (0, 0), stride)  # (positions, C * kh * kw)
+    kernel = layer.kernel_size
+    rows = patches(x, kernel, layer.dilation, (0,) * len(kernel), layer.stride)  # (positions, C * kernel elements)
     per_group = layer.in_channels // layer.groups * math.prod(kernel)
     return [rows[:, g * per_group : (g + 1) * per_group] for g in range(layer.groups)]
 
@@ -86,19 +84,21 @@ def layer_hessians(model: nn.Module, names: list[str], calibration: torch.Tensor
 
 
 def patches(x: torch.Tensor, kernel, dilation, padding, stride) -> torch.Tensor:
-    """The convolution's input patches as rows, columns ordered like ``weight.reshape(out, -1)``.
+    """The convolution's input patches as rows, columns ordered like ``weight.reshape(out, -1)``, for any number
+    of spatial dims (``x`` is ``(N, C, *spatial)``, the other arguments one value per spatial dim).
 
-    Same result as ``F.unfold`` but built from strided slices, which is far faster on CPU.
+    Same result as ``F.unfold`` (2-D) but built from strided slices, which is far faster on CPU.
     """
-    x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
-    n, c, h, w = x.shape
-    ho = (h - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
-    wo = (w - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
-    shifted = [x[:, :, i * dilation[0] : i * dilation[0] + (ho - 1) * stride[0] + 1 : stride[0],
-                 j * dilation[1] : j * dilation[1] + (wo - 1) * stride[1] + 1 : stride[1]]
-               for i in range(kernel[0]) for j in range(kernel[1])]
-    stacked = torch.stack(shifted, dim=2)  # (N, C, kh*kw, Ho, Wo)
-    return stacked.permute(0, 3, 4, 1, 2).reshape(n * ho * wo, c * kernel[0] * kernel[1])
+    x = F.pad(x, [p for p in reversed(padding) for _ in range(2)])
+    n, c, *size = x.shape
+    out = [(s - d * (k - 1) - 1) // st + 1 for s, k, d, st in zip(size, kernel, dilation, stride, strict=True)]
+    shifted = [x[(slice(None), slice(None),
+                  *(slice(i * d, i * d + (o - 1) * st + 1, st) for i, d, o, st in zip(at, dilation, out, stride,
+                                                                                       strict=True)))]
+               for at in itertools.product(*(range(k) for k in kernel))]
+    stacked = torch.stack(shifted, dim=2)  # (N, C, kernel elements, *out)
+    spatial = range(3, 3 + len(out))
+    return stacked.permute(0, *spatial, 1, 2).reshape(n * math.prod(out), c * math.prod(kernel))
 
 
 class NearestEntry:

@@ -4,8 +4,8 @@ The registry maps an ``nn`` class to nothing more than the fact that its weight 
 its per-channel scales along dim 0: the output channels, grouped and depthwise convolutions included;
 for transposed convolutions (``nn.ConvTranspose1d/2d/3d``, whose weight is ``(in, out / groups, *kernel)``)
 the input channels, each input channel's weights to every output on one grid. GPTQ reconstructs an
-output channel's row of weights against the layer's inputs, so transposed convolutions, like Conv3d,
-keep round-to-nearest codes (:func:`ravn.quantizers.gptq.input_rows`); every other stage (search,
+output channel's row of weights against the layer's inputs, so transposed convolutions keep
+round-to-nearest codes (:func:`ravn.quantizers.gptq.input_rows`); every other stage (search,
 fine-tuning, the file, ONNX, lazy loading) treats them as any layer. Weights outside these layers
 (embeddings, class tokens) are left in float: a file's size report names them (``float_weights``) and
 ``ravn quantize`` prints them, since the budget does not cover them. ``nn.MultiheadAttention``, whose
