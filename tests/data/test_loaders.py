@@ -364,6 +364,22 @@ def test_folder_without_a_known_layout(tmp_path):
     assert "train.npz" in str(info.value)  # the message lists the layouts it expected
 
 
+def test_class_folders_without_a_split_ask_for_one(tmp_path):
+    """Only the user knows which images the model was not trained on: ravn does not carve a test split."""
+    from PIL import Image
+
+    for name in ("cat", "dog"):
+        (tmp_path / "pets" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "pets" / name / "0.png")
+    (tmp_path / "pets" / ".cache").mkdir()
+    with pytest.raises(RavnError, match=r"class folders \(cat, dog\) but no train/ and test/ split.*images the model "
+                                        r"was not trained on"):
+        load_dataset(tmp_path / "pets")
+    (tmp_path / "root" / "weights").mkdir(parents=True)  # folders of other things: the general message
+    with pytest.raises(RavnError, match="holds no dataset ravn can read"):
+        load_dataset(tmp_path / "root")
+
+
 def test_npz_missing_test_split(tmp_path):
     _npz_dataset(tmp_path / "mini", classes=[str(k) for k in range(10)])
     (tmp_path / "mini" / "test.npz").unlink()

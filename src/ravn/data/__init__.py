@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from ravn.data.cifar import CIFAR10_CLASSES, pickle_classes, read_npz_split, read_pickle_split
-from ravn.data.folder import is_flat, labels_file, list_classes, read_flat_split, read_folder_split
+from ravn.data.folder import IMAGE_SUFFIXES, is_flat, labels_file, list_classes, read_flat_split, read_folder_split
 from ravn.data.splits import (
     DEFAULT_VAL_SIZE,
     ImageSplit,
@@ -244,6 +244,12 @@ def load_dataset(data: Path | str | None = None, image_size: int | None = None,
                             f"there or move them out of {test_dir.name}/")
         return Dataset(root.name, root, classes, partial(read_folder_split, root / "train", classes, size),
                        read_test, val_size, val_shuffle_seed=0)
+    folders = list_classes(root) if root.is_dir() else []
+    if folders and all(any(p.suffix.lower() in IMAGE_SUFFIXES for p in (root / f).iterdir()) for f in folders):
+        # class folders without a split: which images the model was not trained on only the user knows
+        raise RavnError(f"{root} holds class folders ({few(folders)}) but no train/ and test/ split",
+                        f"move them under {root}/train/ and the images the model was not trained on, by class, "
+                        f"under {root}/test/ (test accuracy is only honest on those)")
     raise RavnError(
         f"{root} holds no dataset ravn can read",
         "expected train.npz/test.npz, cifar-10-batches-py, cifar-100-python, or train/<class>/ + test/<class>/",
