@@ -220,7 +220,7 @@ FIXED_OPTIONS = {
         "--tensorboard", help="Also write the report's curves as TensorBoard events in RUN_DIR/tensorboard.")],
     "as_json": JsonOpt,
     "workers": Annotated[int, typer.Option(
-        help="Parallel workers: a search's evaluations on N Ray actors (pip install 'ravn[parallel]'), dcq's "
+        help="Parallel workers: a search's evaluations on N Ray actors (pip install 'ravn\\[parallel]'), dcq's "
              "sections in N processes; 1 runs in-process. The result does not depend on N.")],
     "ray_address": Annotated[str | None, typer.Option(
         help="Join this Ray cluster for --workers (e.g. 'auto'); default: start a local Ray.")],
@@ -283,7 +283,7 @@ COMPARE_OPTIONS = {
         help="Comma-separated methods, or 'none' (peers only; default: every one).")],
     "peers": Annotated[str | None, typer.Option(
         help="Comma-separated peer tools (quanto, brevitas), or 'none' (default: every one; pip install "
-             "'ravn[peers]'; one not installed is a row saying so). Under --mode qat brevitas also fine-tunes "
+             "'ravn\\[peers]'; one not installed is a row saying so). Under --mode qat brevitas also fine-tunes "
              "with the fine-tuning options (--epochs ...).")],
     "mode": FIXED_OPTIONS["mode"],
     "seed": FIXED_OPTIONS["seed"],
