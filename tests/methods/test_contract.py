@@ -18,7 +18,6 @@ from ravn.config import Config
 from ravn.errors import RavnError
 from ravn.methods import METHODS, Context, SearchConfig, method
 from ravn.methods.ravn import DEFAULT_CODING
-from ravn.pipeline import file_coding
 from tests.methods import toy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -52,9 +51,7 @@ def _quantize(name: str, tmp_path, tag: str, seed: int = 0, coding: str | None =
                       coding=coding)
     result = ravn.quantize(toy.tiny(), config, context, name)
     path = tmp_path / f"{tag}.ravn"
-    ref = toy.REF.with_kwargs(**result.ref_kwargs)
-    export.save(path, result.model, result.weights, ref, result.method, result.config,
-                coding=file_coding(result, coding, ref))  # stored as the pipeline stores it
+    result.save(path, toy.REF, coding)  # stored as the pipeline stores it
     return config, result, path
 
 
@@ -81,10 +78,8 @@ def test_contract_transposed_convolutions(name, tmp_path):
     context = Context(toy.dataset(), toy.UP_REF.normalize, tmp_path / "u.run", 0, progress=False, ref=toy.UP_REF)
     result = ravn.quantize(toy.up(), config, context, name)
     assert set(result.weights) == {"down", "up", "up1d", "fc"}
-    ref = toy.UP_REF.with_kwargs(**result.ref_kwargs)
     path = tmp_path / "u.ravn"
-    export.save(path, result.model, result.weights, ref, result.method, result.config,
-                coding=file_coding(result, None, ref))
+    result.save(path, toy.UP_REF)
     stored = export.read(path)
     rebuilt, memory = stored.build().state_dict(), result.model.state_dict()
     assert all(torch.equal(rebuilt[k], memory[k]) for k in memory if memory[k].is_floating_point())

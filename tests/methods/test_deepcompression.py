@@ -24,8 +24,7 @@ def _run(tmp_path, tag: str, coding: str | None = None, **fields):
     context = Context(toy.dataset(), toy.REF.normalize, tmp_path / f"{tag}.run", 0, progress=False, coding=coding)
     result = ravn.quantize(toy.tiny(), config, context)
     path = tmp_path / f"{tag}.ravn"
-    sizes = export.save(path, result.model, result.weights, toy.REF, result.method, result.config,
-                        coding=result.coding)
+    sizes = result.save(path, toy.REF)
     return result, path, sizes
 
 

@@ -96,6 +96,18 @@ class QuantizationResult:
     def allocation(self) -> Allocation:
         return {name: tuple(q.bits) for name, q in self.weights.items()}
 
+    def save(self, path: Path | str, ref: ModelRef, coding: str | None = None) -> dict:
+        """Write the ``.ravn`` file as ``ravn quantize`` does: ``ref`` (what the model was built from) with the factory
+        arguments the method needs (:attr:`ref_kwargs`), the codes in the coding the method sized its budget for,
+        else ``coding`` (default ``fixed``) where that is smaller (:func:`ravn.pipeline.file_coding`), so the
+        budget holds on the file. Returns its size report (:func:`ravn.export.save`)."""
+        from ravn import export
+        from ravn.pipeline import file_coding
+
+        ref = ref.with_kwargs(**self.ref_kwargs)
+        return export.save(path, self.model, self.weights, ref, self.method, self.config,
+                           coding=file_coding(self, coding, ref))
+
 
 Recipe = Callable[[nn.Module, Any, Context], QuantizationResult]
 
