@@ -70,7 +70,7 @@ def test_quantized_stored_and_rebuilt(tmp_path):
 
 
 def test_unfolded_model_through_the_api_is_a_one_line_error():
-    with pytest.raises(RavnError, match=r"layer conv1's weight is computed from other tensors.*ref.rewritten"):
+    with pytest.raises(RavnError, match=r"conv1's weight is computed from other tensors.*ref.rewritten"):
         ravn.quantize(toy.normed(), ravn.UniformConfig(bits=4))
 
 

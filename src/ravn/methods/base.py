@@ -171,8 +171,13 @@ def quantize(model: nn.Module, config: Config, context: Context | None = None,
 
     ``method_name`` labels the result (a preset's name); by default the first method of that type.
     """
+    from ravn.models.parametrized import parametrized
+
     spec = method_of(config, method_name)
     context = context or Context()
+    if unfolded := parametrized(model):  # its layers' weights are not parameters ravn could store codes for
+        raise RavnError(f"{unfolded[0]}'s weight is computed from other tensors (weight_norm, spectral_norm or a "
+                        "parametrization)", "fold it first: model, ref = ref.rewritten(model), as ravn quantize does")
     from ravn.search.parallel import check_workers
 
     # before the long set-up, not after it; only a search's evaluations run on Ray

@@ -13,8 +13,8 @@ projections are raw parameters, is rewritten with Linear projections before a ru
 (:mod:`ravn.models.attention`). A module called several times is one layer; a quantized weight that is also
 another parameter of the model (tied weights, or one module registered at two paths) is refused: codes are
 stored per layer, and the rebuilt model could not keep the tie. A layer whose weight is computed from other
-tensors (``weight_norm``, ``spectral_norm``, a parametrization) is refused too: ``ModelRef.rewritten`` folds it
-first (:mod:`ravn.models.parametrized`), as ``ravn quantize`` does.
+tensors (``weight_norm``, ``spectral_norm``, a parametrization) is folded first (:mod:`ravn.models.parametrized`);
+``ravn.quantize`` refuses a model that was not.
 """
 
 from __future__ import annotations
@@ -29,12 +29,6 @@ QUANTIZABLE: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.
 
 def quantizable_layers(model: nn.Module, exclude: tuple[str, ...] | list[str] = ()) -> dict[str, nn.Module]:
     """The layers to quantize, by qualified name, in registration (usually forward) order."""
-    from ravn.models.parametrized import parametrized
-
-    folded = [n for n in parametrized(model) if isinstance(dict(model.named_modules())[n], QUANTIZABLE)]
-    if folded:
-        raise RavnError(f"layer {folded[0]}'s weight is computed from other tensors (weight_norm, spectral_norm or a "
-                        "parametrization)", "fold it first: model, ref = ref.rewritten(model), as ravn quantize does")
     layers = {name: m for name, m in model.named_modules()
               if type(m) in QUANTIZABLE and getattr(m, "weight", None) is not None}
     unknown = [name for name in exclude if name not in layers]
