@@ -23,7 +23,8 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise RavnError(f"checkpoint {path} does not exist", "pass --weights with the path of a .th/.pt/.pth file")
+        raise RavnError(f"checkpoint {path} does not exist",
+                        "pass --weights with the path of a .th/.pt/.pth or .safetensors file")
     if path.stat().st_size == 0:
         raise RavnError(f"checkpoint {path} is empty", "copy the file again")
     try:
