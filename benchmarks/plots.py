@@ -135,9 +135,17 @@ def allocation(plt) -> None:
 
 def training(plt) -> None:
     rows = _rows("training")
-    if not rows:
-        return
-    fig, (by_bits, by_bytes) = plt.subplots(1, 2, figsize=(11, 4.5))
+    if rows:
+        training_figure(rows, RESULTS / "training.png")
+
+
+def training_figure(rows: list[dict], path: Path) -> None:
+    """The trained siblings' test top-1 against measured bits and against file bytes (matplotlib's object API:
+    ``benchmarks/training.py`` redraws it after every row, with no display)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.5))
+    by_bits, by_bytes = fig.subplots(1, 2)
     for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
         sel = sorted((r for r in rows if r["method"] == method), key=lambda r: r["avg_bits"])
         for ax, key in ((by_bits, "avg_bits"), (by_bytes, "file_bytes")):
@@ -150,7 +158,7 @@ def training(plt) -> None:
     by_bits.set(xlabel="measured average bits", title=f"ResNet-20, {'/'.join(map(str, epochs))} epochs, CIFAR-10 test")
     by_bytes.set(xlabel="file bytes", title="the same rows against their real size")
     fig.tight_layout()
-    fig.savefig(RESULTS / "training.png", dpi=120)
+    fig.savefig(path, dpi=120)
 
 
 def main() -> None:

@@ -37,9 +37,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+
+from plots import training_figure
 from ravn import cli_flags
 from ravn.data import load_dataset
 from ravn.errors import RavnError
@@ -241,6 +245,8 @@ def save(store: RowFiles, results: Path = RESULTS) -> None:
                  rows, COLUMNS, notes=__doc__.split("\n\n", 2)[2].strip(), extra={"claims": table},
                  appendix=f"Float test top-1: {floats}.\n\n{text}\n\n## Commands\n\n```\n{commands}\n```\n\n"
                           + provenance(rows))
+    if rows:
+        training_figure(rows, results.with_suffix(".png"))  # each method against bits and against bytes
 
 
 def main(argv: list[str] | None = None) -> None:
