@@ -131,15 +131,13 @@ def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: 
     metrics = {"test_top1": q_metrics["top1"], "float_test_top1": float_top1, "test_n": q_metrics["n"]}
     if dataset.num_classes >= 100:
         metrics["test_top5"] = q_metrics["top5"]
-    # the exact size is checked before anything is written: no over-budget file ever appears at out
-    coding = file_coding(result, coding, ref, metrics)
     with tempfile.TemporaryDirectory() as scratch:
         from ravn.training.distributed import replicas
 
         # under torchrun rank 0 writes out; the other ranks write the same bytes to a scratch file
         target = out if replicas().is_writer else Path(scratch) / Path(out).name
-        sizes = export.save(target, result.model, result.weights, ref, result.method, result.config, metrics, coding,
-                            max_bytes=getattr(config, "budget_bytes", None))
+        # the exact size is checked before anything is written: no over-budget file ever appears at out
+        sizes = result.save(target, ref, coding, metrics, max_bytes=getattr(config, "budget_bytes", None))
         if not same_weights(result.model, export.load(target, allow=(ref.factory,))):
             raise RavnError(f"{out} does not rebuild the weights that were measured", "report this: it is a bug")
     summary = {

@@ -96,17 +96,19 @@ class QuantizationResult:
     def allocation(self) -> Allocation:
         return {name: tuple(q.bits) for name, q in self.weights.items()}
 
-    def save(self, path: Path | str, ref: ModelRef, coding: str | None = None) -> dict:
-        """Write the ``.ravn`` file as ``ravn quantize`` does: ``ref`` (what the model was built from) with the factory
-        arguments the method needs (:attr:`ref_kwargs`), the codes in the coding the method sized its budget for,
-        else ``coding`` (default ``fixed``) where that is smaller (:func:`ravn.pipeline.file_coding`), so the
-        budget holds on the file. Returns its size report (:func:`ravn.export.save`)."""
+    def save(self, path: Path | str, ref: ModelRef, coding: str | None = None, metrics: dict | None = None,
+             max_bytes: int | None = None) -> dict:
+        """Write the ``.ravn`` file (what ``ravn quantize`` writes): ``ref`` (what the model was built from) with the
+        factory arguments the method needs (:attr:`ref_kwargs`), the codes in the coding the method sized its
+        budget for, else ``coding`` (default ``fixed``) where that is smaller (:func:`ravn.pipeline.file_coding`),
+        so the budget holds on the file; ``metrics`` and ``max_bytes`` as :func:`ravn.export.save` takes them.
+        Returns its size report."""
         from ravn import export
         from ravn.pipeline import file_coding
 
         ref = ref.with_kwargs(**self.ref_kwargs)
-        return export.save(path, self.model, self.weights, ref, self.method, self.config,
-                           coding=file_coding(self, coding, ref))
+        return export.save(path, self.model, self.weights, ref, self.method, self.config, metrics,
+                           file_coding(self, coding, ref, metrics), max_bytes=max_bytes)
 
 
 Recipe = Callable[[nn.Module, Any, Context], QuantizationResult]

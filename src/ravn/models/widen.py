@@ -25,7 +25,7 @@ from torch import nn
 from ravn.device import device_of
 from ravn.errors import RavnError
 from ravn.models import ModelRef
-from ravn.quantizers.layers import QUANTIZABLE
+from ravn.quantizers.layers import QUANTIZABLE, TRANSPOSED
 
 
 @torch.no_grad()
@@ -46,7 +46,7 @@ def widen(model: nn.Module, ref: ModelRef, width: int, seed: int = 0) -> nn.Modu
     # dim (transposed convolutions: 0); a grouped layer whose groups grew with the width (depthwise) reads each
     # replica in its own group, whole
     narrow_layers = dict(model.named_modules())
-    splits = {f"{name}.weight": 0 if isinstance(m, nn.modules.conv._ConvTransposeNd) else 1
+    splits = {f"{name}.weight": 0 if isinstance(m, TRANSPOSED) else 1
               for name, m in wide.named_modules()
               if isinstance(m, QUANTIZABLE) and _group_inputs(m) != _group_inputs(narrow_layers[name])}
     generator = torch.Generator().manual_seed(seed)

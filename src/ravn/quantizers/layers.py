@@ -23,8 +23,9 @@ from torch import nn
 
 from ravn.errors import RavnError, few
 
-QUANTIZABLE: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.ConvTranspose1d,
-                                             nn.ConvTranspose2d, nn.ConvTranspose3d)
+#: transposed convolutions: weight ``(in, out / groups, *kernel)``, input channels in dim 0
+TRANSPOSED: tuple[type[nn.Module], ...] = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+QUANTIZABLE: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, *TRANSPOSED)
 
 
 def quantizable_layers(model: nn.Module, exclude: tuple[str, ...] | list[str] = ()) -> dict[str, nn.Module]:

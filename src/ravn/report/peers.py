@@ -100,12 +100,12 @@ def brevitas(model: nn.Module, budget_bits: float | None, budget_bytes: int | No
     except ImportError:
         raise PeerUnavailable("brevitas is not installed (pip install 'ravn[peers]')") from None
     from ravn.device import on_device
-    from ravn.quantizers.layers import QUANTIZABLE, quantizable_layers
+    from ravn.quantizers.layers import QUANTIZABLE, TRANSPOSED, quantizable_layers
 
     dataset = context.require_data("the brevitas peer")
     widest = 8 if budget_bits is None else min(8, math.floor(budget_bits + 1e-9))
     layers = quantizable_layers(model)
-    grouped = [n for n, m in layers.items() if isinstance(m, nn.modules.conv._ConvTransposeNd) and m.groups > 1]
+    grouped = [n for n, m in layers.items() if isinstance(m, TRANSPOSED) and m.groups > 1]
     if grouped:  # its per-output-channel statistics read dim 1 as every output channel
         raise PeerUnavailable(f"brevitas cannot quantize a grouped transposed convolution: {few(grouped)}")
     names = list(layers)

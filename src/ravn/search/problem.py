@@ -42,7 +42,7 @@ from ravn.data import Dataset, Normalize
 from ravn.device import device_of
 from ravn.errors import RavnError
 from ravn.export.layout import state_keys
-from ravn.quantizers.layers import quantizable_layers
+from ravn.quantizers.layers import TRANSPOSED, quantizable_layers
 from ravn.quantizers.qweight import MAX_BITS, MIN_BITS, QuantizedWeight
 from ravn.quantizers.rounding import Rounding, get_rounding, rounding_for
 from ravn.quantizers.size import Allocation, CodedCost, LayerCost
@@ -208,7 +208,7 @@ class SearchProblem:
             kernel = int(np.prod(w.shape[2:])) if w.dim() > 2 else 1
             # inputs each output reads, and outputs (a transposed convolution's weight is (in, out / groups, ...))
             fan_in, outputs = w[0].numel(), w.shape[0]
-            if isinstance(layer, nn.modules.conv._ConvTransposeNd):
+            if isinstance(layer, TRANSPOSED):
                 fan_in, outputs = layer.in_channels // layer.groups * kernel, layer.out_channels
             infos.append(LayerInfo(
                 name, kind, fan_in, outputs, kernel,
