@@ -56,14 +56,7 @@ def ptq_search(plt) -> None:
     models = sorted({r["model"] for r in rows})
     fig, axes = plt.subplots(1, len(models) + 1, figsize=(5.5 * (len(models) + 1), 4.5))
     for ax, model in zip(axes, models, strict=False):
-        by_method = defaultdict(lambda: defaultdict(list))
-        for r in rows:
-            if r["model"] == model:
-                by_method[r["method"]][r["budget"]].append(r["test_top1"])
-        for method, budgets in by_method.items():
-            xs = sorted(budgets)
-            ax.plot(xs, [sum(budgets[b]) / len(budgets[b]) for b in xs], "x--" if method == "random search" else "o-",
-                    label=method, zorder=3 if method == "random search" else 2)
+        _mean_lines(ax, [r for r in rows if r["model"] == model], "budget", "random search")
         ax.set(xlabel="budget, measured average bits", ylabel="test top-1 % (mean over seeds)",
                title=f"{model}: post-training, CIFAR-10 test")
         ax.legend(fontsize=7)
@@ -104,6 +97,18 @@ def qat(plt) -> None:
         fig.savefig(RESULTS / "qat.png", dpi=120)
 
 
+def _mean_lines(ax, rows: list[dict], budget: str, control: str) -> None:
+    """Per method, test top-1 (mean over seeds) against ``rows``' ``budget`` field; the ``control`` method dashed,
+    drawn on top."""
+    by_method = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        by_method[r["method"]][r[budget]].append(r["test_top1"])
+    for method, budgets in by_method.items():
+        xs = sorted(budgets)
+        ax.plot(xs, [sum(budgets[b]) / len(budgets[b]) for b in xs], "x--" if method == control else "o-",
+                label=method, zorder=3 if method == control else 2)
+
+
 def _float_line(ax, rows: list[dict]) -> None:
     floats = {r["float_test_top1"] for r in rows if r.get("float_test_top1") is not None}
     if len(floats) == 1:
@@ -117,14 +122,9 @@ def allocation(plt) -> None:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
     for ax, (model, mode) in zip(axes[0], panels, strict=True):
+        # a budget a method cannot take has no point
         sel = [r for r in rows if r["model"] == model and r["mode"] == mode and r["test_top1"] is not None]
-        by_method = defaultdict(lambda: defaultdict(list))  # a budget a method cannot take has no point
-        for r in sel:
-            by_method[r["method"]][r["budget_bits"]].append(r["test_top1"])
-        for method, budgets in by_method.items():
-            xs = sorted(budgets)
-            ax.plot(xs, [sum(budgets[b]) / len(budgets[b]) for b in xs], "x--" if method == "random" else "o-",
-                    label=method)
+        _mean_lines(ax, sel, "budget_bits", "random")
         _float_line(ax, sel)
         ax.set(xlabel="budget, measured average bits", ylabel="test top-1 % (mean over seeds)",
                title=f"{model}: {'post-training' if mode == 'ptq' else 'fine-tuned'}, CIFAR-10 test")
