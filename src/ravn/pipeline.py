@@ -23,7 +23,7 @@ from ravn.device import on_device
 from ravn.errors import RavnError
 from ravn.evaluation import check_runs, evaluate
 from ravn.methods import Context, quantize
-from ravn.methods.base import QuantizationResult, check_seed, method_of
+from ravn.methods.base import check_seed, method_of
 from ravn.models import ModelRef
 from ravn.report.run import ReportOptions
 from ravn.runs import run_folder
@@ -62,20 +62,6 @@ def file_overhead(model: nn.Module, ref: ModelRef, method: str, config: Config, 
     return overhead
 
 
-def file_coding(result: QuantizationResult, requested: str | None, ref: ModelRef,
-                metrics: dict | None = None) -> str | dict[str, str]:
-    """How the file of ``result`` stores its codes: in the coding the method sized its budget for
-    (``result.coding``); else ``requested`` (default ``"fixed"``) only where it is smaller. A method that
-    sized its budget fixed-width has each layer entropy-coded only where that is smaller than its
-    fixed-width streams (as every file stores them: :func:`ravn.export.layout.encode_layers`), and the whole
-    file fixed-width unless that makes it smaller (a coded file's header is longer), so its budget, in bits
-    or bytes, holds on the stored file whatever ``--coding`` asks."""
-    if result.coding is not None or requested in (None, "fixed"):
-        return result.coding or requested or "fixed"
-    layout = (result.model, result.weights, ref, result.method, result.config, metrics)
-    return requested if export.file_bytes(*layout, requested) < export.file_bytes(*layout, "fixed") else "fixed"
-
-
 def checked_inputs(model: nn.Module, dataset: Dataset, ref: ModelRef, test_limit: int | None) -> ImageSplit:
     """Before any long work: the model runs on two training images (:func:`~ravn.evaluation.check_runs`), and
     the test split is listed (an image folder's errors, e.g. a labels file that misses an image, fail now, not
@@ -94,7 +80,7 @@ def run(model: nn.Module, ref: ModelRef, config: Config, dataset: Dataset, out: 
     ``coding`` stores the codes fixed-width (random access) or entropy-coded (``ans``: smaller files);
     methods with a budget size it for that coding (``ravn`` and its presets, ``deepcompression``), so an
     entropy-coded budget buys wider grids; the others' files are entropy-coded where that is smaller
-    (:func:`file_coding`); ``None``: the method's choice (``ans`` for ``ravn``, its presets and
+    (:meth:`QuantizationResult.file_coding`); ``None``: the method's choice (``ans`` for ``ravn``, its presets and
     ``deepcompression``, which size their budgets entropy-coded by default; ``fixed`` for the others).
 
     ``float_top1`` skips re-measuring the float model when the caller knows it (on the same subset).

@@ -109,7 +109,8 @@ def test_contract_channels_last(name, tmp_path, monkeypatch):
 def test_contract_budget_holds(name, coding, tmp_path):
     """On the stored file, as it stores its codes: in the coding the method sized its budget for
     (``result.coding``: RAVN's recipe and its presets size it for ``--coding ans``, counting the coded
-    payloads), else fixed-width, entropy-coded only where smaller (:func:`ravn.pipeline.file_coding`)."""
+    payloads), else fixed-width, entropy-coded only where smaller
+    (:meth:`ravn.methods.QuantizationResult.file_coding`)."""
     config, result, path = _quantize(name, tmp_path, "a", coding=coding)
     if isinstance(config, ravn.RavnConfig):
         assert result.coding == (coding or DEFAULT_CODING)

@@ -96,19 +96,31 @@ class QuantizationResult:
     def allocation(self) -> Allocation:
         return {name: tuple(q.bits) for name, q in self.weights.items()}
 
+    def file_coding(self, requested: str | None, ref: ModelRef, metrics: dict | None = None) -> str | dict[str, str]:
+        """How the file stores the codes: in the coding the method sized its budget for (:attr:`coding`); else
+        ``requested`` (default ``"fixed"``) only where it is smaller. A method that sized its budget fixed-width has
+        each layer entropy-coded only where that is smaller than its fixed-width streams (as every file stores
+        them: :func:`ravn.export.layout.encode_layers`), and the whole file fixed-width unless that makes it
+        smaller (a coded file's header is longer), so its budget, in bits or bytes, holds on the stored file
+        whatever ``--coding`` asks."""
+        from ravn import export
+
+        if self.coding is not None or requested in (None, "fixed"):
+            return self.coding or requested or "fixed"
+        layout = (self.model, self.weights, ref, self.method, self.config, metrics)
+        return requested if export.file_bytes(*layout, requested) < export.file_bytes(*layout, "fixed") else "fixed"
+
     def save(self, path: Path | str, ref: ModelRef, coding: str | None = None, metrics: dict | None = None,
              max_bytes: int | None = None) -> dict:
         """Write the ``.ravn`` file (what ``ravn quantize`` writes): ``ref`` (what the model was built from) with the
-        factory arguments the method needs (:attr:`ref_kwargs`), the codes in the coding the method sized its
-        budget for, else ``coding`` (default ``fixed``) where that is smaller (:func:`ravn.pipeline.file_coding`),
+        factory arguments the method needs (:attr:`ref_kwargs`), the codes in :meth:`file_coding` for ``coding``,
         so the budget holds on the file; ``metrics`` and ``max_bytes`` as :func:`ravn.export.save` takes them.
         Returns its size report."""
         from ravn import export
-        from ravn.pipeline import file_coding
 
         ref = ref.with_kwargs(**self.ref_kwargs)
         return export.save(path, self.model, self.weights, ref, self.method, self.config, metrics,
-                           file_coding(self, coding, ref, metrics), max_bytes=max_bytes)
+                           self.file_coding(coding, ref, metrics), max_bytes=max_bytes)
 
 
 Recipe = Callable[[nn.Module, Any, Context], QuantizationResult]
